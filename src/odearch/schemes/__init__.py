@@ -1,0 +1,63 @@
+"""Numerical schemes as data: Butcher tableaux, linear multistep coefficients, and the paper's LM, PolyNet and
+RevNet schemes. Nothing here imports ``torch.nn``; :class:`odearch.nn.Stage` interprets these objects.
+
+``SCHEMES`` maps a name to a scheme object; :func:`get_scheme` accepts a name or an object.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Union
+
+from .lm import LMScheme
+from .multistep import AB2, LinearMultistep
+from .poly import PolyScheme
+from .rev import RevScheme
+from .tableau import EULER, HEUN, MIDPOINT, RK4, ButcherTableau
+
+Scheme = Union[ButcherTableau, LinearMultistep, LMScheme, PolyScheme, RevScheme]
+
+SCHEMES: dict[str, Scheme] = {
+    "euler": EULER,  # ResNet / ResNeXt: u_{n+1} = u_n + f(u_n)
+    "rk2": HEUN,  # Heun; FractalNet with a distinct function per inner stage
+    "midpoint": MIDPOINT,
+    "rk4": RK4,
+    "ab2": AB2,  # Adams-Bashforth 2
+    "lm": LMScheme(),  # LM-ResNet: u_{n+1} = (1 - k_n) u_n + k_n u_{n-1} + f_n(u_n)
+    "lm_channel": LMScheme(name="lm_channel", per_channel=True),
+    "poly2": PolyScheme(),  # PolyNet: u + F(u) + F(F(u))
+    "rev": RevScheme(),  # RevNet: coupled forward Euler
+}
+
+_SCHEME_TYPES = (ButcherTableau, LinearMultistep, LMScheme, PolyScheme, RevScheme)
+
+
+def get_scheme(scheme: str | Scheme) -> Scheme:
+    """Return the scheme object for a name in :data:`SCHEMES`, or ``scheme`` itself if it is already one."""
+    if isinstance(scheme, _SCHEME_TYPES):
+        return scheme
+    if isinstance(scheme, str):
+        try:
+            return SCHEMES[scheme]
+        except KeyError:
+            close = difflib.get_close_matches(scheme, list(SCHEMES), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"unknown scheme {scheme!r}{hint} (known: {', '.join(sorted(SCHEMES))})") from None
+    raise TypeError(f"a scheme is a name or one of {[t.__name__ for t in _SCHEME_TYPES]}, got {type(scheme).__name__}")
+
+
+__all__ = [
+    "AB2",
+    "EULER",
+    "HEUN",
+    "MIDPOINT",
+    "RK4",
+    "SCHEMES",
+    "ButcherTableau",
+    "LMScheme",
+    "LinearMultistep",
+    "PolyScheme",
+    "RevScheme",
+    "Scheme",
+    "get_scheme",
+]

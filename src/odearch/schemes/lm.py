@@ -1,0 +1,39 @@
+"""The LM-architecture's linear two-step scheme (data, no torch).
+
+    u_{n+1} = (1 - k_n) u_n + k_n u_{n-1} + f_n(u_n)                     (paper, Sec. 2.2, LM-ResNet)
+
+with one learnable k_n per block (or per channel). As a linear multistep method it has alpha = (-k_n, k_n - 1, 1),
+beta = (0, 1, 0): rho(xi) = xi^2 - (1 - k_n) xi - k_n, sigma(xi) = xi, so rho'(1) = 1 + k_n and the scheme is a
+consistent discretisation of (1 + k_n) u' = g(u) when f_n = h g. Zero-stable for -1 < k_n <= 1 (roots 1, -k_n).
+k_n = 0 is forward Euler (ResNet).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LMScheme:
+    """The LM two-step scheme with learnable coefficients.
+
+    Args:
+        name: registry name.
+        k_init: k_n is initialised from U[k_init[0], k_init[1]]; the paper's U[-0.1, 0] (its code stores
+            1 - k_n ~ U[1.0, 1.1], the same thing).
+        per_channel: one k per channel instead of one scalar per block (the official code's ``MResNetC``).
+        fixed_k: if set, k_n is this constant and not learnable (for ODE experiments).
+    """
+
+    name: str = "lm"
+    k_init: tuple[float, float] = (-0.1, 0.0)
+    per_channel: bool = False
+    fixed_k: float | None = None
+    order: int = 1
+
+    def __post_init__(self) -> None:
+        lo, hi = self.k_init
+        if lo > hi:
+            raise ValueError(f"lm scheme: k_init must be (low, high) with low <= high, got {self.k_init}")
+        if self.fixed_k is not None and not -1.0 < self.fixed_k <= 1.0:
+            raise ValueError(f"lm scheme: fixed_k = {self.fixed_k} is not zero-stable (need -1 < k <= 1)")
