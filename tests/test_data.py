@@ -383,3 +383,12 @@ def test_drop_last_and_len(data):
     assert len(loader) == len(batches) == N // B + 1 and len(batches[-1][1]) == N % B and loader.num_samples == N
     with pytest.raises(ValueError, match="uint8"):
         CifarLoader(data[0].float(), data[1], B, train=True, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu(data):
+    # The plan is drawn on the CPU, so a CUDA loader must pick the same images, crops and flips.
+    cpu, gpu = _epoch(_loader(data), 1), _epoch(_loader(data, device="cuda"), 1)
+    for (x, y), (xg, yg) in zip(cpu, gpu, strict=True):
+        assert xg.is_cuda and torch.equal(y, yg.cpu())
+        torch.testing.assert_close(xg.cpu(), x, rtol=0, atol=1e-6)
