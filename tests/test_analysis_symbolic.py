@@ -3,6 +3,7 @@ forms and against the exact linear theory, and a numerical check of the LM modif
 
 from __future__ import annotations
 
+import itertools
 import math
 from types import SimpleNamespace
 
@@ -12,8 +13,8 @@ import sympy as sp
 
 from odearch.analysis import (
     DT,
-    K,
     G,
+    K,
     SymbolicMultistep,
     T,
     U,
@@ -238,7 +239,7 @@ def test_modified_equation_predicts_the_lm_drift() -> None:
     ratios = [e[None] / e[1] for e in errors]
     assert all(ratio >= 5 for ratio in ratios), ratios
     # unmodified O(dt), first-order modified O(dt^2), second-order modified O(dt^3): halving dt divides by 2, 4, 8
-    for coarse, fine in zip(errors, errors[1:], strict=False):
+    for coarse, fine in itertools.pairwise(errors):
         assert 1.8 < coarse[None] / fine[None] < 2.4
         assert 3.5 < coarse[1] / fine[1] < 5.0
         assert coarse[2] / fine[2] > 6.5
