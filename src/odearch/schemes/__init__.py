@@ -7,7 +7,6 @@ RevNet schemes. Nothing here imports ``torch.nn``; :class:`odearch.nn.Stage` int
 from __future__ import annotations
 
 import difflib
-from typing import Union
 
 from .lm import LMScheme
 from .multistep import AB2, LinearMultistep
@@ -15,7 +14,7 @@ from .poly import PolyScheme
 from .rev import RevScheme
 from .tableau import EULER, HEUN, MIDPOINT, RK4, ButcherTableau
 
-Scheme = Union[ButcherTableau, LinearMultistep, LMScheme, PolyScheme, RevScheme]
+Scheme = ButcherTableau | LinearMultistep | LMScheme | PolyScheme | RevScheme
 
 SCHEMES: dict[str, Scheme] = {
     "euler": EULER,  # ResNet / ResNeXt: u_{n+1} = u_n + f(u_n)

@@ -1,0 +1,112 @@
+"""CIFAR ResNeXt-29 (Xie et al. 2017) and its LM twin (the paper's CIFAR-100 rows).
+
+Post-activation: u_{n+1} = ReLU(u_n + f_n(u_n)) with f = conv1x1-BN-ReLU-gconv3x3-BN-ReLU-conv1x1-BN; stem
+conv3x3(3, 64)-BN-ReLU; 3 stages of 3 blocks, outputs 256 / 512 / 1024, strides 1 / 2 / 2, grouped width
+cardinality x base width (x2 per stage); projection shortcuts P = conv1x1-BN at each stage's first block; head
+global average pool-FC.
+
+LM twin: u_{n+1} = ReLU((1 - k_n) u_n + k_n u_{n-1} + f_n(u_n)). With ``history_projection=True`` (the default of
+``lm_resnext29_*``) the LM history crosses the stage-2 and stage-3 transitions through its own projection
+Q = conv1x1-BN, u_prev := Q(u_{N-1}) instead of P(u_N): the commented-out ``downsample22`` / ``downsample32`` of the
+official code. Those two projections add 0.66M parameters, which is what the paper's printed LM-ResNeXt counts
+(35.1M / 68.8M against 34.4M / 68.1M) leave over after the k_n; ``history_projection=False`` gives the twin with
+only the k_n added.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from torch import nn
+
+from ..nn import Projection, ResidualNetwork, ResNeXtBottleneck, conv3x3, init_weights
+from ..schemes import LMScheme, RevScheme, Scheme, get_scheme
+from ._builders import make_stage, register_table
+
+__all__ = ["cifar_resnext"]
+
+
+def cifar_resnext(
+    cardinality: int,
+    base_width: int,
+    scheme: str | Scheme = "euler",
+    num_classes: int = 10,
+    depth: int = 29,
+    history_projection: bool = False,
+) -> ResidualNetwork:
+    """A CIFAR ResNeXt-(9n + 2) with ``cardinality`` groups of ``base_width`` channels in its first stage.
+
+    Args:
+        cardinality: number of groups of the 3x3 convolutions.
+        base_width: channels per group in the first stage (doubles per stage).
+        scheme: the integrator.
+        num_classes: classifier size.
+        depth: 9n + 2 (29 for the paper's rows).
+        history_projection: LM only: project u_{N-1} across the stage-2/3 transitions with its own conv1x1-BN.
+    """
+    if (depth - 2) % 9:
+        raise ValueError(f"ResNeXt depth must be 9n + 2, got {depth}")
+    scheme = get_scheme(scheme)
+    if isinstance(scheme, RevScheme):
+        raise ValueError("the rev scheme is not defined on the post-activation ResNeXt backbone")
+    if history_projection and not isinstance(scheme, LMScheme):
+        raise ValueError("history_projection carries the LM history u_{n-1}: it needs the lm scheme")
+    n = (depth - 2) // 9
+    in_planes, stages = 64, []
+    for i, (out_planes, stride) in enumerate(zip((256, 512, 1024), (1, 2, 2))):
+        width = cardinality * base_width * 2**i
+        block = partial(_resnext_block, out_planes=out_planes, cardinality=cardinality)
+        history = Projection(in_planes, out_planes, stride) if history_projection and i > 0 else None
+        stages.append(
+            make_stage(
+                scheme,
+                block,
+                in_planes,
+                width,
+                out_planes,
+                n,
+                stride,
+                shortcut=Projection,
+                history_shortcut=history,
+                post_act=nn.ReLU(),
+            )
+        )
+        in_planes = out_planes
+    stem = nn.Sequential(conv3x3(3, 64), nn.BatchNorm2d(64), nn.ReLU())
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_planes, num_classes))
+    model = ResidualNetwork(stem, stages, head)
+    init_weights(model)
+    return model
+
+
+def _resnext_block(in_planes: int, planes: int, stride: int, *, out_planes: int, cardinality: int) -> ResNeXtBottleneck:
+    """The (in_planes, planes, stride) block signature of ``make_stage``; ``planes`` is the grouped width."""
+    return ResNeXtBottleneck(in_planes, out_planes, planes, cardinality, stride)
+
+
+_ROWS = [
+    (
+        "resnext29_8x64d",
+        {"cardinality": 8, "base_width": 64},
+        "ResNeXt-29 8x64d for CIFAR (Xie et al. 2017, https://arxiv.org/abs/1611.05431): 34.4M parameters; "
+        "CIFAR-100 error 17.77%.",
+    ),
+    (
+        "resnext29_16x64d",
+        {"cardinality": 16, "base_width": 64},
+        "ResNeXt-29 16x64d for CIFAR (Xie et al. 2017): 68.1M parameters; CIFAR-100 error 17.31%.",
+    ),
+    (
+        "lm_resnext29_8x64d",
+        {"cardinality": 8, "base_width": 64, "scheme": "lm", "history_projection": True},
+        "LM-ResNeXt-29 8x64d (Lu et al. 2018): 35.1M parameters with the history projections; CIFAR-100 error "
+        "17.49% (?).",
+    ),
+    (
+        "lm_resnext29_16x64d",
+        {"cardinality": 16, "base_width": 64, "scheme": "lm", "history_projection": True},
+        "LM-ResNeXt-29 16x64d (Lu et al. 2018): 68.8M parameters with the history projections; CIFAR-100 error "
+        "16.79% (?).",
+    ),
+]
+register_table(_ROWS, cifar_resnext, __name__)

@@ -1,0 +1,131 @@
+"""The architectures *are* these schemes: observed convergence orders on a linear ODE with a closed-form solution.
+
+u' = A u, u(0) = u0, exact u(T) = expm(A T) u0. A Stage of N steps with f_n(u) = h A u, h = T / N, integrates it;
+the observed order is log2(err(N) / err(2N)).
+"""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from odearch import Stage
+from odearch.schemes import AB2, EULER, HEUN, MIDPOINT, RK4, ButcherTableau, LinearMultistep, LMScheme, get_scheme
+
+A = torch.tensor([[-0.5, 2.0], [-2.0, -0.5]], dtype=torch.float64)  # a damped rotation
+U0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
+T = 1.0
+
+
+def _integrate(scheme, n: int) -> torch.Tensor:
+    h = T / n
+    f = lambda u: h * (u @ A.T)  # noqa: E731  (f = h g, as the paper absorbs the step)
+    return Stage(scheme, [f] * n)(U0.clone())
+
+
+def _observed_orders(scheme, exact: torch.Tensor, ns=(16, 32, 64, 128)) -> list[float]:
+    errs = [torch.linalg.vector_norm(_integrate(scheme, n) - exact).item() for n in ns]
+    return [math.log2(e0 / e1) for e0, e1 in itertools.pairwise(errs)]
+
+
+EXACT = torch.linalg.matrix_exp(A * T) @ U0
+
+
+@pytest.mark.parametrize(
+    ("scheme", "order"),
+    [("euler", 1), ("rk2", 2), ("midpoint", 2), ("rk4", 4), ("ab2", 2)],
+)
+def test_observed_order(scheme: str, order: int) -> None:
+    orders = _observed_orders(scheme, EXACT)
+    assert abs(orders[-1] - order) < 0.15, orders
+
+
+def test_user_tableau_ralston() -> None:
+    ralston = ButcherTableau("ralston", a=((0, 0), (2 / 3, 0)), b=(1 / 4, 3 / 4), c=(0, 2 / 3), order=2)
+    assert abs(_observed_orders(ralston, EXACT)[-1] - 2) < 0.15
+
+
+def test_user_multistep_ab3_started_with_rk4() -> None:
+    ab3 = LinearMultistep("ab3", alpha=(0, 0, -1, 1), beta=(5 / 12, -16 / 12, 23 / 12, 0), order=3, starter=RK4)
+    assert abs(_observed_orders(ab3, EXACT, ns=(32, 64, 128, 256))[-1] - 3) < 0.2
+
+
+@pytest.mark.parametrize("k", [-0.5, -0.2, 0.3])
+def test_lm_converges_to_the_rescaled_ode(k: float) -> None:
+    """The LM step with a fixed k is consistent with (1 + k) u' = g(u): it converges to expm(A T / (1 + k)) u0."""
+    exact = torch.linalg.matrix_exp(A * T / (1 + k)) @ U0
+    scheme = LMScheme(fixed_k=k)
+    errs = [torch.linalg.vector_norm(_integrate(scheme, n) - exact).item() for n in (32, 64, 128, 256, 512)]
+    orders = [math.log2(e0 / e1) for e0, e1 in itertools.pairwise(errs)]
+    assert errs[-1] < 0.03 and abs(orders[-1] - 1) < 0.1, (errs, orders)  # first order, as LM is
+    unscaled = torch.linalg.vector_norm(_integrate(scheme, 512) - EXACT).item()
+    assert unscaled > 10 * errs[-1]  # it is *not* the solution of u' = g(u)
+
+
+def test_lm_with_k_zero_is_forward_euler() -> None:
+    assert torch.equal(_integrate(LMScheme(fixed_k=0.0), 20), _integrate("euler", 20))
+
+
+def test_poly2_approximates_backward_euler() -> None:
+    """u + F + F^2 is (I - F)^{-1} u to O(h^3) per step; as a method it is first order."""
+    assert abs(_observed_orders("poly2", EXACT)[-1] - 1) < 0.15
+    for n, tol in ((10, 2e-2), (100, 2e-5)):
+        h = T / n
+        one_step = Stage("poly2", [lambda u, h=h: h * (u @ A.T)])(U0.clone())
+        backward = torch.linalg.solve(torch.eye(2, dtype=torch.float64) - h * A, U0)
+        assert torch.linalg.vector_norm(one_step - backward).item() < tol
+
+
+def test_rev_inverse_reconstructs_input_to_roundoff() -> None:
+    torch.manual_seed(1)
+    w = [torch.randn(3, 3, dtype=torch.float64) for _ in range(8)]
+    fns = [(lambda y, a=w[2 * i]: torch.tanh(y @ a), lambda x, b=w[2 * i + 1]: torch.sin(x @ b)) for i in range(4)]
+    stage = Stage("rev", fns)
+    u0 = torch.randn(5, 6, dtype=torch.float64)
+    u_n = stage(u0)
+    assert not torch.allclose(u_n, u0)
+    assert torch.allclose(stage.inverse(u_n), u0, rtol=0, atol=1e-13)
+
+
+def test_rev_is_forward_euler_on_the_coupled_system() -> None:
+    """X' = F(Y), Y' = G(X) with linear F, G: rev converges at first order to the coupled flow."""
+    b = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)  # (X, Y)' = (Y, -X) on scalar halves
+    exact = torch.linalg.matrix_exp(b * T) @ U0
+    errs = []
+    for n in (64, 128, 256):
+        h = T / n
+        fns = [(lambda y, h=h: h * y, lambda x, h=h: -h * x)] * n
+        errs.append(torch.linalg.vector_norm(Stage("rev", fns)(U0.view(1, 2)).view(2) - exact).item())
+    assert all(0.4 < e1 / e0 < 0.6 for e0, e1 in itertools.pairwise(errs)), errs
+
+
+def test_fractal_reading_uses_a_function_per_inner_stage() -> None:
+    f1 = lambda u: 0.1 * u**2  # noqa: E731
+    f2 = lambda u: torch.sin(u)  # noqa: E731
+    u = torch.tensor([0.3, -1.2], dtype=torch.float64)
+    expected = u + 0.5 * f1(u) + 0.5 * f2(u + f1(u))  # Heun: k1 = f1(u), k2 = f2(u + k1)
+    assert torch.allclose(Stage("rk2", [(f1, f2)])(u), expected, rtol=0, atol=1e-15)
+
+
+def test_tableau_validation() -> None:
+    with pytest.raises(ValueError, match="strictly lower triangular"):
+        ButcherTableau("implicit", a=((0.5,),), b=(1.0,), c=(0.5,), order=1)
+    with pytest.raises(ValueError, match="sum to"):
+        ButcherTableau("bad_b", a=((0, 0), (1, 0)), b=(0.5, 0.6), c=(0, 1), order=2)
+    with pytest.raises(ValueError, match="row 1"):
+        ButcherTableau("bad_c", a=((0, 0), (1, 0)), b=(0.5, 0.5), c=(0, 0.5), order=2)
+    with pytest.raises(ValueError, match="explicit"):
+        LinearMultistep("implicit", alpha=(-1, 1), beta=(0.5, 0.5), order=2)
+    with pytest.raises(ValueError, match="zero-stable"):
+        LMScheme(fixed_k=-1.0)
+
+
+def test_get_scheme_suggests_close_names() -> None:
+    assert get_scheme("rk4") is RK4 and get_scheme(AB2) is AB2
+    with pytest.raises(ValueError, match="rk4"):
+        get_scheme("rk5")
+
+
+def test_schemes_are_hashable_data() -> None:
+    assert len({EULER, HEUN, MIDPOINT, RK4, AB2, LMScheme()}) == 6

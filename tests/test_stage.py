@@ -1,0 +1,110 @@
+"""Stage semantics inside networks: transitions, LM history, coefficients, errors."""
+
+import pytest
+import torch
+from torch import nn
+
+import odearch
+from odearch import Stage
+from odearch.nn import PreActBasicBlock, PreActProjection, lm_coefficients
+from odearch.schemes import LMScheme
+
+
+def _f(scale: float):
+    return lambda u: scale * torch.tanh(u)
+
+
+def test_lm_transition_step_is_plain_and_resets_history_to_projection() -> None:
+    """u_1 = P(u_0) + f_0(u_0); u_2 = (1 - k) u_1 + k P(u_0) + f_1(u_1) (the paper's official code)."""
+    p = lambda u: 2.0 * u  # noqa: E731
+    f0, f1, f2 = _f(0.3), _f(-0.2), _f(0.5)
+    stage = Stage(LMScheme(fixed_k=-0.4), [f0, f1, f2], shortcut=p)
+    u0 = torch.randn(4, dtype=torch.float64)
+    u1 = p(u0) + f0(u0)
+    u2 = 1.4 * u1 - 0.4 * p(u0) + f1(u1)
+    u3 = 1.4 * u2 - 0.4 * u1 + f2(u2)
+    out, hist = stage.forward_with_history(u0)
+    assert torch.allclose(out, u3, atol=1e-15) and torch.allclose(hist, u2, atol=1e-15)
+
+
+def test_lm_first_step_without_transition_is_euler_with_history_u0() -> None:
+    f0, f1 = _f(0.3), _f(-0.2)
+    stage = Stage(LMScheme(fixed_k=0.25), [f0, f1])
+    u0 = torch.randn(3, dtype=torch.float64)
+    u1 = u0 + f0(u0)
+    assert torch.allclose(stage(u0), 0.75 * u1 + 0.25 * u0 + f1(u1), atol=1e-15)
+
+
+def test_history_shortcut_projects_incoming_history() -> None:
+    p, q = (lambda u: 2.0 * u), (lambda u: -3.0 * u)
+    f0, f1 = _f(0.3), _f(0.1)
+    stage = Stage(LMScheme(fixed_k=-0.5), [f0, f1], shortcut=p, history_shortcut=q)
+    u0, u_prev = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    u1 = p(u0) + f0(u0)
+    out, _ = stage.forward_with_history(u0, u_prev)
+    assert torch.allclose(out, 1.5 * u1 - 0.5 * q(u_prev) + f1(u1), atol=1e-15)
+
+
+def test_post_activation_follows_each_update() -> None:
+    f = _f(1.0)
+    stage = Stage("euler", [f, f], post_act=nn.ReLU())
+    u = torch.randn(10, dtype=torch.float64)
+    u1 = torch.relu(u + f(u))
+    assert torch.equal(stage(u), torch.relu(u1 + f(u1)))
+
+
+def test_lm_coefficients_are_learnable_named_and_initialised_as_the_paper() -> None:
+    stage = Stage("lm", [PreActBasicBlock(16, 16) for _ in range(9)])
+    assert isinstance(stage.lm_k, nn.Parameter) and stage.lm_k.shape == (8,)  # steps 1..8; step 0 is the starter
+    assert (stage.lm_k <= 0).all() and (stage.lm_k >= -0.1).all()
+    per_channel = Stage("lm_channel", [PreActBasicBlock(16, 16) for _ in range(3)], channels=16)
+    assert per_channel.lm_k.shape == (2, 16)
+    out = per_channel(torch.randn(2, 16, 8, 8))
+    out.sum().backward()
+    assert per_channel.lm_k.grad is not None and per_channel.lm_k.grad.abs().sum() > 0
+
+
+def test_per_channel_lm_needs_channels() -> None:
+    with pytest.raises(ValueError, match="channels"):
+        Stage("lm_channel", [PreActBasicBlock(4, 4) for _ in range(2)])
+
+
+def test_lm_coefficients_reads_every_lm_stage() -> None:
+    model = odearch.create_model("lm_resnet20")
+    ks = lm_coefficients(model)
+    assert list(ks) == ["stages.0", "stages.1", "stages.2"]
+    assert [len(v) for v in ks.values()] == [2, 2, 2]
+    assert lm_coefficients(odearch.create_model("preact_resnet20")) == {}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"scheme": "euler", "fns": []}, "at least one"),
+        ({"scheme": "rk2", "fns": [(_f(1), _f(1), _f(1))]}, "3 functions for 2 inner stages"),
+        ({"scheme": "rev", "fns": [_f(1)]}, "pair"),
+        ({"scheme": "lm", "fns": [(_f(1), _f(1))]}, "one residual function per step"),
+        ({"scheme": "lm", "fns": [_f(1)], "history_shortcut": nn.Identity()}, "needs a shortcut"),
+        ({"scheme": "euler", "fns": [(_f(1),)], "shortcut": nn.Identity()}, "single residual function"),
+        ({"scheme": "rk3", "fns": [_f(1)]}, "unknown scheme"),
+    ],
+)
+def test_bad_stages_fail_in_the_constructor(kwargs: dict, message: str) -> None:
+    scheme, fns = kwargs.pop("scheme"), kwargs.pop("fns")
+    with pytest.raises(ValueError, match=message):
+        Stage(scheme, fns, **kwargs)
+
+
+def test_mixing_modules_and_callables_is_refused() -> None:
+    with pytest.raises(TypeError, match="mix"):
+        Stage("euler", [PreActBasicBlock(4, 4), _f(1)])
+
+
+def test_inverse_only_for_rev() -> None:
+    with pytest.raises(ValueError, match="only the rev scheme"):
+        Stage("euler", [_f(1)]).inverse(torch.zeros(2))
+
+
+def test_transition_stage_with_modules() -> None:
+    stage = Stage("lm", [PreActBasicBlock(16, 32, 2), PreActBasicBlock(32, 32)], shortcut=PreActProjection(16, 32, 2))
+    assert stage(torch.randn(2, 16, 8, 8)).shape == (2, 32, 4, 4)
