@@ -71,6 +71,15 @@ def test_lm_second_order_derivative_form() -> None:
     assert same(eq.lhs, (1 + K) * du[1] + (1 - K) * DT / 2 * du[2] + (1 + K) * DT**2 / 6 * du[3])
 
 
+def test_lm_expanded_about_the_older_state() -> None:
+    # about t_{n-1}: u(t+2dt) - (1-k) u(t+dt) - k u(t) = (1+k) dt u' + (k+3) dt^2/2 u'' + ..., and
+    # g(u(t+dt)) - g(u(t)) = dt g'(u) u' + ... moves to the left side
+    eq = modified_equation("lm", order=1, about=0)
+    assert same(eq.lhs, (1 + K) * du[1] + (K + 3) * DT / 2 * du[2] - DT * gprime(1) * du[1])
+    with pytest.raises(ValueError, match="about"):
+        modified_equation("euler", about=0)
+
+
 def test_lm_at_k_zero_is_forward_euler() -> None:
     for form in ("derivative", "classical"):
         lm = modified_equation(LMScheme(fixed_k=0.0), order=3, form=form)
