@@ -1,0 +1,205 @@
+"""``odearch analyze RUN_OR_CHECKPOINT [...] [--out DIR] [--dt 1.0]``: the LM table and k_n plots of trained runs.
+
+The CLI module registers the subcommand with :func:`add_analyze_arguments` and calls :func:`run_analyze`.
+
+Inputs (the ``odearch train`` run-directory contract): a run directory ``RUN`` (its checkpoint is
+``RUN/checkpoints/best.safetensors`` if present, else ``last.safetensors``) or a ``.safetensors`` file (its run
+directory, if any, is two levels up: ``RUN/checkpoints/x.safetensors``). The k values are read from the state-dict
+keys ``<stage>.lm_k`` alone (shape (n,) or (n, C)), so no model is rebuilt and any checkpoint of an LM network
+works; ``RUN/metrics.jsonl`` (one JSON object per epoch with ``epoch`` and ``lm_k``) gives k over training, and
+``RUN/config.yaml`` the model name for the report.
+
+Outputs in ``--out`` (default ``RUN/analysis/`` of the first input): ``lm_table.csv``, ``lm_table.txt`` (also
+printed), ``k_vs_depth.png`` and, when a run has metrics, ``k_over_epochs.png``; several inputs are overlaid.
+Errors (missing path, not a safetensors file, no LM coefficients, bad metrics) are one line on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .lm_table import KValues, format_table, lm_table, write_csv
+
+EXIT_ERROR = 2
+
+
+class AnalyzeError(Exception):
+    """A user-facing error of ``odearch analyze`` (printed as one line, exit code 2)."""
+
+
+@dataclass(frozen=True)
+class RunSource:
+    """One analysed input.
+
+    Args:
+        name: the label in tables and legends (the run directory's name, or the checkpoint's stem).
+        checkpoint: the safetensors file the k values were read from.
+        run_dir: the run directory, if the checkpoint belongs to one.
+        k_by_stage: stage name -> k of its blocks 1..N-1.
+        metrics: the records of ``metrics.jsonl``, or None if there is none.
+        model: the model name from ``config.yaml``, if known.
+    """
+
+    name: str
+    checkpoint: Path
+    run_dir: Path | None
+    k_by_stage: dict[str, KValues]
+    metrics: list[dict] | None
+    model: str | None
+
+
+def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``analyze`` arguments to a (sub)parser."""
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="RUN_OR_CHECKPOINT",
+        help="a run directory (uses checkpoints/best.safetensors, else last.safetensors) or a .safetensors file; "
+        "several are overlaid",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default: RUN/analysis of the first)")
+    parser.add_argument(
+        "--dt", type=float, default=1.0, help="the step dt of the ODE reading (scales the effective step; default 1)"
+    )
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """Write the LM table and plots for ``args.paths``; returns the exit code (0, or 2 on a user error)."""
+    try:
+        sources = _unique_names([load_source(Path(p)) for p in args.paths])
+        out = Path(args.out) if args.out is not None else _default_out(sources[0])
+        text = write_report(sources, out, args.dt)
+    except AnalyzeError as error:
+        print(f"odearch analyze: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    print(text)
+    print(f"wrote {out}/")
+    return 0
+
+
+def write_report(sources: list[RunSource], out: Path, dt: float = 1.0) -> str:
+    """Write lm_table.csv, lm_table.txt, k_vs_depth.png and (with metrics) k_over_epochs.png; returns the text."""
+    from .plots import plot_k_over_epochs, plot_k_vs_depth  # matplotlib only when plotting
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [{"run": s.name} | row for s in sources for row in lm_table(s.k_by_stage, dt)]
+    write_csv(rows, out / "lm_table.csv")
+    header = [f"run {s.name}: {s.checkpoint}" + (f" (model {s.model})" if s.model else "") for s in sources]
+    text = "\n".join([*header, "", format_table(rows)])
+    (out / "lm_table.txt").write_text(text + "\n")
+    plot_k_vs_depth({s.name: s.k_by_stage for s in sources}, out / "k_vs_depth.png")
+    with_metrics = {s.name: s.metrics for s in sources if s.metrics and any(r.get("lm_k") for r in s.metrics)}
+    if with_metrics:
+        try:
+            plot_k_over_epochs(with_metrics, out / "k_over_epochs.png")
+        except ValueError as error:  # metrics without usable lm_k entries
+            raise AnalyzeError(f"metrics.jsonl: {error}") from error
+    return text
+
+
+def load_source(path: Path) -> RunSource:
+    """Resolve a run directory or a checkpoint and read its k values, metrics and model name."""
+    checkpoint, run_dir = resolve_checkpoint(path)
+    k_by_stage = read_lm_k(checkpoint)
+    metrics = read_metrics(run_dir / "metrics.jsonl") if run_dir else None
+    model = read_model_name(run_dir / "config.yaml") if run_dir else None
+    name = run_dir.name if run_dir else checkpoint.stem
+    return RunSource(name, checkpoint, run_dir, k_by_stage, metrics, model)
+
+
+def resolve_checkpoint(path: Path) -> tuple[Path, Path | None]:
+    """(checkpoint file, run directory or None) for a run directory or a checkpoint file."""
+    if not path.exists():
+        raise AnalyzeError(f"no such file or directory: {path}")
+    if path.is_dir():
+        for name in ("best.safetensors", "last.safetensors"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name, path
+        raise AnalyzeError(f"{path}: no checkpoints/best.safetensors or checkpoints/last.safetensors")
+    run_dir = path.resolve().parent.parent  # RUN/checkpoints/x.safetensors -> RUN
+    is_run = path.resolve().parent.name == "checkpoints" and (
+        (run_dir / "config.yaml").is_file() or (run_dir / "metrics.jsonl").is_file()
+    )
+    return path, run_dir if is_run else None
+
+
+def _natural_key(text: str) -> list[int | str]:
+    """'stages.10' after 'stages.2' (safetensors stores keys sorted as strings)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def read_lm_k(checkpoint: Path, suffix: str = ".lm_k") -> dict[str, KValues]:
+    """k_by_stage from the ``<stage>.lm_k`` tensors of a safetensors file, stages in natural order.
+
+    Raises:
+        AnalyzeError: not a safetensors file, or no ``.lm_k`` key (not an LM network), or a bad shape.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(checkpoint), framework="numpy") as handle:
+            keys = sorted((key for key in handle.keys() if key.endswith(suffix)), key=_natural_key)
+            arrays = {key: handle.get_tensor(key) for key in keys}
+    except Exception as error:  # safetensors raises its own error types (and OSError / ValueError) for bad files
+        raise AnalyzeError(f"{checkpoint}: not a readable safetensors file ({error})") from error
+    if not arrays:
+        raise AnalyzeError(f"{checkpoint}: no LM coefficients (no '*{suffix}' key; not an LM-architecture network)")
+    out: dict[str, KValues] = {}
+    for key, array in arrays.items():
+        if array.ndim not in (1, 2):
+            raise AnalyzeError(f"{checkpoint}: {key} has shape {tuple(array.shape)}, expected (n,) or (n, C)")
+        out[key[: -len(suffix)]] = array.astype(float).tolist()
+    return out
+
+
+def read_metrics(path: Path) -> list[dict] | None:
+    """The JSON objects of a metrics.jsonl (blank lines skipped), or None if the file does not exist."""
+    if not path.is_file():
+        return None
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise AnalyzeError(f"{path}:{number}: not JSON ({error.msg})") from error
+        if not isinstance(record, dict):
+            raise AnalyzeError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+        records.append(record)
+    return records
+
+
+def read_model_name(path: Path) -> str | None:
+    """The ``model`` entry of a run's config.yaml, or None if there is no readable one (it is only a label)."""
+    if not path.is_file():
+        return None
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return None
+    return str(config["model"]) if isinstance(config, dict) and "model" in config else None
+
+
+def _default_out(source: RunSource) -> Path:
+    return (source.run_dir if source.run_dir else source.checkpoint.parent) / "analysis"
+
+
+def _unique_names(sources: list[RunSource]) -> list[RunSource]:
+    """Disambiguate equal run names (e.g. two runs both called 'seed0' in different folders) with #2, #3, ..."""
+    seen: dict[str, int] = {}
+    out = []
+    for source in sources:
+        seen[source.name] = seen.get(source.name, 0) + 1
+        if seen[source.name] > 1:
+            source = RunSource(**{**source.__dict__, "name": f"{source.name}#{seen[source.name]}"})
+        out.append(source)
+    return out
