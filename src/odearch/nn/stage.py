@@ -35,10 +35,13 @@ Stochastic training (options; in evaluation, and with no option set, the updates
   term is multiplied by eta_n / p_n, eta_n ~ Bernoulli(p_n), one draw per mini-batch (``drop_mode="batch"``, the
   dropped block is not evaluated) or per sample (``"sample"``). Evaluation runs the mean, the update unscaled. For
   every family the whole increment of the step goes with one draw: u_{n+1} = u_n + (eta_n / p_n) sum_i b_i k_i for
-  a Runge-Kutta step (also rk2 / rk4 / FractalNet), u_n + (eta_n / p_n)(F(u_n) + F(F(u_n))) for PolyNet; a RevNet
-  step drops F and G together, X_{n+1} = X_n + (eta_n / p_n) F(Y_n), Y_{n+1} = Y_n + (eta_n / p_n) G(X_{n+1}),
-  because the pair is one residual block (one p_n of the linear decay; the step stays exactly invertible given
-  eta_n, and a half-dropped pair would be a different, shallower block). LM keeps its history exact:
+  a Runge-Kutta step (also rk2 / rk4 / FractalNet), u_n + (eta_n / p_n)(F(u_n) + F(F(u_n))) for PolyNet. A RevNet
+  step drops F and G independently, both with the step's p_n: X_{n+1} = X_n + (eta_n / p_n) F(Y_n),
+  Y_{n+1} = Y_n + (eta'_n / p_n) G(X_{n+1}). Each half-step is forward Euler on its own component of the coupled
+  system X' = F(Y), Y' = G(X), so each gets its own Bernoulli noise; and a shared draw would enter Y_{n+1} as
+  (eta_n / p_n)^2 G(F(Y_n)), whose mean 1 / p_n != 1 makes the training-time mean differ from the evaluation
+  network even for linear F, G, while independent draws keep E[train] = eval as for every other family. The step
+  stays exactly invertible given the draws. LM keeps its history exact:
   u_{n+1} = (1 - k_n) u_n + k_n u_{n-1} + (eta_n / p_n) f_n(u_n), u_{n-1} the real previous state (paper,
   "LM with stochastic depth"). A linear multistep method uses the realised residual (eta_n / p_n) f_n(u_n) in
   every later step that reads it. A dropped transition step gives u_1 = P(u_0) (the official code adds zeros).
@@ -52,6 +55,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -61,6 +66,7 @@ from .drop import Gate, add_noise, batch_gate, check_drop_mode, check_survival, 
 
 ResidualFn = Callable[[Tensor], Tensor]
 StepFns = ResidualFn | tuple[ResidualFn, ...]
+StepGate = Gate | tuple[Gate, Gate]  # a RevNet step has one stochastic-depth gate for F and one for G
 
 
 def _axpy(u: Tensor, coef: float, v: Tensor, gate: Gate = None) -> Tensor:
@@ -80,7 +86,7 @@ def _dropped(gate: Gate) -> bool:
     return type(gate) is float and gate == 0.0
 
 
-def _gate(gates: list[Gate] | None, n: int) -> Gate:
+def _gate(gates: list[StepGate] | None, n: int) -> Any:
     return None if gates is None else gates[n]
 
 
@@ -224,7 +230,7 @@ class Stage(nn.Module):
         ``u_prev`` is the previous stage's u_{-1}; it is used only through ``history_shortcut`` at a transition.
         """
         fns = self.step_fns
-        gates: list[Gate] | None = None  # per step: None, or the stochastic-depth factor eta_n / p_n
+        gates: list[StepGate] | None = None  # per step: None, or the stochastic-depth factor eta_n / p_n
         noisy = False
         if self.training and (self.survival is not None or self.noise_sigma is not None):
             gates = self._draw_gates(u)
@@ -259,7 +265,7 @@ class Stage(nn.Module):
             return u, None
         if isinstance(scheme, RevScheme):
             for n in range(first, len(fns)):
-                u = self._end(self._rev_step(u, fns[n], scheme.split_dim, _gate(gates, n)), noisy)
+                u = self._end(self._rev_step(u, fns[n], scheme.split_dim, _gate(gates, n) or (None, None)), noisy)
             return u, None
         raise TypeError(f"no step for scheme {scheme!r}")  # unreachable: get_scheme validated it
 
@@ -273,13 +279,19 @@ class Stage(nn.Module):
             u = add_noise(u, self.noise_sigma, self.NOISE_DT)
         return u if self.post_act is None else self.post_act(u)
 
-    def _draw_gates(self, u: Tensor) -> list[Gate] | None:
+    def _draw_gates(self, u: Tensor) -> list[StepGate] | None:
         """This forward pass's stochastic-depth factors, one per step (None for a step with p_n = 1)."""
         if self.survival is None:
             return None
         if self.drop_mode == "batch":  # CPU draws from the global RNG: no device sync, ranks stay in step
-            return [None if p == 1.0 else batch_gate(p) for p in self.survival]
-        return [None if p == 1.0 else sample_gate(u, p) for p in self.survival]
+            draw: Callable[[float], Gate] = batch_gate
+        else:
+            draw = partial(sample_gate, u)
+        gates: list[StepGate] = [None if p == 1.0 else draw(p) for p in self.survival]
+        if isinstance(self.scheme, RevScheme):  # a RevNet step draws for F, then for G (the transition: one draw)
+            first = int(self.shortcut is not None)
+            gates[first:] = [(g, None if p == 1.0 else draw(p)) for g, p in zip(gates[first:], self.survival[first:])]
+        return gates
 
     # ----------------------------------------------------------------------------------------- one step per family
     @staticmethod
@@ -318,7 +330,7 @@ class Stage(nn.Module):
         u_prev: Tensor | None,
         fns: list[StepFns],
         first: int,
-        gates: list[Gate] | None = None,
+        gates: list[StepGate] | None = None,
         noisy: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """u_{n+1} = (1 - k_n) u_n + k_n u_{n-1} + f_n(u_n); step 0 without a transition is forward Euler.
@@ -353,7 +365,7 @@ class Stage(nn.Module):
         fns: list[StepFns],
         first: int,
         lmm: LinearMultistep,
-        gates: list[Gate] | None = None,
+        gates: list[StepGate] | None = None,
         noisy: bool = False,
     ) -> Tensor:
         """u_{n+s} = sum_{j<s} (-alpha_j u_{n+j} + beta_j f_{n+j}(u_{n+j})); the starter fills missing history.
@@ -391,14 +403,15 @@ class Stage(nn.Module):
         return out
 
     @staticmethod
-    def _rev_step(u: Tensor, fn: StepFns, dim: int, gate: Gate = None) -> Tensor:
-        """X_{n+1} = X_n + (eta_n / p_n) F(Y_n); Y_{n+1} = Y_n + (eta_n / p_n) G(X_{n+1}): F, G share one draw."""
-        if _dropped(gate):
-            return u
+    def _rev_step(u: Tensor, fn: StepFns, dim: int, gates: tuple[Gate, Gate] = (None, None)) -> Tensor:
+        """X_{n+1} = X_n + (eta_n / p_n) F(Y_n); Y_{n+1} = Y_n + (eta'_n / p_n) G(X_{n+1}) (gates 1 without SD)."""
         f, g = fn  # type: ignore[misc]
+        gate_f, gate_g = gates
         x, y = u.chunk(2, dim=dim)
-        x = _axpy(x, 1.0, f(y), gate)
-        y = _axpy(y, 1.0, g(x), gate)
+        if not _dropped(gate_f):
+            x = _axpy(x, 1.0, f(y), gate_f)
+        if not _dropped(gate_g):
+            y = _axpy(y, 1.0, g(x), gate_g)
         return torch.cat((x, y), dim=dim)
 
     # ----------------------------------------------------------------------------------------------------- inverse
