@@ -14,6 +14,10 @@ channels) at the transitions, as the CIFAR experiments of He et al. use; head gl
 | resnet1202 | 19.4M | 7.93 |
 
 ``scheme=`` swaps the integrator on this backbone too (the ReLU then follows each scheme's update).
+
+Stochastic depth (Huang et al. 2016, whose CIFAR backbone this is): ``resnet110_sd`` is their ResNet-110 with
+p_L = 0.5 (CIFAR-10 error 5.25%, the paper's stochastic-depth baseline row); ``resnet56_sd`` uses p_L = 0.8 to pair
+with ``lm_resnet56_sd``. Every model takes ``p_last=``, ``drop_mode=``, ``noise_sigma=``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from torch import nn
 
 from ..nn import BasicBlock, ResidualNetwork, ZeroPadShortcut, conv3x3, init_weights
 from ..schemes import RevScheme, Scheme, get_scheme
-from ._builders import make_stage, register_table
+from ._builders import make_stage, register_table, stochastic_options
 
 __all__ = ["cifar_resnet"]
 
@@ -32,6 +36,9 @@ def cifar_resnet(
     scheme: str | Scheme = "euler",
     num_classes: int = 10,
     widths: tuple[int, int, int] = (16, 32, 64),
+    p_last: float | None = None,
+    drop_mode: str = "batch",
+    noise_sigma: float | None = None,
 ) -> ResidualNetwork:
     """A post-activation CIFAR ResNet (He et al. 2015) with option-A shortcuts, integrated by ``scheme``.
 
@@ -40,14 +47,28 @@ def cifar_resnet(
         scheme: the integrator; ``rev`` is not defined with a post-activation (it would not be invertible).
         num_classes: classifier size.
         widths: stage widths.
+        p_last: stochastic depth: survival probability of the last block, linear decay from 1 over all blocks
+            (None or 1: off). A dropped block is the identity: u_{n+1} = ReLU(u_n) = u_n.
+        drop_mode: stochastic depth per mini-batch (``"batch"``) or per sample (``"sample"``).
+        noise_sigma: noise injection after every block in training, before its ReLU (None: off).
     """
     if isinstance(get_scheme(scheme), RevScheme):
         raise ValueError("the rev scheme needs a pre-activation backbone: use rev_resnet20 / preact_resnet*")
+    stochastic = stochastic_options(layers, p_last, drop_mode, noise_sigma)
     in_planes, stages = widths[0], []
-    for planes, stride, n in zip(widths, (1, 2, 2), layers):
+    for planes, stride, n, opts in zip(widths, (1, 2, 2), layers, stochastic):
         stages.append(
             make_stage(
-                scheme, BasicBlock, in_planes, planes, planes, n, stride, shortcut=ZeroPadShortcut, post_act=nn.ReLU()
+                scheme,
+                BasicBlock,
+                in_planes,
+                planes,
+                planes,
+                n,
+                stride,
+                shortcut=ZeroPadShortcut,
+                post_act=nn.ReLU(),
+                **opts,  # type: ignore[arg-type]
             )
         )
         in_planes = planes
@@ -73,5 +94,23 @@ _ROWS = [
         (110, "1.7M", 6.43),
         (1202, "19.4M", 7.93),
     )
+]
+_ROWS += [
+    (
+        "resnet56_sd",
+        {"layers": (9, 9, 9), "p_last": 0.8},
+        "ResNet-56 (He et al. 2015) with stochastic depth (Huang et al. 2016, https://arxiv.org/abs/1603.09382), "
+        "p_L = 0.8 to pair with lm_resnet56_sd (survival 1 - i / 26 * 0.2 for block i of 27, per mini-batch); "
+        "0.85M parameters; 500-epoch schedule (lr 0.1, / 10 after epochs 250 and 375).",
+    ),
+    (
+        "resnet110_sd",
+        {"layers": (18, 18, 18), "p_last": 0.5},
+        "ResNet-110 with stochastic depth, p_L = 0.5 (Huang et al. 2016, https://arxiv.org/abs/1603.09382; "
+        "CIFAR-10 error 5.25%, the paper's stochastic-depth baseline row): 1.7M parameters, survival "
+        "1 - i / 53 * 0.5 for block i of 54, per mini-batch; 500-epoch schedule (lr 0.1, / 10 after epochs 250 "
+        "and 375). Huang et al. count blocks from 1 (their first survival is 1 - 0.5 / 54); here, as in the "
+        "LM-ResNet code, block 0 always survives.",
+    ),
 ]
 register_table(_ROWS, cifar_resnet, __name__)

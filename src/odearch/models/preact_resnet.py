@@ -16,6 +16,12 @@ Layout (the paper and its official code ``MResNet``): stem conv3x3(3, 16) withou
 16 / 32 / 64 (x4 for bottlenecks), strides 1 / 2 / 2; each down-sampling stage starts with a plain step whose
 shortcut is P = BN-ReLU-conv1x1; head BN-ReLU-global average pool-FC. Depth 6n + 2 with basic blocks (n per stage),
 9n + 2 with bottlenecks. Every model takes ``scheme=`` to swap the integrator.
+
+Stochastic training (``p_last=``, ``drop_mode=``, ``noise_sigma=`` on every model; see :mod:`odearch.nn.drop`):
+the ``_sd`` rows carry the paper's stochastic-depth setting, survival decaying linearly over all blocks from 1 to
+p_L (0.8 for depth 56, 0.5 for 110), one draw per block and mini-batch; ``preact_resnet*_sd`` are the exact plain
+twins of ``lm_resnet*_sd``, so a comparison isolates the LM coupling. The paper trains them 500 epochs: lr 0.1,
+/ 10 after epochs 250 and 375, weight decay 1e-4, momentum 0.9, batch 128.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from torch import nn
 
 from ..nn import PreActBasicBlock, PreActBottleneck, PreActProjection, ResidualNetwork, conv3x3, init_weights
 from ..schemes import Scheme
-from ._builders import make_stage, register_table
+from ._builders import make_stage, register_table, stochastic_options
 
 __all__ = ["preact_resnet"]
 
@@ -36,6 +42,9 @@ def preact_resnet(
     num_classes: int = 10,
     widths: tuple[int, int, int] = (16, 32, 64),
     fractal: bool = False,
+    p_last: float | None = None,
+    drop_mode: str = "batch",
+    noise_sigma: float | None = None,
 ) -> ResidualNetwork:
     """A pre-activation CIFAR ResNet whose stages integrate with ``scheme``.
 
@@ -46,14 +55,28 @@ def preact_resnet(
         num_classes: classifier size.
         widths: stage widths before the bottleneck expansion.
         fractal: for a Runge-Kutta scheme, one block per inner stage (FractalNet reading) instead of one per step.
+        p_last: stochastic depth: survival probability of the last block, linear decay from 1 over all blocks
+            (None or 1: off).
+        drop_mode: stochastic depth per mini-batch (``"batch"``) or per sample (``"sample"``).
+        noise_sigma: noise injection after every block in training (None: off).
     """
     block = PreActBottleneck if bottleneck else PreActBasicBlock
+    stochastic = stochastic_options(layers, p_last, drop_mode, noise_sigma)
     in_planes, stages = widths[0], []
-    for planes, stride, n in zip(widths, (1, 2, 2), layers):
+    for planes, stride, n, opts in zip(widths, (1, 2, 2), layers, stochastic):
         out_planes = planes * block.expansion
         stages.append(
             make_stage(
-                scheme, block, in_planes, planes, out_planes, n, stride, shortcut=PreActProjection, fractal=fractal
+                scheme,
+                block,
+                in_planes,
+                planes,
+                out_planes,
+                n,
+                stride,
+                shortcut=PreActProjection,
+                fractal=fractal,
+                **opts,  # type: ignore[arg-type]
             )
         )
         in_planes = out_planes
@@ -117,5 +140,30 @@ _ROWS.append(
         "distinct block per inner stage (twice the parameters of preact_resnet20).",
     )
 )
+
+_SD_ERR = {56: "5.14 (?)", 110: "4.80 (?)"}
+for _d, _p_last in ((56, 0.8), (110, 0.5)):
+    _sd = (
+        f"stochastic depth with p_L = {_p_last} (survival 1 - i / (n - 1) (1 - p_L) for block i of all n = "
+        f"{(_d - 2) // 2} blocks, per mini-batch), trained 500 epochs (lr 0.1, / 10 after epochs 250 and 375)"
+    )
+    _ROWS.append(
+        (
+            f"lm_resnet{_d}_sd",
+            {**_depth_args(_d), "scheme": "lm", "p_last": _p_last},
+            f"LM-ResNet-{_d} with {_sd}: u_{{n+1}} = (1 - k_n) u_n + k_n u_{{n-1}} + (eta_n / p_n) f_n(u_n), "
+            f"eta_n ~ Bernoulli(p_n) (Lu et al. 2018, stochastic-depth row: CIFAR-10 error {_SD_ERR[_d]}%; "
+            f"{_PARAMS[_d]} parameters).",
+        )
+    )
+    _ROWS.append(
+        (
+            f"preact_resnet{_d}_sd",
+            {**_depth_args(_d), "p_last": _p_last},
+            f"Pre-activation ResNet-{_d} with {_sd}: the exact plain (k_n = 0) twin of lm_resnet{_d}_sd, "
+            f"u_{{n+1}} = u_n + (eta_n / p_n) f_n(u_n) (Huang et al. 2016, https://arxiv.org/abs/1603.09382, on the "
+            f"paper's pre-activation backbone; {_PARAMS[_d]} parameters).",
+        )
+    )
 
 register_table(_ROWS, preact_resnet, __name__)

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..nn import Projection, ResidualNetwork, ResNeXtBottleneck, conv3x3, init_weights
 from ..schemes import LMScheme, RevScheme, Scheme, get_scheme
-from ._builders import make_stage, register_table
+from ._builders import make_stage, register_table, stochastic_options
 
 __all__ = ["cifar_resnext"]
 
@@ -33,6 +33,9 @@ def cifar_resnext(
     num_classes: int = 10,
     depth: int = 29,
     history_projection: bool = False,
+    p_last: float | None = None,
+    drop_mode: str = "batch",
+    noise_sigma: float | None = None,
 ) -> ResidualNetwork:
     """A CIFAR ResNeXt-(9n + 2) with ``cardinality`` groups of ``base_width`` channels in its first stage.
 
@@ -43,6 +46,10 @@ def cifar_resnext(
         num_classes: classifier size.
         depth: 9n + 2 (29 for the paper's rows).
         history_projection: LM only: project u_{N-1} across the stage-2/3 transitions with its own conv1x1-BN.
+        p_last: stochastic depth: survival probability of the last block, linear decay from 1 over all blocks
+            (None or 1: off).
+        drop_mode: stochastic depth per mini-batch (``"batch"``) or per sample (``"sample"``).
+        noise_sigma: noise injection after every block in training, before its ReLU (None: off).
     """
     if (depth - 2) % 9:
         raise ValueError(f"ResNeXt depth must be 9n + 2, got {depth}")
@@ -52,6 +59,7 @@ def cifar_resnext(
     if history_projection and not isinstance(scheme, LMScheme):
         raise ValueError("history_projection carries the LM history u_{n-1}: it needs the lm scheme")
     n = (depth - 2) // 9
+    stochastic = stochastic_options((n, n, n), p_last, drop_mode, noise_sigma)
     in_planes, stages = 64, []
     for i, (out_planes, stride) in enumerate(zip((256, 512, 1024), (1, 2, 2))):
         width = cardinality * base_width * 2**i
@@ -69,6 +77,7 @@ def cifar_resnext(
                 shortcut=Projection,
                 history_shortcut=history,
                 post_act=nn.ReLU(),
+                **stochastic[i],  # type: ignore[arg-type]
             )
         )
         in_planes = out_planes

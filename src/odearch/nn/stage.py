@@ -28,24 +28,71 @@ holds one coefficient for each of the steps 1..N-1 of a stage.
 
 An optional ``post_act`` sigma turns every step into u_{n+1} = sigma(update), the post-activation ResNet of He et
 al. (2015), whose ReLU follows the addition.
+
+Stochastic training (options; in evaluation, and with no option set, the updates above run unchanged):
+
+- Stochastic depth, ``survival=(p_0, ..., p_{N-1})`` (see :mod:`odearch.nn.drop`): in training, step n's residual
+  term is multiplied by eta_n / p_n, eta_n ~ Bernoulli(p_n), one draw per mini-batch (``drop_mode="batch"``, the
+  dropped block is not evaluated) or per sample (``"sample"``). Evaluation runs the mean, the update unscaled. For
+  every family the whole increment of the step goes with one draw: u_{n+1} = u_n + (eta_n / p_n) sum_i b_i k_i for
+  a Runge-Kutta step (also rk2 / rk4 / FractalNet), u_n + (eta_n / p_n)(F(u_n) + F(F(u_n))) for PolyNet. A RevNet
+  step drops F and G independently, both with the step's p_n: X_{n+1} = X_n + (eta_n / p_n) F(Y_n),
+  Y_{n+1} = Y_n + (eta'_n / p_n) G(X_{n+1}). Each half-step is forward Euler on its own component of the coupled
+  system X' = F(Y), Y' = G(X), so each gets its own Bernoulli noise; and a shared draw would enter Y_{n+1} as
+  (eta_n / p_n)^2 G(F(Y_n)), whose mean 1 / p_n != 1 makes the training-time mean differ from the evaluation
+  network even for linear F, G, while independent draws keep E[train] = eval as for every other family. The step
+  stays exactly invertible given the draws. LM keeps its history exact:
+  u_{n+1} = (1 - k_n) u_n + k_n u_{n-1} + (eta_n / p_n) f_n(u_n), u_{n-1} the real previous state (paper,
+  "LM with stochastic depth"). A linear multistep method uses the realised residual (eta_n / p_n) f_n(u_n) in
+  every later step that reads it. A dropped transition step gives u_1 = P(u_0) (the official code adds zeros).
+- Noise injection, ``noise_sigma=sigma``: every step in training becomes u_{n+1} = sigma_post(update + sigma sqrt(dt)
+  xi_n), xi_n ~ N(0, I) elementwise, dt = 1 per step (each block is one unit of time, as f absorbs its step):
+  the Euler-Maruyama step of dX = g(X) dt + sigma dB, so u_N - u_0 has variance sigma^2 N when f = 0. The noise
+  enters before the post-activation, so a post-activation network keeps feeding its blocks activated states.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..schemes import ButcherTableau, LinearMultistep, LMScheme, PolyScheme, RevScheme, Scheme, get_scheme
+from .drop import Gate, add_noise, batch_gate, check_drop_mode, check_survival, sample_gate
 
 ResidualFn = Callable[[Tensor], Tensor]
 StepFns = ResidualFn | tuple[ResidualFn, ...]
+StepGate = Gate | tuple[Gate, Gate]  # a RevNet step has one stochastic-depth gate for F and one for G
 
 
-def _axpy(u: Tensor, coef: float, v: Tensor) -> Tensor:
-    """u + coef * v as one kernel (and no multiply when coef is 1)."""
-    return u + v if coef == 1.0 else torch.add(u, v, alpha=coef)
+def _axpy(u: Tensor, coef: float, v: Tensor, gate: Gate = None) -> Tensor:
+    """u + coef * gate * v as one kernel (and no multiply when coef is 1 and there is no gate).
+
+    ``gate``: None (1), a float (a per-batch 1 / p) or a (B, 1, ..., 1) tensor (per-sample eta / p).
+    """
+    if gate is None:
+        return u + v if coef == 1.0 else torch.add(u, v, alpha=coef)
+    if isinstance(gate, Tensor):
+        return torch.addcmul(u, gate, v, value=coef)
+    return torch.add(u, v, alpha=coef * gate)
+
+
+def _dropped(gate: Gate) -> bool:
+    """True for a block dropped by a per-batch draw: its residual function is not evaluated."""
+    return type(gate) is float and gate == 0.0
+
+
+def _gate(gates: list[StepGate] | None, n: int) -> Any:
+    return None if gates is None else gates[n]
+
+
+def _scaled(f: Tensor | None, gate: Gate) -> Tensor | None:
+    """The realised residual gate * f (None for a dropped block)."""
+    return f if gate is None or f is None else f * gate
 
 
 def _as_module(fn: StepFns) -> nn.Module | None:
@@ -68,7 +115,15 @@ class Stage(nn.Module):
         history_shortcut: Q, projecting an incoming u_{-1} across a transition (LM-ResNeXt); needs ``shortcut``.
         post_act: sigma applied after every step (post-activation ResNet); None for pre-activation networks.
         channels: number of channels of the state, needed for a per-channel LM coefficient.
+        survival: stochastic depth: the survival probability p_n in (0, 1] of each step (None or all 1: off);
+            see :func:`odearch.nn.drop.linear_survival` for the usual network-wide linear decay.
+        drop_mode: ``"batch"`` (one draw per block and mini-batch; a dropped block is not evaluated) or
+            ``"sample"`` (one draw per sample, a (B, 1, ..., 1) mask).
+        noise_sigma: noise injection: sigma of the Gaussian increment sigma sqrt(dt) xi_n added to every step in
+            training (dt = 1 per step); None or 0: off.
     """
+
+    NOISE_DT = 1.0  # time per residual step for the injected noise: f absorbs the step, one block = one unit
 
     def __init__(
         self,
@@ -79,6 +134,9 @@ class Stage(nn.Module):
         history_shortcut: nn.Module | None = None,
         post_act: nn.Module | None = None,
         channels: int | None = None,
+        survival: Sequence[float] | None = None,
+        drop_mode: str = "batch",
+        noise_sigma: float | None = None,
     ) -> None:
         super().__init__()
         self.scheme = get_scheme(scheme)
@@ -103,6 +161,7 @@ class Stage(nn.Module):
         self.post_act = post_act
         if isinstance(self.scheme, LMScheme) and len(fns) > 1:
             self._init_lm_k(len(fns) - 1, channels)
+        self._init_stochastic(len(fns), survival, drop_mode, noise_sigma)
 
     # ----------------------------------------------------------------------------------------------- construction
     def _check_step_fns(self, fns: list[StepFns], transition: bool) -> None:
@@ -118,6 +177,26 @@ class Stage(nn.Module):
                     )
             elif isinstance(fn, tuple):
                 raise ValueError(f"{self.scheme.name}: one residual function per step, got a tuple at step {n}")
+
+    def _init_stochastic(
+        self, n_steps: int, survival: Sequence[float] | None, drop_mode: str, noise_sigma: float | None
+    ) -> None:
+        check_drop_mode(drop_mode)
+        if survival is not None:
+            survival = tuple(float(p) for p in survival)
+            if len(survival) != n_steps:
+                raise ValueError(f"survival has {len(survival)} probabilities for {n_steps} steps: give one per step")
+            for n, p in enumerate(survival):
+                check_survival(p, f"survival[{n}]")
+            if all(p == 1.0 for p in survival):
+                survival = None  # nothing is ever dropped: keep the deterministic code path
+        if noise_sigma is not None:
+            if not (math.isfinite(noise_sigma) and noise_sigma >= 0.0):
+                raise ValueError(f"noise_sigma must be a finite standard deviation >= 0, got {noise_sigma}")
+            noise_sigma = float(noise_sigma) or None
+        self.survival: tuple[float, ...] | None = survival
+        self.drop_mode = drop_mode
+        self.noise_sigma: float | None = noise_sigma
 
     def _init_lm_k(self, n_steps: int, channels: int | None) -> None:
         scheme = self.scheme
@@ -151,44 +230,76 @@ class Stage(nn.Module):
         ``u_prev`` is the previous stage's u_{-1}; it is used only through ``history_shortcut`` at a transition.
         """
         fns = self.step_fns
+        gates: list[StepGate] | None = None  # per step: None, or the stochastic-depth factor eta_n / p_n
+        noisy = False
+        if self.training and (self.survival is not None or self.noise_sigma is not None):
+            gates = self._draw_gates(u)
+            noisy = self.noise_sigma is not None
         first = 0
         history: Tensor | None = None
-        f_hist: list[Tensor] = []
+        f_hist: list[Tensor | None] = []
+        scheme = self.scheme
         if self.shortcut is not None:
+            g = _gate(gates, 0)
             p = self.shortcut(u)
-            r = fns[0](u)
-            u_new = self._act(p + r)
+            r = None if _dropped(g) else fns[0](u)  # dropped: u_1 = P(u_0)
+            u_new = self._end(p if r is None else _axpy(p, 1.0, r, g), noisy)
             if self.history_shortcut is not None and u_prev is not None:
                 history = self.history_shortcut(u_prev)
             else:
                 history = p
-            u, first, f_hist = u_new, 1, [r]
-        scheme = self.scheme
+            u, first = u_new, 1
+            if isinstance(scheme, LinearMultistep):
+                f_hist = [_scaled(r, g)]
         if isinstance(scheme, ButcherTableau):
-            for fn in fns[first:]:
-                u = self._act(self._rk_step(u, fn, scheme))
+            for n in range(first, len(fns)):
+                u = self._end(self._rk_step(u, fns[n], scheme, gate=_gate(gates, n)), noisy)
             return u, None
         if isinstance(scheme, LMScheme):
-            return self._run_lm(u, history, fns, first)
+            return self._run_lm(u, history, fns, first, gates, noisy)
         if isinstance(scheme, LinearMultistep):
-            return self._run_multistep(u, history, f_hist, fns, first, scheme), None
+            return self._run_multistep(u, history, f_hist, fns, first, scheme, gates, noisy), None
         if isinstance(scheme, PolyScheme):
-            for fn in fns[first:]:
-                u = self._act(self._poly_step(u, fn, scheme.degree))
+            for n in range(first, len(fns)):
+                u = self._end(self._poly_step(u, fns[n], scheme.degree, _gate(gates, n)), noisy)
             return u, None
         if isinstance(scheme, RevScheme):
-            for fn in fns[first:]:
-                u = self._act(self._rev_step(u, fn, scheme.split_dim))
+            for n in range(first, len(fns)):
+                u = self._end(self._rev_step(u, fns[n], scheme.split_dim, _gate(gates, n) or (None, None)), noisy)
             return u, None
         raise TypeError(f"no step for scheme {scheme!r}")  # unreachable: get_scheme validated it
 
     def _act(self, u: Tensor) -> Tensor:
         return u if self.post_act is None else self.post_act(u)
 
+    def _end(self, u: Tensor, noisy: bool = False) -> Tensor:
+        """Finish a step: + sigma sqrt(dt) xi_n when ``noisy`` (training with noise_sigma), then the post-act."""
+        if noisy:
+            assert self.noise_sigma is not None
+            u = add_noise(u, self.noise_sigma, self.NOISE_DT)
+        return u if self.post_act is None else self.post_act(u)
+
+    def _draw_gates(self, u: Tensor) -> list[StepGate] | None:
+        """This forward pass's stochastic-depth factors, one per step (None for a step with p_n = 1)."""
+        if self.survival is None:
+            return None
+        if self.drop_mode == "batch":  # CPU draws from the global RNG: no device sync, ranks stay in step
+            draw: Callable[[float], Gate] = batch_gate
+        else:
+            draw = partial(sample_gate, u)
+        gates: list[StepGate] = [None if p == 1.0 else draw(p) for p in self.survival]
+        if isinstance(self.scheme, RevScheme):  # a RevNet step draws for F, then for G (the transition: one draw)
+            first = int(self.shortcut is not None)
+            gates[first:] = [(g, None if p == 1.0 else draw(p)) for g, p in zip(gates[first:], self.survival[first:])]
+        return gates
+
     # ----------------------------------------------------------------------------------------- one step per family
     @staticmethod
-    def _rk_step(u: Tensor, fn: StepFns, tab: ButcherTableau, k1: Tensor | None = None) -> Tensor:
-        """k_i = f_i(u + sum_j a_ij k_j); u_{n+1} = u + sum_i b_i k_i. ``k1``: f(u) when already evaluated."""
+    def _rk_step(u: Tensor, fn: StepFns, tab: ButcherTableau, k1: Tensor | None = None, gate: Gate = None) -> Tensor:
+        """k_i = f_i(u + sum_j a_ij k_j); u_{n+1} = u + (eta_n / p_n) sum_i b_i k_i (the gate: 1 without stochastic
+        depth; one draw for the whole step). ``k1``: f(u) when already evaluated."""
+        if _dropped(gate):
+            return u
         fs = fn if isinstance(fn, tuple) else (fn,) * tab.stages
         ks: list[Tensor] = []
         for i in range(tab.stages):
@@ -203,7 +314,7 @@ class Stage(nn.Module):
         out = u
         for b_i, k_i in zip(tab.b, ks):
             if b_i != 0.0:
-                out = _axpy(out, b_i, k_i)
+                out = _axpy(out, b_i, k_i, gate)
         return out
 
     def _lm_coefficient(self, m: int, u: Tensor) -> Tensor:
@@ -213,61 +324,94 @@ class Stage(nn.Module):
             k = k.view(-1, *([1] * (u.dim() - 2)))
         return k
 
-    def _run_lm(self, u: Tensor, u_prev: Tensor | None, fns: list[StepFns], first: int) -> tuple[Tensor, Tensor]:
-        """u_{n+1} = (1 - k_n) u_n + k_n u_{n-1} + f_n(u_n); step 0 without a transition is forward Euler."""
+    def _run_lm(
+        self,
+        u: Tensor,
+        u_prev: Tensor | None,
+        fns: list[StepFns],
+        first: int,
+        gates: list[StepGate] | None = None,
+        noisy: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """u_{n+1} = (1 - k_n) u_n + k_n u_{n-1} + f_n(u_n); step 0 without a transition is forward Euler.
+
+        With stochastic depth, the paper's u_{n+1} = (1 - k_n) u_n + k_n u_{n-1} + (eta_n / p_n) f_n(u_n),
+        eta_n ~ Bernoulli(p_n) (Lu et al. 2018, "stochastic training as stochastic dynamics": a weak approximation
+        of dX = p(t) f dt + sqrt(p (1 - p) dt) f dB on the LM dynamics); the history u_{n-1} is always the real
+        previous state, dropped step or not.
+        """
         if first == 0:  # starter: one forward Euler step, u_{-1} := u_0
-            u_prev, u = u, self._act(u + fns[0](u))
+            u_prev, u = u, self._end(self._plus_residual(u, fns[0], u, _gate(gates, 0)), noisy)
             first = 1
         assert u_prev is not None
         for m in range(first, len(fns)):
             k = self._lm_coefficient(m, u)
             # (1 - k) u + k u_prev == lerp(u, u_prev, k): one fused kernel
-            u_prev, u = u, self._act(torch.lerp(u, u_prev, k) + fns[m](u))
+            u_prev, u = u, self._end(self._plus_residual(torch.lerp(u, u_prev, k), fns[m], u, _gate(gates, m)), noisy)
         return u, u_prev
+
+    @staticmethod
+    def _plus_residual(base: Tensor, fn: StepFns, u: Tensor, gate: Gate) -> Tensor:
+        """base + (eta_n / p_n) f_n(u) (base + f_n(u) without a gate); f_n is not evaluated when dropped."""
+        if _dropped(gate):
+            return base
+        return _axpy(base, 1.0, fn(u), gate)  # type: ignore[operator]
 
     def _run_multistep(
         self,
         u: Tensor,
         u_prev: Tensor | None,
-        f_hist: list[Tensor],
+        f_hist: list[Tensor | None],
         fns: list[StepFns],
         first: int,
         lmm: LinearMultistep,
+        gates: list[StepGate] | None = None,
+        noisy: bool = False,
     ) -> Tensor:
-        """u_{n+s} = sum_{j<s} (-alpha_j u_{n+j} + beta_j f_{n+j}(u_{n+j})); the starter fills missing history."""
+        """u_{n+s} = sum_{j<s} (-alpha_j u_{n+j} + beta_j f_{n+j}(u_{n+j})); the starter fills missing history.
+
+        With stochastic depth each f_n(u_n) is the realised (eta_n / p_n) f_n(u_n) wherever it enters (None, i.e.
+        zero and not evaluated, when dropped).
+        """
         s = lmm.steps
         us = [u] if u_prev is None else [u_prev, u]  # states, oldest first
         fs = list(f_hist)  # fs[i] = f(us[i]), known for all but the newest state
         for n in range(first, len(fns)):
-            f_n = fns[n](u)
-            fs.append(f_n)
+            g = _gate(gates, n)
+            f_n = None if _dropped(g) else fns[n](u)  # type: ignore[operator]
+            fs.append(_scaled(f_n, g))
             if len(us) < s:  # not enough history: a starter step, its first evaluation being f_n
-                u_new = self._rk_step(u, fns[n], lmm.starter, k1=f_n)
+                u_new = self._rk_step(u, fns[n], lmm.starter, k1=f_n, gate=g)
             else:
                 u_new = u if lmm.alpha[s - 1] == -1.0 else torch.mul(u, -lmm.alpha[s - 1])
                 for coef, v in zip((*(-a for a in lmm.alpha[: s - 1]), *lmm.beta[:s]), (*us[-s:-1], *fs[-s:])):
-                    if coef != 0.0:
+                    if coef != 0.0 and v is not None:
                         u_new = _axpy(u_new, coef, v)
-            u = self._act(u_new)
+            u = self._end(u_new, noisy)
             us, fs = [*us, u][-s:], fs[-s:]
         return u
 
     @staticmethod
-    def _poly_step(u: Tensor, fn: StepFns, degree: int) -> Tensor:
-        """u_{n+1} = u_n + F(u_n) + F(F(u_n)) + ... (degree terms)."""
+    def _poly_step(u: Tensor, fn: StepFns, degree: int, gate: Gate = None) -> Tensor:
+        """u_{n+1} = u_n + (eta_n / p_n)(F(u_n) + F(F(u_n)) + ...) (degree terms; the gate is 1 without SD)."""
+        if _dropped(gate):
+            return u
         out, term = u, u
         for _ in range(degree):
-            term = fn(term)
-            out = out + term
+            term = fn(term)  # type: ignore[operator]
+            out = _axpy(out, 1.0, term, gate)
         return out
 
     @staticmethod
-    def _rev_step(u: Tensor, fn: StepFns, dim: int) -> Tensor:
-        """X_{n+1} = X_n + F(Y_n); Y_{n+1} = Y_n + G(X_{n+1})."""
+    def _rev_step(u: Tensor, fn: StepFns, dim: int, gates: tuple[Gate, Gate] = (None, None)) -> Tensor:
+        """X_{n+1} = X_n + (eta_n / p_n) F(Y_n); Y_{n+1} = Y_n + (eta'_n / p_n) G(X_{n+1}) (gates 1 without SD)."""
         f, g = fn  # type: ignore[misc]
+        gate_f, gate_g = gates
         x, y = u.chunk(2, dim=dim)
-        x = x + f(y)
-        y = y + g(x)
+        if not _dropped(gate_f):
+            x = _axpy(x, 1.0, f(y), gate_f)
+        if not _dropped(gate_g):
+            y = _axpy(y, 1.0, g(x), gate_g)
         return torch.cat((x, y), dim=dim)
 
     # ----------------------------------------------------------------------------------------------------- inverse
@@ -286,7 +430,12 @@ class Stage(nn.Module):
         return u
 
     def extra_repr(self) -> str:
-        return f"scheme={self.scheme.name}, steps={len(self)}, transition={self.shortcut is not None}"
+        out = f"scheme={self.scheme.name}, steps={len(self)}, transition={self.shortcut is not None}"
+        if self.survival is not None:
+            out += f", survival=({self.survival[0]:.3g}..{self.survival[-1]:.3g}), drop_mode={self.drop_mode}"
+        if self.noise_sigma is not None:
+            out += f", noise_sigma={self.noise_sigma:g}"
+        return out
 
 
 def lm_coefficients(model: nn.Module) -> dict[str, list[float] | list[list[float]]]:
