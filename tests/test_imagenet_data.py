@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from odearch.data import (
     IMAGENET_MEAN,
+    IMAGENET_RECIPE,
     IMAGENET_STD,
     eval_transform,
     imagenet_folder,
@@ -129,3 +131,12 @@ def test_invalid_arguments() -> None:
         make_imagenet_loader(".", batch_size=3, world_size=2, rank=0)
     with pytest.raises(ValueError, match="decode"):
         make_imagenet_loader(".", decode="gpu")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("model", ["resnet50", "lm_resnet50"])
+def test_recipe_configs(model: str) -> None:
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "imagenet" / f"{model}.yaml").read_text())
+    assert cfg["model"] == model and cfg["dataset"] == "imagenet" and cfg["data_dir"]
+    assert {
+        k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in IMAGENET_RECIPE
+    } == IMAGENET_RECIPE

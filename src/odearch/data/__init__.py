@@ -17,6 +17,7 @@ from odearch.data.cifar import (
 )
 from odearch.data.imagenet import (
     IMAGENET_MEAN,
+    IMAGENET_RECIPE,
     IMAGENET_STD,
     ImageNetLoader,
     eval_transform,
@@ -35,6 +36,7 @@ __all__ = [
     "CIFAR100_MEAN",
     "CIFAR100_STD",
     "IMAGENET_MEAN",
+    "IMAGENET_RECIPE",
     "IMAGENET_STD",
     "CifarLoader",
     "ForbiddenGlobalError",
