@@ -144,7 +144,7 @@ def test_registry_is_sorted_and_complete() -> None:
     assert {"poly2_resnet20", "rk2_resnet20", "rev_resnet20", "lm_resnet164", "lm_resnet1001", "resnet1202"} <= set(
         names
     )
-    assert odearch.list_models("lm_resnext*") == ["lm_resnext29_16x64d", "lm_resnext29_8x64d"]
+    assert odearch.list_models("lm_resnext29*") == ["lm_resnext29_16x64d", "lm_resnext29_8x64d"]
 
 
 def test_duplicate_registration_raises() -> None:

@@ -9,6 +9,7 @@ Layers, arrows pointing down only: ``schemes`` (data) -> ``nn`` (Stage, blocks) 
 """
 
 from . import schemes
+from .convert import from_lm, to_lm
 from .models import create_model, list_models, register_model
 from .nn import Stage, lm_coefficients
 from .schemes import SCHEMES, ButcherTableau, LinearMultistep, get_scheme
@@ -21,9 +22,11 @@ __all__ = [
     "LinearMultistep",
     "Stage",
     "create_model",
+    "from_lm",
     "get_scheme",
     "list_models",
     "lm_coefficients",
     "register_model",
     "schemes",
+    "to_lm",
 ]

@@ -1,4 +1,5 @@
-"""CIFAR-10/100 reading (safe unpickling, download, splits) and the on-device augmenting batch loader."""
+"""CIFAR-10/100 reading (safe unpickling, download, splits) and the on-device augmenting batch loader; ImageNet in
+the ImageFolder layout with the standard ResNet recipe (:mod:`odearch.data.imagenet`)."""
 
 from odearch.data.cifar import (
     CIFAR10_CLASSES,
@@ -14,6 +15,17 @@ from odearch.data.cifar import (
     take_first,
     train_val_split,
 )
+from odearch.data.imagenet import (
+    IMAGENET_MEAN,
+    IMAGENET_RECIPE,
+    IMAGENET_STD,
+    ImageNetLoader,
+    eval_transform,
+    imagenet_folder,
+    make_imagenet_loader,
+    make_synthetic_imagefolder,
+    train_transform,
+)
 from odearch.data.loader import CifarLoader
 
 __all__ = [
@@ -23,11 +35,20 @@ __all__ = [
     "CIFAR100_CLASSES",
     "CIFAR100_MEAN",
     "CIFAR100_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_RECIPE",
+    "IMAGENET_STD",
     "CifarLoader",
     "ForbiddenGlobalError",
+    "ImageNetLoader",
     "RestrictedUnpickler",
     "dataset_info",
+    "eval_transform",
+    "imagenet_folder",
     "load_cifar",
+    "make_imagenet_loader",
+    "make_synthetic_imagefolder",
     "take_first",
+    "train_transform",
     "train_val_split",
 ]

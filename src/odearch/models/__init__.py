@@ -6,7 +6,7 @@ data set is ``num_classes``, never part of the name. ``resnet*`` are the post-ac
 LM-ResNet paper (see :mod:`odearch.models.preact_resnet` for the legend).
 """
 
-from . import cifar_resnet, preact_resnet, resnext, shake_resnet  # noqa: F401  (registers the families)
+from . import cifar_resnet, imagenet_resnet, preact_resnet, resnext, shake_resnet  # noqa: F401  (registers the families)
 from ._registry import create_model, is_model, list_models, model_entrypoint, register_model
 from .cifar_resnet import cifar_resnet as build_cifar_resnet
 from .preact_resnet import preact_resnet as build_preact_resnet

@@ -43,15 +43,16 @@ def model_entrypoint(name: str) -> ModelFn:
         raise ValueError(f"unknown model {name!r}; {hint}") from None
 
 
-def create_model(name: str, num_classes: int = 10, **kwargs: object) -> nn.Module:
+def create_model(name: str, num_classes: int | None = None, **kwargs: object) -> nn.Module:
     """Build a registered model. Keyword arguments that are None are dropped, so an unset CLI flag never
     overrides a model's default (timm's rule); the others win over the entry's own arguments.
 
     Args:
         name: a name from :func:`list_models`, e.g. ``"lm_resnet56"``.
-        num_classes: size of the classifier (10 for CIFAR-10, 100 for CIFAR-100).
+        num_classes: size of the classifier (10 for CIFAR-10, 100 for CIFAR-100); None keeps the entry's default
+            (10 for the CIFAR families, 1000 for the ImageNet ones).
         **kwargs: constructor options, e.g. ``scheme="rk2"``.
     """
     fn = model_entrypoint(name)
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    return fn(num_classes=num_classes, **kwargs)
+    kwargs = {k: v for k, v in {"num_classes": num_classes, **kwargs}.items() if v is not None}
+    return fn(**kwargs)

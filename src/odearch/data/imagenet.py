@@ -1,0 +1,340 @@
+"""ImageNet (ILSVRC-2012) in torchvision's ``ImageFolder`` layout, with the standard ResNet recipe's augmentation.
+
+Layout: ``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG`` (the validation images sorted into class
+folders, as torchvision's ``ImageFolder`` and the PyTorch ImageNet example expect).
+
+Augmentation (He et al. 2015 / Goyal et al. 2017, torchvision's reference recipe; the paper reports "scale
+augmentation, 224 crops" (?)): training RandomResizedCrop(224, scale (0.08, 1), ratio (3/4, 4/3)) + horizontal flip;
+evaluation Resize(256) of the shorter side + CenterCrop(224) (single-crop error); both normalised with the ImageNet
+mean / std. :func:`make_imagenet_loader` returns an :class:`ImageNetLoader`: DataLoader workers, pinned memory,
+persistent workers, a ``DistributedSampler`` when ``world_size > 1``, and ``set_epoch`` as on ``CifarLoader``.
+
+Decoding: ``decode="pil"`` (default) decodes and augments in the DataLoader workers with PIL. ``decode="device"``
+has the workers read the raw file bytes only; the main process decodes each batch with
+``torchvision.io.decode_jpeg(..., device=device)`` (nvJPEG on a GPU: the CPU decode is usually the ImageNet
+bottleneck) and crops, flips and normalises there. Without CUDA ``device="cuda"`` falls back to the CPU with a
+warning, so the same code runs (slower: decoding then happens in the main process) on a CPU-only machine such as CI;
+files that are not baseline JPEGs (ImageNet has one PNG and some CMYK JPEGs) are decoded one by one on the CPU.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
+from torchvision.datasets import ImageFolder
+
+# The training recipe (configs/imagenet/*.yaml): SGD, momentum 0.9, no Nesterov, weight decay 1e-4, lr 0.1 per 256
+# images (linear scaling: lr = 0.1 * batch_size / 256, Goyal et al. 2017), 90 epochs, lr / 10 at epochs 30, 60 and 80.
+# He et al. (2015)'s step schedule, which the paper follows (?): PAPER.md's ImageNet recipe line is unconfirmed.
+IMAGENET_RECIPE: dict[str, Any] = {
+    "epochs": 90,
+    "batch_size": 256,
+    "lr": 0.1,
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 1e-4,
+    "schedule": "step",
+    "milestones": (30, 60, 80),
+    "gamma": 0.1,
+}
+NUM_CLASSES = 1000
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_SCALE = (0.08, 1.0)  # RandomResizedCrop area range (Szegedy et al. 2015, the torchvision recipe)
+CROP_RATIO = (3 / 4, 4 / 3)
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_RECIPE",
+    "IMAGENET_STD",
+    "NUM_CLASSES",
+    "ImageNetLoader",
+    "eval_transform",
+    "imagenet_folder",
+    "make_imagenet_loader",
+    "make_synthetic_imagefolder",
+    "train_transform",
+]
+
+
+# ------------------------------------------------------------------------------------------------------ transforms
+def train_transform(crop: int = 224) -> T.Compose:
+    """RandomResizedCrop(crop) + horizontal flip + ToTensor + ImageNet normalisation (PIL image -> (3, crop, crop))."""
+    return T.Compose(
+        [
+            T.RandomResizedCrop(crop, scale=CROP_SCALE, ratio=CROP_RATIO),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def eval_transform(crop: int = 224, resize: int = 256) -> T.Compose:
+    """Resize(resize) of the shorter side + CenterCrop(crop) + ToTensor + normalisation: the single-crop test."""
+    return T.Compose([T.Resize(resize), T.CenterCrop(crop), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+# -------------------------------------------------------------------------------------------------------- datasets
+def _split_dir(root: str | Path, split: str) -> Path:
+    folder = Path(root).expanduser() / split
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"ImageNet {split}/ not found: expected the ImageFolder layout {folder}/<class>/<image>"
+        )
+    return folder
+
+
+def imagenet_folder(root: str | Path, split: str, transform: Any = None) -> ImageFolder:
+    """``ImageFolder`` over ``root/split``; a missing folder raises ``FileNotFoundError`` naming the layout."""
+    return ImageFolder(str(_split_dir(root, split)), transform=transform)
+
+
+def _read_bytes(path: str) -> torch.Tensor:
+    """The encoded file as a 1-D uint8 tensor (decoded later, on the device)."""
+    return torch.from_numpy(np.fromfile(path, dtype=np.uint8))
+
+
+def _collate_encoded(batch: list[tuple[torch.Tensor, int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    return [data for data, _ in batch], torch.tensor([label for _, label in batch], dtype=torch.int64)
+
+
+# ---------------------------------------------------------------------------------------------------------- loader
+class ImageNetLoader:
+    """Iterates (images, labels) of one split: images (b, 3, crop, crop) float normalised, labels (b,) int64.
+
+    Built by :func:`make_imagenet_loader`. ``batch_size`` is GLOBAL as on ``CifarLoader``: each of ``world_size``
+    ranks yields ``batch_size // world_size`` images per step. Call ``set_epoch(e)`` before epoch e (it reseeds the
+    shuffle, ``DistributedSampler`` or not). Attributes: ``dataset``, ``sampler``, ``loader`` (the DataLoader),
+    ``classes``, ``num_classes``.
+    """
+
+    def __init__(
+        self,
+        dataset: ImageFolder,
+        loader: DataLoader,
+        sampler: Sampler,
+        *,
+        train: bool,
+        seed: int,
+        decode: str,
+        device: torch.device | None,
+        crop: int,
+        resize: int,
+        channels_last: bool,
+    ) -> None:
+        self.dataset, self.loader, self.sampler = dataset, loader, sampler
+        self.train, self.seed, self.decode, self.device = train, seed, decode, device
+        self.crop, self.resize, self.channels_last = crop, resize, channels_last
+        self.classes: list[str] = list(dataset.classes)
+        self.num_classes = len(self.classes)
+        self.epoch = 0
+        if self.decode == "device":
+            dev = device or torch.device("cpu")
+            self._mean = torch.tensor(IMAGENET_MEAN, device=dev).view(3, 1, 1) * 255
+            self._std = torch.tensor(IMAGENET_STD, device=dev).view(3, 1, 1) * 255
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the shuffle of epoch ``epoch`` (seed + epoch on every rank); not advanced automatically."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be non-negative, got {epoch}")
+        self.epoch = epoch
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if isinstance(self.sampler, RandomSampler) and self.sampler.generator is not None:
+            self.sampler.generator.manual_seed(self.seed + self.epoch)  # iterating twice repeats the epoch
+        for data, labels in self.loader:
+            if self.decode == "device":
+                x = self._decode_batch(data)
+                labels = labels.to(x.device, non_blocking=True)
+            else:
+                x = data if self.device is None else data.to(self.device, non_blocking=True)
+                labels = labels if self.device is None else labels.to(self.device, non_blocking=True)
+            yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), labels
+
+    # ----------------------------------------------------------------------------------------- on-device decoding
+    def _decode_batch(self, data: list[torch.Tensor]) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+        dev = self.device or torch.device("cpu")
+        with warnings.catch_warnings():  # torchvision >= 0.29 marks its decoders deprecated (for TorchCodec)
+            warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities")
+            try:
+                images = decode_jpeg(data, mode=ImageReadMode.RGB, device=dev)
+            except RuntimeError:  # a PNG or an unsupported JPEG in the batch: decode one by one on the CPU
+                images = []
+                for d in data:
+                    try:
+                        images.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=dev))
+                    except RuntimeError:
+                        images.append(decode_image(d, mode=ImageReadMode.RGB).to(dev))
+        out = torch.stack([self._augment(img) for img in images])  # (B, 3, crop, crop) float in [0, 255]
+        return (out - self._mean) / self._std
+
+    def _augment(self, img: torch.Tensor) -> torch.Tensor:
+        """uint8 (3, H, W) -> float (3, crop, crop): the train / eval transform of the PIL path, on tensors."""
+        if not self.train:
+            return TF.center_crop(TF.resize(img.float(), [self.resize], antialias=True), [self.crop])
+        top, left, h, w = T.RandomResizedCrop.get_params(img, list(CROP_SCALE), list(CROP_RATIO))  # torch RNG
+        patch = TF.resize(img[:, top : top + h, left : left + w].float(), [self.crop, self.crop], antialias=True)
+        return patch.flip(-1) if float(torch.rand(())) < 0.5 else patch
+
+
+def make_imagenet_loader(
+    root: str | Path,
+    split: Literal["train", "val"] | str = "train",
+    batch_size: int = 256,
+    *,
+    train: bool | None = None,
+    workers: int = 8,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    drop_last: bool | None = None,
+    pin_memory: bool | None = None,
+    persistent_workers: bool | None = None,
+    prefetch_factor: int | None = None,
+    decode: Literal["pil", "device"] = "pil",
+    device: str | torch.device | None = None,
+    crop: int = 224,
+    resize: int = 256,
+    channels_last: bool = False,
+) -> ImageNetLoader:
+    """A loader over ``root/split`` with the recipe's augmentation (see the module docstring).
+
+    Args:
+        root: folder holding ``train/`` and ``val/``.
+        split: sub-folder to read.
+        batch_size: GLOBAL batch size (a multiple of ``world_size``).
+        train: random crops, flips and shuffling; default ``split == "train"``.
+        workers: DataLoader worker processes.
+        rank: this process's rank; with ``world_size > 1`` a ``DistributedSampler`` shards the set.
+        world_size: number of data-parallel processes.
+        seed: shuffle seed (epoch e uses seed + e on every rank) and worker-seed base.
+        drop_last: drop the last partial batch; default ``train``. (A ``DistributedSampler`` without it pads the
+            last batch with repeated images so all ranks agree: 50,000 val images split evenly over 1-8 ranks.)
+        pin_memory: page-locked batches for fast host-to-GPU copies; default: CUDA is available.
+        persistent_workers: keep the workers between epochs; default ``workers > 0``.
+        prefetch_factor: batches prefetched per worker (DataLoader's default when None).
+        decode: ``"pil"`` (decode + augment in the workers) or ``"device"`` (decode + augment on ``device``).
+        device: where batches are delivered (and, with ``decode="device"``, decoded); None keeps them on the CPU
+            for ``"pil"`` and means CUDA if available for ``"device"``.
+        crop: training / evaluation crop size.
+        resize: evaluation shorter-side resize before the centre crop.
+        channels_last: return images in ``torch.channels_last`` memory format.
+    """
+    if decode not in ("pil", "device"):
+        raise ValueError(f"decode must be 'pil' or 'device', got {decode!r}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+    if batch_size < world_size or batch_size % world_size:
+        raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of world_size ({world_size})")
+    train = split == "train" if train is None else train
+    drop_last = train if drop_last is None else drop_last
+    dev = None if device is None else torch.device(device)
+    if decode == "device":
+        if dev is None:
+            dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            warnings.warn("decode='device': CUDA is not available, decoding JPEGs on the CPU", stacklevel=2)
+            dev = torch.device("cpu")
+        dataset = ImageFolder(str(_split_dir(root, split)), loader=_read_bytes)
+        collate = _collate_encoded
+    else:
+        dataset = imagenet_folder(root, split, train_transform(crop) if train else eval_transform(crop, resize))
+        collate = None
+    if world_size > 1:
+        sampler: Sampler = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=drop_last
+        )
+    elif train:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    else:
+        sampler = SequentialSampler(dataset)
+    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+    extra: dict[str, Any] = {}
+    if workers > 0:
+        extra["persistent_workers"] = True if persistent_workers is None else persistent_workers
+        if prefetch_factor is not None:
+            extra["prefetch_factor"] = prefetch_factor
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size // world_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin and decode == "pil",  # encoded bytes are not worth pinning
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(seed),  # worker seeds
+        **extra,
+    )
+    out = ImageNetLoader(
+        dataset,
+        loader,
+        sampler,
+        train=train,
+        seed=seed,
+        decode=decode,
+        device=dev,
+        crop=crop,
+        resize=resize,
+        channels_last=channels_last,
+    )
+    out.set_epoch(0)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ synthetic data
+def make_synthetic_imagefolder(
+    root: str | Path,
+    classes: int = 3,
+    per_class: int = 4,
+    size: int | tuple[int, int] = 64,
+    splits: Sequence[str] = ("train", "val"),
+    fmt: Literal["JPEG", "PNG"] = "JPEG",
+    seed: int = 0,
+) -> Path:
+    """Write a tiny ImageNet-layout folder of random images for tests and docs; returns ``root``.
+
+    Class c's folder is ``n{c:08d}`` (WordNet-id-like, so sorting keeps the order) and its images are noise around
+    a class colour (c + 1) * 255 / (classes + 1) in every channel, so a label can be read back from the pixels.
+
+    Args:
+        root: output folder (``root/<split>/<class>/<i>.JPEG``).
+        classes: number of classes.
+        per_class: images per class and split.
+        size: image side, or (height, width).
+        splits: sub-folders to write.
+        fmt: PIL format; the file extension is ``.JPEG`` or ``.png``.
+        seed: noise seed.
+    """
+    from PIL import Image
+
+    root = Path(root)
+    h, w = (size, size) if isinstance(size, int) else size
+    rng = np.random.default_rng(seed)
+    ext = ".JPEG" if fmt == "JPEG" else ".png"
+    for split in splits:
+        for c in range(classes):
+            folder = root / split / f"n{c:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            level = (c + 1) * 255 / (classes + 1)
+            for i in range(per_class):
+                pixels = np.clip(level + rng.normal(0, 4, (h, w, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{split}_{c}_{i}{ext}", format=fmt)
+    return root

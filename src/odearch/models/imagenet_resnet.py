@@ -1,0 +1,206 @@
+"""ImageNet ResNets and ResNeXt (torchvision's layout and checkpoint keys) and their LM twins (the paper's ImageNet
+rows).
+
+Post-activation bottlenecks as torchvision ("v1.5": the stride sits on the 3x3 convolution), every stage an
+integrator over its residual functions with ``post_act=ReLU``:
+
+    ResNet:     u_{n+1} = ReLU(u_n + f_n(u_n))
+    LM-ResNet:  u_{n+1} = ReLU((1 - k_n) u_n + k_n u_{n-1} + f_n(u_n))
+
+with f = conv1x1-BN-ReLU-conv3x3(stride, groups)-BN-ReLU-conv1x1-BN. Stem conv7x7/2-BN-ReLU-maxpool3x3/2; four
+stages of 64 / 128 / 256 / 512 (x4) channels, strides 1 / 2 / 2 / 2; the first block of each stage is the transition
+u_1 = ReLU(P(u_0) + f_0(u_0)) with the projection P = conv1x1-BN (torchvision's ``downsample``), and the LM history
+restarts there, u_prev := P(u_0) (the Stage does this). Head global average pool-FC.
+
+Checkpoints: ``state_dict()`` keys and shapes are torchvision's (``conv1.weight``, ``layer1.0.conv1.weight``,
+``layer1.0.downsample.0.weight``, ..., ``fc.weight``); the LM twin adds ``layer<i>.lm_k`` only. So a torchvision
+checkpoint loads strictly into the plain model and with ``strict=False`` (only ``lm_k`` missing) into the LM twin,
+and ours loads into torchvision. ``named_parameters()`` keeps the module names (``layer1.blocks.0.conv1.weight``,
+``layer1.shortcut.0.weight``): see :mod:`odearch.nn.compat`.
+
+| name | params | paper (top-1 / top-5 error, params) |
+|---|---|---|
+| resnet50 | 25,557,032 | 24.7 / 7.8, 25.6M |
+| resnet101 | 44,549,160 | 23.6 / 7.1, 44.5M |
+| resnet152 | 60,192,808 | 23.0 / 6.7, 60.2M |
+| resnext50_32x4d | 25,028,904 | 25.0M (Xie et al. 2017) |
+| lm_resnet50 | 25,557,044 (+12 k_n) | 23.8 / 7.0 (?) |
+| lm_resnet101 | 44,549,189 (+29 k_n) | 22.6 / 6.4 (?) |
+| lm_resnet152 | 60,192,854 (+46 k_n) | |
+| lm_resnext50_32x4d | 25,028,916 (+12 k_n) | |
+
+The LM twins are their plain twins plus one k_n per LM step (blocks - 1 per stage): the paper's printed LM
+ImageNet parameter counts are not confirmed, so nothing else is added. ``scheme=`` swaps the integrator as in the
+CIFAR families. Recipe: ``configs/imagenet/*.yaml`` and :mod:`odearch.data.imagenet`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+from torch import Tensor, nn
+
+from ..nn import BasicBlock, Projection, ResNeXtBottleneck, Stage, init_weights
+from ..nn.compat import use_torchvision_names
+from ..schemes import RevScheme, Scheme, get_scheme
+from ._builders import make_stage
+from ._registry import register_model
+
+__all__ = ["ImageNetResNet", "imagenet_resnet"]
+
+LAYER_NAMES = ("layer1", "layer2", "layer3", "layer4")
+
+
+class ImageNetResNet(nn.Module):
+    """x -> conv1-bn1-relu-maxpool -> layer1..layer4 (Stages) -> avgpool-fc, under torchvision's attribute names.
+
+    Args:
+        layers: the four stages.
+        num_classes: classifier size.
+        stem_width: channels of the 7x7 stem convolution.
+    """
+
+    def __init__(self, layers: Sequence[Stage], num_classes: int = 1000, stem_width: int = 64) -> None:
+        super().__init__()
+        if len(layers) != len(LAYER_NAMES):
+            raise ValueError(f"an ImageNet ResNet has {len(LAYER_NAMES)} stages, got {len(layers)}")
+        self.conv1 = nn.Conv2d(3, stem_width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem_width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        for name, layer in zip(LAYER_NAMES, layers):
+            self.add_module(name, use_torchvision_names(layer))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(_out_channels(layers[-1]), num_classes)
+
+    @property
+    def stages(self) -> list[Stage]:
+        """layer1..layer4, as ``ResidualNetwork.stages``."""
+        return [getattr(self, name) for name in LAYER_NAMES]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The state after layer4, (B, C, H / 32, W / 32)."""
+        u = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        u_prev = None
+        for stage in self.stages:
+            u, u_prev = stage.forward_with_history(u, u_prev)
+        return u
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits (B, num_classes) for images x (B, 3, H, W)."""
+        return self.fc(self.avgpool(self.forward_features(x)).flatten(1))
+
+
+def _out_channels(stage: Stage) -> int:
+    """Channels of a stage's output: those of the last convolution of its last residual function."""
+    convs = [m for m in nn.ModuleList(stage.blocks[-1:]).modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].out_channels
+
+
+def _bottleneck(in_planes: int, planes: int, stride: int, *, out_planes: int, groups: int) -> ResNeXtBottleneck:
+    """``make_stage``'s (in_planes, planes, stride) signature; ``planes`` is the (grouped) bottleneck width."""
+    return ResNeXtBottleneck(in_planes, out_planes, planes, groups, stride)
+
+
+def imagenet_resnet(
+    layers: tuple[int, int, int, int],
+    bottleneck: bool = True,
+    groups: int = 1,
+    width_per_group: int = 64,
+    scheme: str | Scheme = "euler",
+    num_classes: int = 1000,
+    zero_init_residual: bool = False,
+) -> ImageNetResNet:
+    """An ImageNet ResNet / ResNeXt (torchvision v1.5 layout) whose stages integrate with ``scheme``.
+
+    Args:
+        layers: residual blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50.
+        bottleneck: bottleneck blocks (ResNet-50 and deeper) instead of basic blocks (ResNet-18 / 34).
+        groups: cardinality of the 3x3 convolutions (ResNeXt).
+        width_per_group: channels per group in the first stage; the bottleneck width is
+            ``int(planes * width_per_group / 64) * groups`` as in torchvision.
+        scheme: the integrator; ``rev`` is not defined with a post-activation.
+        num_classes: classifier size.
+        zero_init_residual: zero the last BN weight of every residual function, so each step starts as the
+            identity (Goyal et al. 2017; torchvision's option of the same name, off by default there too).
+    """
+    if isinstance(get_scheme(scheme), RevScheme):
+        raise ValueError("the rev scheme is not defined on the post-activation ImageNet ResNet")
+    if not bottleneck and (groups != 1 or width_per_group != 64):
+        raise ValueError("BasicBlock only supports groups=1 and width_per_group=64")
+    expansion = 4 if bottleneck else 1
+    in_planes, stages = 64, []
+    for planes, stride, n in zip((64, 128, 256, 512), (1, 2, 2, 2), layers):
+        out_planes = planes * expansion
+        if bottleneck:
+            width = int(planes * (width_per_group / 64.0)) * groups
+            block = partial(_bottleneck, out_planes=out_planes, groups=groups)
+        else:
+            width, block = planes, BasicBlock
+        stages.append(
+            make_stage(scheme, block, in_planes, width, out_planes, n, stride, shortcut=Projection, post_act=nn.ReLU())
+        )
+        in_planes = out_planes
+    model = ImageNetResNet(stages, num_classes=num_classes)
+    init_weights(model)
+    if zero_init_residual:
+        for stage in model.stages:
+            for fn in stage.blocks:
+                nn.init.zeros_(getattr(fn, "bn3" if bottleneck else "bn2").weight)
+    return model
+
+
+_PAPER = "Lu et al. 2018, https://arxiv.org/abs/1710.10121"
+_ROWS: list[tuple[str, dict[str, object], str]] = []
+for _d, _layers, _params, _err in (
+    (50, (3, 4, 6, 3), "25.6M", ("24.7 / 7.8", "23.8 / 7.0 (?)")),
+    (101, (3, 4, 23, 3), "44.5M", ("23.6 / 7.1", "22.6 / 6.4 (?)")),
+    (152, (3, 8, 36, 3), "60.2M", ("23.0 / 6.7", None)),
+):
+    _steps = sum(_layers) - len(_layers)
+    _ROWS.append(
+        (
+            f"resnet{_d}",
+            {"layers": _layers},
+            f"ResNet-{_d} for ImageNet (He et al. 2015, https://arxiv.org/abs/1512.03385; torchvision v1.5 layout "
+            f"and checkpoint keys): {_params} parameters; top-1 / top-5 error {_err[0]}% in the paper's table.",
+        )
+    )
+    _ROWS.append(
+        (
+            f"lm_resnet{_d}",
+            {"layers": _layers, "scheme": "lm"},
+            f"LM-ResNet-{_d} for ImageNet ({_PAPER}): resnet{_d} ({_params}) plus {_steps} k_n (the printed LM "
+            f"parameter count is not confirmed)" + (f"; top-1 / top-5 error {_err[1]}%." if _err[1] else "."),
+        )
+    )
+_ROWS += [
+    (
+        "resnext50_32x4d",
+        {"layers": (3, 4, 6, 3), "groups": 32, "width_per_group": 4},
+        "ResNeXt-50 32x4d for ImageNet (Xie et al. 2017, https://arxiv.org/abs/1611.05431; torchvision layout and "
+        "checkpoint keys): 25.0M parameters.",
+    ),
+    (
+        "lm_resnext50_32x4d",
+        {"layers": (3, 4, 6, 3), "groups": 32, "width_per_group": 4, "scheme": "lm"},
+        f"LM-ResNeXt-50 32x4d for ImageNet ({_PAPER}): resnext50_32x4d (25.0M) plus 12 k_n.",
+    ),
+]
+
+
+def _register(name: str, model_args: dict[str, object], doc: str) -> None:
+    """One entry per row (ImageNet default: 1000 classes); caller kwargs win over ``model_args``."""
+
+    def entry(num_classes: int = 1000, **kwargs: object) -> nn.Module:
+        return imagenet_resnet(num_classes=num_classes, **{**model_args, **kwargs})  # type: ignore[arg-type]
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = doc
+    entry.__module__ = __name__
+    register_model(entry)
+
+
+for _row in _ROWS:
+    _register(*_row)
