@@ -1,0 +1,294 @@
+"""The `odearch` command line: the only reader of argv.
+
+    odearch train --model lm_resnet20 --dataset cifar10 [--epochs N] [--seed S] [--out runs/NAME]
+    odearch train --config configs/cifar10/lm_resnet56.yaml [--epochs 2 ...]   # YAML sets defaults, flags override
+    odearch train --resume runs/NAME                                            # continue exactly where it stopped
+    odearch eval runs/NAME | CHECKPOINT.safetensors                            # test loss, accuracy, per class
+    odearch models [--markdown]                                                 # the registry with parameter counts
+
+Every `TrainConfig` field is a flag (``--weight-decay``) and a YAML key (``weight_decay``); the flags are generated
+from the dataclass, so the two cannot drift apart. Errors are one line, ``odearch: error: ...``, with exit code 2
+for usage and configuration errors, 1 for failures while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+__all__ = ["build_parser", "main"]
+
+# Flags that map to model constructor keywords, passed only when given (create_model drops None).
+MODEL_FLAGS: dict[str, dict[str, Any]] = {
+    "p_last": {"type": float, "help": "stochastic depth: survival probability of the last block (linear decay)"},
+    "drop_mode": {"choices": ("batch", "sample"), "help": "stochastic depth: one draw per batch or per sample"},
+    "noise_sigma": {"type": float, "help": "std of the Gaussian noise injected after each block in training"},
+    "shake": {"action": argparse.BooleanOptionalAction, "help": "shake-shake residual functions"},
+}
+# What `--resume` may change: how and where the run continues, never what it computes (except extending epochs).
+RESUME_OVERRIDES = ("epochs", "max_minutes", "data_dir", "download", "log_every", "tensorboard", "device")
+
+
+class UsageError(Exception):
+    """Bad command-line usage (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line and an exception, not usage text and sys.exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+# ------------------------------------------------------------------------------------------------------- parser
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, default None so that only flags actually given override the YAML."""
+    from .train import TrainConfig
+
+    types = {"int": int, "float": float, "str": str}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "model_kwargs":
+            continue
+        ann = str(f.type).removesuffix(" | None")
+        kw: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata["help"]}
+        if ann == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        elif f.name == "milestones":
+            kw |= {"type": int, "nargs": "*", "metavar": "EPOCH"}
+        else:
+            kw |= {"type": types[ann], "metavar": f.name.upper()}
+        if f.metadata.get("choices"):
+            kw |= {"choices": f.metadata["choices"], "metavar": None}
+        p.add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand."""
+    parser = _Parser(prog="odearch", description="LM-ResNet and friends: train, evaluate, list models.",
+                     allow_abbrev=False)  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model (YAML config, then flags)", allow_abbrev=False)
+    t.add_argument("--config", help="YAML file of TrainConfig keys (flags given here override it)")
+    t.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    _add_config_flags(t)
+    m = t.add_argument_group("model keywords (passed only when given; YAML: model_kwargs)")
+    m.add_argument("--model-kw", action="append", default=[], metavar="KEY=VALUE",
+                   help="any model keyword, VALUE parsed as YAML (repeatable)")  # fmt: skip
+    for name, kw in MODEL_FLAGS.items():
+        m.add_argument("--" + name.replace("_", "-"), dest=f"mk_{name}", default=None, **kw)
+
+    e = sub.add_parser("eval", help="test loss and accuracy (overall and per class) of a run or checkpoint",
+                       allow_abbrev=False)  # fmt: skip
+    e.add_argument("target", help="a run directory or a .safetensors checkpoint")
+    e.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which checkpoint of a run")
+    e.add_argument("--data-dir", help="directory holding the data set (default: the run's)")
+    e.add_argument("--download", action=argparse.BooleanOptionalAction, default=None, help="download if missing")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
+    e.add_argument("--batch-size", type=int, default=1000)
+    e.add_argument("--subset", type=int, help="evaluate on the first N test images")
+    e.add_argument("--json", help="write the JSON here ('-': stdout; default: RUN/eval_<checkpoint>.json, or stdout "
+                                  "for a bare checkpoint)")  # fmt: skip
+
+    ls = sub.add_parser("models", help="registered models with parameter counts", allow_abbrev=False)
+    ls.add_argument("--markdown", action="store_true", help="a Markdown table (for the README)")
+    ls.add_argument("--pattern", help="shell-style filter, e.g. 'lm_*'")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------------------ train
+def _parse_model_kw(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--model-kw expects KEY=VALUE with an identifier KEY, got {item!r}")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UsageError(f"--model-kw {key}: cannot parse {value!r} as YAML") from None
+    return out
+
+
+def _config_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
+    """Resolves (TrainConfig, resume) from --config YAML, then flags, or from the run dir with --resume."""
+    from .train import RunDir, TrainConfig, load_yaml
+    from .train.config import ConfigError
+
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "model_kwargs"]
+    flags = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+    model_kw = _parse_model_kw(args.model_kw)
+    model_kw |= {k: getattr(args, f"mk_{k}") for k in MODEL_FLAGS if getattr(args, f"mk_{k}") is not None}
+    if args.resume:
+        changed = sorted(set(flags) - set(RESUME_OVERRIDES) - {"out"})
+        if args.config or changed or model_kw or args.overwrite:
+            extra = (["--config"] if args.config else []) + [f"--{k.replace('_', '-')}" for k in changed]
+            extra += (["model keywords"] if model_kw else []) + (["--overwrite"] if args.overwrite else [])
+            allowed = ", ".join("--" + k.replace("_", "-") for k in RESUME_OVERRIDES)
+            raise UsageError(f"--resume takes its config from RUN/config.yaml; it cannot change {', '.join(extra)} "
+                             f"(allowed: {allowed})")  # fmt: skip
+        if "out" in flags and Path(flags["out"]) != Path(args.resume):
+            raise UsageError("--out and --resume name different directories; --resume RUN continues RUN in place")
+        cfg = RunDir(Path(args.resume)).read_config()
+        return cfg.replace(**flags, out=str(args.resume)), True
+    values: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    source = args.config
+    if not isinstance(values.get("model_kwargs", {}), dict | None):
+        raise ConfigError(f"{source}: model_kwargs must be a mapping")
+    values["model_kwargs"] = {**(values.get("model_kwargs") or {}), **model_kw}
+    values.update(flags)
+    return TrainConfig.from_dict(values, source=source), False
+
+
+def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .train import fit
+    from .train.rundir import default_out
+
+    cfg, resume = _config_from_args(args)
+    if cfg.out is None:
+        cfg = cfg.replace(out=default_out(cfg))
+    result = fit(cfg, resume=resume, overwrite=args.overwrite, command=shlex.join(["odearch", *argv]))
+    return 0 if result.get("status") in ("complete", "stopped", None) else 1
+
+
+# ------------------------------------------------------------------------------------------------------- eval
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data import CifarLoader, dataset_info, load_cifar, take_first
+    from .train import RunDir, TrainConfig, build_model, evaluate, load_weights, resolve_device
+    from .train.checkpoint import CheckpointError, weights_into
+    from .train.loop import _amp_dtype
+
+    target = Path(args.target)
+    if target.is_dir():
+        run = RunDir(target)
+        cfg, ckpt = run.read_config(), run.checkpoints / f"{args.checkpoint}.safetensors"
+        json_default: Path | None = run.root / f"eval_{args.checkpoint}.json"
+        tensors, meta = load_weights(ckpt)
+    elif target.is_file():
+        ckpt, json_default = target, None
+        tensors, meta = load_weights(ckpt)
+        if "model" not in meta:
+            raise CheckpointError(f"{ckpt} has no odearch metadata (model name); evaluate its run directory instead")
+        cfg = TrainConfig.from_dict({k: meta[k] for k in ("model", "num_classes", "dataset", "scheme",
+                                                          "model_kwargs") if k in meta}, source=str(ckpt))  # fmt: skip
+    else:
+        raise FileNotFoundError(f"{target}: no such run directory or checkpoint file")
+    if args.batch_size < 1 or (args.subset is not None and args.subset < 1):
+        raise UsageError("--batch-size and --subset must be positive")
+    device = resolve_device(args.device)
+    model = build_model(cfg)
+    weights_into(model, tensors, meta, ckpt, cfg.model)
+    model = model.to(device, memory_format=torch.channels_last)
+    download = cfg.download if args.download is None else args.download
+    images, labels = load_cifar(args.data_dir or cfg.data_dir, cfg.dataset, train=False, download=download)
+    if args.subset:
+        images, labels = take_first(images, labels, min(args.subset, len(images)))
+    info = dataset_info(cfg.dataset)
+    loader = CifarLoader(images, labels, args.batch_size, train=False, mean=info["mean"], std=info["std"],
+                         device=device)  # fmt: skip
+    amp = _amp_dtype(args.amp, device)
+    res = evaluate(model, loader, autocast=lambda: torch.autocast(device.type, dtype=amp, enabled=amp is not None),
+                   num_classes=cfg.num_classes)  # fmt: skip
+    per_class = dict(zip(info["classes"], res["per_class_acc"]))
+    out = {"checkpoint": str(ckpt), "model": cfg.model, "dataset": cfg.dataset, "epoch": meta.get("epoch"),
+           "step": meta.get("step"), "test_images": res["n"], "test_loss": res["loss"], "test_acc": res["acc"],
+           "test_error_pct": 100 * (1 - res["acc"]), "per_class_acc": per_class,
+           "per_class_n": dict(zip(info["classes"], res["per_class_n"]))}  # fmt: skip
+    print(f"{cfg.model} on {cfg.dataset} test ({res['n']} images), {ckpt} (epoch {meta.get('epoch')})")
+    print(f"  loss {res['loss']:.4f}  accuracy {100 * res['acc']:.2f}%  error {100 * (1 - res['acc']):.2f}%")
+    if len(per_class) <= 20:
+        for name, acc in per_class.items():
+            print(f"  {name:>12}: {100 * acc:6.2f}%")
+    text = json.dumps(out, indent=2)
+    dest = args.json or (str(json_default) if json_default else "-")
+    if dest == "-":
+        print(text)
+    else:
+        from .train.checkpoint import atomic_write
+
+        atomic_write(dest, (text + "\n").encode())
+        print(f"  JSON: {dest}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------- models
+def model_table(pattern: str | None = None) -> list[dict[str, Any]]:
+    """Name, parameter count, family and scheme of every registered model (built on the meta device: no memory)."""
+    import torch
+
+    from . import Stage, create_model, list_models
+    from .models import model_entrypoint
+
+    rows = []
+    for name in list_models(pattern):
+        with torch.device("meta"):
+            model = create_model(name, num_classes=10)
+        schemes = sorted({m.scheme.name for m in model.modules() if isinstance(m, Stage)})
+        rows.append(
+            {
+                "name": name,
+                "params": sum(p.numel() for p in model.parameters()),
+                "family": model_entrypoint(name).__module__.rsplit(".", 1)[-1],
+                "scheme": ",".join(schemes),
+            }
+        )
+    return rows
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    rows = model_table(args.pattern)
+    if args.markdown:
+        print("| model | params (M, 10 classes) | family | scheme |\n|---|--:|---|---|")
+        for r in rows:
+            print(f"| `{r['name']}` | {r['params'] / 1e6:.3f} | {r['family']} | {r['scheme']} |")
+    else:
+        print(f"{'model':<22} {'params (M)':>10}  {'family':<14} scheme")
+        for r in rows:
+            print(f"{r['name']:<22} {r['params'] / 1e6:>10.3f}  {r['family']:<14} {r['scheme']}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------- main
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI; returns the exit code (0 ok, 1 failure while running, 2 usage or configuration error)."""
+    from .train import CheckpointError, ConfigError, NonFiniteLossError, RunExistsError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "train":
+            return _cmd_train(args, argv)
+        if args.command == "eval":
+            return _cmd_eval(args)
+        return _cmd_models(args)
+    except (UsageError, ConfigError) as e:
+        print(f"odearch: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `odearch models | head`: the reader left; not an error
+        sys.stdout = open(os.devnull, "w")  # keeps the interpreter's final flush quiet
+        return 0
+    except (RunExistsError, CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError, OSError) as e:
+        print(f"odearch: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except SystemExit as e:  # --help / --version
+        return e.code if isinstance(e.code, int) else 0
+    except KeyboardInterrupt:
+        print("odearch: interrupted", file=sys.stderr)
+        return 130

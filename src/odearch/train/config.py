@@ -1,0 +1,228 @@
+"""The training configuration: one frozen dataclass, filled from a YAML file, then from command-line flags.
+
+Every field is both a YAML key and a flag (``weight_decay`` <-> ``--weight-decay``); the CLI builds its flags from
+``dataclasses.fields(TrainConfig)`` and their ``metadata`` (help text, choices), so the two can never drift apart.
+Recipe defaults are the paper's (SGD, momentum 0.9, no Nesterov, batch 128, lr 0.1 divided by 10 at epochs 80 and
+120, 160 epochs, weight decay 1e-4 on CIFAR-10; 300 epochs with steps at 150 and 225 on CIFAR-100). Fields left
+None that depend on the data set (``epochs``, ``milestones``, ``num_classes``) are resolved in ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..data import dataset_info
+from ..models import is_model, model_entrypoint
+
+__all__ = ["RECIPES", "ConfigError", "TrainConfig", "config_hash", "load_yaml"]
+
+# (epochs, milestones) of the paper's CIFAR recipes.
+RECIPES: dict[str, tuple[int, tuple[int, ...]]] = {"cifar10": (160, (80, 120)), "cifar100": (300, (150, 225))}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run: unknown key, bad value, unknown model (the CLI exits with code 2)."""
+
+
+def _f(default: Any, help: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
+    """A dataclass field carrying its CLI help text and choices."""
+    meta = {"help": help, "choices": choices}
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on. Build with keywords or :meth:`from_dict`; frozen once built."""
+
+    # model
+    model: str = _f("", "registered model name (see `odearch models`)")
+    dataset: str = _f("cifar10", "data set", choices=("cifar10", "cifar100"))
+    num_classes: int | None = _f(None, "classifier size (default: from the data set)")
+    scheme: str | None = _f(None, "integrator of every stage, e.g. euler, lm, rk2 (default: the model's own)")
+    model_kwargs: dict[str, Any] = field(  # a mutable default needs a factory
+        default_factory=dict, metadata={"help": "extra model constructor keywords (YAML mapping; --model-kw K=V)"}
+    )
+    # optimisation
+    lr: float = _f(0.1, "peak learning rate")
+    momentum: float = _f(0.9, "SGD momentum")
+    nesterov: bool = _f(False, "Nesterov momentum (the paper's code: off)")
+    weight_decay: float = _f(1e-4, "L2 weight decay (paper: 1e-4; 5e-4 for LM-ResNeXt)")
+    batch_size: int = _f(128, "GLOBAL batch size (split over ranks when distributed)")
+    epochs: int | None = _f(None, "epochs (default: 160 on cifar10, 300 on cifar100)")
+    milestones: tuple[int, ...] | None = _f(None, "step schedule: epochs where lr *= gamma (default: 80 120 / 150 225)")
+    gamma: float = _f(0.1, "step schedule factor")
+    schedule: str = _f("step", "learning-rate schedule", choices=("step", "cosine"))
+    warmup_epochs: float = _f(0.0, "linear warm-up length in epochs (per step)")
+    label_smoothing: float = _f(0.0, "cross-entropy label smoothing")
+    # data
+    data_dir: str | None = _f(None, "directory holding cifar-10-batches-py/ (default: $ODEARCH_DATA, else ./data)")
+    download: bool = _f(True, "download the official archive when files are missing")
+    val_split: int = _f(0, "hold out this many training images for validation (0 or e.g. 5000: 45k/5k)")
+    select_on: str = _f("auto", "metric that picks best.safetensors (auto: val if split else test, labelled)",
+                        choices=("auto", "val", "test"))  # fmt: skip
+    subset: int | None = _f(None, "train on the first N training images")
+    eval_subset: int | None = _f(None, "evaluate on the first N test images (smoke tests only)")
+    # run control
+    max_minutes: float | None = _f(None, "stop cleanly after this many minutes with a resumable checkpoint")
+    seed: int = _f(0, "seed of model init and data order")
+    out: str | None = _f(None, "run directory (default: runs/<model>_<dataset>_s<seed>_<time>)")
+    log_every: int = _f(50, "steps between progress-bar metric refreshes (each one syncs the device); 0: never")
+    tensorboard: bool = _f(True, "write TensorBoard events to RUN/tb/")
+    # speed and numerics
+    device: str = _f("auto", "where to train", choices=("auto", "cpu", "cuda"))
+    amp: str = _f("auto", "autocast dtype (auto: bf16 on CUDA, off on CPU)", choices=("auto", "bf16", "fp16", "off"))
+    channels_last: bool = _f(True, "channels_last memory format for model and batches")
+    compile: bool = _f(False, "torch.compile the model")
+    deterministic: bool = _f(False, "deterministic algorithms (torch.use_deterministic_algorithms, cudnn flags)")
+    sync_bn: bool = _f(False, "SyncBatchNorm when distributed")
+
+    def __post_init__(self) -> None:
+        # Normalise types that YAML / argparse may hand over loosely, then fill data-set-dependent defaults.
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _coerce(f.name, str(f.type), getattr(self, f.name)))
+        if self.milestones is not None:
+            ms = self.milestones
+            if not isinstance(ms, (list, tuple)) or not all(isinstance(m, int) and not isinstance(m, bool) for m in ms):
+                raise ConfigError(f"milestones must be a list of epochs (integers), got {ms!r}")
+            object.__setattr__(self, "milestones", tuple(ms))
+        if self.model_kwargs is None:  # an empty `model_kwargs:` in YAML
+            object.__setattr__(self, "model_kwargs", {})
+        if not isinstance(self.model_kwargs, dict):
+            raise ConfigError(f"model_kwargs must be a mapping, got {self.model_kwargs!r}")
+        object.__setattr__(self, "model_kwargs", dict(self.model_kwargs))
+        ds = self.dataset.lower().replace("-", "").replace("_", "")
+        if ds not in RECIPES:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; expected one of {sorted(RECIPES)}")
+        object.__setattr__(self, "dataset", ds)
+        epochs, milestones = RECIPES[ds]
+        if self.epochs is None:
+            object.__setattr__(self, "epochs", epochs)
+        if self.milestones is None:
+            object.__setattr__(self, "milestones", milestones)
+        if self.num_classes is None:
+            object.__setattr__(self, "num_classes", dataset_info(ds)["num_classes"])
+        if self.data_dir is None:
+            object.__setattr__(self, "data_dir", os.environ.get("ODEARCH_DATA") or "data")
+        self._check()
+
+    def _check(self) -> None:
+        """Fail early, with the fix in the message, on values that cannot run."""
+        if not self.model:
+            raise ConfigError("no model given: use --model NAME or a --config YAML with a `model:` key")
+        if not is_model(self.model):
+            try:
+                model_entrypoint(self.model)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}; got {getattr(self, f.name)!r}")
+        positive = {"batch_size": self.batch_size, "epochs": self.epochs, "num_classes": self.num_classes}
+        for name, value in positive.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("subset", "eval_subset"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.val_split, int) or self.val_split < 0:
+            raise ConfigError(f"val_split must be a non-negative integer, got {self.val_split!r}")
+        if self.select_on == "val" and not self.val_split:
+            raise ConfigError("select_on=val needs a validation split: add --val-split 5000")
+        if self.lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0 or not 0 < self.gamma <= 1:
+            raise ConfigError("need lr > 0, 0 <= momentum < 1, weight_decay >= 0, 0 < gamma <= 1")
+        if not 0 <= self.label_smoothing < 1 or self.warmup_epochs < 0:
+            raise ConfigError("need 0 <= label_smoothing < 1 and warmup_epochs >= 0")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"max_minutes must be positive, got {self.max_minutes}")
+        if self.seed < 0 or self.log_every < 0:
+            raise ConfigError("seed and log_every must be non-negative")
+        if list(self.milestones) != sorted(self.milestones):
+            raise ConfigError(f"milestones must be increasing, got {list(self.milestones)}")
+        if not all(isinstance(k, str) and k.isidentifier() for k in self.model_kwargs):
+            raise ConfigError(f"model_kwargs keys must be identifiers, got {list(self.model_kwargs)}")
+
+    # --------------------------------------------------------------------------------------------- conversions
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str | None = None) -> TrainConfig:
+        """Builds a config from a mapping, rejecting unknown keys (listing close matches) and bad types.
+
+        Args:
+            values: field name -> value (YAML keys).
+            source: where the mapping came from (a YAML path), prefixed to error messages.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            import difflib
+
+            hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, known, 1)) else
+                     repr(k) for k in unknown]  # fmt: skip
+            raise ConfigError(f"{source or 'config'}: unknown key(s) {', '.join(hints)}")
+        try:
+            return cls(**values)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}" if source else str(e)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-YAML-safe dict (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones or ())
+        return d
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with `changes` applied (validated again)."""
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+_SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _coerce(name: str, annotation: str, value: Any) -> Any:
+    """Checks a scalar field's type; ints pass as floats, and numeric strings too (YAML 1.1 reads `1e-4` as one)."""
+    optional = annotation.endswith(" | None")
+    kind = _SCALARS.get(annotation.removesuffix(" | None"))
+    if kind is None or (value is None and optional):
+        return value
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{name} must be {'an' if kind is int else 'a'} {kind.__name__}, got {value!r}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Reads a YAML config as a mapping; a missing file, bad syntax or a non-mapping raises ConfigError."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+    return values
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    """Short hash of the fields that define the trained function (model, data, optimisation), not run control."""
+    volatile = {"out", "data_dir", "download", "max_minutes", "log_every", "tensorboard", "device", "compile"}
+    d = {k: v for k, v in cfg.to_dict().items() if k not in volatile}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,528 @@
+"""The training loop (airbench's shape, timm's return values): `lr_at`, `train_one_epoch`, `evaluate`, `fit`.
+
+Speed: the data set lives on the training device and is augmented there per batch (`odearch.data.CifarLoader`);
+the loss and correct-count are summed on the device and read once per epoch (plus once every ``log_every`` steps
+for the progress bar), since every ``.item()`` is a host-device sync; batches and weights are channels_last;
+autocast is bf16 on CUDA by default. The same code runs on the CPU.
+
+Resumption is exact: the schedule is a pure function of the step, the data order and augmentation a pure function
+of (seed, epoch), and a checkpoint holds weights, optimizer, step, partial-epoch sums and RNG states, so a resumed
+run repeats the uninterrupted one bit for bit on the same device. ``max_minutes`` stops at an iteration boundary,
+mid-epoch if need be; the resumed run skips the batches already done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import CifarLoader, dataset_info, load_cifar, take_first, train_val_split
+from ..models import create_model
+from ..nn import lm_coefficients
+from .checkpoint import (
+    CheckpointError,
+    capture_rng,
+    load_state,
+    load_weights,
+    restore_rng,
+    save_state,
+    save_weights,
+    weights_into,
+)
+from .config import ConfigError, TrainConfig, config_hash
+from .distributed import DistEnv, all_reduce_sum, barrier, broadcast_buffers, init_distributed, shutdown
+from .provenance import provenance
+from .rundir import RunDir, default_out
+
+__all__ = ["NonFiniteLossError", "build_model", "evaluate", "fit", "lr_at", "resolve_device", "train_one_epoch"]
+
+VAL_SPLIT_SEED = 0  # the 45k/5k split is fixed across training seeds, so runs of different seeds are comparable
+EVAL_BATCH = 1024  # evaluation batch (no gradients: larger is faster, results do not depend on it)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the last checkpoint on disk is the last good one."""
+
+
+# ---------------------------------------------------------------------------------------------------- schedule
+def lr_at(
+    step: int, *, base_lr: float, steps_per_epoch: int, epochs: int, schedule: str = "step",
+    milestones: Iterable[int] = (), gamma: float = 0.1, warmup_epochs: float = 0.0,
+) -> float:  # fmt: skip
+    """Learning rate of optimizer step `step` (0-based), a pure function.
+
+    1. Warm-up: during the first ``round(warmup_epochs * steps_per_epoch)`` steps, lr rises linearly to
+       ``base_lr`` (step s uses ``base_lr * (s + 1) / warmup_steps``).
+    2. ``step``: ``base_lr * gamma ** (number of milestones <= epoch)``, epoch = ``step // steps_per_epoch``, so the
+       paper's "divide by 10 at epoch 80" applies from the first step after 80 full epochs.
+    3. ``cosine``: ``base_lr * (1 + cos(pi * t)) / 2``, t the fraction of the post-warm-up steps done.
+    """
+    warmup = round(warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    if schedule == "step":
+        return base_lr * gamma ** sum(step // steps_per_epoch >= m for m in milestones)
+    if schedule == "cosine":
+        t = (step - warmup) / max(1, epochs * steps_per_epoch - warmup)
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+    raise ValueError(f"unknown schedule {schedule!r}; expected step or cosine")
+
+
+def _lr_fn(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """`lr_at` with the config's schedule bound."""
+    return lambda step: lr_at(
+        step, base_lr=cfg.lr, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs, schedule=cfg.schedule,
+        milestones=cfg.milestones, gamma=cfg.gamma, warmup_epochs=cfg.warmup_epochs,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ epoch, eval
+def train_one_epoch(
+    model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], optimizer: torch.optim.Optimizer, *,
+    lr_fn: Callable[[int], float], step: int, autocast: Callable[[], AbstractContextManager[Any]],
+    label_smoothing: float = 0.0, scaler: torch.amp.GradScaler | None = None, start_batch: int = 0,
+    sums: dict[str, Any] | None = None, should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Trains one epoch (or its rest, from `start_batch`), setting the lr of each step from `lr_fn(step)`.
+
+    Returns:
+        ``step`` (global step after the last batch), ``batches`` (batches of this epoch done), ``loss_sum`` and
+        ``correct`` (device tensors, summed over samples: read them once), ``n`` (samples), ``stopped`` (True if
+        `should_stop` ended the epoch early).
+    """
+    model.train()
+    sums = sums or {"loss_sum": torch.zeros(()), "correct": torch.zeros((), dtype=torch.int64), "n": 0}
+    batch, stopped = start_batch, False
+    for x, y in itertools.islice(loader, start_batch, None):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_fn(step)
+        with autocast():
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:  # fp16 only: scale the loss so small gradients survive the cast
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        step, batch = step + 1, batch + 1
+        sums["loss_sum"] = sums["loss_sum"].to(loss.device) + loss.detach().float() * len(y)  # no sync
+        sums["correct"] = sums["correct"].to(y.device) + (logits.argmax(1) == y).sum()
+        sums["n"] += len(y)
+        if on_step is not None:
+            on_step(step, sums)
+        if should_stop is not None and should_stop():
+            stopped = batch < len(loader)  # type: ignore[arg-type]
+            break
+    return {"step": step, "batches": batch, "stopped": stopped, **sums}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
+    autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext, num_classes: int | None = None,
+    env: DistEnv | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Mean cross-entropy and accuracy of `model` over `loader` (summed across ranks when distributed).
+
+    Returns:
+        ``loss``, ``acc`` (fraction), ``n``; with `num_classes` also ``per_class_acc`` (list, NaN for an absent
+        class) and ``per_class_n``.
+    """
+    model.eval()
+    k = num_classes or 0
+    totals = None  # [loss_sum, correct, n, per-class correct (k), per-class count (k)] on the device
+    for x, y in loader:
+        with autocast():
+            logits = model(x)
+        pred = logits.argmax(1)
+        row = torch.cat([
+            torch.stack([F.cross_entropy(logits.float(), y, reduction="sum"), (pred == y).sum().float(),
+                         torch.tensor(float(len(y)), device=y.device)]),
+            torch.bincount(y[pred == y], minlength=k).float()[:k], torch.bincount(y, minlength=k).float()[:k],
+        ])  # fmt: skip
+        totals = row if totals is None else totals + row
+    if totals is None:
+        raise ValueError("evaluate: the loader yielded no batches")
+    totals = all_reduce_sum(totals, env or DistEnv()).double().cpu()  # the one sync of the evaluation
+    out = {"loss": (totals[0] / totals[2]).item(), "acc": (totals[1] / totals[2]).item(), "n": int(totals[2])}
+    if k:
+        correct, count = totals[3 : 3 + k], totals[3 + k :]
+        out["per_class_acc"] = (correct / count).tolist()  # 0 / 0 = NaN for a class absent from the subset
+        out["per_class_n"] = count.long().tolist()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- set-up
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU raises ConfigError."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda requested but CUDA is not available (use --device auto or cpu)")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(name)
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: ``auto`` is bf16 on CUDA (no loss scaling needed) and off on CPU."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def _configure_numerics(cfg: TrainConfig, device: torch.device) -> None:
+    """Deterministic switch, else let cuDNN pick the fastest kernels; TF32 matmuls on CUDA unless deterministic."""
+    if cfg.deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    """`create_model` from the config; options the constructor rejects become a ConfigError naming them."""
+    kwargs = {"scheme": cfg.scheme, **cfg.model_kwargs}
+    try:
+        return create_model(cfg.model, num_classes=cfg.num_classes, **kwargs)
+    except (TypeError, ValueError) as e:
+        given = {k: v for k, v in kwargs.items() if v is not None}
+        raise ConfigError(f"model {cfg.model!r} rejected its options {given}: {e}") from None
+
+
+@dataclass
+class _Data:
+    train: CifarLoader
+    evals: dict[str, CifarLoader]  # "val" (if split) and "test"
+    num_train: int
+
+
+def _build_data(cfg: TrainConfig, device: torch.device, env: DistEnv) -> _Data:
+    """Loads the splits onto `device` and wraps them in loaders (train: augmented, sharded by rank)."""
+    info = dataset_info(cfg.dataset)
+    images, labels = load_cifar(cfg.data_dir, cfg.dataset, train=True, download=cfg.download)
+    evals_raw: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    if cfg.val_split:
+        (images, labels), evals_raw["val"] = train_val_split(images, labels, cfg.val_split, seed=VAL_SPLIT_SEED)
+    if cfg.subset is not None:
+        images, labels = take_first(images, labels, min(cfg.subset, len(images)))
+    test = load_cifar(cfg.data_dir, cfg.dataset, train=False, download=cfg.download)
+    evals_raw["test"] = take_first(*test, min(cfg.eval_subset, len(test[0]))) if cfg.eval_subset else test
+    common = {"mean": info["mean"], "std": info["std"], "device": device, "channels_last": cfg.channels_last,
+              "rank": env.rank, "world_size": env.world_size}  # fmt: skip
+    if len(images) < cfg.batch_size:
+        raise ConfigError(f"{len(images)} training images make no full batch of {cfg.batch_size}")
+    train = CifarLoader(images, labels, cfg.batch_size, train=True, seed=cfg.seed, **common)
+    eval_bs = cfg.batch_size * max(1, EVAL_BATCH // cfg.batch_size)  # a multiple of the world size, like batch_size
+    evals = {k: CifarLoader(*v, eval_bs, train=False, **common) for k, v in evals_raw.items()}
+    return _Data(train=train, evals=evals, num_train=len(images))
+
+
+# ---------------------------------------------------------------------------------------------------- fit
+@dataclass
+class _Progress:
+    """Where training stands; what `last.state.pt` records besides optimizer and RNG."""
+
+    step: int = 0
+    epoch: int = 0  # finished epochs
+    batch: int = 0  # batches done in the unfinished epoch `epoch` (0 at an epoch boundary)
+    partial: dict[str, Any] = field(default_factory=dict)  # loss_sum, correct, n, seconds of that partial epoch
+    best: dict[str, Any] = field(default_factory=lambda: {"acc": None, "epoch": None, "on": None})
+    wall_seconds: float = 0.0  # over all sessions of the run
+
+
+def _metadata(cfg: TrainConfig, progress: _Progress) -> dict[str, Any]:
+    return {"model": cfg.model, "num_classes": cfg.num_classes, "dataset": cfg.dataset, "scheme": cfg.scheme,
+            "model_kwargs": cfg.model_kwargs, "step": progress.step, "epoch": progress.epoch,
+            "config_hash": config_hash(cfg), "format": "odearch/1"}  # fmt: skip
+
+
+def _save_last(run: RunDir, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler | None, progress: _Progress) -> None:  # fmt: skip
+    """Writes last.state.pt then last.safetensors (both atomic, both tagged with the step)."""
+    state = {
+        "format": "odearch-train-state/1", "model": cfg.model, "config_hash": config_hash(cfg),
+        "step": progress.step, "epoch": progress.epoch, "batch": progress.batch, "partial": progress.partial,
+        "best": progress.best, "wall_seconds": progress.wall_seconds,
+        "optimizer": optimizer.state_dict(), "scheduler": {"schedule": cfg.schedule, "step": progress.step},
+        "scaler": scaler.state_dict() if scaler is not None else {}, "rng": capture_rng(),
+    }  # fmt: skip
+    save_state(run.last_state, state)
+    save_weights(run.last_weights, model, _metadata(cfg, progress))
+
+
+def _restore(run: RunDir, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scaler: torch.amp.GradScaler | None) -> tuple[_Progress, dict[str, Any]]:  # fmt: skip
+    """Loads the last checkpoint of `run` into model and optimizer; returns the progress and the RNG states."""
+    state = load_state(run.last_state)
+    if state.get("model") != cfg.model:
+        raise CheckpointError(f"{run.last_state} was saved from model {state.get('model')!r}, but {run.config} "
+                              f"says {cfg.model!r}")  # fmt: skip
+    tensors, meta = load_weights(run.last_weights)
+    weights_into(model, tensors, meta, run.last_weights, cfg.model)
+    if meta.get("step") != state["step"]:
+        raise CheckpointError(f"{run.last_weights} (step {meta.get('step')}) and {run.last_state} (step "
+                              f"{state['step']}) differ: the run was killed while saving")  # fmt: skip
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{run.last_state}: optimizer state does not fit {cfg.model!r}: {e}") from None
+    keys = ("step", "epoch", "batch", "partial", "best", "wall_seconds")
+    return _Progress(**{k: state[k] for k in keys}), state["rng"]
+
+
+def _log(env: DistEnv, msg: str) -> None:
+    if env.is_main:
+        print(msg, flush=True)
+
+
+def _pct(x: float | None) -> str:
+    return "  n/a " if x is None else f"{100 * x:6.2f}%"
+
+
+def fit(
+    cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, command: str | None = None,
+    progress_bar: bool | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Trains `cfg.model` on `cfg.dataset` into the run directory `cfg.out` and returns the result summary.
+
+    Args:
+        cfg: the resolved configuration (``cfg.out`` None: a new ``runs/<model>_<dataset>_s<seed>_<time>``).
+        resume: continue the run in ``cfg.out`` from ``checkpoints/last.*`` (config taken as given).
+        overwrite: replace an existing run in ``cfg.out`` (ignored with `resume`).
+        command: the command line recorded in result.json.
+        progress_bar: tqdm progress bar; default: when stderr is a TTY.
+
+    Returns:
+        The dict written to ``result.json``.
+
+    Raises:
+        ConfigError: options that cannot run (unknown model kwargs, no CUDA, too small a subset).
+        RunExistsError: ``cfg.out`` holds a run and neither `resume` nor `overwrite` is set.
+        CheckpointError: a checkpoint to resume from is missing, damaged or of another model.
+        FileNotFoundError: the data files are missing and could not be downloaded.
+        NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
+    """
+    if cfg.out is None:
+        cfg = cfg.replace(out=default_out(cfg))
+    wall_start = time.monotonic()
+    deadline = wall_start + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
+    device = resolve_device(cfg.device)
+    env = init_distributed(device)
+    try:
+        if env.enabled and device.type == "cuda":
+            device = torch.device("cuda", env.local_rank)
+        _configure_numerics(cfg, device)
+        run = RunDir(Path(cfg.out))
+        if resume:
+            if not run.is_run():
+                raise CheckpointError(f"nothing to resume in {run.root}: not an odearch run")
+        else:
+            run.check_new(overwrite)  # refuse before any work, so a mistake costs nothing
+        _seed_everything(cfg.seed)
+        raw = build_model(cfg).to(device, memory_format=torch.channels_last if cfg.channels_last else None)
+        data = _build_data(cfg, device, env)
+        return _fit(cfg, run, raw, data, device, env, resume, overwrite, command, progress_bar, wall_start, deadline)
+    finally:
+        shutdown(env)
+
+
+def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: torch.device, env: DistEnv,
+         resume: bool, overwrite: bool, command: str | None, progress_bar: bool | None, wall_start: float,
+         deadline: float) -> dict[str, Any]:  # fmt: skip
+    """The body of :func:`fit` once the model and the data are in place."""
+    if env.enabled and cfg.sync_bn:
+        raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
+    optimizer = torch.optim.SGD(raw.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                                weight_decay=cfg.weight_decay)  # fmt: skip
+    amp_dtype = _amp_dtype(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    prog, rng = _Progress(), None
+    if resume:
+        prog, rng = _restore(run, cfg, raw, optimizer, scaler)
+    model: nn.Module = raw
+    if env.enabled:
+        model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
+    eval_model = raw
+    if cfg.compile:
+        model, eval_model = torch.compile(model), torch.compile(raw)
+
+    if env.is_main:
+        if resume:
+            run.truncate_metrics(prog.epoch)  # rows written after the checkpoint belong to the redone epoch
+            run.write_config(cfg)  # records allowed changes (more epochs, another data_dir)
+        else:
+            run.create(cfg, overwrite)
+    barrier(env)
+    if resume and prog.epoch >= cfg.epochs and prog.batch == 0:
+        _log(env, f"odearch: {run.root} already finished its {cfg.epochs} epochs; nothing to do")
+        return run.read_result() if run.result.is_file() else {}
+
+    writer = None
+    if env.is_main and cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter  # heavy import, only when used
+
+        writer = SummaryWriter(str(run.tb), purge_step=prog.epoch + 1 if resume else None)
+    autocast = lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)  # noqa: E731
+    lr_fn = _lr_fn(cfg, len(data.train))
+    n_params = sum(p.numel() for p in raw.parameters())
+    use_bar = progress_bar if progress_bar is not None else sys.stderr.isatty()
+    select = "val" if cfg.select_on == "val" or (cfg.select_on == "auto" and cfg.val_split) else "test"
+    prov = provenance(device)
+    _log(env, f"odearch: {cfg.model} ({n_params / 1e6:.3f}M params) on {cfg.dataset} ({data.num_train} train "
+              f"images), {prov['device_name']}, {env.world_size} process(es), run dir {run.root}")  # fmt: skip
+    if rng is not None:
+        restore_rng(rng)
+
+    stopped = False
+    for epoch in range(prog.epoch, cfg.epochs):
+        data.train.set_epoch(epoch)
+        bar = _bar(use_bar and env.is_main, len(data.train), prog.batch, f"epoch {epoch + 1}/{cfg.epochs}")
+        sums = None
+        if prog.batch:
+            p = prog.partial
+            sums = {"loss_sum": p["loss_sum"].to(device), "correct": p["correct"].to(device), "n": p["n"]}
+        t0, prev_seconds = time.perf_counter(), prog.partial.get("seconds", 0.0) if prog.batch else 0.0
+        out = train_one_epoch(
+            model, data.train, optimizer, lr_fn=lr_fn, step=prog.step, autocast=autocast,
+            label_smoothing=cfg.label_smoothing, scaler=scaler, start_batch=prog.batch, sums=sums,
+            should_stop=lambda: time.monotonic() > deadline,
+            on_step=_on_step(bar, cfg.log_every, epoch, t0, env),
+        )  # fmt: skip
+        totals = all_reduce_sum(torch.stack([out["loss_sum"].double(), out["correct"].double(),
+                                             torch.tensor(float(out["n"]), device=device)]), env).cpu()  # fmt: skip
+        seconds = prev_seconds + time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        if not math.isfinite(totals[0].item()):
+            raise NonFiniteLossError(f"training loss became non-finite in epoch {epoch + 1} (by step {out['step']});"
+                                     f" stopped, keeping the last good checkpoint in {run.checkpoints} (epoch "
+                                     f"{prog.epoch}); try a lower --lr")  # fmt: skip
+        prog.step = out["step"]
+        if out["stopped"]:  # --max-minutes hit mid-epoch: save the partial epoch exactly and stop
+            prog.batch = out["batches"]
+            prog.partial = {"loss_sum": out["loss_sum"].cpu(), "correct": out["correct"].cpu(), "n": out["n"],
+                            "seconds": seconds}  # fmt: skip
+            prog.wall_seconds += time.monotonic() - wall_start
+            if env.is_main:
+                _save_last(run, cfg, raw, optimizer, scaler, prog)
+            stopped = True
+            break
+        broadcast_buffers(raw, env)
+        evals = {k: evaluate(eval_model, v, autocast=autocast, env=env) for k, v in data.evals.items()}
+        row = {"epoch": epoch + 1, "step": prog.step, "train_loss": (totals[0] / totals[2]).item(),
+               "train_acc": (totals[1] / totals[2]).item()}  # fmt: skip
+        for k in ("test", "val"):
+            if k in evals:
+                row[f"{k}_loss"], row[f"{k}_acc"] = evals[k]["loss"], evals[k]["acc"]
+        row |= {"lr": lr_fn(prog.step - 1), "seconds": seconds, "images_per_s": totals[2].item() / seconds,
+                "lm_k": lm_coefficients(raw)}  # fmt: skip
+        prog.epoch, prog.batch, prog.partial = epoch + 1, 0, {}
+        improved = prog.best["acc"] is None or row[f"{select}_acc"] > prog.best["acc"]
+        if improved:
+            prog.best = {"acc": row[f"{select}_acc"], "epoch": epoch + 1, "on": select}
+        prog.wall_seconds += time.monotonic() - wall_start
+        wall_start = time.monotonic()
+        if env.is_main:
+            if improved:
+                save_weights(run.best_weights, raw, _metadata(cfg, prog))
+            _save_last(run, cfg, raw, optimizer, scaler, prog)
+            run.append_metrics(row)  # after the checkpoint: a resume drops rows newer than its checkpoint
+            if writer is not None:
+                for k, v in row.items():
+                    if isinstance(v, float):
+                        writer.add_scalar(k, v, epoch + 1)
+                writer.flush()
+        _log(env, f"epoch {epoch + 1:>3}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc "
+                  f"{_pct(row['train_acc'])}  " + "".join(f"{k} loss {row[f'{k}_loss']:.4f} acc "
+                  f"{_pct(row[f'{k}_acc'])}  " for k in ("val", "test") if k in evals) +
+             f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {seconds:.1f}s")  # fmt: skip
+        if time.monotonic() > deadline and epoch + 1 < cfg.epochs:
+            stopped = True
+            break
+    else:
+        prog.wall_seconds += time.monotonic() - wall_start
+
+    if writer is not None:
+        writer.close()
+    rows = run.read_metrics() if env.is_main else []
+    last = rows[-1] if rows else {}
+    result = {
+        "status": "stopped" if stopped else "complete",
+        "resume_with": f"odearch train --resume {run.root}" if stopped else None,
+        "command": command or "odearch.train.fit (Python API)",
+        "model": cfg.model, "dataset": cfg.dataset, "num_classes": cfg.num_classes, "model_kwargs": cfg.model_kwargs,
+        "params": n_params, "seed": cfg.seed, "epochs": cfg.epochs, "epochs_done": prog.epoch, "step": prog.step,
+        "final_test_acc": last.get("test_acc"),
+        "final_test_error_pct": None if last.get("test_acc") is None else 100 * (1 - last["test_acc"]),
+        "final_val_acc": last.get("val_acc"),
+        "best_acc": prog.best["acc"], "best_epoch": prog.best["epoch"], "best_selected_on": prog.best["on"],
+        "best_note": None if select == "val" else (
+            "no validation split: best epoch chosen on the TEST set, an optimistic estimate; report final_test_acc "
+            "or use --val-split 5000" if cfg.select_on == "auto" else "selected on the test set (--select-on test)"),
+        "test_images": data.evals["test"].num_images, "train_images": data.num_train,
+        "wall_seconds": prog.wall_seconds, "world_size": env.world_size, **prov,
+        "metrics": str(run.metrics), "config_hash": config_hash(cfg),
+    }  # fmt: skip
+    if env.is_main:
+        run.write_result(result)
+        how = f"stopped after {cfg.max_minutes} min; resume with: {result['resume_with']}" if stopped else "done"
+        _log(env, f"odearch: {how}; final test acc {_pct(result['final_test_acc'])}, best {_pct(result['best_acc'])}"
+                  f" ({select}, epoch {result['best_epoch']}); {run.result}")  # fmt: skip
+    return result
+
+
+def _bar(enabled: bool, total: int, initial: int, desc: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True, unit="batch")
+
+
+def _on_step(bar: Any, log_every: int, epoch: int, t0: float, env: DistEnv) -> Callable[[int, dict[str, Any]], None]:
+    """Per-step hook: advances the progress bar; every `log_every` steps reads the running loss (one sync),
+    shows it, and fails fast on a non-finite loss."""
+
+    def hook(step: int, sums: dict[str, Any]) -> None:
+        if bar is not None:
+            bar.update(1)
+        if log_every and step % log_every == 0:
+            loss = sums["loss_sum"].item() / max(1, sums["n"])
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(f"training loss became non-finite in epoch {epoch + 1} (step {step}); "
+                                         "stopped, keeping the last good checkpoint; try a lower --lr")  # fmt: skip
+            if bar is not None:
+                acc = sums["correct"].item() / max(1, sums["n"])
+                rate = sums["n"] * env.world_size / max(1e-9, time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{loss:.4f}", acc=f"{100 * acc:.2f}%", img_s=f"{rate:.0f}")
+
+    return hook
