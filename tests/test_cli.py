@@ -13,11 +13,12 @@ import pytest
 import yaml
 
 import odearch
+from datapaths import CIFAR_ROOT
 from odearch.cli import _config_from_args, build_parser, main, model_table
 from odearch.train import load_state, load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = CIFAR_ROOT
 needs_data = pytest.mark.skipif(
     not (DATA / "cifar-10-batches-py" / "data_batch_1").is_file(), reason=f"real CIFAR-10 not found in {DATA}"
 )
@@ -233,3 +234,34 @@ def test_checkpoint_of_another_model(run_dir: Path, tmp_path: Path, capsys: pyte
     line = error_line(capsys)
     assert "saved from model 'lm_resnet20'" in line and "does not fit 'resnet20'" in line
     assert snapshot(run) == before
+
+
+# ------------------------------------------------------------------------------------------------------ analyze
+def test_analyze_a_trained_lm_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`odearch train` an LM-ResNet-20 for 2 short epochs, then `odearch analyze` its run directory: the table's
+    k_n are the checkpoint's `lm_k` tensors, and both plots (k against depth, k over the 2 epochs) are written."""
+    import csv
+
+    if not (DATA / "cifar-10-batches-py" / "data_batch_1").is_file():
+        pytest.skip(f"real CIFAR-10 not found in {DATA}")
+    run = tmp_path / "lm"
+    assert main(["train", "--model", "lm_resnet20", "--subset", "256", "--epochs", "2", "--batch-size", "64",
+                 "--eval-subset", "256", "--data-dir", str(DATA), "--no-download", "--no-tensorboard",
+                 "--out", str(run)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["analyze", str(run), "--out", str(tmp_path / "an")]) == 0
+    assert "max|xi|" in capsys.readouterr().out
+    for name in ("lm_table.csv", "lm_table.txt", "k_vs_depth.png", "k_over_epochs.png"):
+        assert (tmp_path / "an" / name).stat().st_size > 0, name
+    tensors, _ = load_weights(run / "checkpoints" / "best.safetensors")
+    want = sorted(float(k) for key, t in tensors.items() if key.endswith(".lm_k") for k in t.flatten())
+    with open(tmp_path / "an" / "lm_table.csv") as f:
+        got = sorted(float(r["k"]) for r in csv.DictReader(f))
+    assert len(want) == 3 * 2 and got == pytest.approx(want, abs=1e-6)  # 3 stages x (3 blocks - 1 transition)
+    assert all(-0.2 < k < 0.1 for k in want) and len(set(want)) == len(want)  # read back, not a default
+
+
+def test_analyze_a_plain_model_is_one_error_line(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no LM coefficients" in err[0]

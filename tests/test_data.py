@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from datapaths import CIFAR_ROOT
 from odearch.data import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
@@ -30,7 +31,7 @@ from odearch.data import (
 )
 from odearch.data import cifar as cifar_mod
 
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_DATA = CIFAR_ROOT
 
 
 # ------------------------------------------------------------------------------------------------- synthetic files

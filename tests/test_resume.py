@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from datapaths import CIFAR_ROOT
 from odearch.train import TrainConfig, fit, load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = CIFAR_ROOT
 pytestmark = pytest.mark.skipif(
     not (DATA / "cifar-10-batches-py" / "data_batch_1").is_file(), reason=f"real CIFAR-10 not found in {DATA}"
 )

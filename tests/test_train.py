@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import odearch
+from datapaths import CIFAR_ROOT
 from odearch.train import (
     RECIPES,
     CheckpointError,
@@ -34,7 +35,7 @@ from odearch.train import (
 from odearch.train.checkpoint import atomic_write, weights_into
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = CIFAR_ROOT
 needs_data = pytest.mark.skipif(
     not (DATA / "cifar-10-batches-py" / "data_batch_1").is_file(), reason=f"real CIFAR-10 not found in {DATA}"
 )

@@ -5,6 +5,7 @@
     odearch train --resume runs/NAME                                            # continue exactly where it stopped
     odearch eval runs/NAME | CHECKPOINT.safetensors                            # test loss, accuracy, per class
     odearch models [--markdown]                                                 # the registry with parameter counts
+    odearch analyze RUN_OR_CHECKPOINT [...] [--out DIR]                         # learned k_n: table, stability, plots
 
 Every `TrainConfig` field is a flag (``--weight-decay``) and a YAML key (``weight_decay``); the flags are generated
 from the dataclass, so the two cannot drift apart. Errors are one line, ``odearch: error: ...``, with exit code 2
@@ -73,7 +74,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand."""
-    parser = _Parser(prog="odearch", description="LM-ResNet and friends: train, evaluate, list models.",
+    parser = _Parser(prog="odearch", description="LM-ResNet and friends: train, evaluate, list and analyze models.",
                      allow_abbrev=False)  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -104,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("models", help="registered models with parameter counts", allow_abbrev=False)
     ls.add_argument("--markdown", action="store_true", help="a Markdown table (for the README)")
     ls.add_argument("--pattern", help="shell-style filter, e.g. 'lm_*'")
+
+    from .analysis.command import add_analyze_arguments
+
+    a = sub.add_parser("analyze", help="per-block k_n table, zero-stability and plots of trained LM runs",
+                       allow_abbrev=False)  # fmt: skip
+    add_analyze_arguments(a)
     return parser
 
 
@@ -277,6 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_train(args, argv)
         if args.command == "eval":
             return _cmd_eval(args)
+        if args.command == "analyze":
+            from .analysis.command import run_analyze
+
+            return run_analyze(args)
         return _cmd_models(args)
     except (UsageError, ConfigError) as e:
         print(f"odearch: error: {_one_line(e)}", file=sys.stderr)
