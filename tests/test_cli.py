@@ -116,6 +116,7 @@ def test_models_lists_every_model_with_params(capsys: pytest.CaptureFixture[str]
     assert main(["models", "--markdown", "--pattern", "lm_*"]) == 0
     md = capsys.readouterr().out.splitlines()
     assert md[0].startswith("| model |") and len(md) == 2 + len(odearch.list_models("lm_*"))
+    assert rows["lm_resnet50"]["classes"] == 1000 and rows["lm_resnet56"]["classes"] == 10
 
 
 # ------------------------------------------------------------------------------------- YAML + flag precedence

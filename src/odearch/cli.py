@@ -233,7 +233,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------------- models
 def model_table(pattern: str | None = None) -> list[dict[str, Any]]:
-    """Name, parameter count, family and scheme of every registered model (built on the meta device: no memory)."""
+    """Name, parameter count (with the entry's own classifier: 10 classes for CIFAR models, 1000 for ImageNet
+    ones), classes, family and scheme of every registered model (built on the meta device: no memory)."""
     import torch
 
     from . import Stage, create_model, list_models
@@ -242,12 +243,14 @@ def model_table(pattern: str | None = None) -> list[dict[str, Any]]:
     rows = []
     for name in list_models(pattern):
         with torch.device("meta"):
-            model = create_model(name, num_classes=10)
+            model = create_model(name)
         schemes = sorted({m.scheme.name for m in model.modules() if isinstance(m, Stage)})
+        heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
         rows.append(
             {
                 "name": name,
                 "params": sum(p.numel() for p in model.parameters()),
+                "classes": heads[-1].out_features if heads else None,
                 "family": model_entrypoint(name).__module__.rsplit(".", 1)[-1],
                 "scheme": ",".join(schemes),
             }
@@ -255,16 +258,21 @@ def model_table(pattern: str | None = None) -> list[dict[str, Any]]:
     return rows
 
 
+def models_markdown(pattern: str | None = None) -> str:
+    """The model table as Markdown (README.md's model table is this text, checked by tests/test_readme.py)."""
+    lines = ["| model | params | classes | family | scheme |", "|---|--:|--:|---|---|"]
+    for r in model_table(pattern):
+        lines.append(f"| `{r['name']}` | {r['params']:,} | {r['classes']} | {r['family']} | {r['scheme']} |")
+    return "\n".join(lines)
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
-    rows = model_table(args.pattern)
     if args.markdown:
-        print("| model | params (M, 10 classes) | family | scheme |\n|---|--:|---|---|")
-        for r in rows:
-            print(f"| `{r['name']}` | {r['params'] / 1e6:.3f} | {r['family']} | {r['scheme']} |")
-    else:
-        print(f"{'model':<22} {'params (M)':>10}  {'family':<14} scheme")
-        for r in rows:
-            print(f"{r['name']:<22} {r['params'] / 1e6:>10.3f}  {r['family']:<14} {r['scheme']}")
+        print(models_markdown(args.pattern))
+        return 0
+    print(f"{'model':<22} {'params (M)':>10} {'classes':>7}  {'family':<15} scheme")
+    for r in model_table(args.pattern):
+        print(f"{r['name']:<22} {r['params'] / 1e6:>10.3f} {r['classes']:>7}  {r['family']:<15} {r['scheme']}")
     return 0
 
 
