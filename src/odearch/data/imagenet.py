@@ -377,11 +377,13 @@ def make_synthetic_imagefolder(
     splits: Sequence[str] = ("train", "val"),
     fmt: Literal["JPEG", "PNG"] = "JPEG",
     seed: int = 0,
+    noise: float = 4.0,
 ) -> Path:
     """Write a tiny ImageNet-layout folder of random images for tests and docs; returns ``root``.
 
-    Class c's folder is ``n{c:08d}`` (WordNet-id-like, so sorting keeps the order) and its images are noise around
-    a class colour (c + 1) * 255 / (classes + 1) in every channel, so a label can be read back from the pixels.
+    Class c's folder is ``n{c:08d}`` (WordNet-id-like, so sorting keeps the order) and its images are Gaussian noise
+    of std `noise` around a class colour (c + 1) * 255 / (classes + 1) in every channel (clipped to [0, 255]), so a
+    label can be read back from the pixels.
 
     Args:
         root: output folder (``root/<split>/<class>/<i>.JPEG``).
@@ -391,6 +393,8 @@ def make_synthetic_imagefolder(
         splits: sub-folders to write.
         fmt: PIL format; the file extension is ``.JPEG`` or ``.png``.
         seed: noise seed.
+        noise: pixel noise std (0-255 scale). Nearly flat images (the default) make a network's gradients
+            sensitive to rounding (whole regions cross a ReLU together); tests comparing runs use e.g. 40.
     """
     from PIL import Image
 
@@ -404,6 +408,6 @@ def make_synthetic_imagefolder(
             folder.mkdir(parents=True, exist_ok=True)
             level = (c + 1) * 255 / (classes + 1)
             for i in range(per_class):
-                pixels = np.clip(level + rng.normal(0, 4, (h, w, 3)), 0, 255).astype(np.uint8)
+                pixels = np.clip(level + rng.normal(0, noise, (h, w, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{split}_{c}_{i}{ext}", format=fmt)
     return root

@@ -131,6 +131,47 @@ def shutdown(env: DistEnv) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ SyncBatchNorm
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+class _GlobalNormalize(torch.autograd.Function):
+    r"""x_hat = (x - mu) / sqrt(sigma^2 + eps) with the per-channel mean and (biased) variance of the global batch.
+
+    Backward, with g = dL_r / dx_hat on rank r and sums over the global batch (all-reduced), as BatchNorm's:
+
+        dx = (g - (1/n) sum g - x_hat (1/n) sum g x_hat) / sqrt(sigma^2 + eps),
+
+    which is d(sum_q L_q) / dx_r: DDP then averages the parameter gradients over the ranks, giving the gradient of
+    the mean loss of the global batch. Statistics are summed in float64 (two passes: mean, then squared deviations).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dims, shape = (0, 2, 3), (1, -1, 1, 1)
+        sums = _all_reduce(torch.cat([x.sum(dims, dtype=torch.float64), x.new_full((1,), x.numel() / x.shape[1],
+                                                                                    dtype=torch.float64)]))  # fmt: skip
+        n = sums[-1]
+        mean = sums[:-1] / n
+        var = _all_reduce(((x.double() - mean.view(shape)) ** 2).sum(dims)) / n
+        invstd = torch.rsqrt(var + eps)
+        x_hat = ((x.double() - mean.view(shape)) * invstd.view(shape)).to(x.dtype)
+        ctx.save_for_backward(x_hat, invstd)
+        ctx.n = n.item()
+        ctx.mark_non_differentiable(mean, var)
+        return x_hat, mean, var * n / max(1.0, n.item() - 1)  # the running variance takes the unbiased one
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor, *_: Any) -> tuple[torch.Tensor, None]:
+        x_hat, invstd = ctx.saved_tensors
+        dims, shape = (0, 2, 3), (1, -1, 1, 1)
+        sums = _all_reduce(torch.cat([g.sum(dims, dtype=torch.float64), (g * x_hat).sum(dims, dtype=torch.float64)]))
+        mean_g, mean_gx = (sums / ctx.n).chunk(2)
+        dx = (g.double() - mean_g.view(shape) - x_hat.double() * mean_gx.view(shape)) * invstd.view(shape)
+        return dx.to(g.dtype), None
+
+
 class AllReduceBatchNorm2d(nn.BatchNorm2d):
     r"""BatchNorm2d whose training statistics are those of the global batch, summed over the ranks on any backend.
 
@@ -139,35 +180,25 @@ class AllReduceBatchNorm2d(nn.BatchNorm2d):
         mu = (1/n) sum_{r,b,h,w} x,   sigma^2 = (1/n) sum_{r,b,h,w} (x - mu)^2,
         y = gamma (x - mu) / sqrt(sigma^2 + eps) + beta,
 
-    i.e. BatchNorm2d on the concatenated global batch; the running variance is updated with the unbiased
-    sigma^2 n / (n - 1), as BatchNorm2d does. The two sums are differentiable all-reduces
-    (``torch.distributed.nn.functional.all_reduce``, whose backward all-reduces the gradient), so the backward pass
-    is that of the global batch too. Outside training, or without a process group of several ranks, it is plain
-    BatchNorm2d. :class:`torch.nn.SyncBatchNorm` computes the same with fused kernels but refuses CPU tensors; this
-    one serves CPU (gloo) ranks. Parameter and buffer names are BatchNorm2d's, so checkpoints do not change.
+    i.e. BatchNorm2d on the concatenated global batch, forward and backward (:class:`_GlobalNormalize`); the running
+    variance is updated with the unbiased sigma^2 n / (n - 1), as BatchNorm2d does. Outside training, or without a
+    process group of several ranks, it is plain BatchNorm2d. :class:`torch.nn.SyncBatchNorm` computes the same with
+    fused kernels but refuses CPU tensors; this one serves CPU (gloo) ranks. Parameter and buffer names are
+    BatchNorm2d's, so checkpoints do not change.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce  # differentiable
-
-        dims, shape = (0, 2, 3), (1, -1, 1, 1)
-        count = torch.full((1,), x.numel() / x.shape[1], dtype=x.dtype, device=x.device)
-        sums = all_reduce(torch.cat([x.sum(dims), count]))
-        n = sums[-1].detach()
-        mean = sums[:-1] / n
-        centred = x - mean.view(shape)
-        var = all_reduce((centred * centred).sum(dims)) / n
-        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        y, mean, var_unbiased = _GlobalNormalize.apply(x, self.eps)
         if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
+            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
                 m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
-                self.running_var.lerp_((var.detach() * n / (n - 1)).to(self.running_var.dtype), m)
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), m)
+                self.running_var.lerp_(var_unbiased.to(self.running_var.dtype), m)
         return y
 
 
@@ -177,8 +208,10 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if type(module) is nn.BatchNorm2d:
+        like = module.weight if module.affine else module.running_mean
         bn = AllReduceBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                                  module.track_running_stats, device=device)  # fmt: skip
+                                  module.track_running_stats, device=device,
+                                  dtype=None if like is None else like.dtype)  # fmt: skip
         bn.load_state_dict(module.state_dict())
         return bn.train(module.training)
     for name, child in module.named_children():
