@@ -3,6 +3,7 @@
     odearch train --model lm_resnet20 --dataset cifar10 [--epochs N] [--seed S] [--out runs/NAME]
     odearch train --config configs/cifar10/lm_resnet56.yaml [--epochs 2 ...]   # YAML sets defaults, flags override
     odearch train --resume runs/NAME                                            # continue exactly where it stopped
+    odearch train --nproc 8 --config configs/imagenet/lm_resnet50.yaml --sync-bn  # 8 local processes via torchrun
     odearch eval runs/NAME | CHECKPOINT.safetensors                            # test loss, accuracy, per class
     odearch models [--markdown]                                                 # the registry with parameter counts
     odearch analyze RUN_OR_CHECKPOINT [...] [--out DIR]                         # learned k_n: table, stability, plots
@@ -36,7 +37,7 @@ MODEL_FLAGS: dict[str, dict[str, Any]] = {
     "shake": {"action": argparse.BooleanOptionalAction, "help": "shake-shake residual functions"},
 }
 # What `--resume` may change: how and where the run continues, never what it computes (except extending epochs).
-RESUME_OVERRIDES = ("epochs", "max_minutes", "data_dir", "download", "log_every", "tensorboard", "device")
+RESUME_OVERRIDES = ("epochs", "max_minutes", "data_dir", "download", "log_every", "tensorboard", "device", "workers")
 
 
 class UsageError(Exception):
@@ -82,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML file of TrainConfig keys (flags given here override it)")
     t.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    t.add_argument("--nproc", type=int, metavar="N", help="train in N processes on this machine (re-launches itself "
+                                                          "under torchrun; --batch-size stays global)")  # fmt: skip
     _add_config_flags(t)
     m = t.add_argument_group("model keywords (passed only when given; YAML: model_kwargs)")
     m.add_argument("--model-kw", action="append", default=[], metavar="KEY=VALUE",
@@ -165,6 +168,11 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     cfg, resume = _config_from_args(args)
     if cfg.out is None:
         cfg = cfg.replace(out=default_out(cfg))
+    if args.nproc is not None and args.nproc != 1:
+        from .train.distributed import relaunch
+
+        rest = argv[argv.index("train") + 1 :] + (["--out", cfg.out] if not resume and args.out is None else [])
+        return relaunch(args.nproc, rest, cfg.batch_size)
     result = fit(cfg, resume=resume, overwrite=args.overwrite, command=shlex.join(["odearch", *argv]))
     return 0 if result.get("status") in ("complete", "stopped", None) else 1
 

@@ -7,7 +7,15 @@ Augmentation (He et al. 2015 / Goyal et al. 2017, torchvision's reference recipe
 augmentation, 224 crops" (?)): training RandomResizedCrop(224, scale (0.08, 1), ratio (3/4, 4/3)) + horizontal flip;
 evaluation Resize(256) of the shorter side + CenterCrop(224) (single-crop error); both normalised with the ImageNet
 mean / std. :func:`make_imagenet_loader` returns an :class:`ImageNetLoader`: DataLoader workers, pinned memory,
-persistent workers, a ``DistributedSampler`` when ``world_size > 1``, and ``set_epoch`` as on ``CifarLoader``.
+persistent workers, a ``DistributedSampler`` when ``world_size > 1`` (training; evaluation shards without padding,
+so that every image counts once), ``set_epoch`` as on ``CifarLoader``, and ``iter_from(b)``, which resumes an epoch
+at batch b without reading or decoding the b batches before it.
+
+Reproducibility: the order of epoch e is a pure function of (seed, e), and a global batch holds the same images for
+any number of ranks (rank r of R takes positions r, r + R, ... of the epoch's permutation). The random crops and
+flips are drawn from the torch RNG of whichever process runs the transform: the main process with ``workers=0``
+(captured in training checkpoints, so a resumed run repeats the uninterrupted one), else the DataLoader workers,
+whose seeds depend on how many epochs the process has iterated: with workers a resumed run draws other crops.
 
 Decoding: ``decode="pil"`` (default) decodes and augments in the DataLoader workers with PIL. ``decode="device"``
 has the workers read the raw file bytes only; the main process decodes each batch with
@@ -19,6 +27,7 @@ files that are not baseline JPEGs (ImageNet has one PNG and some CMYK JPEGs) are
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,7 +37,7 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler, Subset
 from torchvision.datasets import ImageFolder
 
 # The training recipe (configs/imagenet/*.yaml): SGD, momentum 0.9, no Nesterov, weight decay 1e-4, lr 0.1 per 256
@@ -108,14 +117,50 @@ def _collate_encoded(batch: list[tuple[torch.Tensor, int]]) -> tuple[list[torch.
     return [data for data, _ in batch], torch.tensor([label for _, label in batch], dtype=torch.int64)
 
 
+class _ShardSampler(Sampler[int]):
+    """Evaluation shard of rank r among R: positions r, r + R, r + 2R, ... in order, without padding.
+
+    Every image is counted exactly once over the ranks (``DistributedSampler`` would repeat images to even the
+    shards out); the shards differ by at most one image, which is harmless since evaluation needs no collective per
+    batch.
+    """
+
+    def __init__(self, n: int, rank: int, world_size: int) -> None:
+        self.n, self.rank, self.world_size = n, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+
+class _SkippableSampler(Sampler[int]):
+    """Wraps a sampler; the next iteration (only) starts ``skip`` indices in. ``len`` stays the full epoch's.
+
+    The DataLoader draws the indices in the main process and hands them to the workers, so skipped images are never
+    read nor decoded.
+    """
+
+    def __init__(self, inner: Sampler[int]) -> None:
+        self.inner, self.skip = inner, 0
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self.skip = self.skip, 0
+        return itertools.islice(iter(self.inner), skip, None)
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+
 # ---------------------------------------------------------------------------------------------------------- loader
 class ImageNetLoader:
     """Iterates (images, labels) of one split: images (b, 3, crop, crop) float normalised, labels (b,) int64.
 
     Built by :func:`make_imagenet_loader`. ``batch_size`` is GLOBAL as on ``CifarLoader``: each of ``world_size``
     ranks yields ``batch_size // world_size`` images per step. Call ``set_epoch(e)`` before epoch e (it reseeds the
-    shuffle, ``DistributedSampler`` or not). Attributes: ``dataset``, ``sampler``, ``loader`` (the DataLoader),
-    ``classes``, ``num_classes``.
+    shuffle, ``DistributedSampler`` or not). Attributes: ``dataset`` (the ImageFolder), ``sampler``, ``loader`` (the
+    DataLoader), ``classes``, ``num_classes``, ``num_images`` (images of the split in use, over all ranks).
     """
 
     def __init__(
@@ -125,6 +170,7 @@ class ImageNetLoader:
         sampler: Sampler,
         *,
         train: bool,
+        augment: bool,
         seed: int,
         decode: str,
         device: torch.device | None,
@@ -133,7 +179,8 @@ class ImageNetLoader:
         channels_last: bool,
     ) -> None:
         self.dataset, self.loader, self.sampler = dataset, loader, sampler
-        self.train, self.seed, self.decode, self.device = train, seed, decode, device
+        self.train, self.augment, self.seed, self.decode, self.device = train, augment, seed, decode, device
+        self.num_images = len(loader.dataset)  # type: ignore[arg-type]
         self.crop, self.resize, self.channels_last = crop, resize, channels_last
         self.classes: list[str] = list(dataset.classes)
         self.num_classes = len(self.classes)
@@ -154,6 +201,16 @@ class ImageNetLoader:
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
         return len(self.loader)
+
+    def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of the current epoch from batch `start_batch` on; the ones before are never loaded."""
+        if start_batch < 0:
+            raise ValueError(f"start_batch must be non-negative, got {start_batch}")
+        sampler = self.loader.sampler
+        if isinstance(sampler, _SkippableSampler):
+            sampler.skip = start_batch * self.loader.batch_size  # type: ignore[operator]
+            return iter(self)
+        return itertools.islice(iter(self), start_batch, None)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if isinstance(self.sampler, RandomSampler) and self.sampler.generator is not None:
@@ -188,7 +245,7 @@ class ImageNetLoader:
 
     def _augment(self, img: torch.Tensor) -> torch.Tensor:
         """uint8 (3, H, W) -> float (3, crop, crop): the train / eval transform of the PIL path, on tensors."""
-        if not self.train:
+        if not self.augment:
             return TF.center_crop(TF.resize(img.float(), [self.resize], antialias=True), [self.crop])
         top, left, h, w = T.RandomResizedCrop.get_params(img, list(CROP_SCALE), list(CROP_RATIO))  # torch RNG
         patch = TF.resize(img[:, top : top + h, left : left + w].float(), [self.crop, self.crop], antialias=True)
@@ -201,6 +258,8 @@ def make_imagenet_loader(
     batch_size: int = 256,
     *,
     train: bool | None = None,
+    augment: bool | None = None,
+    indices: Sequence[int] | None = None,
     workers: int = 8,
     rank: int = 0,
     world_size: int = 1,
@@ -221,13 +280,18 @@ def make_imagenet_loader(
         root: folder holding ``train/`` and ``val/``.
         split: sub-folder to read.
         batch_size: GLOBAL batch size (a multiple of ``world_size``).
-        train: random crops, flips and shuffling; default ``split == "train"``.
+        train: shuffling and dropping the last partial batch (and the default of `augment`); default
+            ``split == "train"``.
+        augment: random resized crops and flips; off: the evaluation transform (resize, centre crop). Default
+            `train`.
+        indices: use only these images of the split (positions in the class-sorted ImageFolder), e.g. a subset.
         workers: DataLoader worker processes.
-        rank: this process's rank; with ``world_size > 1`` a ``DistributedSampler`` shards the set.
+        rank: this process's rank; with ``world_size > 1`` a ``DistributedSampler`` shards a training set, and
+            evaluation takes every ``world_size``-th image from ``rank`` (no padding: each image counts once).
         world_size: number of data-parallel processes.
         seed: shuffle seed (epoch e uses seed + e on every rank) and worker-seed base.
-        drop_last: drop the last partial batch; default ``train``. (A ``DistributedSampler`` without it pads the
-            last batch with repeated images so all ranks agree: 50,000 val images split evenly over 1-8 ranks.)
+        drop_last: drop the last partial batch; default ``train``. (A training ``DistributedSampler`` without it
+            pads the last batch with repeated images so all ranks agree.)
         pin_memory: page-locked batches for fast host-to-GPU copies; default: CUDA is available.
         persistent_workers: keep the workers between epochs; default ``workers > 0``.
         prefetch_factor: batches prefetched per worker (DataLoader's default when None).
@@ -245,6 +309,7 @@ def make_imagenet_loader(
     if batch_size < world_size or batch_size % world_size:
         raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of world_size ({world_size})")
     train = split == "train" if train is None else train
+    augment = train if augment is None else augment
     drop_last = train if drop_last is None else drop_last
     dev = None if device is None else torch.device(device)
     if decode == "device":
@@ -253,15 +318,18 @@ def make_imagenet_loader(
         if dev.type == "cuda" and not torch.cuda.is_available():
             warnings.warn("decode='device': CUDA is not available, decoding JPEGs on the CPU", stacklevel=2)
             dev = torch.device("cpu")
-        dataset = ImageFolder(str(_split_dir(root, split)), loader=_read_bytes)
+        folder = ImageFolder(str(_split_dir(root, split)), loader=_read_bytes)
         collate = _collate_encoded
     else:
-        dataset = imagenet_folder(root, split, train_transform(crop) if train else eval_transform(crop, resize))
+        folder = imagenet_folder(root, split, train_transform(crop) if augment else eval_transform(crop, resize))
         collate = None
-    if world_size > 1:
+    dataset: Dataset = folder if indices is None else Subset(folder, list(indices))
+    if world_size > 1 and train:
         sampler: Sampler = DistributedSampler(
             dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=drop_last
         )
+    elif world_size > 1:
+        sampler = _ShardSampler(len(dataset), rank, world_size)  # type: ignore[arg-type]
     elif train:
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
     else:
@@ -275,7 +343,7 @@ def make_imagenet_loader(
     loader = DataLoader(
         dataset,
         batch_size=batch_size // world_size,
-        sampler=sampler,
+        sampler=_SkippableSampler(sampler),
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin and decode == "pil",  # encoded bytes are not worth pinning
@@ -284,10 +352,11 @@ def make_imagenet_loader(
         **extra,
     )
     out = ImageNetLoader(
-        dataset,
+        folder,
         loader,
         sampler,
         train=train,
+        augment=augment,
         seed=seed,
         decode=decode,
         device=dev,
@@ -308,11 +377,13 @@ def make_synthetic_imagefolder(
     splits: Sequence[str] = ("train", "val"),
     fmt: Literal["JPEG", "PNG"] = "JPEG",
     seed: int = 0,
+    noise: float = 4.0,
 ) -> Path:
     """Write a tiny ImageNet-layout folder of random images for tests and docs; returns ``root``.
 
-    Class c's folder is ``n{c:08d}`` (WordNet-id-like, so sorting keeps the order) and its images are noise around
-    a class colour (c + 1) * 255 / (classes + 1) in every channel, so a label can be read back from the pixels.
+    Class c's folder is ``n{c:08d}`` (WordNet-id-like, so sorting keeps the order) and its images are Gaussian noise
+    of std `noise` around a class colour (c + 1) * 255 / (classes + 1) in every channel (clipped to [0, 255]), so a
+    label can be read back from the pixels.
 
     Args:
         root: output folder (``root/<split>/<class>/<i>.JPEG``).
@@ -322,6 +393,8 @@ def make_synthetic_imagefolder(
         splits: sub-folders to write.
         fmt: PIL format; the file extension is ``.JPEG`` or ``.png``.
         seed: noise seed.
+        noise: pixel noise std (0-255 scale). Nearly flat images (the default) make a network's gradients
+            sensitive to rounding (whole regions cross a ReLU together); tests comparing runs use e.g. 40.
     """
     from PIL import Image
 
@@ -335,6 +408,6 @@ def make_synthetic_imagefolder(
             folder.mkdir(parents=True, exist_ok=True)
             level = (c + 1) * 255 / (classes + 1)
             for i in range(per_class):
-                pixels = np.clip(level + rng.normal(0, 4, (h, w, 3)), 0, 255).astype(np.uint8)
+                pixels = np.clip(level + rng.normal(0, noise, (h, w, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{split}_{c}_{i}{ext}", format=fmt)
     return root

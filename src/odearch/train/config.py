@@ -3,8 +3,9 @@
 Every field is both a YAML key and a flag (``weight_decay`` <-> ``--weight-decay``); the CLI builds its flags from
 ``dataclasses.fields(TrainConfig)`` and their ``metadata`` (help text, choices), so the two can never drift apart.
 Recipe defaults are the paper's (SGD, momentum 0.9, no Nesterov, batch 128, lr 0.1 divided by 10 at epochs 80 and
-120, 160 epochs, weight decay 1e-4 on CIFAR-10; 300 epochs with steps at 150 and 225 on CIFAR-100). Fields left
-None that depend on the data set (``epochs``, ``milestones``, ``num_classes``) are resolved in ``__post_init__``.
+120, 160 epochs, weight decay 1e-4 on CIFAR-10; 300 epochs with steps at 150 and 225 on CIFAR-100; on ImageNet 90
+epochs with steps at 30, 60 and 80, 1000 classes, ``odearch.data.IMAGENET_RECIPE``). Fields left None that depend on
+the data set (``epochs``, ``milestones``, ``num_classes``) are resolved in ``__post_init__``.
 """
 
 from __future__ import annotations
@@ -19,13 +20,18 @@ from typing import Any
 
 import yaml
 
-from ..data import dataset_info
+from ..data import IMAGENET_RECIPE, dataset_info
+from ..data.imagenet import NUM_CLASSES as IMAGENET_CLASSES
 from ..models import is_model, model_entrypoint
 
 __all__ = ["RECIPES", "ConfigError", "TrainConfig", "config_hash", "load_yaml"]
 
-# (epochs, milestones) of the paper's CIFAR recipes.
-RECIPES: dict[str, tuple[int, tuple[int, ...]]] = {"cifar10": (160, (80, 120)), "cifar100": (300, (150, 225))}
+# (epochs, milestones) of the paper's CIFAR recipes and of the ImageNet recipe (He et al. 2015).
+RECIPES: dict[str, tuple[int, tuple[int, ...]]] = {
+    "cifar10": (160, (80, 120)),
+    "cifar100": (300, (150, 225)),
+    "imagenet": (IMAGENET_RECIPE["epochs"], tuple(IMAGENET_RECIPE["milestones"])),
+}
 
 
 class ConfigError(ValueError):
@@ -44,7 +50,8 @@ class TrainConfig:
 
     # model
     model: str = _f("", "registered model name (see `odearch models`)")
-    dataset: str = _f("cifar10", "data set", choices=("cifar10", "cifar100"))
+    dataset: str = _f("cifar10", "data set (imagenet: an ImageFolder with train/ and val/ in --data-dir)",
+                      choices=("cifar10", "cifar100", "imagenet"))  # fmt: skip
     num_classes: int | None = _f(None, "classifier size (default: from the data set)")
     scheme: str | None = _f(None, "integrator of every stage, e.g. euler, lm, rk2 (default: the model's own)")
     model_kwargs: dict[str, Any] = field(  # a mutable default needs a factory
@@ -56,20 +63,26 @@ class TrainConfig:
     nesterov: bool = _f(False, "Nesterov momentum (the paper's code: off)")
     weight_decay: float = _f(1e-4, "L2 weight decay (paper: 1e-4; 5e-4 for LM-ResNeXt)")
     batch_size: int = _f(128, "GLOBAL batch size (split over ranks when distributed)")
-    epochs: int | None = _f(None, "epochs (default: 160 on cifar10, 300 on cifar100)")
-    milestones: tuple[int, ...] | None = _f(None, "step schedule: epochs where lr *= gamma (default: 80 120 / 150 225)")
+    epochs: int | None = _f(None, "epochs (default: 160 on cifar10, 300 on cifar100, 90 on imagenet)")
+    milestones: tuple[int, ...] | None = _f(None, "step schedule: epochs where lr *= gamma (default: 80 120 / 150 225 "
+                                                  "/ 30 60 80)")  # fmt: skip
     gamma: float = _f(0.1, "step schedule factor")
     schedule: str = _f("step", "learning-rate schedule", choices=("step", "cosine"))
     warmup_epochs: float = _f(0.0, "linear warm-up length in epochs (per step)")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing")
     # data
-    data_dir: str | None = _f(None, "directory holding cifar-10-batches-py/ (default: $ODEARCH_DATA, else ./data)")
+    data_dir: str | None = _f(None, "directory holding cifar-10-batches-py/, or ImageNet's train/ and val/ (default: "
+                                    "$ODEARCH_DATA, else ./data)")  # fmt: skip
     download: bool = _f(True, "download the official archive when files are missing")
     val_split: int = _f(0, "hold out this many training images for validation (0 or e.g. 5000: 45k/5k)")
     select_on: str = _f("auto", "metric that picks best.safetensors (auto: val if split else test, labelled)",
                         choices=("auto", "val", "test"))  # fmt: skip
-    subset: int | None = _f(None, "train on the first N training images")
-    eval_subset: int | None = _f(None, "evaluate on the first N test images (smoke tests only)")
+    subset: int | None = _f(None, "train on the first N training images (imagenet: N evenly spaced over the classes)")
+    eval_subset: int | None = _f(None, "evaluate on the first N test images (smoke tests only; imagenet: evenly "
+                                       "spaced)")  # fmt: skip
+    augment: bool = _f(True, "random crops and flips of the training images (off: train on unaugmented images)")
+    crop_size: int = _f(224, "imagenet: training and evaluation crop (small, e.g. 32, for smoke tests)")
+    resize_size: int = _f(256, "imagenet: evaluation resize of the shorter side before the centre crop")
     # run control
     max_minutes: float | None = _f(None, "stop cleanly after this many minutes with a resumable checkpoint")
     seed: int = _f(0, "seed of model init and data order")
@@ -82,7 +95,10 @@ class TrainConfig:
     channels_last: bool = _f(True, "channels_last memory format for model and batches")
     compile: bool = _f(False, "torch.compile the model")
     deterministic: bool = _f(False, "deterministic algorithms (torch.use_deterministic_algorithms, cudnn flags)")
-    sync_bn: bool = _f(False, "SyncBatchNorm when distributed")
+    sync_bn: bool = _f(False, "BatchNorm statistics over the global batch when distributed (SyncBatchNorm)")
+    workers: int | None = _f(None, "imagenet: DataLoader worker processes per rank (default: min(8, CPUs per rank))")
+    decode: str = _f("pil", "imagenet: decode JPEGs in the workers (pil) or on the device (nvJPEG on a GPU)",
+                     choices=("pil", "device"))  # fmt: skip
 
     def __post_init__(self) -> None:
         # Normalise types that YAML / argparse may hand over loosely, then fill data-set-dependent defaults.
@@ -108,7 +124,8 @@ class TrainConfig:
         if self.milestones is None:
             object.__setattr__(self, "milestones", milestones)
         if self.num_classes is None:
-            object.__setattr__(self, "num_classes", dataset_info(ds)["num_classes"])
+            n = IMAGENET_CLASSES if ds == "imagenet" else dataset_info(ds)["num_classes"]
+            object.__setattr__(self, "num_classes", n)
         if self.data_dir is None:
             object.__setattr__(self, "data_dir", os.environ.get("ODEARCH_DATA") or "data")
         self._check()
@@ -126,7 +143,8 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ConfigError(f"{f.name} must be one of {', '.join(choices)}; got {getattr(self, f.name)!r}")
-        positive = {"batch_size": self.batch_size, "epochs": self.epochs, "num_classes": self.num_classes}
+        positive = {"batch_size": self.batch_size, "epochs": self.epochs, "num_classes": self.num_classes,
+                    "crop_size": self.crop_size, "resize_size": self.resize_size}  # fmt: skip
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -134,6 +152,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"workers must be a non-negative integer, got {self.workers!r}")
         if not isinstance(self.val_split, int) or self.val_split < 0:
             raise ConfigError(f"val_split must be a non-negative integer, got {self.val_split!r}")
         if self.select_on == "val" and not self.val_split:
@@ -223,6 +243,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def config_hash(cfg: TrainConfig) -> str:
     """Short hash of the fields that define the trained function (model, data, optimisation), not run control."""
-    volatile = {"out", "data_dir", "download", "max_minutes", "log_every", "tensorboard", "device", "compile"}
+    volatile = {"out", "data_dir", "download", "max_minutes", "log_every", "tensorboard", "device", "compile",
+                "workers"}  # fmt: skip
     d = {k: v for k, v in cfg.to_dict().items() if k not in volatile}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

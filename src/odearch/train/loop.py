@@ -3,12 +3,20 @@
 Speed: the data set lives on the training device and is augmented there per batch (`odearch.data.CifarLoader`);
 the loss and correct-count are summed on the device and read once per epoch (plus once every ``log_every`` steps
 for the progress bar), since every ``.item()`` is a host-device sync; batches and weights are channels_last;
-autocast is bf16 on CUDA by default. The same code runs on the CPU.
+autocast is bf16 on CUDA by default. The same code runs on the CPU. ImageNet (``dataset="imagenet"``) streams from
+an ImageFolder through DataLoader workers instead (:mod:`odearch.train.imagenet`); the loop is the same.
 
 Resumption is exact: the schedule is a pure function of the step, the data order and augmentation a pure function
 of (seed, epoch), and a checkpoint holds weights, optimizer, step, partial-epoch sums and RNG states, so a resumed
 run repeats the uninterrupted one bit for bit on the same device. ``max_minutes`` stops at an iteration boundary,
-mid-epoch if need be; the resumed run skips the batches already done.
+mid-epoch if need be; the resumed run skips the batches already done. On ImageNet the order is exact too, and so
+are the random crops with ``workers=0``; with workers they are drawn in the worker processes, whose RNG is not
+checkpointed, so a resumed run is correct (same images per step, same schedule) but not bitwise equal.
+
+Distributed (torchrun, see :mod:`odearch.train.distributed`): ``batch_size`` is the global batch, split evenly over
+the ranks (a ConfigError if it does not divide); a global batch holds the same images for any number of ranks, so a
+run checkpointed at an epoch boundary resumes with another number of processes. Checkpoints hold the bare model
+(no DDP ``module.`` prefix) and only rank 0 writes files or logs.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import CifarLoader, dataset_info, load_cifar, take_first, train_val_split
+from ..data import CifarLoader, ImageNetLoader, dataset_info, load_cifar, take_first, train_val_split
 from ..models import create_model
 from ..nn import lm_coefficients
 from .checkpoint import (
@@ -43,7 +51,19 @@ from .checkpoint import (
     weights_into,
 )
 from .config import ConfigError, TrainConfig, config_hash
-from .distributed import DistEnv, all_reduce_sum, barrier, broadcast_buffers, init_distributed, shutdown
+from .distributed import (
+    DistEnv,
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    broadcast_buffers,
+    broadcast_object,
+    convert_sync_batchnorm,
+    init_distributed,
+    shutdown,
+    world_size_from_env,
+)
+from .imagenet import imagenet_loaders
 from .provenance import provenance
 from .rundir import RunDir, default_out
 
@@ -107,7 +127,7 @@ def train_one_epoch(
     model.train()
     sums = sums or {"loss_sum": torch.zeros(()), "correct": torch.zeros((), dtype=torch.int64), "n": 0}
     batch, stopped = start_batch, False
-    for x, y in itertools.islice(loader, start_batch, None):
+    for x, y in _batches_from(loader, start_batch):
         for group in optimizer.param_groups:
             group["lr"] = lr_fn(step)
         with autocast():
@@ -131,6 +151,14 @@ def train_one_epoch(
             stopped = batch < len(loader)  # type: ignore[arg-type]
             break
     return {"step": step, "batches": batch, "stopped": stopped, **sums}
+
+
+def _batches_from(loader: Iterable[Any], start: int) -> Iterable[Any]:
+    """The batches of `loader` from batch `start` on: its ``iter_from`` if it has one (ImageNetLoader: the skipped
+    batches are not even read), else ``itertools.islice`` (CifarLoader: skipped batches are cheap)."""
+    if start and hasattr(loader, "iter_from"):
+        return loader.iter_from(start)
+    return itertools.islice(loader, start, None)
 
 
 @torch.no_grad()
@@ -158,6 +186,9 @@ def evaluate(
             torch.bincount(y[pred == y], minlength=k).float()[:k], torch.bincount(y, minlength=k).float()[:k],
         ])  # fmt: skip
         totals = row if totals is None else totals + row
+    if totals is None and env is not None and env.enabled:  # this rank's shard is empty; the others' are not
+        dev = next(model.parameters()).device
+        totals = torch.zeros(3 + 2 * k, device=dev)
     if totals is None:
         raise ValueError("evaluate: the loader yielded no batches")
     totals = all_reduce_sum(totals, env or DistEnv()).double().cpu()  # the one sync of the evaluation
@@ -218,13 +249,26 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 
 @dataclass
 class _Data:
-    train: CifarLoader
-    evals: dict[str, CifarLoader]  # "val" (if split) and "test"
+    train: CifarLoader | ImageNetLoader
+    evals: dict[str, CifarLoader | ImageNetLoader]  # "val" (if split) and "test"
     num_train: int
 
 
 def _build_data(cfg: TrainConfig, device: torch.device, env: DistEnv) -> _Data:
-    """Loads the splits onto `device` and wraps them in loaders (train: augmented, sharded by rank)."""
+    """The training loader (augmented, sharded by rank) and the evaluation loaders of `cfg.dataset`."""
+    if cfg.dataset == "imagenet":
+        return _Data(*imagenet_loaders(cfg, device, env))
+    if not env.is_main:
+        barrier(env)  # rank 0 reads (and, if it must, downloads) CIFAR first; the others then read its files
+    try:
+        return _build_cifar(cfg, device, env)
+    finally:
+        if env.is_main:
+            barrier(env)
+
+
+def _build_cifar(cfg: TrainConfig, device: torch.device, env: DistEnv) -> _Data:
+    """Loads the CIFAR splits onto `device` and wraps them in loaders (train: augmented, sharded by rank)."""
     info = dataset_info(cfg.dataset)
     images, labels = load_cifar(cfg.data_dir, cfg.dataset, train=True, download=cfg.download)
     evals_raw: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -238,7 +282,7 @@ def _build_data(cfg: TrainConfig, device: torch.device, env: DistEnv) -> _Data:
               "rank": env.rank, "world_size": env.world_size}  # fmt: skip
     if len(images) < cfg.batch_size:
         raise ConfigError(f"{len(images)} training images make no full batch of {cfg.batch_size}")
-    train = CifarLoader(images, labels, cfg.batch_size, train=True, seed=cfg.seed, **common)
+    train = CifarLoader(images, labels, cfg.batch_size, train=True, seed=cfg.seed, augment=cfg.augment, **common)
     eval_bs = cfg.batch_size * max(1, EVAL_BATCH // cfg.batch_size)  # a multiple of the world size, like batch_size
     evals = {k: CifarLoader(*v, eval_bs, train=False, **common) for k, v in evals_raw.items()}
     return _Data(train=train, evals=evals, num_train=len(images))
@@ -336,17 +380,25 @@ def fit(
     wall_start = time.monotonic()
     deadline = wall_start + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
     device = resolve_device(cfg.device)
+    world_size = world_size_from_env()
+    if cfg.batch_size % world_size:
+        raise ConfigError(f"batch_size {cfg.batch_size} is the global batch and must split evenly over the "
+                          f"{world_size} processes: use a multiple of {world_size}")  # fmt: skip
     env = init_distributed(device)
     try:
         if env.enabled and device.type == "cuda":
             device = torch.device("cuda", env.local_rank)
         _configure_numerics(cfg, device)
+        out = broadcast_object(cfg.out, env)  # a default out holds the time: rank 0's names the run
+        if out != cfg.out:
+            cfg = cfg.replace(out=out)
         run = RunDir(Path(cfg.out))
         if resume:
             if not run.is_run():
                 raise CheckpointError(f"nothing to resume in {run.root}: not an odearch run")
         else:
             run.check_new(overwrite)  # refuse before any work, so a mistake costs nothing
+        barrier(env)  # every rank has checked before rank 0 creates the run
         _seed_everything(cfg.seed)
         raw = build_model(cfg).to(device, memory_format=torch.channels_last if cfg.channels_last else None)
         data = _build_data(cfg, device, env)
@@ -360,7 +412,7 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
          deadline: float) -> dict[str, Any]:  # fmt: skip
     """The body of :func:`fit` once the model and the data are in place."""
     if env.enabled and cfg.sync_bn:
-        raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
+        raw = convert_sync_batchnorm(raw, device)
     optimizer = torch.optim.SGD(raw.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                 weight_decay=cfg.weight_decay)  # fmt: skip
     amp_dtype = _amp_dtype(cfg.amp, device)
@@ -414,7 +466,7 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
         out = train_one_epoch(
             model, data.train, optimizer, lr_fn=lr_fn, step=prog.step, autocast=autocast,
             label_smoothing=cfg.label_smoothing, scaler=scaler, start_batch=prog.batch, sums=sums,
-            should_stop=lambda: time.monotonic() > deadline,
+            should_stop=_stopper(deadline, env, device),
             on_step=_on_step(bar, cfg.log_every, epoch, t0, env),
         )  # fmt: skip
         totals = all_reduce_sum(torch.stack([out["loss_sum"].double(), out["correct"].double(),
@@ -465,7 +517,7 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
                   f"{_pct(row['train_acc'])}  " + "".join(f"{k} loss {row[f'{k}_loss']:.4f} acc "
                   f"{_pct(row[f'{k}_acc'])}  " for k in ("val", "test") if k in evals) +
              f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {seconds:.1f}s")  # fmt: skip
-        if time.monotonic() > deadline and epoch + 1 < cfg.epochs:
+        if epoch + 1 < cfg.epochs and math.isfinite(deadline) and any_rank(time.monotonic() > deadline, env, device):
             stopped = True
             break
     else:
@@ -498,6 +550,17 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
         _log(env, f"odearch: {how}; final test acc {_pct(result['final_test_acc'])}, best {_pct(result['best_acc'])}"
                   f" ({select}, epoch {result['best_epoch']}); {run.result}")  # fmt: skip
     return result
+
+
+def _stopper(deadline: float, env: DistEnv, device: torch.device, every: int = 10) -> Callable[[], bool] | None:
+    """The `should_stop` of `train_one_epoch`: past `deadline`. Distributed ranks decide together (each reads its
+    own clock), every `every` steps to spare a collective per step; None without a deadline."""
+    if not math.isfinite(deadline):
+        return None
+    if not env.enabled:
+        return lambda: time.monotonic() > deadline
+    calls = itertools.count(1)
+    return lambda: next(calls) % every == 0 and any_rank(time.monotonic() > deadline, env, device)
 
 
 def _bar(enabled: bool, total: int, initial: int, desc: str) -> Any:
