@@ -204,3 +204,14 @@ def test_imagenet_config_defaults() -> None:
     assert (cfg.workers, cfg.decode, cfg.augment) == (None, "pil", True)
     with pytest.raises(ConfigError):
         TrainConfig(model="resnet50", dataset="imagenet", crop_size=0)
+
+
+def test_eval_of_an_imagenet_run_matches_its_last_epoch(runs: dict[str, Path], tmp_path: Path) -> None:
+    """`odearch eval RUN` on an ImageNet run reads val/ with the run's crop: the accuracy of its last checkpoint
+    is the test accuracy that training logged for the last epoch."""
+    one = runs["one"]
+    assert main(["eval", str(one), "--device", "cpu", "--json", str(tmp_path / "e.json")]) == 0
+    out = json.loads((tmp_path / "e.json").read_text())
+    (row,) = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
+    assert out["dataset"] == "imagenet" and out["test_images"] == 32
+    assert out["test_acc"] == pytest.approx(row["test_acc"]) and len(out["per_class_acc"]) == 4

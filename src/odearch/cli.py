@@ -177,11 +177,33 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0 if result.get("status") in ("complete", "stopped", None) else 1
 
 
+def _eval_loader(cfg: Any, batch_size: int, subset: int | None, device: Any) -> tuple[Any, list[str]]:
+    """The test loader of `cfg`'s data set (CIFAR test batch, or ImageNet ``val/`` single-crop) and class names."""
+    if cfg.dataset == "imagenet":
+        from .data import imagenet_folder, make_imagenet_loader
+        from .train.imagenet import default_workers, evenly_spaced
+
+        indices = evenly_spaced(range(len(imagenet_folder(cfg.data_dir, "val"))), subset) if subset else None
+        loader = make_imagenet_loader(cfg.data_dir, "val", batch_size, train=False, indices=indices, device=device,
+                                      crop=cfg.crop_size, resize=cfg.resize_size, channels_last=cfg.channels_last,
+                                      decode=cfg.decode, workers=default_workers() if cfg.workers is None else
+                                      cfg.workers)  # fmt: skip
+        return loader, list(loader.classes)
+    from .data import CifarLoader, dataset_info, load_cifar, take_first
+
+    images, labels = load_cifar(cfg.data_dir, cfg.dataset, train=False, download=cfg.download)
+    if subset:
+        images, labels = take_first(images, labels, min(subset, len(images)))
+    info = dataset_info(cfg.dataset)
+    loader = CifarLoader(images, labels, batch_size, train=False, mean=info["mean"], std=info["std"], device=device,
+                         channels_last=cfg.channels_last)  # fmt: skip
+    return loader, list(info["classes"])
+
+
 # ------------------------------------------------------------------------------------------------------- eval
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from .data import CifarLoader, dataset_info, load_cifar, take_first
     from .train import RunDir, TrainConfig, build_model, evaluate, load_weights, resolve_device
     from .train.checkpoint import CheckpointError, weights_into
     from .train.loop import _amp_dtype
@@ -207,21 +229,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model = build_model(cfg)
     weights_into(model, tensors, meta, ckpt, cfg.model)
     model = model.to(device, memory_format=torch.channels_last)
-    download = cfg.download if args.download is None else args.download
-    images, labels = load_cifar(args.data_dir or cfg.data_dir, cfg.dataset, train=False, download=download)
-    if args.subset:
-        images, labels = take_first(images, labels, min(args.subset, len(images)))
-    info = dataset_info(cfg.dataset)
-    loader = CifarLoader(images, labels, args.batch_size, train=False, mean=info["mean"], std=info["std"],
-                         device=device)  # fmt: skip
+    if args.data_dir:
+        cfg = cfg.replace(data_dir=args.data_dir)
+    if args.download is not None:
+        cfg = cfg.replace(download=args.download)
+    loader, classes = _eval_loader(cfg, args.batch_size, args.subset, device)
     amp = _amp_dtype(args.amp, device)
     res = evaluate(model, loader, autocast=lambda: torch.autocast(device.type, dtype=amp, enabled=amp is not None),
                    num_classes=cfg.num_classes)  # fmt: skip
-    per_class = dict(zip(info["classes"], res["per_class_acc"]))
+    per_class = dict(zip(classes, res["per_class_acc"]))
     out = {"checkpoint": str(ckpt), "model": cfg.model, "dataset": cfg.dataset, "epoch": meta.get("epoch"),
            "step": meta.get("step"), "test_images": res["n"], "test_loss": res["loss"], "test_acc": res["acc"],
            "test_error_pct": 100 * (1 - res["acc"]), "per_class_acc": per_class,
-           "per_class_n": dict(zip(info["classes"], res["per_class_n"]))}  # fmt: skip
+           "per_class_n": dict(zip(classes, res["per_class_n"]))}  # fmt: skip
     print(f"{cfg.model} on {cfg.dataset} test ({res['n']} images), {ckpt} (epoch {meta.get('epoch')})")
     print(f"  loss {res['loss']:.4f}  accuracy {100 * res['acc']:.2f}%  error {100 * (1 - res['acc']):.2f}%")
     if len(per_class) <= 20:
