@@ -108,3 +108,43 @@ def test_inverse_only_for_rev() -> None:
 def test_transition_stage_with_modules() -> None:
     stage = Stage("lm", [PreActBasicBlock(16, 32, 2), PreActBasicBlock(32, 32)], shortcut=PreActProjection(16, 32, 2))
     assert stage(torch.randn(2, 16, 8, 8)).shape == (2, 32, 4, 4)
+
+
+@pytest.mark.parametrize("k_shape", [(), (6, 1, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lm_combine_backward_matches_autograd_of_the_formula(k_shape: tuple, channels_last: bool) -> None:
+    """The hand-written LM backward (g k, g - g k, <g, u_prev - u>) is the derivative of (1 - k) u + k u_prev + r."""
+    from odearch.nn.stage import _LMCombine
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    gen = torch.Generator().manual_seed(0)
+
+    def leaf(*shape: int) -> torch.Tensor:
+        t = torch.randn(*shape, generator=gen, dtype=torch.float64)
+        return (t.contiguous(memory_format=fmt) if t.dim() == 4 else t).requires_grad_()
+
+    u, u_prev, r = leaf(2, 6, 3, 3), leaf(2, 6, 3, 3), leaf(2, 6, 3, 3)
+    k = leaf(*k_shape) if k_shape else torch.randn((), generator=gen, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(_LMCombine.apply, (u, u_prev, k, r))
+    assert torch.autograd.gradcheck(lambda a, b, c: _LMCombine.apply(a, b, c, None), (u, u_prev, k))
+    g = torch.randn(2, 6, 3, 3, generator=gen, dtype=torch.float64).contiguous(memory_format=fmt)
+    ours = torch.autograd.grad(_LMCombine.apply(u, u_prev, k, r), (u, u_prev, k, r), g)
+    ref = torch.autograd.grad((1 - k) * u + k * u_prev + r, (u, u_prev, k, r), g)
+    for a, b in zip(ours, ref):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_lm_network_gradients_match_the_formula_in_channels_last() -> None:
+    """A whole LM stage of real blocks: the k_n gradient equals that of the update written out with autograd."""
+    torch.manual_seed(0)
+    blocks = [PreActBasicBlock(8, 8) for _ in range(3)]
+    stage = Stage("lm", blocks).double().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    stage(x).square().sum().backward()
+    ours = stage.lm_k.grad.clone()
+    k = stage.lm_k.detach().clone().requires_grad_()
+    u_prev, u = x, x + blocks[0](x)
+    for m in (1, 2):
+        u_prev, u = u, (1 - k[m - 1]) * u + k[m - 1] * u_prev + blocks[m](u)
+    (g,) = torch.autograd.grad(u.square().sum(), k)
+    assert torch.allclose(ours, g, rtol=1e-10)
