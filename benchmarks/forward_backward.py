@@ -2,8 +2,8 @@
 
     python benchmarks/forward_backward.py --models resnet20 lm_resnet20 --batch-size 32 --repeats 5
 
-Prints a table and writes ``results/bench/forward_backward-<device>-<date>.json`` with the command, commit, device,
-torch version, every repetition and the medians. Each repetition times ``model(x).sum().backward()`` on random
+Prints a table and writes ``results/bench/forward_backward-<device>-<YYYYMMDD-HHMMSS>.json`` with the command,
+commit, device, torch version, every repetition and the medians. Each repetition times ``model(x).sum().backward()`` on random
 CIFAR-sized inputs after one warm-up step (SGD-free: the model and its gradients only).
 """
 
@@ -84,7 +84,8 @@ def main() -> None:
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"forward_backward-{device.type}-{record['date'][:10]}.json"
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")  # one file per run: never overwrite a record
+    path = args.out / f"forward_backward-{device.type}-{stamp}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
 
