@@ -3,8 +3,9 @@
     python benchmarks/forward_backward.py --models resnet20 lm_resnet20 --batch-size 32 --repeats 5
 
 Prints a table and writes ``results/bench/forward_backward-<device>-<YYYYMMDD-HHMMSS>.json`` with the command,
-commit, device, torch version, every repetition and the medians. Each repetition times ``model(x).sum().backward()`` on random
-CIFAR-sized inputs after one warm-up step (SGD-free: the model and its gradients only).
+commit, device, torch version, every repetition and the medians. Each repetition times
+``model(x).sum().backward()`` on random CIFAR-sized inputs after one warm-up step (SGD-free: the model and its
+gradients only).
 """
 
 from __future__ import annotations
