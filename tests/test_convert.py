@@ -55,7 +55,7 @@ def test_torchvision_to_lm_with_zero_k_keeps_outputs_and_weights(arch: str) -> N
 def test_lm_k_changes_the_output_and_trains() -> None:
     tv = torchvision.models.resnet18()
     lm = to_lm(tv, k_init=(-0.1, 0.0))
-    assert all(-0.1 <= float(k) <= 0.0 for s in lm_stages(lm) for k in s.lm_k)
+    assert all(-0.1 <= float(k) <= 0.0 for s in lm_stages(lm) for k in s.lm_k.detach())
     lm(torch.randn(2, 3, 32, 32)).sum().backward()
     assert all(s.lm_k.grad is not None for s in lm_stages(lm))
     assert tv.conv1.weight.grad is not None  # shared with the plain model
