@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -23,6 +21,7 @@ from pathlib import Path
 import torch
 
 import odearch
+from odearch.train.provenance import provenance
 
 DEFAULT_MODELS = [
     "resnet20", "preact_resnet20", "lm_resnet20", "rk2_resnet20", "rk4_resnet20", "ab2_resnet20", "poly2_resnet20",
@@ -56,6 +55,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     args = parser.parse_args()
     device = torch.device(args.device)
+    prov = provenance(device)  # taken before the run: the commit that is timed, not the one at the end
     torch.manual_seed(0)
     rows = []
     for name in args.models:
@@ -70,15 +70,10 @@ def main() -> None:
         }
         rows.append(row)
         print(f"{name:24s} {row['params'] / 1e6:8.3f}M  {row['median_s'] * 1e3:9.1f} ms  (min {min(times) * 1e3:.1f})")
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     record = {
         "command": " ".join([sys.executable, *sys.argv]),
-        "git_commit": commit,
-        "device": device_name,
-        "device_type": device.type,
+        **prov,
         "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
         "batch_size": args.batch_size,
         "repeats": args.repeats,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

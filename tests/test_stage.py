@@ -113,7 +113,7 @@ def test_transition_stage_with_modules() -> None:
 @pytest.mark.parametrize("k_shape", [(), (6, 1, 1)])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_lm_combine_backward_matches_autograd_of_the_formula(k_shape: tuple, channels_last: bool) -> None:
-    """The hand-written LM backward (g k, g - g k, <g, u_prev - u>) is the derivative of (1 - k) u + k u_prev + r."""
+    """The hand-written LM backward (g (1 - k), g k, <g, u_prev - u>) is the derivative of (1 - k) u + k u_prev + r."""
     from odearch.nn.stage import _LMCombine
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format

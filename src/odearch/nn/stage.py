@@ -107,9 +107,10 @@ def _flat(t: Tensor) -> Tensor | None:
 class _LMCombine(torch.autograd.Function):
     """out = (1 - k) u + k u_prev + r, the LM update with its residual r = (eta_n / p_n) f_n(u_n) already evaluated.
 
-    Autograd through ``lerp`` + ``add`` spends a kernel per term of dout/dk = <g, u_prev - u> and of
-    (1 - k) g; here the backward pass is g (1 - k), g k and, for a scalar k, two dot products read in place:
-    the LM step then costs almost what the forward Euler step of its plain twin costs.
+    Backward: du = g (1 - k), du_prev = g k, dr = g, dk = <g, u_prev - u>. Autograd through ``lerp`` reduces dk
+    with a ``sum`` over a channels_last tensor (4.4 ms per call on a 2-core CPU at 128x16x32x32); here, for a
+    scalar k, it is two dot products read in place. Measured on that CPU: LM / plain training throughput 0.914 ->
+    0.937 (20 layers), 0.911 -> 0.924 (56 layers); the rest is the LM step's extra memory traffic.
     """
 
     @staticmethod
@@ -124,10 +125,9 @@ class _LMCombine(torch.autograd.Function):
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         u, u_prev, k = ctx.saved_tensors
         need_u, need_prev, need_k, need_r = ctx.needs_input_grad
-        grad_u = grad_prev = grad_k = None
-        if need_u or need_prev:
-            grad_prev = g * k if need_prev else None
-            grad_u = g * (1 - k) if need_u else None
+        grad_u = g * (1 - k) if need_u else None
+        grad_prev = g * k if need_prev else None
+        grad_k = None
         if need_k:
             flat = [_flat(t) for t in (g, u, u_prev)]
             if k.dim() == 0 and g.stride() == u.stride() == u_prev.stride() and all(f is not None for f in flat):
