@@ -109,8 +109,8 @@ class _LMCombine(torch.autograd.Function):
 
     Backward: du = g (1 - k), du_prev = g k, dr = g, dk = <g, u_prev - u>. Autograd through ``lerp`` reduces dk
     with a ``sum`` over a channels_last tensor (4.4 ms per call on a 2-core CPU at 128x16x32x32); here, for a
-    scalar k, it is two dot products read in place. Measured on that CPU: LM / plain training throughput 0.914 ->
-    0.937 (20 layers), 0.911 -> 0.924 (56 layers); the rest is the LM step's extra memory traffic.
+    scalar k, it is two dot products read in place. Measured on that CPU: LM / plain training throughput 0.929 ->
+    0.937 (20 layers), 0.892 -> 0.924 (56 layers); the rest is the LM step's extra memory traffic.
     """
 
     @staticmethod
