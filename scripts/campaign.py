@@ -1,0 +1,100 @@
+"""Run a training campaign in resumable stretches: resume the first unfinished run of a queue, then the next.
+
+    python scripts/campaign.py --max-minutes 140                  # results/campaign/queue.yaml, runs beside it
+    python scripts/campaign.py --max-minutes 140 --dry-run        # say what would run
+
+The queue (YAML) lists runs in order, each ``name`` (its directory under ``--runs-dir``), ``config`` (a YAML of
+``configs/``), ``seed`` and optionally ``requires`` (a `TrainConfig` field that must exist before the run may start,
+e.g. an option another issue adds) and ``args`` (extra ``odearch train`` flags). A finished run (``result.json``
+status ``complete``) is skipped; a started one is resumed with ``odearch train --resume``; a new one is started. Every
+``odearch train`` gets what is left of ``--max-minutes``, so the whole call stops cleanly, with a resumable
+checkpoint, by then. Each epoch's row in ``metrics.jsonl`` records the commit (and dirty flag) that trained it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+MIN_MINUTES = 3.0  # not worth starting a stretch shorter than this (model build, data load, one epoch's eval)
+
+
+def run_state(run_dir: Path) -> str:
+    """``new`` (no run yet), ``started`` (resumable) or ``complete``."""
+    result = run_dir / "result.json"
+    if result.is_file():
+        try:
+            if json.loads(result.read_text()).get("status") == "complete":
+                return "complete"
+        except (OSError, ValueError):
+            pass
+    return "started" if (run_dir / "config.yaml").is_file() else "new"
+
+
+def train_command(entry: dict[str, Any], run_dir: Path, state: str, minutes: float, data_dir: str | None) -> list[str]:
+    """The ``odearch train`` command line that starts or resumes `entry` for `minutes`."""
+    cmd = [sys.executable, "-m", "odearch", "train"]
+    if state == "started":
+        cmd += ["--resume", str(run_dir)]
+    else:
+        cmd += ["--config", str(REPO / entry["config"]), "--seed", str(entry.get("seed", 0)), "--out", str(run_dir),
+                "--amp", "off", *map(str, entry.get("args", []))]  # fmt: skip
+    if data_dir:
+        cmd += ["--data-dir", data_dir]
+    return [*cmd, "--max-minutes", f"{minutes:.1f}"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--queue", type=Path, default=REPO / "results" / "campaign" / "queue.yaml")
+    p.add_argument("--runs-dir", type=Path, help="where the run directories live (default: beside the queue)")
+    p.add_argument("--max-minutes", type=float, required=True, help="stop cleanly after this many minutes in all")
+    p.add_argument("--data-dir", help="overrides the queue's data_dir")
+    p.add_argument("--dry-run", action="store_true", help="print the command that would run, run nothing")
+    args = p.parse_args(argv)
+
+    from odearch.train import TrainConfig
+
+    queue = yaml.safe_load(args.queue.read_text())
+    runs_dir = args.runs_dir or args.queue.parent
+    data_dir = args.data_dir or queue.get("data_dir")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    deadline = time.monotonic() + 60 * args.max_minutes
+    for entry in queue["runs"]:
+        run_dir = runs_dir / entry["name"]
+        state = run_state(run_dir)
+        if state == "complete":
+            print(f"campaign: {entry['name']}: complete", flush=True)
+            continue
+        if state == "new" and entry.get("requires") and entry["requires"] not in fields:
+            print(f"campaign: {entry['name']}: waits for TrainConfig.{entry['requires']}; next run", flush=True)
+            continue
+        minutes = (deadline - time.monotonic()) / 60
+        if minutes < MIN_MINUTES:
+            print(f"campaign: {minutes:.1f} min left, stopping before {entry['name']}", flush=True)
+            return 0
+        cmd = train_command(entry, run_dir, state, minutes, data_dir)
+        print(f"campaign: {entry['name']} ({state}): {' '.join(cmd)}", flush=True)
+        if args.dry_run:
+            return 0
+        rc = subprocess.call(cmd)
+        if rc != 0:
+            print(f"campaign: {entry['name']} exited with {rc}; stopping", flush=True)
+            return rc
+        if run_state(run_dir) != "complete":
+            return 0  # stopped by --max-minutes: the next stretch resumes it
+    print("campaign: every run of the queue is complete", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
