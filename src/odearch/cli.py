@@ -7,6 +7,8 @@
     odearch eval runs/NAME | CHECKPOINT.safetensors                            # test loss, accuracy, per class
     odearch models [--markdown]                                                 # the registry with parameter counts
     odearch analyze RUN_OR_CHECKPOINT [...] [--out DIR]                         # learned k_n: table, stability, plots
+    odearch report RESULTS_DIR [...] [--out docs/results.md]                    # results table + learning curves
+    odearch ship RUN                                                            # ship a finished run's weights
 
 Every `TrainConfig` field is a flag (``--weight-decay``) and a YAML key (``weight_decay``); the flags are generated
 from the dataclass, so the two cannot drift apart. Errors are one line, ``odearch: error: ...``, with exit code 2
@@ -114,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="per-block k_n table, zero-stability and plots of trained LM runs",
                        allow_abbrev=False)  # fmt: skip
     add_analyze_arguments(a)
+
+    from .report import add_report_arguments
+    from .train.ship import add_ship_arguments
+
+    add_report_arguments(sub.add_parser("report", help="generate docs/results.md and learning curves from runs",
+                                        allow_abbrev=False))  # fmt: skip
+    add_ship_arguments(sub.add_parser("ship", help="ship a finished run's final weights inside the package",
+                                      allow_abbrev=False))  # fmt: skip
     return parser
 
 
@@ -298,9 +308,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if args.markdown:
         print(models_markdown(args.pattern))
         return 0
-    print(f"{'model':<22} {'params (M)':>10} {'classes':>7}  {'family':<15} scheme")
+    from .models import list_pretrained
+
+    weights: dict[str, list[str]] = {}  # model -> tags of its shipped weights (create_model(..., pretrained=True))
+    for full in list_pretrained():
+        weights.setdefault(full.partition(".")[0], []).append(full.partition(".")[2])
+    print(f"{'model':<22} {'params (M)':>10} {'classes':>7}  {'family':<15} {'scheme':<8} pretrained weights")
     for r in model_table(args.pattern):
-        print(f"{r['name']:<22} {r['params'] / 1e6:>10.3f} {r['classes']:>7}  {r['family']:<15} {r['scheme']}")
+        print(f"{r['name']:<22} {r['params'] / 1e6:>10.3f} {r['classes']:>7}  {r['family']:<15} {r['scheme']:<8} "
+              f"{', '.join(weights.get(r['name'], [])) or '-'}")  # fmt: skip
     return 0
 
 
@@ -324,6 +340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .analysis.command import run_analyze
 
             return run_analyze(args)
+        if args.command == "report":
+            from .report import run_report
+
+            return run_report(args, argv)
+        if args.command == "ship":
+            from .train.ship import run_ship
+
+            return run_ship(args)
         return _cmd_models(args)
     except (UsageError, ConfigError) as e:
         print(f"odearch: error: {_one_line(e)}", file=sys.stderr)

@@ -497,7 +497,8 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
                 row[f"{k}_loss"], row[f"{k}_acc"] = evals[k]["loss"], evals[k]["acc"]
         row |= {"lr": lr_fn(prog.step - 1), "seconds": seconds, "images_per_s": totals[2].item() / seconds,
                 "lm_k": lm_coefficients(raw), "git_commit": prov["git_commit"],
-                "git_dirty": prov["git_dirty"]}  # fmt: skip  (the code that ran this epoch: runs span commits)
+                "git_dirty": prov["git_dirty"], "device_name": prov["device_name"]}  # fmt: skip  (the code and
+        # the machine that ran this epoch: runs span commits and machines)
         prog.epoch, prog.batch, prog.partial = epoch + 1, 0, {}
         improved = prog.best["acc"] is None or row[f"{select}_acc"] > prog.best["acc"]
         if improved:

@@ -1,0 +1,400 @@
+"""``odearch report RESULTS_DIR [...] --out docs/results.md``: the results table and learning curves, generated.
+
+Reads run directories (``config.yaml``, ``metrics.jsonl``, ``result.json``; a RESULTS_DIR is a run or a folder of
+runs) and writes a Markdown report beside PNG learning curves. Nothing in it is typed by hand: the paper's numbers
+come from :data:`PAPER_CIFAR10` (copied from the paper's CIFAR-10 table, ``(?)`` where recalled, not confirmed),
+ours from the files. Per run:
+
+- ours, the headline: test error after the last epoch done (what the paper reports); for a run in progress, the
+  error after its current epoch, labelled with that epoch;
+- best epoch: the lowest test error over the epochs, chosen on the TEST set (optimistic; no validation split);
+- epochs done of the recipe's, ``in progress`` until ``result.json`` says ``complete``; the current epoch is the last
+  row of ``metrics.jsonl`` (newer than ``result.json`` while a stretch runs);
+- wall time: ``result.json``'s ``wall_seconds`` (all stretches) when it is up to date, else ``>=`` the sum of the
+  epochs' training seconds; training images/s = sum(images) / sum(seconds) over the epochs;
+- device (CPU or GPU model), commits (a run spans commits: first..last and how many, ``+dirty`` if any epoch ran
+  on a modified tree), precision (fp32, or the autocast dtype).
+
+Runs that are not the paper's full recipe (fewer epochs, a subset of the training set) go to a separate table,
+without the paper's numbers, so that a short run never reads as a reproduction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["PAPER_CIFAR10", "RunSummary", "add_report_arguments", "find_runs", "plot_curves", "render",
+           "run_report", "summarize", "write_report"]  # fmt: skip
+
+# The paper's CIFAR-10 test errors (%) for the recipe of 160 epochs, from ../shared/PAPER.md ("Results to
+# reproduce"): (error, confirmed). False = marked (?) there: recalled, not confirmed against the PDF. ResNet-20..56
+# are He et al.'s post-activation nets (our `resnet*`); ResNet-110 is pre-activation (our `preact_resnet110`). The
+# paper has no pre-activation ResNet-20..56 row: `preact_resnet20` (the LM net's exact plain twin) has no number.
+PAPER_CIFAR10: dict[str, tuple[float, bool]] = {
+    "resnet20": (8.75, True),
+    "resnet32": (7.51, True),
+    "resnet44": (7.17, True),
+    "resnet56": (6.97, True),
+    "preact_resnet110": (6.37, True),
+    "preact_resnet164": (5.46, False),
+    "preact_resnet1001": (4.92, False),
+    "lm_resnet20": (8.33, False),
+    "lm_resnet32": (7.18, False),
+    "lm_resnet44": (6.66, False),
+    "lm_resnet56": (6.31, False),
+    "lm_resnet110": (6.16, False),
+}
+# The paper's recipe, as config.yaml keys; a run that differs in any of them is not comparable to its numbers.
+PAPER_RECIPE: dict[str, Any] = {"dataset": "cifar10", "epochs": 160, "milestones": [80, 120], "lr": 0.1,
+                                "momentum": 0.9, "gamma": 0.1, "batch_size": 128, "weight_decay": 1e-4, "subset": None,
+                                "val_split": 0, "augment": True, "schedule": "step", "label_smoothing": 0.0}
+_COLORS = {"resnet": "tab:blue", "preact": "tab:orange", "lm": "tab:green"}
+_STYLES = ("-", "--", ":", "-.")
+
+
+@dataclass
+class RunSummary:
+    """What the report says about one run directory."""
+
+    name: str
+    path: Path
+    model: str
+    dataset: str
+    seed: int
+    epochs: int  # of the recipe
+    epochs_done: int
+    complete: bool
+    final_err: float | None  # % after the last epoch done
+    best_err: float | None  # % lowest over the epochs (chosen on test)
+    best_epoch: int | None
+    params: int | None
+    wall_s: float | None
+    wall_exact: bool  # False: a lower bound (sum of the epochs' training seconds)
+    img_s: float | None
+    devices: list[str]
+    commits: list[str]
+    dirty: bool
+    precision: str
+    recipe_diff: list[str] = field(default_factory=list)
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, test error %)
+
+    @property
+    def paper(self) -> tuple[float, bool] | None:
+        return PAPER_CIFAR10.get(self.model) if self.dataset == "cifar10" else None
+
+
+# ------------------------------------------------------------------------------------------------- reading
+def find_runs(paths: Sequence[str | Path]) -> list[Path]:
+    """Run directories (holding ``config.yaml``) among `paths` and their direct subfolders, in the order given;
+    within a folder, in the order of its ``queue.yaml`` (the campaign's) if it has one, else by name."""
+    runs: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "config.yaml").is_file():
+            runs.append(p)
+            continue
+        if not p.is_dir():
+            raise FileNotFoundError(f"{p}: no such results directory")
+        subs = sorted(d for d in p.iterdir() if (d / "config.yaml").is_file())
+        queue = p / "queue.yaml"
+        if queue.is_file():
+            order = [r["name"] for r in (yaml.safe_load(queue.read_text()) or {}).get("runs", [])]
+            subs.sort(key=lambda d: (order.index(d.name) if d.name in order else len(order), d.name))
+        runs += subs
+    return runs
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl rows; a torn last line (a run writing right now) is skipped."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
+def _count_params(cfg: dict[str, Any]) -> int | None:
+    """Parameter count of the config's model, built on the meta device (no memory, no time)."""
+    import torch
+
+    from .models import create_model
+
+    try:
+        with torch.device("meta"):
+            model = create_model(cfg["model"], num_classes=cfg.get("num_classes"), scheme=cfg.get("scheme"),
+                                 **(cfg.get("model_kwargs") or {}))  # fmt: skip
+    except (ValueError, TypeError):
+        return None
+    return sum(p.numel() for p in model.parameters())
+
+
+def _precision(cfg: dict[str, Any], result: dict[str, Any] | None) -> str:
+    """fp32, or the autocast dtype the run trained in (``amp: auto`` is bf16 on CUDA, off on CPU)."""
+    if result and result.get("precision"):
+        return str(result["precision"])
+    amp = cfg.get("amp", "auto")
+    if amp == "auto":
+        device = (result or {}).get("device") or cfg.get("device", "auto")
+        if str(device).startswith("cuda"):
+            amp = "bf16"
+        elif str(device).startswith("cpu"):
+            amp = "off"
+        else:
+            return "auto (bf16 on CUDA, fp32 on CPU)"
+    return "fp32" if amp == "off" else f"{amp} autocast"
+
+
+def summarize(run_dir: str | Path) -> RunSummary:
+    """Reads one run directory into a :class:`RunSummary`."""
+    run_dir = Path(run_dir)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    rows = [r for r in _read_rows(run_dir / "metrics.jsonl") if "epoch" in r]
+    result = None
+    if (run_dir / "result.json").is_file():
+        try:
+            result = json.loads((run_dir / "result.json").read_text())
+        except ValueError:
+            result = None
+    epochs = int(cfg.get("epochs") or PAPER_RECIPE["epochs"])
+    done = rows[-1]["epoch"] if rows else 0
+    complete = bool(result and result.get("status") == "complete" and result.get("epochs_done") == epochs == done)
+    curve = [(r["epoch"], 100 * (1 - r["test_acc"])) for r in rows if r.get("test_acc") is not None]
+    best = min(curve, key=lambda c: (c[1], c[0])) if curve else None
+    up_to_date = bool(result and result.get("epochs_done") == done and result.get("wall_seconds") is not None)
+    seconds = sum(r.get("seconds") or 0.0 for r in rows)
+    images = sum((r.get("seconds") or 0.0) * (r.get("images_per_s") or 0.0) for r in rows)
+    res = result or {}
+    devices = list(dict.fromkeys([r["device_name"] for r in rows if r.get("device_name")]
+                                 + ([res["device_name"]] if res.get("device_name") else [])))  # fmt: skip
+    commits = list(dict.fromkeys(r["git_commit"] for r in rows if r.get("git_commit")))
+    if not commits and res.get("git_commit"):
+        commits = [res["git_commit"]]
+    diff = [f"{k} {cfg.get(k)!r} (paper {v!r})" for k, v in PAPER_RECIPE.items()
+            if k in cfg and _norm(cfg.get(k)) != _norm(v)]  # fmt: skip
+    diff += [f"{k} {cfg[k]!r}" for k in ("scheme", "model_kwargs") if cfg.get(k)]  # another net than the name's
+    return RunSummary(
+        name=run_dir.name, path=run_dir, model=cfg.get("model", "?"), dataset=cfg.get("dataset", "?"),
+        seed=int(cfg.get("seed", 0)), epochs=epochs, epochs_done=done, complete=complete,
+        final_err=curve[-1][1] if curve else None, best_err=best[1] if best else None,
+        best_epoch=best[0] if best else None, params=res.get("params") or _count_params(cfg),
+        wall_s=res["wall_seconds"] if up_to_date else (seconds or None), wall_exact=up_to_date,
+        img_s=images / seconds if seconds else None, devices=devices, commits=commits,
+        dirty=any(bool(r.get("git_dirty")) for r in rows) or bool(res.get("git_dirty")),
+        precision=_precision(cfg, result), recipe_diff=diff, curve=curve,
+    )  # fmt: skip
+
+
+def _norm(v: Any) -> Any:
+    return [float(x) for x in v] if isinstance(v, list | tuple) else (float(v) if isinstance(v, int | float) and
+                                                                       not isinstance(v, bool) else v)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------- cells
+def _paper_cell(s: RunSummary) -> str:
+    if s.paper is None:
+        return "—"
+    err, confirmed = s.paper
+    return f"{err:.2f}" if confirmed else f"{err:.2f} (?)"
+
+
+def _final_cell(s: RunSummary) -> str:
+    if s.final_err is None:
+        return "—"
+    return f"{s.final_err:.2f}" if s.complete else f"{s.final_err:.2f} (epoch {s.epochs_done})"
+
+
+def _delta_cell(s: RunSummary) -> str:
+    if not s.complete or s.paper is None or s.final_err is None:
+        return ""
+    return f"{s.final_err - s.paper[0]:+.2f}" + ("" if s.paper[1] else " (?)")
+
+
+def _best_cell(s: RunSummary) -> str:
+    return "—" if s.best_err is None else f"{s.best_err:.2f} (epoch {s.best_epoch})"
+
+
+def _epochs_cell(s: RunSummary) -> str:
+    return f"{s.epochs_done}/{s.epochs}" if s.complete else f"{s.epochs_done}/{s.epochs}, in progress"
+
+
+def _wall_cell(s: RunSummary) -> str:
+    if s.wall_s is None:
+        return "—"
+    return f"{s.wall_s / 3600:.2f} h" if s.wall_exact else f"≥ {s.wall_s / 3600:.2f} h"
+
+
+def _commit_cell(s: RunSummary) -> str:
+    if not s.commits:
+        return "?"
+    c = [f"`{x[:7]}`" for x in s.commits]
+    text = c[0] if len(c) == 1 else f"{c[0]}..{c[-1]} ({len(c)} commits)"
+    return text + (" +dirty" if s.dirty else "")
+
+
+def _link(s: RunSummary, base: Path) -> str:
+    rel = os.path.relpath(s.path.resolve(), base.resolve())
+    return f"[{s.name}]({Path(rel).as_posix()})"
+
+
+MAIN_HEADER = ("| run | model | seed | paper error % | ours: error % after the last epoch | ours − paper | "
+               "best epoch, chosen on test: error % | epochs | params | wall time | train images/s | device | "
+               "commits | precision |")  # fmt: skip
+OTHER_HEADER = ("| run | model | seed | differs from the paper's recipe in | error % after the last epoch | epochs | "
+                "wall time | device | commits | precision |")  # fmt: skip
+
+
+def main_row(s: RunSummary, base: Path) -> list[str]:
+    """The cells of `s` in the main table (the order of :data:`MAIN_HEADER`)."""
+    return [_link(s, base), f"`{s.model}`", str(s.seed), _paper_cell(s), _final_cell(s), _delta_cell(s),
+            _best_cell(s), _epochs_cell(s), "—" if s.params is None else f"{s.params / 1e6:.3f}M", _wall_cell(s),
+            "—" if s.img_s is None else f"{s.img_s:.0f}", " + ".join(s.devices) or "?", _commit_cell(s),
+            s.precision]  # fmt: skip
+
+
+def other_row(s: RunSummary, base: Path) -> list[str]:
+    """The cells of `s` in the table of runs that are not the paper's recipe."""
+    return [_link(s, base), f"`{s.model}`", str(s.seed), "; ".join(s.recipe_diff), _final_cell(s), _epochs_cell(s),
+            _wall_cell(s), " + ".join(s.devices) or "?", _commit_cell(s), s.precision]  # fmt: skip
+
+
+def _table(header: str, rows: list[list[str]]) -> list[str]:
+    ncol = header.count("|") - 1
+    return [header, "|" + "---|" * ncol, *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+# ------------------------------------------------------------------------------------------------- curves
+def _group(s: RunSummary) -> str:
+    """Twins share a group: the model name without its scheme prefix (lm_resnet20, preact_resnet20 -> resnet20)."""
+    return f"{s.dataset}_" + re.sub(r"^[a-z0-9]+_(?=resnet)", "", s.model)
+
+
+def _family(model: str) -> str:
+    return model.split("_")[0] if "_" in model and model.split("_")[0] in _COLORS else "resnet"
+
+
+def plot_curves(runs: Sequence[RunSummary], out_dir: str | Path) -> list[Path]:
+    """One PNG per group of twins, ``curves_<dataset>_<net>.png``: test error (%, log scale) after each epoch,
+    every run of the group overlaid (colour: family; line style: seed), the paper's errors as dotted lines."""
+    from matplotlib.figure import Figure
+
+    groups: dict[str, list[RunSummary]] = {}
+    for s in runs:
+        if s.curve:
+            groups.setdefault(_group(s), []).append(s)
+    paths = []
+    for group, members in groups.items():
+        fig = Figure(figsize=(7.5, 4.5))
+        ax = fig.add_subplot()
+        seeds = sorted({s.seed for s in members})
+        for s in members:
+            color = _COLORS[_family(s.model)]
+            ep, err = zip(*s.curve)
+            state = f"final {s.final_err:.2f}%" if s.complete else f"in progress, epoch {s.epochs_done}"
+            ax.plot(ep, err, color=color, ls=_STYLES[seeds.index(s.seed) % len(_STYLES)], lw=1.2,
+                    label=f"{s.model} seed {s.seed} ({state})")  # fmt: skip
+        models = list(dict.fromkeys(s.model for s in members))
+        values = [e for s in members for _, e in s.curve]
+        for model in models:
+            paper = PAPER_CIFAR10.get(model) if group.startswith("cifar10_") else None
+            if paper:
+                values.append(paper[0])
+                ax.axhline(paper[0], color=_COLORS[_family(model)], ls=":", lw=1,
+                           label=f"paper {model}: {paper[0]:.2f}%" + ("" if paper[1] else " (?)"))  # fmt: skip
+        epochs = max(s.epochs for s in members)
+        for m in PAPER_RECIPE["milestones"] if epochs == PAPER_RECIPE["epochs"] else []:
+            ax.axvline(m, color="0.8", lw=0.8, zorder=0)
+        lo, hi = 0.9 * min(values), min(100.0, 1.1 * max(values))
+        ax.set_yscale("log")
+        ax.set_yticks([t for t in (2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 15, 20, 30, 40, 50, 70, 90) if lo <= t <= hi])
+        ax.yaxis.set_major_formatter("{x:g}")
+        ax.yaxis.set_minor_formatter("")
+        ax.set_ylim(lo, hi)
+        ax.set_xlim(0, epochs)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test error % (log scale)")
+        ax.set_title(f"{s.dataset.upper().replace('CIFAR', 'CIFAR-')} test error after each epoch: "
+                     f"{', '.join(models)}")  # fmt: skip
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8)
+        path = Path(out_dir) / f"curves_{group}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        paths.append(path)
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------- report
+def render(runs: Sequence[RunSummary], out: Path, command: str, curves: Sequence[Path] = ()) -> str:
+    """The Markdown text of the report written to `out` (links are relative to its folder)."""
+    base = out.parent
+    main = [s for s in runs if not s.recipe_diff]
+    other = [s for s in runs if s.recipe_diff]
+    lines = ["# Results", "",
+             f"Generated by `{command}` from the run directories (`config.yaml`, `metrics.jsonl`, `result.json`); "
+             "do not edit by hand, regenerate.", ""]  # fmt: skip
+    lines += ["## CIFAR-10 at the paper's recipe", "",
+              "SGD momentum 0.9, batch 128, lr 0.1 / 10 at epochs 80 and 120, 160 epochs, weight decay 1e-4, "
+              "4-pixel pad + crop + flip, all 50k training images, tested on the 10k test images.", ""]  # fmt: skip
+    lines += _table(MAIN_HEADER, [main_row(s, base) for s in main]) if main else ["No run at the paper's recipe."]
+    lines += ["",
+              "- Headline: ours = test error after the last epoch done, as the paper reports. For a run in progress "
+              "it is the error after its current epoch (shown in brackets), not a result.",
+              "- Best epoch: the lowest test error over all epochs, chosen on the test set itself (no validation "
+              "split, as in the paper): optimistic, for reference only.",
+              "- Paper: the paper's CIFAR-10 table; (?) marks a number recalled, not confirmed against the PDF "
+              "(../shared/PAPER.md). `resnet*` are the post-activation ResNets of the paper's baseline rows; the "
+              "paper has no row for `preact_resnet20..56` (the LM nets' exact plain twins): compare those with "
+              "their `lm_` twin.",
+              "- One seed per row unless the seed column says otherwise; a difference under ~0.3 points is "
+              "within seed noise for ResNet-20.",
+              "- Wall time over all stretches of a run (≥: the sum of the epochs' training seconds, while "
+              "`result.json` is older than the last epoch); train images/s over the training passes only; "
+              "commits: first..last of the code that trained the epochs (`+dirty`: some epoch ran on a modified "
+              "tree)."]  # fmt: skip
+    if curves:
+        lines += ["", "## Learning curves", ""]
+        for c in curves:
+            lines += [f"![{c.stem}]({Path(os.path.relpath(c.resolve(), base.resolve())).as_posix()})", ""]
+        lines.pop()
+    if other:
+        lines += ["", "## Other runs (not the paper's recipe: not comparable to its numbers)", ""]
+        lines += _table(OTHER_HEADER, [other_row(s, base) for s in other])
+    return "\n".join(lines) + "\n"
+
+
+def write_report(paths: Sequence[str | Path], out: str | Path, command: str, plots: bool = True) -> tuple[Path,
+                                                                                                        list[Path]]:
+    """Summarises every run under `paths`, writes the curves beside `out` and the Markdown to `out`."""
+    out = Path(out)
+    runs = [summarize(p) for p in find_runs(paths)]
+    curves = plot_curves([s for s in runs if not s.recipe_diff], out.parent) if plots else []
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(runs, out, command, curves))
+    return out, curves
+
+
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``odearch report``."""
+    p.add_argument("results", nargs="+", help="run directories, or folders of runs (e.g. results/campaign)")
+    p.add_argument("--out", default="docs/results.md", help="Markdown file to write; the PNGs go beside it")
+    p.add_argument("--no-plots", action="store_true", help="write the table only")
+
+
+def run_report(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
+    """``odearch report``: writes the report and says where."""
+    command = shlex.join(["odearch", *argv]) if argv is not None else "odearch report"
+    out, curves = write_report(args.results, args.out, command, plots=not args.no_plots)
+    print(f"wrote {out}" + (f" and {', '.join(map(str, curves))}" if curves else ""))
+    return 0
