@@ -10,7 +10,7 @@ Layers, arrows pointing down only: ``schemes`` (data) -> ``nn`` (Stage, blocks) 
 
 from . import schemes
 from .convert import from_lm, to_lm
-from .models import create_model, list_models, register_model
+from .models import create_model, list_models, list_pretrained, register_model
 from .nn import Stage, lm_coefficients
 from .schemes import SCHEMES, ButcherTableau, LinearMultistep, get_scheme
 
@@ -25,6 +25,7 @@ __all__ = [
     "from_lm",
     "get_scheme",
     "list_models",
+    "list_pretrained",
     "lm_coefficients",
     "register_model",
     "schemes",

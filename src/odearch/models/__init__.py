@@ -7,6 +7,7 @@ LM-ResNet paper (see :mod:`odearch.models.preact_resnet` for the legend).
 """
 
 from . import cifar_resnet, imagenet_resnet, preact_resnet, resnext, shake_resnet  # noqa: F401  (registers the families)
+from ._pretrained import list_pretrained
 from ._registry import create_model, is_model, list_models, model_entrypoint, register_model
 from .cifar_resnet import cifar_resnet as build_cifar_resnet
 from .preact_resnet import preact_resnet as build_preact_resnet
@@ -21,6 +22,7 @@ __all__ = [
     "create_model",
     "is_model",
     "list_models",
+    "list_pretrained",
     "model_entrypoint",
     "register_model",
 ]

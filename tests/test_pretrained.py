@@ -1,0 +1,166 @@
+"""Shipped weights: ``create_model(name, pretrained=True)``, ``odearch ship RUN``, the registry, the wheel.
+
+Every shipped model is re-evaluated on the CIFAR-10 test set and must score its recorded count exactly. The whole
+mechanism is also tested end to end on a tiny run trained here and shipped into a registry in a temp folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import odearch
+from datapaths import CIFAR_ROOT, HAS_CIFAR, SKIP_REASON
+from odearch.cli import main
+from odearch.models import _pretrained
+from odearch.models._pretrained import PretrainedError, read_registry
+from odearch.train import TrainConfig, fit
+from odearch.train.ship import ShipError, evaluate_weights, ship_run
+
+REPO = Path(__file__).resolve().parents[1]
+needs_cifar = pytest.mark.skipif(not HAS_CIFAR, reason=SKIP_REASON)
+SHIPPED = list(read_registry())
+
+
+@needs_cifar
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED or [pytest.param(None, marks=pytest.mark.skip(reason="no weights shipped"))])
+def test_shipped_weights_score_their_recorded_accuracy(name: str) -> None:
+    entry = read_registry()[name]
+    model = odearch.create_model(name, pretrained=True)
+    correct, n = evaluate_weights(model, entry["dataset"], CIFAR_ROOT)
+    assert (correct, n) == (entry["test_correct"], entry["test_images"]) and n == 10000
+    assert entry["test_acc"] == correct / n and not entry.get("not_the_paper_recipe")
+
+
+def test_registry_pins_every_shipped_file() -> None:
+    for entry in read_registry().values():
+        assert _pretrained.file_sha256(_pretrained.REGISTRY_FILE.parent / entry["file"]) == entry["sha256"]
+        assert {"dataset", "recipe", "test_acc", "commits"} <= set(entry)
+
+
+# ---------------------------------------------------------------------------------------- end to end, tiny run
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """resnet20, 1 epoch on 256 training images: a finished (if useless) run."""
+    if not HAS_CIFAR:
+        pytest.skip(SKIP_REASON)
+    out = tmp_path_factory.mktemp("ship") / "resnet20_tiny"
+    fit(TrainConfig(model="resnet20", epochs=1, subset=256, eval_subset=200, batch_size=64, data_dir=str(CIFAR_ROOT),
+                    download=False, device="cpu", amp="off", tensorboard=False, out=str(out)), progress_bar=False)
+    return out
+
+
+@pytest.fixture()
+def registry(tmp_path: Path, tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict]:
+    """The tiny run shipped into a registry in a temp folder, which the package then reads."""
+    reg = tmp_path / "weights" / "registry.json"
+    monkeypatch.setattr(_pretrained, "REGISTRY_FILE", reg)
+    name, entry = ship_run(tiny_run, registry=reg, any_recipe=True, test_subset=500)
+    assert name == "resnet20.cifar10_s0"
+    return reg, entry
+
+
+def test_pretrained_loads_the_run_final_weights(registry: tuple[Path, dict], tiny_run: Path) -> None:
+    _, entry = registry
+    final = load_file(tiny_run / "checkpoints" / "last.safetensors")
+    for name in ("resnet20", "resnet20.cifar10_s0"):
+        model = odearch.create_model(name, pretrained=True)
+        assert model.pretrained_cfg["name"] == "resnet20.cifar10_s0"
+        assert all(torch.equal(v, final[k]) for k, v in model.state_dict().items())
+    assert evaluate_weights(model, "cifar10", CIFAR_ROOT, 500) == (entry["test_correct"], 500)
+    assert entry["test_images"] == 500 and entry["not_the_paper_recipe"]
+    assert entry["recipe"]["epochs"] == 1 and entry["dataset"] == "cifar10" and entry["commits"]
+    assert not odearch.create_model("resnet20").state_dict()["head.2.weight"].equal(final["head.2.weight"])
+
+
+def test_pretrained_with_a_new_head_loads_all_but_the_classifier(registry: tuple[Path, dict], tiny_run: Path) -> None:
+    final = load_file(tiny_run / "checkpoints" / "last.safetensors")
+    model = odearch.create_model("resnet20", pretrained=True, num_classes=100)
+    own = model.state_dict()
+    assert own["head.2.weight"].shape == (100, 64)
+    assert all(torch.equal(own[k], v) for k, v in final.items() if not k.startswith("head.2."))
+
+
+def test_sha256_mismatch_is_refused(registry: tuple[Path, dict]) -> None:
+    reg, entry = registry
+    path = reg.parent / entry["file"]
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    path.write_bytes(bytes(data))
+    with pytest.raises(PretrainedError, match=r"sha256 mismatch for 'resnet20\.cifar10_s0'"):
+        odearch.create_model("resnet20", pretrained=True)
+    path.unlink()
+    with pytest.raises(PretrainedError, match="missing"):
+        odearch.create_model("resnet20", pretrained=True)
+
+
+def test_pretrained_without_weights_lists_the_models_that_have_them(registry: tuple[Path, dict]) -> None:
+    with pytest.raises(ValueError, match=r"no pretrained weights for 'lm_resnet20'; models with weights: "
+                                         r"resnet20\.cifar10_s0$"):  # fmt: skip
+        odearch.create_model("lm_resnet20", pretrained=True)
+    with pytest.raises(ValueError, match=r"no pretrained weights for 'resnet20\.other'"):
+        odearch.create_model("resnet20.other", pretrained=True)
+    assert odearch.list_pretrained() == ["resnet20.cifar10_s0"] and odearch.list_pretrained("lm_*") == []
+
+
+def test_empty_registry_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_pretrained, "REGISTRY_FILE", tmp_path / "registry.json")
+    with pytest.raises(ValueError, match="models with weights: none"):
+        odearch.create_model("lm_resnet20", pretrained=True)
+
+
+def test_models_command_marks_the_names_with_weights(registry: tuple[Path, dict],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    assert main(["models", "--pattern", "*resnet20"]) == 0
+    lines = {line.split()[0]: line.split()[-1] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert lines["resnet20"] == "cifar10_s0" and lines["lm_resnet20"] == "-"
+
+
+def test_ship_refuses_unfinished_and_short_runs(tiny_run: Path, tmp_path: Path) -> None:
+    reg = tmp_path / "registry.json"
+    with pytest.raises(ShipError, match=r"not the paper's full recipe: 1 epochs .*; trained on part"):
+        ship_run(tiny_run, registry=reg)
+    stopped = tmp_path / "stopped"
+    shutil.copytree(tiny_run, stopped)
+    result = json.loads((stopped / "result.json").read_text())
+    (stopped / "result.json").write_text(json.dumps({**result, "status": "stopped"}))
+    with pytest.raises(ShipError, match="is not finished"):
+        ship_run(stopped, registry=reg, any_recipe=True)
+    (stopped / "result.json").unlink()
+    with pytest.raises(ShipError, match=r"no result\.json"):
+        ship_run(stopped, registry=reg, any_recipe=True)
+    assert not reg.exists()
+
+
+def test_ship_cli_refuses_a_second_entry_of_the_same_name(tiny_run: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    reg = tmp_path / "w" / "registry.json"
+    args = ["ship", str(tiny_run), "--registry", str(reg), "--any-recipe", "--test-subset", "100", "--tag", "tiny"]
+    assert main(args) == 0
+    assert "shipped resnet20.tiny" in capsys.readouterr().out
+    assert main(args) == 1 and "already in" in capsys.readouterr().err
+    assert list(read_registry(reg)) == ["resnet20.tiny"] and (reg.parent / "resnet20.tiny.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_weights(tmp_path: Path) -> None:
+    """pyproject's package-data puts the registry and every weights file into the wheel."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / f, tmp_path / f)
+    (src / "odearch" / "weights" / "probe.cifar10_s0.safetensors").write_bytes(b"not really weights")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(tmp_path), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist")], check=True, cwd=tmp_path)  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("odearch-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "odearch/weights/registry.json" in names and "odearch/weights/probe.cifar10_s0.safetensors" in names
