@@ -164,3 +164,15 @@ def test_wheel_carries_the_weights(tmp_path: Path) -> None:
     (wheel,) = (tmp_path / "dist").glob("odearch-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "odearch/weights/registry.json" in names and "odearch/weights/probe.cifar10_s0.safetensors" in names
+
+
+def test_a_real_run_records_and_reports_its_device_and_commit(tiny_run: Path) -> None:
+    """Each metrics row names the machine and the commit that trained it (runs span both); the report reads them."""
+    from odearch.report import summarize
+
+    result = json.loads((tiny_run / "result.json").read_text())
+    rows = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["device_name"] == result["device_name"] and rows[0]["git_commit"] == result["git_commit"]
+    s = summarize(tiny_run)
+    assert s.devices == [result["device_name"]] and s.commits == [result["git_commit"]] and s.complete
+    assert s.recipe_diff and s.params == result["params"] and s.precision == "fp32" and s.wall_exact

@@ -60,6 +60,7 @@ PAPER_RECIPE: dict[str, Any] = {"dataset": "cifar10", "epochs": 160, "milestones
                                 "val_split": 0, "augment": True, "schedule": "step", "label_smoothing": 0.0}
 _COLORS = {"resnet": "tab:blue", "preact": "tab:orange", "lm": "tab:green"}
 _STYLES = ("-", "--", ":", "-.")
+_TICKS = (2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 15, 20, 25, 30, 40, 50, 60, 70, 80, 100)  # test error %, log axis
 
 
 @dataclass
@@ -275,9 +276,13 @@ def _table(header: str, rows: list[list[str]]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------- curves
-def _group(s: RunSummary) -> str:
+def _group_of(model: str, dataset: str) -> str:
     """Twins share a group: the model name without its scheme prefix (lm_resnet20, preact_resnet20 -> resnet20)."""
-    return f"{s.dataset}_" + re.sub(r"^[a-z0-9]+_(?=resnet)", "", s.model)
+    return f"{dataset}_" + re.sub(r"^[a-z0-9]+_(?=resnet)", "", model)
+
+
+def _group(s: RunSummary) -> str:
+    return _group_of(s.model, s.dataset)
 
 
 def _family(model: str) -> str:
@@ -306,7 +311,8 @@ def plot_curves(runs: Sequence[RunSummary], out_dir: str | Path) -> list[Path]:
                     label=f"{s.model} seed {s.seed} ({state})")  # fmt: skip
         models = list(dict.fromkeys(s.model for s in members))
         values = [e for s in members for _, e in s.curve]
-        for model in models:
+        twins = [m for m in PAPER_CIFAR10 if group.startswith("cifar10_") and _group_of(m, "cifar10") == group]
+        for model in dict.fromkeys(models + twins):  # the paper's numbers of the whole group, trained or not yet
             paper = PAPER_CIFAR10.get(model) if group.startswith("cifar10_") else None
             if paper:
                 values.append(paper[0])
@@ -317,7 +323,7 @@ def plot_curves(runs: Sequence[RunSummary], out_dir: str | Path) -> list[Path]:
             ax.axvline(m, color="0.8", lw=0.8, zorder=0)
         lo, hi = 0.9 * min(values), min(100.0, 1.1 * max(values))
         ax.set_yscale("log")
-        ax.set_yticks([t for t in (2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 15, 20, 30, 40, 50, 70, 90) if lo <= t <= hi])
+        ax.set_yticks([t for t in _TICKS if lo <= t <= hi])
         ax.yaxis.set_major_formatter("{x:g}")
         ax.yaxis.set_minor_formatter("")
         ax.set_ylim(lo, hi)
