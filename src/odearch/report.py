@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 __all__ = ["PAPER_CIFAR10", "RunSummary", "add_report_arguments", "find_runs", "plot_curves", "render",
-           "run_report", "summarize", "write_report"]  # fmt: skip
+           "run_report", "summarize", "twin_rows", "write_report"]  # fmt: skip
 
 # The paper's CIFAR-10 test errors (%) for the recipe of 160 epochs, from ../shared/PAPER.md ("Results to
 # reproduce"): (error, confirmed). False = marked (?) there: recalled, not confirmed against the PDF. ResNet-20..56
@@ -270,6 +270,34 @@ def other_row(s: RunSummary, base: Path) -> list[str]:
             _wall_cell(s), " + ".join(s.devices) or "?", _commit_cell(s), s.precision]  # fmt: skip
 
 
+TWIN_HEADER = ("| twins | seed | plain: error % | LM: error % | LM − plain (points) | paper: LM-ResNet − ResNet "
+               "(points) |")  # fmt: skip
+
+
+def twin_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
+    """One row per ``lm_X`` run whose plain twin ``preact_X`` (same data set and seed) is among `runs`: both final
+    errors and their difference once both have finished; the paper's LM-ResNet minus ResNet difference beside it
+    (its ResNet row is the post-activation net, not the exact twin)."""
+    rows = []
+    for lm in runs:
+        if not lm.model.startswith("lm_"):
+            continue
+        plain_name = "preact_" + lm.model.removeprefix("lm_")
+        for plain in runs:
+            if (plain.model, plain.dataset, plain.seed) != (plain_name, lm.dataset, lm.seed):
+                continue
+            both = lm.complete and plain.complete and lm.final_err is not None and plain.final_err is not None
+            diff = f"{lm.final_err - plain.final_err:+.2f}" if both else ""  # type: ignore[operator]
+            p_lm = PAPER_CIFAR10.get(lm.model) if lm.dataset == "cifar10" else None
+            p_plain = PAPER_CIFAR10.get(lm.model.removeprefix("lm_")) if lm.dataset == "cifar10" else None
+            paper = ""
+            if p_lm and p_plain:
+                paper = f"{p_lm[0] - p_plain[0]:+.2f}" + ("" if p_lm[1] and p_plain[1] else " (?)")
+            rows.append([f"`{lm.model}` vs `{plain.model}`", str(lm.seed), _final_cell(plain), _final_cell(lm), diff,
+                         paper])  # fmt: skip
+    return rows
+
+
 def _table(header: str, rows: list[list[str]]) -> list[str]:
     ncol = header.count("|") - 1
     return [header, "|" + "---|" * ncol, *("| " + " | ".join(r) + " |" for r in rows)]
@@ -369,6 +397,13 @@ def render(runs: Sequence[RunSummary], out: Path, command: str, curves: Sequence
               "`result.json` is older than the last epoch); train images/s over the training passes only; "
               "commits: first..last of the code that trained the epochs (`+dirty`: some epoch ran on a modified "
               "tree)."]  # fmt: skip
+    twins = twin_rows(main)
+    if twins:
+        lines += ["", "## The LM step against its exact plain twin (same backbone, seed and recipe)", ""]
+        lines += _table(TWIN_HEADER, twins)
+        lines += ["", "The paper's comparison is LM-ResNet (pre-activation) against the post-activation ResNet of "
+                  "He et al.; ours isolates the LM coupling. One seed: a difference under ~0.3 points is within "
+                  "seed noise."]  # fmt: skip
     if curves:
         lines += ["", "## Learning curves", ""]
         for c in curves:
