@@ -80,6 +80,24 @@ def test_lm_resnext_history_projection_explains_the_printed_count(name: str, pap
     assert count - without == 256 * 512 + 512 * 1024 + 2 * (512 + 1024)  # Q = conv1x1-BN at stages 2 and 3
 
 
+def test_lm_resnext_history_projection_reads_the_stage_input() -> None:
+    """Across a transition the LM history of u_1 is Q(u_0), u_0 the stage's input: Q never sees the previous stage's
+    u_{N-1} (two steps back from u_1), and P and Q read the same state."""
+    from odearch.models.resnext import cifar_resnext
+
+    model = cifar_resnext(2, 4, scheme="lm", depth=20, history_projection=True).eval()
+    seen: dict[str, torch.Tensor] = {}
+    for i in (1, 2):
+        stage = model.stages[i]
+        # the previous stage's post-activation runs after each of its steps: its last output is this stage's u_0
+        model.stages[i - 1].post_act.register_forward_hook(lambda m, args, out, i=i: seen.__setitem__(f"in{i}", out))
+        stage.history_shortcut.register_forward_pre_hook(lambda m, args, i=i: seen.__setitem__(f"q{i}", args[0]))
+        stage.shortcut.register_forward_pre_hook(lambda m, args, i=i: seen.__setitem__(f"p{i}", args[0]))
+    model(torch.randn(2, 3, 32, 32))
+    for i in (1, 2):
+        assert seen[f"q{i}"] is seen[f"in{i}"] and seen[f"p{i}"] is seen[f"in{i}"]
+
+
 def _evaluate_every_block(model: nn.Module) -> nn.Module:
     """Put stochastic-depth stages in per-sample mode, where every block is evaluated.
 
