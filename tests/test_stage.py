@@ -152,3 +152,17 @@ def test_lm_network_gradients_match_the_formula_in_channels_last() -> None:
         u_prev, u = u, (1 - k[m - 1]) * u + k[m - 1] * u_prev + blocks[m](u)
     (g,) = torch.autograd.grad(u.square().sum(), k)
     assert torch.allclose(ours, g, rtol=1e-10)
+
+
+def test_per_channel_init_is_ours_or_the_official_mresnetc() -> None:
+    """``lm_channel``: k ~ U[-0.1, 0] per channel (odearch's choice); ``lm_channel_mresnetc``: the official MResNetC,
+    whose coefficient of u_n, 1 - k, is drawn from U[-0.1, 0], so k ~ U[1.0, 1.1] (issue 14, item 4)."""
+    torch.manual_seed(0)
+    ours = Stage("lm_channel", [PreActBasicBlock(16, 16) for _ in range(3)], channels=16)
+    assert ours.lm_k.shape == (2, 16) and (ours.lm_k >= -0.1).all() and (ours.lm_k <= 0).all()
+    official = Stage("lm_channel_mresnetc", [PreActBasicBlock(16, 16) for _ in range(3)], channels=16)
+    assert official.lm_k.shape == (2, 16) and (official.lm_k >= 1.0).all() and (official.lm_k <= 1.1).all()
+    assert official.lm_k.std() > 0.01  # a draw, not a constant
+    model = odearch.create_model("preact_resnet20", scheme="lm_channel_mresnetc")
+    ks = torch.cat([s.lm_k.flatten() for s in model.stages])
+    assert ks.numel() == 2 * (16 + 32 + 64) and ks.min() >= 1.0 and ks.max() <= 1.1
