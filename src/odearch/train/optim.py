@@ -44,8 +44,8 @@ class CenteredSGD(torch.optim.SGD):
     """``torch.optim.SGD`` whose weight decay pulls a parameter group toward a centre c, given by the group key
     ``decay_center`` (default 0: plain SGD): d = grad + wd (p - c).
 
-    The shift -wd c is added to the gradients of such a group in place just before the SGD step (after a
-    GradScaler has unscaled them), then ``torch.optim.SGD`` adds wd p.
+    For the step, the gradient of each such parameter is replaced by grad - wd c (after a GradScaler has unscaled
+    it), ``torch.optim.SGD`` adds wd p, and the original gradient is put back: ``p.grad`` is left as it was.
     """
 
     @torch.no_grad()
@@ -54,13 +54,19 @@ class CenteredSGD(torch.optim.SGD):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        saved: list[tuple[torch.Tensor, torch.Tensor]] = []
         for group in self.param_groups:
             shift = group["weight_decay"] * group.get("decay_center", 0.0)
             if shift:
                 for p in group["params"]:
                     if p.grad is not None:
-                        p.grad.sub_(shift)
-        super().step()
+                        saved.append((p, p.grad))
+                        p.grad = p.grad - shift
+        try:
+            super().step()
+        finally:
+            for p, grad in saved:
+                p.grad = grad
         return loss
 
 
