@@ -1,5 +1,7 @@
 """The model zoo: every registered model builds, runs forward and backward, and has the paper's parameter count."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -56,10 +58,12 @@ def test_preact_backbone_count(depth: int, count: int) -> None:
 
 
 def test_preact_resnet1001_count() -> None:
-    """10.33M parameters in all; the paper's 10.2M is its convolution + FC weights (10.19M), BN affine excluded."""
+    """10.33M parameters in all; the paper's 10.2M is its convolution + FC weights (10.18M), BN affine excluded."""
     model = create_model("preact_resnet1001")
     assert n_params(model) == 10_328_122
-    assert round(n_weight_params(model) / 1e6, 1) == 10.2
+    assert n_weight_params(model) == 10_178_490 and round(n_weight_params(model) / 1e6, 1) == 10.2
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert "pre-act ResNet-1001 10.33M in all, 10.18M (10,178,490) without BatchNorm's affine parameters" in readme
 
 
 @pytest.mark.parametrize("depth", [20, 32, 44, 56, 110, 164, 1001])

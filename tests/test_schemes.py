@@ -6,6 +6,7 @@ the observed order is log2(err(N) / err(2N)).
 
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -201,3 +202,19 @@ def test_a_wrong_declared_order_is_refused() -> None:
         LinearMultistep("ab2", alpha=(0.0, -1.0, 1.0), beta=(-1 / 2, 3 / 2, 0.0), order=3)
     with pytest.raises(ValueError, match=r"declared order 2, but the order conditions .* order 1"):
         ButcherTableau("euler2", a=((0, 0), (1, 0)), b=(1, 0), c=(0, 1), order=2)
+
+
+def test_poly2_is_consistent_only_where_g_of_0_is_0() -> None:
+    """On u' = cos u (g(0) = 1) poly2 converges, at first order, to the solution of u' = cos u + 1, whose closed
+    form is u(T) = 2 atan(T + tan(u0 / 2)), and not to that of u' = cos u, u(T) = gd(T + gd^-1(u0)); README says so."""
+    u0 = torch.tensor([0.3], dtype=torch.float64)
+    shifted = 2 * math.atan(T + math.tan(0.3 / 2))
+    true = 2 * math.atan(math.tanh((T + math.asinh(math.tan(0.3))) / 2))  # gd(x) = 2 atan(tanh(x / 2))
+    errs = []
+    for n in (32, 64, 128, 256):
+        u = Stage("poly2", [lambda u, h=T / n: h * torch.cos(u)] * n)(u0.clone()).item()
+        errs.append(abs(u - shifted))
+        assert abs(u - true) > 0.3
+    assert all(1.8 < e0 / e1 < 2.2 for e0, e1 in itertools.pairwise(errs)), errs  # first order
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert "poly2's first order needs g(0) = 0" in readme and "u' = cos u + 1" in readme
