@@ -162,3 +162,19 @@ def test_basic_block_builder_matches_torchvision_resnet18() -> None:
 def test_zero_init_residual() -> None:
     model = create_model("resnet50", zero_init_residual=True)
     assert all(not f.bn3.weight.detach().any() for s in model.stages for f in s.blocks)
+
+
+def test_imagenet_baseline_numbers_are_labelled_v1_beside_torchvision_v1_5() -> None:
+    """The paper's 24.7 / 23.6 / 23.0 top-1 are the Caffe v1 models'; ours are v1.5, whose torchvision reference
+    weights reach 23.87 / 22.63 / 21.69 (100 - acc@1 of ``ResNet*_Weights.IMAGENET1K_V1.meta``)."""
+    import torchvision.models as tvm
+
+    import odearch.models.imagenet_resnet as mod
+
+    for depth, weights, v1 in ((50, tvm.ResNet50_Weights, "24.7"), (101, tvm.ResNet101_Weights, "23.6"),
+                               (152, tvm.ResNet152_Weights, "23.0")):  # fmt: skip
+        metrics = weights.IMAGENET1K_V1.meta["_metrics"]["ImageNet-1K"]
+        top1, top5 = 100 - metrics["acc@1"], 100 - metrics["acc@5"]
+        row = next(r for r in mod._ROWS if r[0] == f"resnet{depth}")
+        assert f"{v1} / " in row[2] and "Caffe v1" in row[2] and f"v1.5 weights: {top1:.2f} / {top5:.2f}%" in row[2]
+        assert f"| resnet{depth} |" in mod.__doc__ and f"{top1:.2f} / {top5:.2f}" in mod.__doc__

@@ -1,5 +1,7 @@
 """The model zoo: every registered model builds, runs forward and backward, and has the paper's parameter count."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -56,10 +58,12 @@ def test_preact_backbone_count(depth: int, count: int) -> None:
 
 
 def test_preact_resnet1001_count() -> None:
-    """10.33M parameters in all; the paper's 10.2M is its convolution + FC weights (10.19M), BN affine excluded."""
+    """10.33M parameters in all; the paper's 10.2M is its convolution + FC weights (10.18M), BN affine excluded."""
     model = create_model("preact_resnet1001")
     assert n_params(model) == 10_328_122
-    assert round(n_weight_params(model) / 1e6, 1) == 10.2
+    assert n_weight_params(model) == 10_178_490 and round(n_weight_params(model) / 1e6, 1) == 10.2
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert "pre-act ResNet-1001 10.33M in all, 10.18M (10,178,490) without BatchNorm's affine parameters" in readme
 
 
 @pytest.mark.parametrize("depth", [20, 32, 44, 56, 110, 164, 1001])
@@ -78,6 +82,24 @@ def test_lm_resnext_history_projection_explains_the_printed_count(name: str, pap
     without = n_params(create_model(name, history_projection=False))
     assert without - plain == 3 * 2  # k_n only
     assert count - without == 256 * 512 + 512 * 1024 + 2 * (512 + 1024)  # Q = conv1x1-BN at stages 2 and 3
+
+
+def test_lm_resnext_history_projection_reads_the_stage_input() -> None:
+    """Across a transition the LM history of u_1 is Q(u_0), u_0 the stage's input: Q never sees the previous stage's
+    u_{N-1} (two steps back from u_1), and P and Q read the same state."""
+    from odearch.models.resnext import cifar_resnext
+
+    model = cifar_resnext(2, 4, scheme="lm", depth=20, history_projection=True).eval()
+    seen: dict[str, torch.Tensor] = {}
+    for i in (1, 2):
+        stage = model.stages[i]
+        # the previous stage's post-activation runs after each of its steps: its last output is this stage's u_0
+        model.stages[i - 1].post_act.register_forward_hook(lambda m, args, out, i=i: seen.__setitem__(f"in{i}", out))
+        stage.history_shortcut.register_forward_pre_hook(lambda m, args, i=i: seen.__setitem__(f"q{i}", args[0]))
+        stage.shortcut.register_forward_pre_hook(lambda m, args, i=i: seen.__setitem__(f"p{i}", args[0]))
+    model(torch.randn(2, 3, 32, 32))
+    for i in (1, 2):
+        assert seen[f"q{i}"] is seen[f"in{i}"] and seen[f"p{i}"] is seen[f"in{i}"]
 
 
 def _evaluate_every_block(model: nn.Module) -> nn.Module:

@@ -22,3 +22,16 @@ def test_readme_starts_with_install_and_test_commands() -> None:
     assert first_block[1] == 'pip install -e ".[dev]" && python -m pytest -q'
     ci = (REPO / ".ci" / "run").read_text()
     assert "python -m pytest -q\n" in ci  # CI calls the README's test command
+
+
+def test_readme_lists_the_differences_from_the_official_code() -> None:
+    """Issue 14: each documented difference from the official code (and from the baselines' reference code) has its
+    entry, naming what to set to follow the original."""
+    text = (REPO / "README.md").read_text()
+    section = re.search(r"## Differences from the official code\n(.*?)\n## ", text, re.S)
+    assert section, "README.md lost its 'Differences from the official code' section"
+    body = " ".join(section.group(1).split())
+    for needle in ("`lm_weight_decay`", "kappa_n = 1 - k_n", "`downsample22`", "history_projection=False",
+                   "`MResNetC`", "lm_channel_mresnetc", "U(0, sigma)", "resnet110_sd", "average-pools",
+                   "SpatialZeroPadding(1, -1, 1, -1)", "v1.5", "23.87 / 22.63 / 21.69"):  # fmt: skip
+        assert needle in body, needle

@@ -6,6 +6,7 @@ the observed order is log2(err(N) / err(2N)).
 
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,3 +130,91 @@ def test_get_scheme_suggests_close_names() -> None:
 
 def test_schemes_are_hashable_data() -> None:
     assert len({EULER, HEUN, MIDPOINT, RK4, AB2, LMScheme()}) == 6
+
+
+# ------------------------------------------------------------------------------ validation from the coefficients
+def test_dahlquist_unstable_method_is_refused() -> None:
+    """alpha = (-5, 4, 1), beta = (2, 4, 0): consistent, 3rd-order by its order conditions, but rho = (xi - 1)(xi + 5)
+    has the root -5, so its parasitic solution grows like 5^n. The root condition refuses it."""
+    with pytest.raises(ValueError, match=r"not zero-stable, the root condition fails: rho has the root -5"):
+        LinearMultistep("dahlquist", alpha=(-5, 4, 1), beta=(2, 4, 0))
+
+
+def test_multiple_root_on_the_unit_circle_is_refused() -> None:
+    # rho = (xi - 1)(xi + 1)^2, sigma(1) = rho'(1) = 4: consistent, but -1 is a double root
+    with pytest.raises(ValueError, match=r"root condition fails: rho has the multiple root -1"):
+        LinearMultistep("double_root", alpha=(-1, -1, 1, 1), beta=(0, 0, 4, 0))
+    # leapfrog: simple roots +1 and -1 on the unit circle, zero-stable (weakly), order 2
+    assert LinearMultistep("leapfrog", alpha=(-1, 0, 1), beta=(0, 2, 0)).order == 2
+
+
+def test_rho_prime_one_must_equal_sigma_one() -> None:
+    """u_{n+2} = u_{n+1} + 2 f(u_{n+1}): rho'(1) = 1, sigma(1) = 2, which would converge to u' = 2 g(u)."""
+    with pytest.raises(ValueError, match=r"consistency condition rho'\(1\) = sigma\(1\) fails"):
+        LinearMultistep("twice", alpha=(0, -1, 1), beta=(0, 2, 0))
+    with pytest.raises(ValueError, match=r"consistency condition rho\(1\) = 0 fails"):
+        LinearMultistep("drift", alpha=(0, -0.5, 1), beta=(0, 1, 0))
+
+
+@pytest.mark.parametrize(
+    ("scheme", "order"),
+    [
+        (LinearMultistep("ab1", alpha=(-1, 1), beta=(1, 0)), 1),
+        (LinearMultistep("ab3", alpha=(0, 0, -1, 1), beta=(5 / 12, -16 / 12, 23 / 12, 0)), 3),
+        (LinearMultistep("ab4", alpha=(0, 0, 0, -1, 1), beta=(-9 / 24, 37 / 24, -59 / 24, 55 / 24, 0)), 4),
+        (ButcherTableau("euler2", a=((0, 0), (1, 0)), b=(1, 0), c=(0, 1)), 1),
+        (
+            ButcherTableau(
+                "kutta3", a=((0, 0, 0), (1 / 2, 0, 0), (-1, 2, 0)), b=(1 / 6, 2 / 3, 1 / 6), c=(0, 1 / 2, 1)
+            ),
+            3,
+        ),
+        (
+            ButcherTableau(
+                "rule38",
+                a=((0, 0, 0, 0), (1 / 3, 0, 0, 0), (-1 / 3, 1, 0, 0), (1, -1, 1, 0)),
+                b=(1 / 8, 3 / 8, 3 / 8, 1 / 8),
+                c=(0, 1 / 3, 2 / 3, 1),
+            ),
+            4,
+        ),
+        # order 3 on a linear ODE (b 1 = 1, b c = 1/2, b A c = 1/6 hold), order 2 in general: b c^2 = 1/2 != 1/3
+        (
+            ButcherTableau(
+                "linear3", a=((0, 0, 0), (1, 0, 0), (1 / 3, 2 / 3, 0)), b=(1 / 2, 1 / 4, 1 / 4), c=(0, 1, 1)
+            ),
+            2,
+        ),
+        (EULER, 1),
+        (HEUN, 2),
+        (MIDPOINT, 2),
+        (RK4, 4),
+        (AB2, 2),
+    ],
+    ids=lambda x: getattr(x, "name", str(x)),
+)
+def test_order_is_computed_from_the_coefficients(scheme, order: int) -> None:
+    assert scheme.order == order
+
+
+def test_a_wrong_declared_order_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"declared order 3, but the order conditions .* order 2"):
+        LinearMultistep("ab2", alpha=(0.0, -1.0, 1.0), beta=(-1 / 2, 3 / 2, 0.0), order=3)
+    with pytest.raises(ValueError, match=r"declared order 2, but the order conditions .* order 1"):
+        ButcherTableau("euler2", a=((0, 0), (1, 0)), b=(1, 0), c=(0, 1), order=2)
+
+
+def test_poly2_is_consistent_only_where_g_of_0_is_0() -> None:
+    """On u' = cos u (g(0) = 1) poly2 converges, at first order, to the solution of u' = cos u + 1, whose closed
+    form is u(T) = 2 atan(T + tan(u0 / 2)), and not to that of u' = cos u, u(T) = gd(T + gd^-1(u0)); README says so."""
+    u0 = torch.tensor([0.3], dtype=torch.float64)
+    shifted = 2 * math.atan(T + math.tan(0.3 / 2))
+    true = 2 * math.atan(math.tanh((T + math.asinh(math.tan(0.3))) / 2))  # gd(x) = 2 atan(tanh(x / 2))
+    errs = []
+    for n in (32, 64, 128, 256):
+        u = Stage("poly2", [lambda u, h=T / n: h * torch.cos(u)] * n)(u0.clone()).item()
+        errs.append(abs(u - shifted))
+        assert abs(u - true) > 0.3
+    assert all(1.8 < e0 / e1 < 2.2 for e0, e1 in itertools.pairwise(errs)), errs  # first order
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert "poly2's first order needs g(0) = 0" in readme and "u' = cos u + 1" in readme

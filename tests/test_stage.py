@@ -35,14 +35,18 @@ def test_lm_first_step_without_transition_is_euler_with_history_u0() -> None:
     assert torch.allclose(stage(u0), 0.75 * u1 + 0.25 * u0 + f1(u1), atol=1e-15)
 
 
-def test_history_shortcut_projects_incoming_history() -> None:
+def test_history_shortcut_projects_the_one_step_back_state() -> None:
+    """u_2 = (1 - k) u_1 + k Q(u_0) + f_1(u_1): the history of u_1 is u_0 (projected by Q instead of P), not the
+    previous stage's u_{N-1}, which would be two steps back (issue 14, item 1)."""
     p, q = (lambda u: 2.0 * u), (lambda u: -3.0 * u)
     f0, f1 = _f(0.3), _f(0.1)
     stage = Stage(LMScheme(fixed_k=-0.5), [f0, f1], shortcut=p, history_shortcut=q)
     u0, u_prev = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
     u1 = p(u0) + f0(u0)
-    out, _ = stage.forward_with_history(u0, u_prev)
-    assert torch.allclose(out, 1.5 * u1 - 0.5 * q(u_prev) + f1(u1), atol=1e-15)
+    expected = 1.5 * u1 - 0.5 * q(u0) + f1(u1)
+    for given in (u_prev, None):
+        out, _ = stage.forward_with_history(u0, given)
+        assert torch.allclose(out, expected, atol=1e-15)
 
 
 def test_post_activation_follows_each_update() -> None:
@@ -148,3 +152,17 @@ def test_lm_network_gradients_match_the_formula_in_channels_last() -> None:
         u_prev, u = u, (1 - k[m - 1]) * u + k[m - 1] * u_prev + blocks[m](u)
     (g,) = torch.autograd.grad(u.square().sum(), k)
     assert torch.allclose(ours, g, rtol=1e-10)
+
+
+def test_per_channel_init_is_ours_or_the_official_mresnetc() -> None:
+    """``lm_channel``: k ~ U[-0.1, 0] per channel (odearch's choice); ``lm_channel_mresnetc``: the official MResNetC,
+    whose coefficient of u_n, 1 - k, is drawn from U[-0.1, 0], so k ~ U[1.0, 1.1] (issue 14, item 4)."""
+    torch.manual_seed(0)
+    ours = Stage("lm_channel", [PreActBasicBlock(16, 16) for _ in range(3)], channels=16)
+    assert ours.lm_k.shape == (2, 16) and (ours.lm_k >= -0.1).all() and (ours.lm_k <= 0).all()
+    official = Stage("lm_channel_mresnetc", [PreActBasicBlock(16, 16) for _ in range(3)], channels=16)
+    assert official.lm_k.shape == (2, 16) and (official.lm_k >= 1.0).all() and (official.lm_k <= 1.1).all()
+    assert official.lm_k.std() > 0.01  # a draw, not a constant
+    model = odearch.create_model("preact_resnet20", scheme="lm_channel_mresnetc")
+    ks = torch.cat([s.lm_k.flatten() for s in model.stages])
+    assert ks.numel() == 2 * (16 + 32 + 64) and ks.min() >= 1.0 and ks.max() <= 1.1

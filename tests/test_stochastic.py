@@ -401,3 +401,17 @@ def test_sd_and_noise_train_under_bf16_autocast() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(torch.randn(2, 3, 32, 32))
         assert torch.isfinite(out.float()).all()
+
+
+def test_shake_shortcut_second_path_shifts_right_down() -> None:
+    """Gastaldi's second shortcut path is SpatialZeroPadding(1, -1, 1, -1): shift(u)[i, j] = u[i - 1, j - 1], zero at
+    i = 0 or j = 0, then a 1x1 pool of stride 2 (issue 14, item 6d: it used to shift up-left)."""
+    from odearch.nn.shake import ShakeShortcut
+
+    torch.manual_seed(0)
+    sc = ShakeShortcut(4, 8, stride=2).eval()
+    u = torch.randn(2, 4, 6, 6).abs()  # >= 0: the shortcut's ReLU leaves it unchanged
+    shifted = torch.zeros_like(u)
+    shifted[:, :, 1:, 1:] = u[:, :, :-1, :-1]
+    expected = torch.cat((sc.conv1(u[:, :, ::2, ::2]), sc.conv2(shifted[:, :, ::2, ::2])), dim=1)
+    assert torch.allclose(sc(u), sc.bn(expected), atol=1e-6)

@@ -194,7 +194,8 @@ def to_lm(
         model: a torchvision or timm ``ResNet``, or an odearch model of forward Euler Stages.
         k_init: the initial k_n: a constant (default 0, so the output is unchanged until k_n is trained) or a range
             (low, high) to draw from, e.g. the paper's (-0.1, 0.0).
-        per_channel: one k_n per channel instead of one per step (the official code's ``MResNetC``).
+        per_channel: one k_n per channel instead of one per step, drawn from ``k_init`` (the official ``MResNetC``
+            draws k_n ~ U[1.0, 1.1]: ``k_init=odearch.schemes.lm.MRESNETC_K_INIT``).
         inplace: replace the stages of ``model`` itself instead of returning a new model that shares its modules.
 
     Returns:

@@ -17,7 +17,9 @@ channels) at the transitions, as the CIFAR experiments of He et al. use; head gl
 
 Stochastic depth (Huang et al. 2016, whose CIFAR backbone this is): ``resnet110_sd`` is their ResNet-110 with
 p_L = 0.5 (CIFAR-10 error 5.25%, the paper's stochastic-depth baseline row); ``resnet56_sd`` uses p_L = 0.8 to pair
-with ``lm_resnet56_sd``. Every model takes ``p_last=``, ``drop_mode=``, ``noise_sigma=``.
+with ``lm_resnet56_sd``. Every model takes ``p_last=``, ``drop_mode=``, ``noise_sigma=``. One difference from
+Huang et al.'s code: their option-A shortcut down-samples by average pooling, ours by sub-sampling (u[:, :, ::2, ::2],
+as He et al.'s option A); both are parameter-free, so the counts agree, but the two ``resnet110_sd`` functions differ.
 """
 
 from __future__ import annotations

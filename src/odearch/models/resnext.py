@@ -5,12 +5,16 @@ conv3x3(3, 64)-BN-ReLU; 3 stages of 3 blocks, outputs 256 / 512 / 1024, strides 
 cardinality x base width (x2 per stage); projection shortcuts P = conv1x1-BN at each stage's first block; head
 global average pool-FC.
 
-LM twin: u_{n+1} = ReLU((1 - k_n) u_n + k_n u_{n-1} + f_n(u_n)). With ``history_projection=True`` (the default of
-``lm_resnext29_*``) the LM history crosses the stage-2 and stage-3 transitions through its own projection
-Q = conv1x1-BN, u_prev := Q(u_{N-1}) instead of P(u_N): the commented-out ``downsample22`` / ``downsample32`` of the
-official code. Those two projections add 0.66M parameters, which is what the paper's printed LM-ResNeXt counts
-(35.1M / 68.8M against 34.4M / 68.1M) leave over after the k_n; ``history_projection=False`` gives the twin with
-only the k_n added.
+LM twin: u_{n+1} = ReLU((1 - k_n) u_n + k_n u_{n-1} + f_n(u_n)). At the stage-2 and stage-3 transitions,
+u_1 = ReLU(P(u_0) + f_0(u_0)) and the history of u_1 is its one-step-back state u_0, projected to the new shape:
+u_2 = ReLU((1 - k) u_1 + k H(u_0) + f_1(u_1)). With ``history_projection=False`` H = P, the shortcut's projection,
+which is the official code's forward pass. With ``history_projection=True`` (the default of ``lm_resnext29_*``)
+H = Q, a conv1x1-BN of its own. The official code declares such projections, ``downsample22`` / ``downsample32``,
+in commented-out lines (``last_residual = self.downsample22(last_residual)``); even uncommented they would not
+change its forward pass, since ``last_residual = residual`` (P(u_0)) follows unconditionally. Their 0.66M parameters
+are what the paper's printed LM-ResNeXt counts (35.1M / 68.8M against 34.4M / 68.1M) leave over after the k_n, so
+Q reproduces the printed counts while the history stays one step back (Q(u_0), not the two-steps-back Q(u_{-1}) of
+odearch before issue 14).
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ def cifar_resnext(
         scheme: the integrator.
         num_classes: classifier size.
         depth: 9n + 2 (29 for the paper's rows).
-        history_projection: LM only: project u_{N-1} across the stage-2/3 transitions with its own conv1x1-BN.
+        history_projection: LM only: the history across the stage-2/3 transitions is Q(u_0), Q a conv1x1-BN of its
+            own, instead of P(u_0).
         p_last: stochastic depth: survival probability of the last block, linear decay from 1 over all blocks
             (None or 1: off).
         drop_mode: stochastic depth per mini-batch (``"batch"``) or per sample (``"sample"``).

@@ -18,7 +18,10 @@ Two granularities:
 - per sample (``"sample"``; timm's ``DropPath``): a (B, 1, ..., 1) Bernoulli mask; every block is evaluated.
 
 Noise injection adds sigma sqrt(dt) xi_n, xi_n ~ N(0, I), to a step: the Euler-Maruyama step of
-dX = f(X) dt + sigma dB with dt = 1 per residual block (:func:`add_noise`).
+dX = f(X) dt + sigma dB with dt = 1 per residual block (:func:`add_noise`). It is zero-mean, so the mean of the
+training network is the evaluation network. This differs from the official LM-ResNet code, whose noise is uniform,
+U(0, sigma), added after the later blocks only: its mean sigma / 2 shifts the training network away from the
+evaluation one (which adds nothing).
 
 The :class:`~odearch.nn.Stage` uses these helpers as options of every scheme; :func:`drop_path` and
 :class:`DropPath` are the stand-alone function + module pair.

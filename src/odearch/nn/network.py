@@ -12,8 +12,8 @@ from .stage import Stage
 class ResidualNetwork(nn.Module):
     """x -> stem -> Stage_1 -> ... -> Stage_S -> head -> logits.
 
-    The LM history u_{N-1} of each stage is handed to the next, which uses it only through its
-    ``history_shortcut`` (LM-ResNeXt); every other stage restarts its history at its transition.
+    Each stage restarts the LM history at its transition from its own input u_0 (P(u_0), or Q(u_0) with a
+    ``history_shortcut``); the u_{N-1} handed along by ``forward_with_history`` is not read.
 
     Args:
         stem: the layers before the first stage.

@@ -108,8 +108,10 @@ class ShakeShortcut(nn.Module):
     """P(u) = BN(cat(conv1x1(avgpool_s(ReLU(u))), conv1x1(avgpool_s(shift(ReLU(u)))))), each path out / 2 channels.
 
     The transition shortcut of Gastaldi's shake-shake networks: a 1x1 "average pool" of stride s samples one pixel
-    grid, the second path samples the grid shifted by one pixel (the input moved up-left, zero-padded), so the two
-    halves together see every pixel of a stride-2 down-sampling.
+    grid, the second path samples the grid shifted by one pixel: as ``shakeshake.lua``'s
+    ``SpatialZeroPadding(1, -1, 1, -1)``, the input moves one pixel right and down (a zero row and column enter at
+    the top and left, the last row and column drop out), shift(u)[i, j] = u[i - 1, j - 1]. With s = 2 the second
+    path reads the odd rows and columns 1, 3, ..., H - 3 after a zero one, the first the even ones.
     """
 
     def __init__(self, in_planes: int, out_planes: int, stride: int = 1) -> None:
@@ -125,5 +127,5 @@ class ShakeShortcut(nn.Module):
         u = F.relu(u)
         s = self.stride
         y1 = self.conv1(F.avg_pool2d(u, 1, s))
-        y2 = self.conv2(F.avg_pool2d(F.pad(u[:, :, 1:, 1:], (0, 1, 0, 1)), 1, s))
+        y2 = self.conv2(F.avg_pool2d(F.pad(u[:, :, :-1, :-1], (1, 0, 1, 0)), 1, s))  # shifted right-down
         return self.bn(torch.cat((y1, y2), dim=1))

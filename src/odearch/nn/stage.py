@@ -22,9 +22,9 @@ Update of each scheme family (paper Table 1; f absorbs the step):
 First step and transitions (the paper's official code, ``MResNet``): multistep schemes have no history at step 0,
 so step 0 is a one-step starter (forward Euler for LM, which sets u_{-1} := u_0; the scheme's ``starter`` tableau
 for a general multistep method). A down-sampling stage (``shortcut`` P given: a stride or width change) begins with
-a plain residual step for every scheme, u_1 = P(u_0) + f_0(u_0), and the LM history is reset to the projected input,
-u_prev := P(u_0) (or, with a ``history_shortcut`` Q and an incoming history, u_prev := Q(u_{-1})). Hence ``lm_k``
-holds one coefficient for each of the steps 1..N-1 of a stage.
+a plain residual step for every scheme, u_1 = P(u_0) + f_0(u_0), and the LM history of u_1 is its one-step-back
+state u_0, projected to the new shape: u_prev := P(u_0) (or, with a ``history_shortcut`` Q, u_prev := Q(u_0), the
+same state through its own projection). Hence ``lm_k`` holds one coefficient for each of the steps 1..N-1 of a stage.
 
 An optional ``post_act`` sigma turns every step into u_{n+1} = sigma(update), the post-activation ResNet of He et
 al. (2015), whose ReLU follows the addition.
@@ -155,7 +155,8 @@ class Stage(nn.Module):
         fns: one entry per step: a residual function, or a tuple of them (one per inner stage of a Runge-Kutta
             step; the pair (F, G) of a RevNet step).
         shortcut: P of a down-sampling stage; when given, step 0 is the plain step u_1 = P(u_0) + f_0(u_0).
-        history_shortcut: Q, projecting an incoming u_{-1} across a transition (LM-ResNeXt); needs ``shortcut``.
+        history_shortcut: Q, a projection of its own for the LM history across a transition, u_prev := Q(u_0)
+            instead of P(u_0) (LM-ResNeXt); needs ``shortcut``.
         post_act: sigma applied after every step (post-activation ResNet); None for pre-activation networks.
         channels: number of channels of the state, needed for a per-channel LM coefficient.
         survival: stochastic depth: the survival probability p_n in (0, 1] of each step (None or all 1: off);
@@ -270,7 +271,9 @@ class Stage(nn.Module):
     def forward_with_history(self, u: Tensor, u_prev: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Integrate u_0 -> u_N and also return the LM history u_{N-1} (None for other schemes).
 
-        ``u_prev`` is the previous stage's u_{-1}; it is used only through ``history_shortcut`` at a transition.
+        ``u_prev``, the previous stage's u_{N-1}, is not read: the history of a transition's u_1 is u_0 (through P or
+        ``history_shortcut``), so a stage never needs an older state. It is accepted so that callers can chain
+        ``forward_with_history`` over stages.
         """
         fns = self.step_fns
         gates: list[StepGate] | None = None  # per step: None, or the stochastic-depth factor eta_n / p_n
@@ -287,10 +290,7 @@ class Stage(nn.Module):
             p = self.shortcut(u)
             r = None if _dropped(g) else fns[0](u)  # dropped: u_1 = P(u_0)
             u_new = self._end(p if r is None else _axpy(p, 1.0, r, g), noisy)
-            if self.history_shortcut is not None and u_prev is not None:
-                history = self.history_shortcut(u_prev)
-            else:
-                history = p
+            history = p if self.history_shortcut is None else self.history_shortcut(u)  # u_0, one step back
             u, first = u_new, 1
             if isinstance(scheme, LinearMultistep):
                 f_hist = [_scaled(r, g)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 
-from .lm import LMScheme
+from .lm import MRESNETC_K_INIT, LMScheme
 from .multistep import AB2, LinearMultistep
 from .poly import PolyScheme
 from .rev import RevScheme
@@ -23,7 +23,9 @@ SCHEMES: dict[str, Scheme] = {
     "rk4": RK4,
     "ab2": AB2,  # Adams-Bashforth 2
     "lm": LMScheme(),  # LM-ResNet: u_{n+1} = (1 - k_n) u_n + k_n u_{n-1} + f_n(u_n)
-    "lm_channel": LMScheme(name="lm_channel", per_channel=True),
+    "lm_channel": LMScheme(name="lm_channel", per_channel=True),  # one k per channel, k ~ U[-0.1, 0]
+    # the official MResNetC's per-channel initialisation, k ~ U[1.0, 1.1] (see odearch.schemes.lm)
+    "lm_channel_mresnetc": LMScheme(name="lm_channel_mresnetc", k_init=MRESNETC_K_INIT, per_channel=True),
     "poly2": PolyScheme(),  # PolyNet: u + F(u) + F(F(u))
     "rev": RevScheme(),  # RevNet: coupled forward Euler
 }

@@ -6,11 +6,22 @@ with one learnable k_n per block (or per channel). As a linear multistep method 
 beta = (0, 1, 0): rho(xi) = xi^2 - (1 - k_n) xi - k_n, sigma(xi) = xi, so rho'(1) = 1 + k_n and the scheme is a
 consistent discretisation of (1 + k_n) u' = g(u) when f_n = h g. Zero-stable for -1 < k_n <= 1 (roots 1, -k_n).
 k_n = 0 is forward Euler (ResNet).
+
+Per-channel coefficients (``per_channel=True``, one k_n per channel of the state) come in two registered forms:
+
+- ``lm_channel``: k_n^c ~ U[-0.1, 0], the per-block initialisation of LM-ResNet applied to each channel (odearch's
+  choice; zero-stable at initialisation, roots 1 and -k_n^c);
+- ``lm_channel_mresnetc``: the initialisation of the official code's per-channel ``MResNetC``, which draws the
+  coefficient of u_n, 1 - k_n^c, from U[-0.1, 0]: k_n^c ~ U[1.0, 1.1], on (k = 1) or beyond (k > 1, root -k_n^c
+  outside the unit circle) the zero-stability boundary at initialisation. Provided to reproduce that code.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+MRESNETC_K_INIT = (1.0, 1.1)
+"""k_n^c ~ U[1.0, 1.1]: the official ``MResNetC`` draws the coefficient of u_n, 1 - k_n^c, from U[-0.1, 0]."""
 
 
 @dataclass(frozen=True)
@@ -21,7 +32,8 @@ class LMScheme:
         name: registry name.
         k_init: k_n is initialised from U[k_init[0], k_init[1]]; the paper's U[-0.1, 0] (its code stores
             1 - k_n ~ U[1.0, 1.1], the same thing).
-        per_channel: one k per channel instead of one scalar per block (the official code's ``MResNetC``).
+        per_channel: one k per channel instead of one scalar per block (the official ``MResNetC`` has one, but
+            initialised differently: see the module docstring, ``lm_channel`` against ``lm_channel_mresnetc``).
         fixed_k: if set, k_n is this constant and not learnable (for ODE experiments).
     """
 

@@ -7,6 +7,10 @@ Backward Euler u_{n+1} = u_n + F(u_{n+1}) for a linear F gives u_{n+1} = (I - F)
     u_{n+1} = u_n + F(u_n) + F(F(u_n))
 
 one residual function F applied twice (shared weights).
+
+As an ODE scheme with F = h g it is consistent with u' = g(u) only where g(0) = 0: F(F(u)) = h g(h g(u)) =
+h g(0) + O(h^2), so the increment is h (g(u) + g(0)) + O(h^2) and the scheme converges, at first order, to the
+solution of u' = g(u) + g(0) (on u' = cos u, to that of u' = cos u + 1). On a linear u' = A u it is first order.
 """
 
 from __future__ import annotations

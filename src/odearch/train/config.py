@@ -5,7 +5,8 @@ Every field is both a YAML key and a flag (``weight_decay`` <-> ``--weight-decay
 Recipe defaults are the paper's (SGD, momentum 0.9, no Nesterov, batch 128, lr 0.1 divided by 10 at epochs 80 and
 120, 160 epochs, weight decay 1e-4 on CIFAR-10; 300 epochs with steps at 150 and 225 on CIFAR-100; on ImageNet 90
 epochs with steps at 30, 60 and 80, 1000 classes, ``odearch.data.IMAGENET_RECIPE``). Fields left None that depend on
-the data set (``epochs``, ``milestones``, ``num_classes``) are resolved in ``__post_init__``.
+the data set (``epochs``, ``milestones``, ``num_classes``) are resolved in ``__post_init__``. The LM coefficients are
+decayed as in the official code (``lm_weight_decay: kappa``, kappa = 1 - k; see :mod:`odearch.train.optim`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class TrainConfig:
     momentum: float = _f(0.9, "SGD momentum")
     nesterov: bool = _f(False, "Nesterov momentum (the paper's code: off)")
     weight_decay: float = _f(1e-4, "L2 weight decay (paper: 1e-4; 5e-4 for LM-ResNeXt)")
+    lm_weight_decay: str = _f("kappa", "weight decay on the LM coefficients k_n: kappa (the official code: decay "
+                                       "kappa = 1 - k, pulling k toward 1), k (toward 0; runs made before this "
+                                       "option), none", choices=("kappa", "k", "none"))  # fmt: skip
     batch_size: int = _f(128, "GLOBAL batch size (split over ranks when distributed)")
     epochs: int | None = _f(None, "epochs (default: 160 on cifar10, 300 on cifar100, 90 on imagenet)")
     milestones: tuple[int, ...] | None = _f(None, "step schedule: epochs where lr *= gamma (default: 80 120 / 150 225 "
@@ -246,4 +250,6 @@ def config_hash(cfg: TrainConfig) -> str:
     volatile = {"out", "data_dir", "download", "max_minutes", "log_every", "tensorboard", "device", "compile",
                 "workers"}  # fmt: skip
     d = {k: v for k, v in cfg.to_dict().items() if k not in volatile}
+    if d.get("lm_weight_decay") == "k":  # the only behaviour before the option existed: keep those runs' hashes
+        del d["lm_weight_decay"]
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -64,6 +64,7 @@ from .distributed import (
     world_size_from_env,
 )
 from .imagenet import imagenet_loaders
+from .optim import build_optimizer
 from .provenance import provenance
 from .rundir import RunDir, default_out
 
@@ -413,8 +414,8 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
     """The body of :func:`fit` once the model and the data are in place."""
     if env.enabled and cfg.sync_bn:
         raw = convert_sync_batchnorm(raw, device)
-    optimizer = torch.optim.SGD(raw.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                weight_decay=cfg.weight_decay)  # fmt: skip
+    optimizer = build_optimizer(raw, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                                weight_decay=cfg.weight_decay, lm_weight_decay=cfg.lm_weight_decay)  # fmt: skip
     amp_dtype = _amp_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     prog, rng = _Progress(), None
@@ -534,6 +535,7 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
         "resume_with": f"odearch train --resume {run.root}" if stopped else None,
         "command": command or "odearch.train.fit (Python API)",
         "model": cfg.model, "dataset": cfg.dataset, "num_classes": cfg.num_classes, "model_kwargs": cfg.model_kwargs,
+        "weight_decay": cfg.weight_decay, "lm_weight_decay": cfg.lm_weight_decay,
         "params": n_params, "seed": cfg.seed, "epochs": cfg.epochs, "epochs_done": prog.epoch, "step": prog.step,
         "final_test_acc": last.get("test_acc"),
         "final_test_error_pct": None if last.get("test_acc") is None else 100 * (1 - last["test_acc"]),

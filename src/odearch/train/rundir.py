@@ -110,7 +110,10 @@ class RunDir:
             raise ConfigError(f"{self.root} is not an odearch run (no config.yaml)")
         from .config import load_yaml
 
-        return TrainConfig.from_dict(load_yaml(self.config), source=str(self.config))
+        values = load_yaml(self.config)
+        # Written before the option existed: k_n was decayed like every weight (odearch.train.optim).
+        values.setdefault("lm_weight_decay", "k")
+        return TrainConfig.from_dict(values, source=str(self.config))
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         """Appends one epoch's metrics as a JSON line."""
