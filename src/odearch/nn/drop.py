@@ -81,6 +81,16 @@ def batch_gate(p: float) -> float:
     return 1.0 / p if float(torch.rand(())) < p else 0.0
 
 
+def batch_gate_tensor(x: Tensor, p: float) -> Tensor:
+    """One per-batch draw as a 0-d tensor eta / p, eta ~ Bernoulli(p), on ``x``'s device and dtype.
+
+    The graph-friendly twin of :func:`batch_gate` (used under torch.compile, torch.export and tracing): the block
+    is always evaluated and multiplied by the gate, so one graph serves every draw, with no ``.item()`` and no
+    recompilation. Same distribution, different random stream (the device RNG, not the CPU global generator).
+    """
+    return x.new_empty(()).bernoulli_(p).div_(p)
+
+
 def sample_gate(x: Tensor, p: float) -> Tensor:
     """Per-sample eta / p, eta ~ Bernoulli(p), shaped (B, 1, ..., 1) like ``x``'s batch, on its device and dtype."""
     shape = (x.shape[0],) + (1,) * (x.dim() - 1)

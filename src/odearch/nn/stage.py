@@ -60,9 +60,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..schemes import ButcherTableau, LinearMultistep, LMScheme, PolyScheme, RevScheme, Scheme, get_scheme
-from .drop import Gate, add_noise, batch_gate, check_drop_mode, check_survival, sample_gate
+from .drop import Gate, add_noise, batch_gate, batch_gate_tensor, check_drop_mode, check_survival, sample_gate
 
 ResidualFn = Callable[[Tensor], Tensor]
 StepFns = ResidualFn | tuple[ResidualFn, ...]
@@ -84,6 +85,11 @@ def _axpy(u: Tensor, coef: float, v: Tensor, gate: Gate = None) -> Tensor:
 def _dropped(gate: Gate) -> bool:
     """True for a block dropped by a per-batch draw: its residual function is not evaluated."""
     return type(gate) is float and gate == 0.0
+
+
+def _tracing() -> bool:
+    """True under torch.compile / torch.export, torch.fx.symbolic_trace or torch.jit.trace: no Python-level draw."""
+    return torch.compiler.is_compiling() or is_fx_symbolic_tracing() or torch.jit.is_tracing()
 
 
 def _gate(gates: list[StepGate] | None, n: int) -> Any:
@@ -247,6 +253,7 @@ class Stage(nn.Module):
         if scheme.per_channel and channels is None:
             raise ValueError("a per-channel LM coefficient needs channels= (the state's channel count)")
         shape = (n_steps, channels) if scheme.per_channel else (n_steps,)
+        self._lm_per_channel = scheme.per_channel  # decided here, not from lm_k's rank: fx traces no tensor branch
         if scheme.fixed_k is not None:
             self.register_buffer("lm_k", torch.full(shape, float(scheme.fixed_k)))
         else:
@@ -326,8 +333,10 @@ class Stage(nn.Module):
         """This forward pass's stochastic-depth factors, one per step (None for a step with p_n = 1)."""
         if self.survival is None:
             return None
-        if self.drop_mode == "batch":  # CPU draws from the global RNG: no device sync, ranks stay in step
-            draw: Callable[[float], Gate] = batch_gate
+        if self.drop_mode == "batch" and not _tracing():  # CPU draws from the global RNG: no device sync, ranks
+            draw: Callable[[float], Gate] = batch_gate  # stay in step; a dropped block is skipped
+        elif self.drop_mode == "batch":  # compile / trace / export: a 0-d tensor gate, one graph for every draw
+            draw = partial(batch_gate_tensor, u)
         else:
             draw = partial(sample_gate, u)
         gates: list[StepGate] = [None if p == 1.0 else draw(p) for p in self.survival]
@@ -361,11 +370,10 @@ class Stage(nn.Module):
         return out
 
     def _lm_coefficient(self, m: int, u: Tensor) -> Tensor:
-        """k of LM step m (1-based within the stage), shaped to broadcast against u: a scalar or (C, 1, ..., 1)."""
+        """k of LM step m (1-based within the stage), shaped to broadcast against u: a scalar, or (C, 1, 1) for a
+        per-channel coefficient of a (B, C, H, W) state."""
         k = self.lm_k[m - 1].to(u.dtype)  # autocast leaves lerp alone: match the state's dtype
-        if k.dim() == 1:
-            k = k.view(-1, *([1] * (u.dim() - 2)))
-        return k
+        return k.view(-1, 1, 1) if self._lm_per_channel else k
 
     def _run_lm(
         self,
