@@ -106,7 +106,7 @@ class ImageNetResNet(TimmInterface, nn.Module):
         u = self._stem(x)
         u_prev = None
         for stage in self.stages:
-            u, u_prev = stage.forward_with_history(u, u_prev)
+            u, u_prev = stage(u, u_prev, return_history=True)
         return u
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:

@@ -61,7 +61,7 @@ class TimmInterface:
         """The state after each stage, [u^(1), ..., u^(S)], each (B, C_s, H_s, W_s)."""
         u, u_prev, outs = self._stem(x), None, []  # type: ignore[attr-defined]
         for stage in self.stages:  # type: ignore[attr-defined]
-            u, u_prev = stage.forward_with_history(u, u_prev)
+            u, u_prev = stage(u, u_prev, return_history=True)
             outs.append(u)
         return outs
 
@@ -114,16 +114,20 @@ class TimmInterface:
     # ---------------------------------------------------------------------------------------------- data config
     @property
     def pretrained_cfg(self) -> dict[str, Any]:
-        """timm's data configuration: input_size, mean, std, interpolation, crop_pct, num_classes, ..."""
-        names = [n for n, m in self.named_modules() if isinstance(m, nn.Conv2d)]  # type: ignore[attr-defined]
-        cfg = data_cfg(
-            self.data_kind, self.num_classes, self.in_chans, first_conv=names[0], classifier=self._classifier_name()
-        )
-        return {**cfg, **self.__dict__.get("_cfg_overrides", {})}
+        """timm's data configuration: input_size, mean, std, interpolation, crop_pct, num_classes, ... (derived
+        from the model as it is now, e.g. after ``reset_classifier``, plus the keys set through this property)."""
+        return {**self._derived_cfg(), **self.__dict__.get("_cfg_overrides", {})}
 
     @pretrained_cfg.setter
     def pretrained_cfg(self, cfg: dict[str, Any]) -> None:
-        self.__dict__["_cfg_overrides"] = dict(cfg)
+        derived = self._derived_cfg()  # keep only what differs, so derived keys follow later model changes
+        self.__dict__["_cfg_overrides"] = {k: v for k, v in cfg.items() if k not in derived or derived[k] != v}
+
+    def _derived_cfg(self) -> dict[str, Any]:
+        names = [n for n, m in self.named_modules() if isinstance(m, nn.Conv2d)]  # type: ignore[attr-defined]
+        return data_cfg(
+            self.data_kind, self.num_classes, self.in_chans, first_conv=names[0], classifier=self._classifier_name()
+        )
 
     @property
     def default_cfg(self) -> dict[str, Any]:
@@ -176,7 +180,7 @@ class ResidualNetwork(TimmInterface, nn.Module):
         """The state after the last stage, (B, C, H, W)."""
         u, u_prev = self.stem(x), None
         for stage in self.stages:
-            u, u_prev = stage.forward_with_history(u, u_prev)
+            u, u_prev = stage(u, u_prev, return_history=True)
         return u
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:

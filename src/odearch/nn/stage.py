@@ -270,9 +270,16 @@ class Stage(nn.Module):
         return len(self.step_fns)
 
     # ----------------------------------------------------------------------------------------------------- forward
-    def forward(self, u: Tensor) -> Tensor:
-        """Integrate u_0 -> u_N. u: the state, (B, C, H, W) in a network, any shape for plain callables."""
-        return self.forward_with_history(u)[0]
+    def forward(
+        self, u: Tensor, u_prev: Tensor | None = None, return_history: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor | None]:
+        """Integrate u_0 -> u_N. u: the state, (B, C, H, W) in a network, any shape for plain callables.
+
+        ``return_history=True`` returns :meth:`forward_with_history`'s pair; networks call the stage this way (the
+        module's ``__call__``, so hooks and fx / torchvision feature extraction see each stage as a module).
+        """
+        out = self.forward_with_history(u, u_prev)
+        return out if return_history else out[0]
 
     def forward_with_history(self, u: Tensor, u_prev: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Integrate u_0 -> u_N and also return the LM history u_{N-1} (None for other schemes).
@@ -293,11 +300,11 @@ class Stage(nn.Module):
             g = _gate(gates, 0)
             p = self.shortcut(u)
             r = None if _dropped(g) else fns[0](u)  # dropped: u_1 = P(u_0)
-            u_new = self._end(p if r is None else _axpy(p, 1.0, r, g), noisy)
             if self.history_shortcut is not None and u_prev is not None:
                 history = self.history_shortcut(u_prev)
             else:
                 history = p
+            u_new = self._end(p if r is None else _axpy(p, 1.0, r, g), noisy)  # last: a traced stage ends on u
             u, first = u_new, 1
             if isinstance(scheme, LinearMultistep):
                 f_hist = [_scaled(r, g)]
