@@ -158,6 +158,7 @@ def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_timm_registration_and_data_config() -> None:
     timm = pytest.importorskip("timm", reason="timm is optional (not a dependency of odearch)")
+    from odearch import data
     from odearch.timm_models import register_timm
 
     names = register_timm()
@@ -167,12 +168,33 @@ def test_timm_registration_and_data_config() -> None:
     )  # fmt: skip  (train.py's arguments)
     assert model(_x(32)).shape == (2, 100) and model.stages[-1].survival[-1] == pytest.approx(0.9)
     cfg = timm.data.resolve_data_config({}, model=model)
-    assert cfg["input_size"] == (3, 32, 32) and cfg["mean"] == odearch.data.CIFAR100_MEAN
-    assert timm.models.get_pretrained_cfg("odearch_resnet20").mean == odearch.data.CIFAR10_MEAN
+    assert cfg["input_size"] == (3, 32, 32) and cfg["mean"] == data.CIFAR100_MEAN
+    assert timm.models.get_pretrained_cfg("odearch_resnet20").mean == data.CIFAR10_MEAN
     feats = timm.create_model("odearch_lm_resnet50", features_only=True, out_indices=(3,))
     assert feats.feature_info.channels() == [2048]
     with pytest.raises(ValueError, match="drop_rate"):
         timm.create_model("odearch_resnet20", drop_rate=0.5)
+
+
+def test_timm_scripts_and_import_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m odearch.timm_models SCRIPT ARGS`` registers, then runs SCRIPT (timm's train.py) with ARGS; and
+    ``import timm, odearch`` registers by itself."""
+    pytest.importorskip("timm", reason="timm is optional (not a dependency of odearch)")
+    import subprocess
+    import sys
+
+    from odearch.timm_models import main
+
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import sys, timm\nm = timm.create_model(sys.argv[2], num_classes=3)\nprint('built', sys.argv[2], m.num_classes)\n"
+    )
+    main([str(script), "--model", "odearch_lm_resnet20"])
+    assert "built odearch_lm_resnet20 3" in capsys.readouterr().out
+    code = "import timm, odearch; print(len(timm.list_models('odearch_*')) == len(odearch.list_models()))"
+    env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.stdout.strip() == "True", out.stderr
 
 
 # -------------------------------------------------------------------------------------- fx, compile, jit.trace
