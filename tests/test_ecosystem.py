@@ -187,7 +187,8 @@ def test_timm_scripts_and_import_order(tmp_path: Path, capsys: pytest.CaptureFix
 
     script = tmp_path / "train.py"
     script.write_text(
-        "import sys, timm\nm = timm.create_model(sys.argv[2], num_classes=3)\nprint('built', sys.argv[2], m.num_classes)\n"
+        "import sys, timm\nm = timm.create_model(sys.argv[2], num_classes=3)\n"
+        "print('built', sys.argv[2], m.num_classes)\n"
     )
     main([str(script), "--model", "odearch_lm_resnet20"])
     assert "built odearch_lm_resnet20 3" in capsys.readouterr().out
