@@ -14,7 +14,8 @@ Two granularities:
 
 - per batch (``"batch"``; Huang et al. and the official LM-ResNet code): one Bernoulli draw per block and
   mini-batch, on the CPU with the global torch RNG (no device sync, and identical seeds keep data-parallel ranks in
-  step); a dropped block is not evaluated at all, which is where the training speed-up comes from.
+  step); a dropped block is not evaluated at all, which is where the training speed-up comes from. Under
+  torch.compile / export / tracing the draw is a device tensor (:func:`batch_gate_tensor`) and every block runs.
 - per sample (``"sample"``; timm's ``DropPath``): a (B, 1, ..., 1) Bernoulli mask; every block is evaluated.
 
 Noise injection adds sigma sqrt(dt) xi_n, xi_n ~ N(0, I), to a step: the Euler-Maruyama step of

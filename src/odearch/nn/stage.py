@@ -33,7 +33,9 @@ Stochastic training (options; in evaluation, and with no option set, the updates
 
 - Stochastic depth, ``survival=(p_0, ..., p_{N-1})`` (see :mod:`odearch.nn.drop`): in training, step n's residual
   term is multiplied by eta_n / p_n, eta_n ~ Bernoulli(p_n), one draw per mini-batch (``drop_mode="batch"``, the
-  dropped block is not evaluated) or per sample (``"sample"``). Evaluation runs the mean, the update unscaled. For
+  dropped block is not evaluated; under torch.compile, export and fx / jit tracing the draw is a 0-d tensor gate
+  instead, every block evaluated and scaled, so one graph serves every draw) or per sample (``"sample"``).
+  Evaluation runs the mean, the update unscaled. For
   every family the whole increment of the step goes with one draw: u_{n+1} = u_n + (eta_n / p_n) sum_i b_i k_i for
   a Runge-Kutta step (also rk2 / rk4 / FractalNet), u_n + (eta_n / p_n)(F(u_n) + F(F(u_n))) for PolyNet. A RevNet
   step drops F and G independently, both with the step's p_n: X_{n+1} = X_n + (eta_n / p_n) F(Y_n),
