@@ -300,7 +300,10 @@ def load_akamaster(path: str, model: str | None = None) -> tuple[nn.Module, dict
 
     from .models import create_model
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # not a torch file, or one holding more than tensors and numbers
+        raise ValueError(f"{path}: not a readable torch checkpoint ({' '.join(str(error).split())[:120]})") from error
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
         raise ValueError(f"{path}: expected a state dict, or a dict with a 'state_dict' key")
