@@ -214,6 +214,20 @@ def test_fx_symbolic_trace_and_create_feature_extractor(family: str) -> None:
         torch.testing.assert_close(out[name], ref)
 
 
+@pytest.mark.parametrize("family", ["lm_resnet20", "rev_resnet20", "lm_resnext", "lm_imagenet"])
+def test_torch_export_matches_eager(family: str) -> None:
+    build, size = FAMILIES[family]
+    model = build().eval()
+    x = _x(size)
+    torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), model(x))
+
+
+def test_exported_training_graph_draws_stochastic_depth() -> None:
+    model = odearch.create_model("lm_resnet56_sd").train()
+    graph = torch.export.export(model, (_x(32),)).graph
+    assert sum("bernoulli" in str(n.target) for n in graph.nodes) == 26
+
+
 def test_traced_training_graph_draws_stochastic_depth() -> None:
     """fx in training mode records the per-batch draw (a bernoulli node), instead of baking one draw in."""
     model = odearch.create_model("lm_resnet56_sd")
