@@ -8,6 +8,8 @@
 Layers, arrows pointing down only: ``schemes`` (data) -> ``nn`` (Stage, blocks) -> ``models`` (registry).
 """
 
+import sys
+
 from . import schemes
 from .convert import from_lm, to_lm
 from .models import create_model, list_models, list_pretrained, register_model
@@ -15,6 +17,11 @@ from .nn import Stage, lm_coefficients
 from .schemes import SCHEMES, ButcherTableau, LinearMultistep, get_scheme
 
 __version__ = "0.1.0"
+
+if "timm" in sys.modules:  # timm imported first: odearch's models appear in its registry as odearch_<name>
+    from .timm_models import register_timm
+
+    register_timm()
 
 __all__ = [
     "SCHEMES",

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand."""
     parser = _Parser(prog="odearch", description="LM-ResNet and friends: train, evaluate, list and analyze models.",
                      allow_abbrev=False)  # fmt: skip
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"odearch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model (YAML config, then flags)", allow_abbrev=False)
@@ -110,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("models", help="registered models with parameter counts", allow_abbrev=False)
     ls.add_argument("--markdown", action="store_true", help="a Markdown table (for the README)")
     ls.add_argument("--pattern", help="shell-style filter, e.g. 'lm_*'")
+
+    c = sub.add_parser("convert", help="convert a checkpoint of another code base to odearch safetensors",
+                       allow_abbrev=False)  # fmt: skip
+    c.add_argument("source", choices=("akamaster",), help="its layout: akamaster = pytorch_resnet_cifar10 .th files")
+    c.add_argument("input", help="the checkpoint, e.g. resnet20-12fca82f.th")
+    c.add_argument("output", help="the .safetensors file to write (odearch eval can read it)")
+    c.add_argument("--model", help="odearch model name (default: from the checkpoint's depth, e.g. resnet20)")
+    c.add_argument("--dataset", choices=("cifar10", "cifar100"), help="default: from the number of classes")
 
     from .analysis.command import add_analyze_arguments
 
@@ -269,6 +280,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------- convert
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import load_akamaster
+    from .train.checkpoint import save_weights
+
+    model, info = load_akamaster(args.input, args.model)
+    dataset = args.dataset or ("cifar100" if info["num_classes"] == 100 else "cifar10")
+    meta = {"model": info["model"], "num_classes": info["num_classes"], "dataset": dataset, "scheme": None,
+            "model_kwargs": {}, "format": "odearch/1", "converted_from": f"akamaster:{Path(args.input).name}",
+            **({"best_prec1": info["best_prec1"]} if "best_prec1" in info else {})}  # fmt: skip
+    save_weights(args.output, model, meta)
+    print(f"{args.input} -> {args.output}: {info['model']} ({info['num_classes']} classes"
+          + (f", their best_prec1 {info['best_prec1']:.2f}%" if "best_prec1" in info else "") + ")")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------------- models
 def model_table(pattern: str | None = None) -> list[dict[str, Any]]:
     """Name, parameter count (with the entry's own classifier: 10 classes for CIFAR models, 1000 for ImageNet
@@ -336,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_train(args, argv)
         if args.command == "eval":
             return _cmd_eval(args)
+        if args.command == "convert":
+            return _cmd_convert(args)
         if args.command == "analyze":
             from .analysis.command import run_analyze
 

@@ -31,7 +31,7 @@ from .nn import Stage
 from .nn.compat import use_torchvision_names
 from .schemes import ButcherTableau, LMScheme, Scheme
 
-__all__ = ["TimmBranch", "TorchvisionBranch", "from_lm", "to_lm"]
+__all__ = ["TimmBranch", "TorchvisionBranch", "akamaster_state_dict", "from_lm", "load_akamaster", "to_lm"]
 
 LAYER_NAMES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -248,3 +248,76 @@ def _replace(
     for (parent, attr, _), stage in zip(slots, stages):
         setattr(parent, attr, stage)
     return model if inplace else root
+
+
+# ------------------------------------------------------------------------------------------------------ akamaster
+AKAMASTER_MODELS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202")
+
+
+def akamaster_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename the keys of an akamaster ``pytorch_resnet_cifar10`` ResNet (https://github.com/akamaster/
+    pytorch_resnet_cifar10) to odearch's ``resnet20`` .. ``resnet1202`` (same network: post-activation basic blocks,
+    option-A zero-padding shortcuts without parameters, so only names change):
+
+    ``conv1`` -> ``stem.0``, ``bn1`` -> ``stem.1``, ``layer<i>.<j>.*`` -> ``stages.<i-1>.blocks.<j>.*``,
+    ``linear`` -> ``head.2``; a ``module.`` prefix (their DataParallel checkpoints) is dropped.
+
+    Raises:
+        ValueError: a key that is not part of that layout (e.g. option-B shortcut parameters).
+    """
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        k = key.removeprefix("module.")
+        head, _, rest = k.partition(".")
+        if head == "conv1":
+            new = f"stem.0.{rest}"
+        elif head == "bn1":
+            new = f"stem.1.{rest}"
+        elif head == "linear":
+            new = f"head.2.{rest}"
+        elif head in ("layer1", "layer2", "layer3") and rest.split(".", 1)[0].isdigit():
+            block, _, param = rest.partition(".")
+            if param.split(".", 1)[0] not in ("conv1", "bn1", "conv2", "bn2"):
+                raise ValueError(f"{key!r}: not an akamaster option-A ResNet key (only conv1/bn1/conv2/bn2 in blocks)")
+            new = f"stages.{int(head[-1]) - 1}.blocks.{block}.{param}"
+        else:
+            raise ValueError(f"{key!r}: not an akamaster CIFAR ResNet key")
+        out[new] = value
+    return out
+
+
+def load_akamaster(path: str, model: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """An odearch ResNet holding the weights of an akamaster ``.th`` checkpoint (a dict with ``state_dict`` and
+    ``best_prec1``, or a bare state dict), read with ``torch.load(weights_only=True)``.
+
+    Args:
+        path: the ``.th`` file, e.g. ``resnet20-12fca82f.th``.
+        model: the odearch name (``resnet20`` ...); default: found from the number of blocks.
+
+    Returns:
+        (the model in eval mode, info: ``model``, ``num_classes``, ``best_prec1`` when the file has it).
+    """
+    import torch
+
+    from .models import create_model
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # not a torch file, or one holding more than tensors and numbers
+        raise ValueError(f"{path}: not a readable torch checkpoint ({' '.join(str(error).split())[:120]})") from error
+    sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: expected a state dict, or a dict with a 'state_dict' key")
+    tensors = akamaster_state_dict(sd)
+    blocks = {k.split(".")[3] for k in tensors if k.startswith("stages.0.blocks.")}
+    depth = 6 * len(blocks) + 2
+    name = model or f"resnet{depth}"
+    if name not in AKAMASTER_MODELS:
+        raise ValueError(f"{path}: {depth} layers; akamaster ResNets are {', '.join(AKAMASTER_MODELS)}, got {name!r}")
+    num_classes = tensors["head.2.weight"].shape[0]
+    net = create_model(name, num_classes=num_classes)
+    net.load_state_dict(tensors, strict=True)
+    info: dict[str, Any] = {"model": name, "num_classes": num_classes}
+    if isinstance(ckpt, dict) and "best_prec1" in ckpt:
+        info["best_prec1"] = float(ckpt["best_prec1"])
+    return net.eval(), info

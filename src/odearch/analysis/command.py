@@ -110,6 +110,9 @@ def load_source(path: Path) -> RunSource:
     checkpoint, run_dir = resolve_checkpoint(path)
     k_by_stage = read_lm_k(checkpoint)
     metrics = read_metrics(run_dir / "metrics.jsonl") if run_dir else None
+    initial = read_initial_k(run_dir / INITIAL_K_FILE) if run_dir else None
+    if metrics is not None and initial is not None:
+        metrics = [initial, *metrics]  # k_n before the first epoch: epoch 0 of k over epochs
     model = read_model_name(run_dir / "config.yaml") if run_dir else None
     name = run_dir.name if run_dir else checkpoint.stem
     return RunSource(name, checkpoint, run_dir, k_by_stage, metrics, model)
@@ -158,6 +161,23 @@ def read_lm_k(checkpoint: Path, suffix: str = ".lm_k") -> dict[str, KValues]:
             raise AnalyzeError(f"{checkpoint}: {key} has shape {tuple(array.shape)}, expected (n,) or (n, C)")
         out[key[: -len(suffix)]] = array.astype(float).tolist()
     return out
+
+
+INITIAL_K_FILE = "lm_k_init.json"  # written by odearch.train.loop.write_initial_k (kept in step by a test)
+
+
+def read_initial_k(path: Path) -> dict | None:
+    """The ``{"epoch": 0, "lm_k": ...}`` record of k_n before training, or None if the run has none (runs of
+    older versions)."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise AnalyzeError(f"{path}: not JSON ({error.msg})") from error
+    if not isinstance(record, dict) or not isinstance(record.get("lm_k"), dict):
+        raise AnalyzeError(f"{path}: expected an object with an 'lm_k' mapping")
+    return {"epoch": 0, "lm_k": record["lm_k"]}
 
 
 def read_metrics(path: Path) -> list[dict] | None:

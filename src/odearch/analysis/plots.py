@@ -3,7 +3,8 @@
 * :func:`plot_k_vs_depth`: k_n against the global block index, stages separated by vertical lines, several runs
   overlaid; per-channel k is drawn as the channel mean with a min-max band.
 * :func:`plot_k_over_epochs`: k_n during training, one panel per stage, from the ``lm_k`` entries of a run's
-  ``metrics.jsonl``. One run: a line per LM block, coloured by depth. Several runs: per run the stage mean over
+  ``metrics.jsonl``, epoch 0 (before training) from ``lm_k_init.json`` when the run has it; a point per
+  epoch, integer epoch ticks. One run: a line per LM block, coloured by depth. Several runs: per run the stage mean over
   blocks with a min-max band, so that the panels stay readable.
 
 Reference lines: k = 0 (ResNet, forward Euler) and k = -1 (the zero-stability limit: double root xi = 1).
@@ -21,6 +22,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .lm_table import KValues, lm_table, stage_starts
 
@@ -134,6 +136,7 @@ def plot_k_over_epochs(runs: Mapping[str, Sequence[Mapping]], path: str | Path, 
         raise ValueError("plot_k_over_epochs: no runs")
     histories = {run: k_history(metrics) for run, metrics in runs.items()}
     stages = list(dict.fromkeys(stage for _, h in histories.values() for stage in h))
+    has_initial = any((epochs == 0).any() for epochs, _ in histories.values())
     fig = Figure(figsize=(4.2 * len(stages), 3.6))
     axes = fig.subplots(1, len(stages), sharey=True, squeeze=False)
     for ax, stage in zip(axes[0], stages, strict=True):
@@ -144,7 +147,8 @@ def plot_k_over_epochs(runs: Mapping[str, Sequence[Mapping]], path: str | Path, 
                 _stage_band(ax, epochs, history.get(stage), color, run)
         _reference_lines(ax)
         ax.set_title(stage, fontsize=9)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch (0: before training)" if has_initial else "epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     axes[0][0].set_ylabel("k_n")
@@ -164,12 +168,12 @@ def _per_block_lines(ax: Axes, epochs: np.ndarray, history: dict[str, np.ndarray
     cmap = colormaps["viridis"]
     for b in range(blocks):
         label = f"block {b + 1}" if b in (0, blocks - 1) else None
-        ax.plot(epochs, k[:, b], color=cmap(b / max(blocks - 1, 1)), lw=1.1, label=label)
+        ax.plot(epochs, k[:, b], color=cmap(b / max(blocks - 1, 1)), lw=1.1, marker="o", ms=3, label=label)
 
 
 def _stage_band(ax: Axes, epochs: np.ndarray, k: np.ndarray | None, color: object, run: str) -> None:
     """The mean over a stage's blocks, with the min-max band over blocks."""
     if k is None or k.shape[1] == 0:
         return
-    ax.plot(epochs, k.mean(axis=1), color=color, lw=1.4, label=f"{run} (mean)")
+    ax.plot(epochs, k.mean(axis=1), color=color, lw=1.4, marker="o", ms=3, label=f"{run} (mean)")
     ax.fill_between(epochs, k.min(axis=1), k.max(axis=1), color=color, alpha=0.2, lw=0)

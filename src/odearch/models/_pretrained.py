@@ -114,5 +114,6 @@ def load_pretrained(model: nn.Module, name: str, num_classes: int | None = None)
         for k, v in tensors.items():
             if k not in drop:
                 own[k].copy_(v)
-    model.pretrained_cfg = {"name": full, **entry}  # type: ignore[assignment]
+    # the registry entry joins the model's data config; num_classes stays the model's own (a new head may differ)
+    model.pretrained_cfg = {"name": full, **{k: v for k, v in entry.items() if k != "num_classes"}}  # type: ignore
     return model

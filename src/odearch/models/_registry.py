@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import torch
 from torch import nn
 
 ModelFn = Callable[..., nn.Module]
@@ -43,27 +46,114 @@ def model_entrypoint(name: str) -> ModelFn:
         raise ValueError(f"unknown model {name!r}; {hint}") from None
 
 
-def create_model(name: str, num_classes: int | None = None, pretrained: bool = False, **kwargs: object) -> nn.Module:
-    """Build a registered model. Keyword arguments that are None are dropped, so an unset CLI flag never
-    overrides a model's default (timm's rule); the others win over the entry's own arguments.
+def create_model(
+    name: str,
+    pretrained: bool = False,
+    num_classes: int | None = None,
+    *,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    in_chans: int | None = None,
+    drop_path_rate: float | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered model (timm's ``create_model`` options). Keyword arguments that are None are dropped, so
+    an unset CLI flag never overrides a model's default (timm's rule); the others win over the entry's own arguments.
 
     Args:
         name: a name from :func:`list_models`, e.g. ``"lm_resnet56"``, optionally with a weights tag after a dot
             (``"lm_resnet20.cifar10_s0"``, see ``odearch.list_pretrained()``).
-        num_classes: size of the classifier (10 for CIFAR-10, 100 for CIFAR-100); None keeps the entry's default
-            (10 for the CIFAR families, 1000 for the ImageNet ones), or the weights' with `pretrained`.
         pretrained: load the weights shipped in the package (sha256-checked); a model without any raises
             ``ValueError`` listing those that have them.
-        **kwargs: constructor options, e.g. ``scheme="rk2"``.
+        num_classes: size of the classifier (10 for CIFAR-10, 100 for CIFAR-100); None keeps the entry's default
+            (10 for the CIFAR families, 1000 for the ImageNet ones), or the weights' with `pretrained`; 0 removes it:
+            the model returns its pooled features (B, num_features).
+        features_only: return the stage outputs (a list) instead of logits, with ``model.feature_info``.
+        out_indices: with ``features_only``, which stages (default all).
+        in_chans: input channels (default 3); the first convolution is rebuilt for them, its weights adapted as
+            timm does (summed over the RGB channels for 1, tiled and scaled by 3 / in_chans otherwise).
+        drop_path_rate: timm's name for stochastic depth: the drop probability of the last block,
+            p_last = 1 - drop_path_rate, decaying linearly from 0 at the first block (timm's rule, and the
+            paper's). Giving ``p_last`` too is refused unless the two agree.
+        **kwargs: constructor options, e.g. ``scheme="rk2"``, ``p_last=0.8``, ``drop_mode="sample"``.
     """
-    fn = model_entrypoint(name.partition(".")[0])
+    base_name = name.partition(".")[0]
+    fn = model_entrypoint(base_name)
+    if drop_path_rate is not None:
+        if not 0.0 <= float(drop_path_rate) < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1) (p_last = 1 - drop_path_rate), got {drop_path_rate}")
+        p_last = 1.0 - float(drop_path_rate)
+        if kwargs.get("p_last") is not None and not math.isclose(float(kwargs["p_last"]), p_last):
+            raise ValueError(
+                f"drop_path_rate={drop_path_rate} means p_last={p_last:g}, but p_last={kwargs['p_last']} was given: "
+                "give one of them"
+            )
+        kwargs["p_last"] = p_last
+    if out_indices is not None and not features_only:
+        raise ValueError("out_indices selects the stages of features_only=True: set features_only=True")
+    pooled = num_classes == 0  # build the entry's classifier (and weights), then remove it, as timm does
     if pretrained:
-        from ._pretrained import load_pretrained, pretrained_entry
+        model = _create_pretrained(fn, name, None if pooled else num_classes, kwargs)
+    else:
+        kwargs = {k: v for k, v in {"num_classes": None if pooled else num_classes, **kwargs}.items() if v is not None}
+        model = fn(**kwargs)
+    if pooled:
+        model.reset_classifier(0)  # type: ignore[operator]
+    if in_chans is not None and in_chans != 3:
+        adapt_input_conv(model, in_chans)
+    if hasattr(model, "pretrained_cfg"):
+        model.pretrained_cfg = {**model.pretrained_cfg, "architecture": base_name}
+    if features_only:
+        if not hasattr(model, "set_features_only"):
+            raise ValueError(f"{name!r} has no stages to return as features")
+        model.set_features_only(out_indices)  # type: ignore[operator]
+    return model
 
-        entry = pretrained_entry(name)[1]  # before building: a name without weights fails fast
-        base = {"scheme": entry.get("scheme"), **entry.get("model_kwargs", {})}
-        classes = entry["num_classes"] if num_classes is None else num_classes
-        kwargs = {k: v for k, v in {**base, "num_classes": classes, **kwargs}.items() if v is not None}
-        return load_pretrained(fn(**kwargs), name, num_classes)
-    kwargs = {k: v for k, v in {"num_classes": num_classes, **kwargs}.items() if v is not None}
-    return fn(**kwargs)
+
+def _create_pretrained(fn: ModelFn, name: str, num_classes: int | None, kwargs: dict[str, Any]) -> nn.Module:
+    """The model of the shipped weights `name` (their scheme and options unless `kwargs` say otherwise), loaded;
+    a `num_classes` other than the weights' keeps a fresh classifier."""
+    from ._pretrained import load_pretrained, pretrained_entry
+
+    entry = pretrained_entry(name)[1]  # before building: a name without weights fails fast
+    base = {"scheme": entry.get("scheme"), **entry.get("model_kwargs", {})}
+    classes = entry["num_classes"] if num_classes is None else num_classes
+    kwargs = {k: v for k, v in {**base, "num_classes": classes, **kwargs}.items() if v is not None}
+    return load_pretrained(fn(**kwargs), name, num_classes)
+
+
+def adapt_input_conv(model: nn.Module, in_chans: int) -> None:
+    """Rebuild the first convolution of ``model`` for ``in_chans`` input channels (timm's ``adapt_input_conv``):
+    w' = sum_c w_c for one channel; for more, the RGB filters tiled over the channels and scaled by 3 / in_chans,
+    so that an input with every channel equal to a grey image gives the same response as before."""
+    if in_chans < 1:
+        raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+    name, conv = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    if conv.groups != 1:
+        raise ValueError("the first convolution is grouped: in_chans cannot be adapted")
+    w = conv.weight.detach()
+    if in_chans == 1:
+        new_w = w.sum(dim=1, keepdim=True)
+    else:
+        reps = -(-in_chans // w.shape[1])
+        new_w = w.repeat(1, reps, 1, 1)[:, :in_chans] * (w.shape[1] / in_chans)
+    new = nn.Conv2d(
+        in_chans,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        1,  # type: ignore[arg-type]
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        device=w.device,
+        dtype=w.dtype,
+    )
+    with torch.no_grad():
+        new.weight.copy_(new_w)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)  # type: ignore[union-attr]
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)

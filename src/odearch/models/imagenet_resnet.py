@@ -49,8 +49,9 @@ from torch import Tensor, nn
 
 from ..nn import BasicBlock, Projection, ResNeXtBottleneck, Stage, init_weights
 from ..nn.compat import use_torchvision_names
+from ..nn.network import TimmInterface
 from ..schemes import RevScheme, Scheme, get_scheme
-from ._builders import make_stage
+from ._builders import make_stage, stochastic_options
 from ._registry import register_model
 
 __all__ = ["ImageNetResNet", "imagenet_resnet"]
@@ -58,14 +59,19 @@ __all__ = ["ImageNetResNet", "imagenet_resnet"]
 LAYER_NAMES = ("layer1", "layer2", "layer3", "layer4")
 
 
-class ImageNetResNet(nn.Module):
+class ImageNetResNet(TimmInterface, nn.Module):
     """x -> conv1-bn1-relu-maxpool -> layer1..layer4 (Stages) -> avgpool-fc, under torchvision's attribute names.
 
     Args:
         layers: the four stages.
         num_classes: classifier size.
         stem_width: channels of the 7x7 stem convolution.
+
+    timm's interface (:class:`~odearch.nn.network.TimmInterface`): ``num_classes=0`` gives pooled features,
+    ``reset_classifier``, ``feature_info`` (layer1..layer4), ``pretrained_cfg`` (ImageNet statistics, 224 x 224).
     """
+
+    data_kind = "imagenet"
 
     def __init__(self, layers: Sequence[Stage], num_classes: int = 1000, stem_width: int = 64) -> None:
         super().__init__()
@@ -79,23 +85,48 @@ class ImageNetResNet(nn.Module):
             self.add_module(name, use_torchvision_names(layer))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(_out_channels(layers[-1]), num_classes)
+        self._check_classifier()
 
     @property
     def stages(self) -> list[Stage]:
         """layer1..layer4, as ``ResidualNetwork.stages``."""
         return [getattr(self, name) for name in LAYER_NAMES]
 
+    def _stem(self, x: Tensor) -> Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def _stage_names(self) -> list[str]:
+        return list(LAYER_NAMES)
+
+    def _get_classifier_slot(self) -> nn.Module:
+        return self.fc
+
+    def _set_classifier_slot(self, fc: nn.Module) -> None:
+        self.fc = fc
+
+    def _remove_head(self) -> None:
+        self.fc = nn.Identity()
+
     def forward_features(self, x: Tensor) -> Tensor:
         """The state after layer4, (B, C, H / 32, W / 32)."""
-        u = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        u = self._stem(x)
         u_prev = None
         for stage in self.stages:
-            u, u_prev = stage.forward_with_history(u, u_prev)
+            u, u_prev = stage(u, u_prev, return_history=True)
         return u
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits (B, num_classes) for images x (B, 3, H, W)."""
-        return self.fc(self.avgpool(self.forward_features(x)).flatten(1))
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pool and classify layer4's state; with ``pre_logits`` the pooled features (B, num_features)."""
+        x = self.avgpool(x).flatten(1)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        """Logits (B, num_classes) for images x (B, 3, H, W); pooled features with ``num_classes=0``; in
+        features-only mode the list of the selected stage outputs."""
+        if self._feature_indices is not None:
+            outs = self.stage_outputs(x)
+            return [outs[i] for i in self._feature_indices]
+        return self.forward_head(self.forward_features(x))
 
 
 def _out_channels(stage: Stage) -> int:
@@ -117,6 +148,9 @@ def imagenet_resnet(
     scheme: str | Scheme = "euler",
     num_classes: int = 1000,
     zero_init_residual: bool = False,
+    p_last: float | None = None,
+    drop_mode: str = "batch",
+    noise_sigma: float | None = None,
 ) -> ImageNetResNet:
     """An ImageNet ResNet / ResNeXt (torchvision v1.5 layout) whose stages integrate with ``scheme``.
 
@@ -130,14 +164,19 @@ def imagenet_resnet(
         num_classes: classifier size.
         zero_init_residual: zero the last BN weight of every residual function, so each step starts as the
             identity (Goyal et al. 2017; torchvision's option of the same name, off by default there too).
+        p_last: stochastic depth: survival probability of the last block, linear decay from 1 over all blocks
+            (None or 1: off); a dropped block is u_{n+1} = ReLU(u_n).
+        drop_mode: stochastic depth per mini-batch (``"batch"``) or per sample (``"sample"``).
+        noise_sigma: noise injection after every block in training, before its ReLU (None: off).
     """
     if isinstance(get_scheme(scheme), RevScheme):
         raise ValueError("the rev scheme is not defined on the post-activation ImageNet ResNet")
     if not bottleneck and (groups != 1 or width_per_group != 64):
         raise ValueError("BasicBlock only supports groups=1 and width_per_group=64")
     expansion = 4 if bottleneck else 1
+    stochastic = stochastic_options(layers, p_last, drop_mode, noise_sigma)
     in_planes, stages = 64, []
-    for planes, stride, n in zip((64, 128, 256, 512), (1, 2, 2, 2), layers):
+    for planes, stride, n, opts in zip((64, 128, 256, 512), (1, 2, 2, 2), layers, stochastic):
         out_planes = planes * expansion
         if bottleneck:
             width = int(planes * (width_per_group / 64.0)) * groups
@@ -145,7 +184,18 @@ def imagenet_resnet(
         else:
             width, block = planes, BasicBlock
         stages.append(
-            make_stage(scheme, block, in_planes, width, out_planes, n, stride, shortcut=Projection, post_act=nn.ReLU())
+            make_stage(
+                scheme,
+                block,
+                in_planes,
+                width,
+                out_planes,
+                n,
+                stride,
+                shortcut=Projection,
+                post_act=nn.ReLU(),
+                **opts,  # type: ignore[arg-type]
+            )
         )
         in_planes = out_planes
     model = ImageNetResNet(stages, num_classes=num_classes)

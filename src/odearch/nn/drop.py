@@ -14,7 +14,8 @@ Two granularities:
 
 - per batch (``"batch"``; Huang et al. and the official LM-ResNet code): one Bernoulli draw per block and
   mini-batch, on the CPU with the global torch RNG (no device sync, and identical seeds keep data-parallel ranks in
-  step); a dropped block is not evaluated at all, which is where the training speed-up comes from.
+  step); a dropped block is not evaluated at all, which is where the training speed-up comes from. Under
+  torch.compile / export / tracing the draw is a device tensor (:func:`batch_gate_tensor`) and every block runs.
 - per sample (``"sample"``; timm's ``DropPath``): a (B, 1, ..., 1) Bernoulli mask; every block is evaluated.
 
 Noise injection adds sigma sqrt(dt) xi_n, xi_n ~ N(0, I), to a step: the Euler-Maruyama step of
@@ -82,6 +83,16 @@ def batch_gate(p: float) -> float:
     drops the same blocks.
     """
     return 1.0 / p if float(torch.rand(())) < p else 0.0
+
+
+def batch_gate_tensor(x: Tensor, p: float) -> Tensor:
+    """One per-batch draw as a 0-d tensor eta / p, eta ~ Bernoulli(p), on ``x``'s device and dtype.
+
+    The graph-friendly twin of :func:`batch_gate` (used under torch.compile, torch.export and tracing): the block
+    is always evaluated and multiplied by the gate, so one graph serves every draw, with no ``.item()`` and no
+    recompilation. Same distribution, different random stream (the device RNG, not the CPU global generator).
+    """
+    return x.new_empty(()).bernoulli_(p).div_(p)
 
 
 def sample_gate(x: Tensor, p: float) -> Tensor:

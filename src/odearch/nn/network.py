@@ -1,15 +1,145 @@
-"""A residual network as stem -> stages (integrators) -> head."""
+"""A residual network as stem -> stages (integrators) -> head, with timm's model interface (:class:`TimmInterface`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import torch
 from torch import Tensor, nn
 
+from .cfg import FeatureInfo, data_cfg
 from .stage import Stage
 
 
-class ResidualNetwork(nn.Module):
+class TimmInterface:
+    """timm's model interface, shared by :class:`ResidualNetwork` and the ImageNet ResNet.
+
+    ``get_classifier()`` / ``reset_classifier(n)`` (n = 0: pooled features, the classifier is an ``nn.Identity``),
+    ``num_features``, ``forward_head(x, pre_logits)``, ``feature_info`` (one entry per stage output),
+    ``pretrained_cfg`` / ``default_cfg`` (input size, mean, std, ... for ``timm.data.resolve_data_config``) and
+    features-only mode (:meth:`set_features_only`: the forward returns the stage outputs). A class sets
+    ``data_kind`` (``"cifar"`` or ``"imagenet"``) and implements ``_stem``, ``stages``, ``_stage_names`` and the
+    classifier slot (``_get_classifier_slot`` / ``_set_classifier_slot``).
+    """
+
+    data_kind = "cifar"
+    num_features: int
+    _feature_indices: tuple[int, ...] | None = None
+
+    # ---------------------------------------------------------------------------------------------- classifier
+    def get_classifier(self) -> nn.Module:
+        """The final linear layer (an ``nn.Identity`` after ``reset_classifier(0)``)."""
+        return self._get_classifier_slot()  # type: ignore[attr-defined]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, freshly initialised ``nn.Linear(num_features, num_classes)``; ``num_classes=0`` removes it, so
+        the model returns its pooled features (B, num_features)."""
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        fc: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        ref = next(self.parameters())  # type: ignore[attr-defined]
+        self._set_classifier_slot(fc.to(device=ref.device, dtype=ref.dtype))  # type: ignore[attr-defined]
+
+    @property
+    def num_classes(self) -> int:
+        """Outputs of the classifier; 0 when it is removed (pooled features)."""
+        fc = self.get_classifier()
+        return fc.out_features if isinstance(fc, nn.Linear) else 0
+
+    def _check_classifier(self) -> None:
+        """Record ``num_features``; a ``Linear(C, 0)`` classifier (``num_classes=0``) becomes ``nn.Identity``."""
+        fc = self._get_classifier_slot()  # type: ignore[attr-defined]
+        if not isinstance(fc, nn.Linear):
+            raise TypeError(f"the classifier must be an nn.Linear, got {type(fc).__name__}")
+        self.num_features = fc.in_features
+        if fc.out_features == 0:
+            self._set_classifier_slot(nn.Identity())  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------------------------------------ features
+    def stage_outputs(self, x: Tensor) -> list[Tensor]:
+        """The state after each stage, [u^(1), ..., u^(S)], each (B, C_s, H_s, W_s)."""
+        u, u_prev, outs = self._stem(x), None, []  # type: ignore[attr-defined]
+        for stage in self.stages:  # type: ignore[attr-defined]
+            u, u_prev = stage(u, u_prev, return_history=True)
+            outs.append(u)
+        return outs
+
+    @property
+    def in_chans(self) -> int:
+        """Input channels: those of the first convolution."""
+        return next(m for m in self.modules() if isinstance(m, nn.Conv2d)).in_channels  # type: ignore[attr-defined]
+
+    @property
+    def feature_info(self) -> FeatureInfo:
+        """One dict per stage output (``num_chs``, ``reduction``, ``module``), found once by a forward pass of one
+        blank image in evaluation mode (no running statistic or RNG state changes); in features-only mode, those
+        of the returned features."""
+        info = self.__dict__.get("_feature_info_all")
+        if info is None:
+            info = self.__dict__["_feature_info_all"] = self._probe_features()
+        if self._feature_indices is not None:
+            return FeatureInfo(info[i] for i in self._feature_indices)
+        return FeatureInfo(info)
+
+    def _probe_features(self) -> FeatureInfo:
+        ref = next(self.parameters())  # type: ignore[attr-defined]
+        size = min(self.pretrained_cfg["input_size"][-1], 64)
+        x = torch.zeros(1, self.in_chans, size, size, device=ref.device, dtype=ref.dtype)
+        modes = [(m, m.training) for m in self.modules()]  # type: ignore[attr-defined]
+        self.eval()  # type: ignore[attr-defined]
+        try:
+            with torch.no_grad():
+                outs = self.stage_outputs(x)
+        finally:
+            for m, mode in modes:
+                m.training = mode
+        return FeatureInfo(
+            {"num_chs": o.shape[1], "reduction": size // o.shape[-1], "module": name}
+            for o, name in zip(outs, self._stage_names())  # type: ignore[attr-defined]
+        )
+
+    def set_features_only(self, out_indices: Sequence[int] | None = None) -> None:
+        """Turn the model into a feature extractor (timm's ``features_only=True``): the forward returns the list of
+        stage outputs at ``out_indices`` (default: all stages; negative indices count from the end); the
+        classifier and head are removed (their parameters leave the state dict)."""
+        n = len(self.stages)  # type: ignore[attr-defined]
+        idx = tuple(range(n)) if out_indices is None else tuple(int(i) % n for i in out_indices)
+        if out_indices is not None and any(not -n <= int(i) < n for i in out_indices):
+            raise ValueError(f"out_indices {tuple(out_indices)} out of range for {n} stages")
+        self.feature_info  # noqa: B018  (probe with the head still in place)
+        self._remove_head()  # type: ignore[attr-defined]
+        self._feature_indices = idx
+
+    # ---------------------------------------------------------------------------------------------- data config
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """timm's data configuration: input_size, mean, std, interpolation, crop_pct, num_classes, ... (derived
+        from the model as it is now, e.g. after ``reset_classifier``, plus the keys set through this property)."""
+        return {**self._derived_cfg(), **self.__dict__.get("_cfg_overrides", {})}
+
+    @pretrained_cfg.setter
+    def pretrained_cfg(self, cfg: dict[str, Any]) -> None:
+        derived = self._derived_cfg()  # keep only what differs, so derived keys follow later model changes
+        self.__dict__["_cfg_overrides"] = {k: v for k, v in cfg.items() if k not in derived or derived[k] != v}
+
+    def _derived_cfg(self) -> dict[str, Any]:
+        names = [n for n, m in self.named_modules() if isinstance(m, nn.Conv2d)]  # type: ignore[attr-defined]
+        return data_cfg(
+            self.data_kind, self.num_classes, self.in_chans, first_conv=names[0], classifier=self._classifier_name()
+        )
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """Alias of :attr:`pretrained_cfg` (timm's older name)."""
+        return self.pretrained_cfg
+
+    def _classifier_name(self) -> str:
+        fc = self._get_classifier_slot()  # type: ignore[attr-defined]
+        return next((n for n, m in self.named_modules() if m is fc), "")  # type: ignore[attr-defined]
+
+
+class ResidualNetwork(TimmInterface, nn.Module):
     """x -> stem -> Stage_1 -> ... -> Stage_S -> head -> logits.
 
     Each stage restarts the LM history at its transition from its own input u_0 (P(u_0), or Q(u_0) with a
@@ -18,24 +148,51 @@ class ResidualNetwork(nn.Module):
     Args:
         stem: the layers before the first stage.
         stages: the integrators, in order.
-        head: the layers after the last stage (pooling and classifier).
+        head: the layers after the last stage, an ``nn.Sequential`` ending with the classifier ``nn.Linear``
+            (``Linear(C, 0)``: no classifier, the forward returns pooled features).
+        data_kind: ``"cifar"`` or ``"imagenet"``: the input the network is made for (its ``pretrained_cfg``).
     """
 
-    def __init__(self, stem: nn.Module, stages: Sequence[Stage], head: nn.Module) -> None:
+    def __init__(self, stem: nn.Module, stages: Sequence[Stage], head: nn.Sequential, data_kind: str = "cifar") -> None:
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)
         self.head = head
+        self.data_kind = data_kind
+        self._check_classifier()
+
+    def _stem(self, x: Tensor) -> Tensor:
+        return self.stem(x)
+
+    def _stage_names(self) -> list[str]:
+        return [f"stages.{i}" for i in range(len(self.stages))]
+
+    def _get_classifier_slot(self) -> nn.Module:
+        return self.head[-1] if isinstance(self.head, nn.Sequential) and len(self.head) else self.head
+
+    def _set_classifier_slot(self, fc: nn.Module) -> None:
+        self.head[len(self.head) - 1] = fc
+
+    def _remove_head(self) -> None:
+        self.head = nn.Sequential(nn.Identity())
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The state after the last stage, (B, C, H, W)."""
         u, u_prev = self.stem(x), None
         for stage in self.stages:
-            u, u_prev = stage.forward_with_history(u, u_prev)
+            u, u_prev = stage(u, u_prev, return_history=True)
         return u
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits (B, num_classes) for images x (B, 3, H, W)."""
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Head on the last stage's state: logits, or with ``pre_logits`` the pooled features (B, num_features)."""
+        return self.head[:-1](x) if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        """Logits (B, num_classes) for images x (B, 3, H, W); pooled features (B, num_features) with
+        ``num_classes=0``; in features-only mode, the list of the selected stage outputs."""
+        if self._feature_indices is not None:
+            outs = self.stage_outputs(x)
+            return [outs[i] for i in self._feature_indices]
         return self.head(self.forward_features(x))
 
 

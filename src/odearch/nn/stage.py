@@ -33,7 +33,9 @@ Stochastic training (options; in evaluation, and with no option set, the updates
 
 - Stochastic depth, ``survival=(p_0, ..., p_{N-1})`` (see :mod:`odearch.nn.drop`): in training, step n's residual
   term is multiplied by eta_n / p_n, eta_n ~ Bernoulli(p_n), one draw per mini-batch (``drop_mode="batch"``, the
-  dropped block is not evaluated) or per sample (``"sample"``). Evaluation runs the mean, the update unscaled. For
+  dropped block is not evaluated; under torch.compile, export and fx / jit tracing the draw is a 0-d tensor gate
+  instead, every block evaluated and scaled, so one graph serves every draw) or per sample (``"sample"``).
+  Evaluation runs the mean, the update unscaled. For
   every family the whole increment of the step goes with one draw: u_{n+1} = u_n + (eta_n / p_n) sum_i b_i k_i for
   a Runge-Kutta step (also rk2 / rk4 / FractalNet), u_n + (eta_n / p_n)(F(u_n) + F(F(u_n))) for PolyNet. A RevNet
   step drops F and G independently, both with the step's p_n: X_{n+1} = X_n + (eta_n / p_n) F(Y_n),
@@ -60,9 +62,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..schemes import ButcherTableau, LinearMultistep, LMScheme, PolyScheme, RevScheme, Scheme, get_scheme
-from .drop import Gate, add_noise, batch_gate, check_drop_mode, check_survival, sample_gate
+from .drop import Gate, add_noise, batch_gate, batch_gate_tensor, check_drop_mode, check_survival, sample_gate
 
 ResidualFn = Callable[[Tensor], Tensor]
 StepFns = ResidualFn | tuple[ResidualFn, ...]
@@ -84,6 +87,11 @@ def _axpy(u: Tensor, coef: float, v: Tensor, gate: Gate = None) -> Tensor:
 def _dropped(gate: Gate) -> bool:
     """True for a block dropped by a per-batch draw: its residual function is not evaluated."""
     return type(gate) is float and gate == 0.0
+
+
+def _tracing() -> bool:
+    """True under torch.compile / torch.export, torch.fx.symbolic_trace or torch.jit.trace: no Python-level draw."""
+    return torch.compiler.is_compiling() or is_fx_symbolic_tracing() or torch.jit.is_tracing()
 
 
 def _gate(gates: list[StepGate] | None, n: int) -> Any:
@@ -248,6 +256,7 @@ class Stage(nn.Module):
         if scheme.per_channel and channels is None:
             raise ValueError("a per-channel LM coefficient needs channels= (the state's channel count)")
         shape = (n_steps, channels) if scheme.per_channel else (n_steps,)
+        self._lm_per_channel = scheme.per_channel  # decided here, not from lm_k's rank: fx traces no tensor branch
         if scheme.fixed_k is not None:
             self.register_buffer("lm_k", torch.full(shape, float(scheme.fixed_k)))
         else:
@@ -264,9 +273,16 @@ class Stage(nn.Module):
         return len(self.step_fns)
 
     # ----------------------------------------------------------------------------------------------------- forward
-    def forward(self, u: Tensor) -> Tensor:
-        """Integrate u_0 -> u_N. u: the state, (B, C, H, W) in a network, any shape for plain callables."""
-        return self.forward_with_history(u)[0]
+    def forward(
+        self, u: Tensor, u_prev: Tensor | None = None, return_history: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor | None]:
+        """Integrate u_0 -> u_N. u: the state, (B, C, H, W) in a network, any shape for plain callables.
+
+        ``return_history=True`` returns :meth:`forward_with_history`'s pair; networks call the stage this way (the
+        module's ``__call__``, so hooks and fx / torchvision feature extraction see each stage as a module).
+        """
+        out = self.forward_with_history(u, u_prev)
+        return out if return_history else out[0]
 
     def forward_with_history(self, u: Tensor, u_prev: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Integrate u_0 -> u_N and also return the LM history u_{N-1} (None for other schemes).
@@ -289,8 +305,8 @@ class Stage(nn.Module):
             g = _gate(gates, 0)
             p = self.shortcut(u)
             r = None if _dropped(g) else fns[0](u)  # dropped: u_1 = P(u_0)
-            u_new = self._end(p if r is None else _axpy(p, 1.0, r, g), noisy)
             history = p if self.history_shortcut is None else self.history_shortcut(u)  # u_0, one step back
+            u_new = self._end(p if r is None else _axpy(p, 1.0, r, g), noisy)  # last: a traced stage ends on u
             u, first = u_new, 1
             if isinstance(scheme, LinearMultistep):
                 f_hist = [_scaled(r, g)]
@@ -326,8 +342,10 @@ class Stage(nn.Module):
         """This forward pass's stochastic-depth factors, one per step (None for a step with p_n = 1)."""
         if self.survival is None:
             return None
-        if self.drop_mode == "batch":  # CPU draws from the global RNG: no device sync, ranks stay in step
-            draw: Callable[[float], Gate] = batch_gate
+        if self.drop_mode == "batch" and not _tracing():  # CPU draws from the global RNG: no device sync, ranks
+            draw: Callable[[float], Gate] = batch_gate  # stay in step; a dropped block is skipped
+        elif self.drop_mode == "batch":  # compile / trace / export: a 0-d tensor gate, one graph for every draw
+            draw = partial(batch_gate_tensor, u)
         else:
             draw = partial(sample_gate, u)
         gates: list[StepGate] = [None if p == 1.0 else draw(p) for p in self.survival]
@@ -361,11 +379,10 @@ class Stage(nn.Module):
         return out
 
     def _lm_coefficient(self, m: int, u: Tensor) -> Tensor:
-        """k of LM step m (1-based within the stage), shaped to broadcast against u: a scalar or (C, 1, ..., 1)."""
+        """k of LM step m (1-based within the stage), shaped to broadcast against u: a scalar, or (C, 1, 1) for a
+        per-channel coefficient of a (B, C, H, W) state."""
         k = self.lm_k[m - 1].to(u.dtype)  # autocast leaves lerp alone: match the state's dtype
-        if k.dim() == 1:
-            k = k.view(-1, *([1] * (u.dim() - 2)))
-        return k
+        return k.view(-1, 1, 1) if self._lm_per_channel else k
 
     def _run_lm(
         self,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import math
 import random
 import sys
@@ -42,6 +43,7 @@ from ..models import create_model
 from ..nn import lm_coefficients
 from .checkpoint import (
     CheckpointError,
+    atomic_write,
     capture_rng,
     load_state,
     load_weights,
@@ -434,6 +436,7 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
             run.write_config(cfg)  # records allowed changes (more epochs, another data_dir)
         else:
             run.create(cfg, overwrite)
+            write_initial_k(run.root, raw)
     barrier(env)
     if resume and prog.epoch >= cfg.epochs and prog.batch == 0:
         _log(env, f"odearch: {run.root} already finished its {cfg.epochs} epochs; nothing to do")
@@ -468,7 +471,7 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
             model, data.train, optimizer, lr_fn=lr_fn, step=prog.step, autocast=autocast,
             label_smoothing=cfg.label_smoothing, scaler=scaler, start_batch=prog.batch, sums=sums,
             should_stop=_stopper(deadline, env, device),
-            on_step=_on_step(bar, cfg.log_every, epoch, t0, env),
+            on_step=_on_step(bar, cfg.log_every, epoch, t0, env, _Eta(prog.step, len(data.train), cfg)),
         )  # fmt: skip
         totals = all_reduce_sum(torch.stack([out["loss_sum"].double(), out["correct"].double(),
                                              torch.tensor(float(out["n"]), device=device)]), env).cpu()  # fmt: skip
@@ -490,7 +493,8 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
             stopped = True
             break
         broadcast_buffers(raw, env)
-        evals = {k: evaluate(eval_model, v, autocast=autocast, env=env) for k, v in data.evals.items()}
+        evals = {k: evaluate(eval_model, _eval_progress(v, k, use_bar, env), autocast=autocast, env=env)
+                 for k, v in data.evals.items()}  # fmt: skip
         row = {"epoch": epoch + 1, "step": prog.step, "train_loss": (totals[0] / totals[2]).item(),
                "train_acc": (totals[1] / totals[2]).item()}  # fmt: skip
         for k in ("test", "val"):
@@ -519,7 +523,8 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
         _log(env, f"epoch {epoch + 1:>3}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc "
                   f"{_pct(row['train_acc'])}  " + "".join(f"{k} loss {row[f'{k}_loss']:.4f} acc "
                   f"{_pct(row[f'{k}_acc'])}  " for k in ("val", "test") if k in evals) +
-             f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {seconds:.1f}s")  # fmt: skip
+             f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {seconds:.1f}s" +
+             (f"  run ETA {_hms(seconds * (cfg.epochs - epoch - 1))}" if epoch + 1 < cfg.epochs else ""))  # fmt: skip
         if epoch + 1 < cfg.epochs and math.isfinite(deadline) and any_rank(time.monotonic() > deadline, env, device):
             stopped = True
             break
@@ -575,9 +580,34 @@ def _bar(enabled: bool, total: int, initial: int, desc: str) -> Any:
     return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True, unit="batch")
 
 
-def _on_step(bar: Any, log_every: int, epoch: int, t0: float, env: DistEnv) -> Callable[[int, dict[str, Any]], None]:
+def _hms(seconds: float) -> str:
+    """Seconds as h:mm:ss."""
+    s = max(0, round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+@dataclass
+class _Eta:
+    """Estimated time to the end of the run from this epoch's step rate: (total steps - step) / (steps / s).
+    Training steps only: each epoch's evaluation comes on top (a few % of an epoch for CIFAR)."""
+
+    first_step: int
+    steps_per_epoch: int
+    cfg: TrainConfig
+
+    def __call__(self, step: int, elapsed: float, epoch: int) -> tuple[float, float]:
+        """(seconds left in 0-based ``epoch``, seconds left in the run) at global ``step``."""
+        rate = max((step - self.first_step) / max(elapsed, 1e-9), 1e-9)
+        epoch_left = (epoch + 1) * self.steps_per_epoch - step
+        run_left = self.cfg.epochs * self.steps_per_epoch - step
+        return epoch_left / rate, run_left / rate
+
+
+def _on_step(bar: Any, log_every: int, epoch: int, t0: float, env: DistEnv,
+             eta: _Eta | None = None) -> Callable[[int, dict[str, Any]], None]:  # fmt: skip
     """Per-step hook: advances the progress bar; every `log_every` steps reads the running loss (one sync),
-    shows it, and fails fast on a non-finite loss."""
+    shows it, and fails fast on a non-finite loss. Without a bar (stdout/stderr a file or pipe: a cluster job,
+    ``nohup``) rank 0 prints the same as a line, with the time left in the epoch and in the run."""
 
     def hook(step: int, sums: dict[str, Any]) -> None:
         if bar is not None:
@@ -587,9 +617,52 @@ def _on_step(bar: Any, log_every: int, epoch: int, t0: float, env: DistEnv) -> C
             if not math.isfinite(loss):
                 raise NonFiniteLossError(f"training loss became non-finite in epoch {epoch + 1} (step {step}); "
                                          "stopped, keeping the last good checkpoint; try a lower --lr")  # fmt: skip
+            acc = sums["correct"].item() / max(1, sums["n"])
+            elapsed = time.perf_counter() - t0
+            rate = sums["n"] * env.world_size / max(1e-9, elapsed)
+            epoch_left, run_left = eta(step, elapsed, epoch) if eta is not None else (math.nan, math.nan)
             if bar is not None:
-                acc = sums["correct"].item() / max(1, sums["n"])
-                rate = sums["n"] * env.world_size / max(1e-9, time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{loss:.4f}", acc=f"{100 * acc:.2f}%", img_s=f"{rate:.0f}")
+                bar.set_postfix(loss=f"{loss:.4f}", acc=f"{100 * acc:.2f}%", img_s=f"{rate:.0f}",
+                                run_eta=_hms(run_left) if math.isfinite(run_left) else "?")  # fmt: skip
+            elif env.is_main:
+                where = f"{step - epoch * eta.steps_per_epoch}/{eta.steps_per_epoch}" if eta else f"{step}"
+                left = f"  epoch left {_hms(epoch_left)}  run ETA {_hms(run_left)}" if eta else ""
+                print(f"epoch {epoch + 1} step {where}  loss {loss:.4f} acc {100 * acc:.2f}%  {rate:.0f} img/s{left}",
+                      flush=True)  # fmt: skip
 
     return hook
+
+
+def _eval_progress(loader: Any, name: str, use_bar: bool, env: DistEnv) -> Iterable[Any]:
+    """``loader``'s batches, showing evaluation progress: a tqdm bar on a terminal, else a line when the
+    evaluation starts (rank 0)."""
+    if not env.is_main:
+        yield from loader
+        return
+    total = len(loader) if hasattr(loader, "__len__") else None
+    bar = _bar(use_bar, total or 0, 0, f"eval {name}")
+    if bar is None:
+        print(f"evaluating on {name} ({total if total is not None else '?'} batches) ...", flush=True)
+    try:
+        for batch in loader:
+            yield batch
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def write_initial_k(root: Path, model: nn.Module) -> Path | None:
+    """Write the LM coefficients before training, ``ROOT/lm_k_init.json`` = ``{"epoch": 0, "lm_k": {...}}``
+    (the ``lm_k`` of metrics.jsonl rows, at epoch 0; ``odearch analyze`` plots it as the first point of k over
+    epochs). None, and no file, for a model without LM coefficients."""
+    k = lm_coefficients(model)
+    if not k:
+        return None
+    path = Path(root) / INITIAL_K_FILE
+    atomic_write(path, (json.dumps({"epoch": 0, "lm_k": k}) + "\n").encode())
+    return path
+
+
+INITIAL_K_FILE = "lm_k_init.json"
