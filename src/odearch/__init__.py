@@ -11,7 +11,7 @@ Layers, arrows pointing down only: ``schemes`` (data) -> ``nn`` (Stage, blocks) 
 from . import schemes
 from .convert import from_lm, to_lm
 from .models import create_model, list_models, register_model
-from .nn import Stage, lm_coefficients
+from .nn import Stage, lm_coefficients, set_memory
 from .schemes import SCHEMES, ButcherTableau, LinearMultistep, get_scheme
 
 __version__ = "0.1.0"
@@ -28,5 +28,6 @@ __all__ = [
     "lm_coefficients",
     "register_model",
     "schemes",
+    "set_memory",
     "to_lm",
 ]

@@ -110,7 +110,9 @@ class RunDir:
             raise ConfigError(f"{self.root} is not an odearch run (no config.yaml)")
         from .config import load_yaml
 
-        return TrainConfig.from_dict(load_yaml(self.config), source=str(self.config))
+        values = load_yaml(self.config)
+        values.setdefault("memory", "store")  # written before the memory option: it stored every activation
+        return TrainConfig.from_dict(values, source=str(self.config))
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         """Appends one epoch's metrics as a JSON line."""
