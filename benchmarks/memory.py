@@ -76,7 +76,10 @@ def worker(config: str, memory: str, batch_size: int, steps: int, seed: int) -> 
     torch.manual_seed(seed)
     name, kwargs = MODELS[config]
     model = preact_resnet(**kwargs) if name == "preact_resnet" else odearch.create_model(name, **kwargs)
-    odearch.set_memory(model, memory)
+    if memory == "memcnn":
+        _to_memcnn(model)
+    else:
+        odearch.set_memory(model, memory)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch_size, 3, 32, 32)
@@ -113,10 +116,41 @@ def worker(config: str, memory: str, batch_size: int, steps: int, seed: int) -> 
     }
 
 
+def _to_memcnn(model: Any) -> None:
+    """memcnn's reference coupling on the same F, G: each rev step becomes
+    ``InvertibleModuleWrapper(AdditiveCoupling(F, G), keep_input=False)`` (y1 = x1 + F(x2), y2 = x2 + G(y1), the
+    input freed and rebuilt by memcnn's inverse); transition steps stay ordinary (stored), as in odearch."""
+    import memcnn
+    from torch import nn
+
+    class MemcnnStage(nn.Module):
+        def __init__(self, stage: Any) -> None:
+            super().__init__()
+            fns = stage.step_fns
+            self.shortcut = stage.shortcut
+            first = int(self.shortcut is not None)
+            self.f0 = fns[0] if first else None
+            self.revs = nn.ModuleList(
+                memcnn.InvertibleModuleWrapper(memcnn.AdditiveCoupling(Fm=f, Gm=g), keep_input=False,
+                                               keep_input_inverse=False)
+                for f, g in fns[first:]
+            )  # fmt: skip
+
+        def forward_with_history(self, u: Any, u_prev: Any = None) -> tuple[Any, None]:
+            if self.shortcut is not None:
+                u = self.shortcut(u) + self.f0(u)
+            for m in self.revs:
+                u = m(u)
+            return u, None
+
+    model.stages = nn.ModuleList(MemcnnStage(s) for s in model.stages)
+
+
 def run_fresh(config: str, memory: str, args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}  # fmt: skip
-    cmd = [sys.executable, __file__, "--worker", f"{config}:{memory}", "--batch-size", str(args.batch_size),
+    cmd = [args.python or sys.executable, "-W", "ignore", __file__, "--worker", f"{config}:{memory}",
+           "--batch-size", str(args.batch_size),
            "--steps", str(args.steps), "--seed", str(args.seed)]  # fmt: skip
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode:
@@ -162,6 +196,9 @@ def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
         if pts:
             ax_m.plot([d for d, _ in pts], [r["step_peak_mb"] for _, r in pts], style, color=color, label=label)
             ax_t.plot([d for d, _ in pts], [r["step_seconds"] for _, r in pts], style, color=color, label=label)
+    memcnn_pts = sorted((r["depth"], r["step_peak_mb"]) for r in summary if r["memory"] == "memcnn")
+    if memcnn_pts:
+        ax_m.plot(*zip(*memcnn_pts), "^:", color="C3", label="memcnn AdditiveCoupling, same F, G")
     for r in summary:
         if r["config"] == "revb164":
             marker = "x" if r["memory"] == "store" else "+"
@@ -189,16 +226,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     parser.add_argument("--plot", type=Path, default=None, help="write the memory-vs-depth PNG here")
-    parser.add_argument("--from-json", type=Path, default=None, help="only re-plot this result file")
+    parser.add_argument("--from-json", type=Path, nargs="+", default=None, help="only re-plot these result files")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--python", default=None, help="interpreter of the worker processes (memcnn: its own venv)")
     args = parser.parse_args()
     if args.worker:
         config, memory = args.worker.split(":")
         print(json.dumps(worker(config, memory, args.batch_size, args.steps, args.seed)))
         return
     if args.from_json:
-        record = json.loads(args.from_json.read_text())
-        plot(record["summary"], args.plot or Path("docs/memory_vs_depth.png"), _title(record))
+        records = [json.loads(p.read_text()) for p in args.from_json]
+        summary = summarise([r for rec in records for r in rec["runs"]])
+        plot(summary, args.plot or Path("docs/memory_vs_depth.png"), _title(records[0]))
         return
 
     import torch
