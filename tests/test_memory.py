@@ -223,3 +223,12 @@ def test_config_memory_option_and_old_run_dirs(tmp_path) -> None:
     assert legacy.memory == "store" and get_memory(build_model(legacy)) == "store"
     with pytest.raises(ValueError, match="recompute"):
         build_model(TrainConfig(model="lm_resnet20", memory="reversible"))
+
+
+def test_reversible_channels_last_with_noise() -> None:
+    """odearch train runs channels_last: the chunks, the reconstruction and the replayed noise keep that layout."""
+    ref, rev = _pair("rev_resnet20", "reversible", **STOCHASTIC["sd_noise"])
+    for m in (ref, rev):
+        m.to(memory_format=torch.channels_last)
+    x, y = _batch()
+    _assert_same_step(ref, rev, x.contiguous(memory_format=torch.channels_last), y)
