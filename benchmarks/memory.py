@@ -188,8 +188,8 @@ def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
     series = [
         ("rev", "store", "rev (basic blocks), ordinary autograd", "C0", "o-"),
         ("rev", "reversible", "rev (basic blocks), reversible", "C0", "o--"),
-        ("lm", "store", "lm_resnet, store", "C1", "s-"),
-        ("lm", "recompute", "lm_resnet, recompute", "C1", "s--"),
+        ("lm", "store", "lm_resnet (164: bottleneck), store", "C1", "s-"),
+        ("lm", "recompute", "lm_resnet (164: bottleneck), recompute", "C1", "s--"),
     ]
     for fam, mode, label, color, style in series:
         pts = sorted((r["depth"], r) for r in summary if r["memory"] == mode and r["config"] == f"{fam}{r['depth']}")
@@ -237,7 +237,7 @@ def main() -> None:
     if args.from_json:
         records = [json.loads(p.read_text()) for p in args.from_json]
         summary = summarise([r for rec in records for r in rec["runs"]])
-        plot(summary, args.plot or Path("docs/memory_vs_depth.png"), _title(records[0]))
+        plot(summary, args.plot or Path("docs/memory_vs_depth.png"), _title(records[0], summary))
         return
 
     import torch
@@ -285,13 +285,14 @@ def main() -> None:
             extra = f"  mem x{r['memory_ratio_vs_store']:.3f}  time x{r['time_ratio_vs_store']:.2f}"
         print(f"{r['config']:8s} {r['memory']:10s} {r['step_peak_mb']:8.1f} MB {r['step_seconds']:7.2f} s{extra}")
     if args.plot:
-        plot(summary, args.plot, _title(record))
+        plot(summary, args.plot, _title(record, summary))
 
 
-def _title(record: dict[str, Any]) -> str:
+def _title(record: dict[str, Any], summary: list[dict[str, Any]]) -> str:
+    repeats = sorted({r["repeats"] for r in summary})
     return (f"batch {record['batch_size']}, fp32, {record['threads']} thread(s), {record['device_name']}, torch "
-            f"{record['torch_version']}, commit {str(record['git_commit'])[:7]}; median of {record['repeats']} fresh "
-            f"processes (shared, loaded machine)")  # fmt: skip
+            f"{record['torch_version']}, commit {str(record['git_commit'])[:7]}; median of "
+            f"{'-'.join(map(str, repeats))} fresh processes per point (shared, loaded machine)")  # fmt: skip
 
 
 if __name__ == "__main__":
