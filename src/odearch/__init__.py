@@ -13,7 +13,7 @@ import sys
 from . import schemes
 from .convert import from_lm, to_lm
 from .models import create_model, list_models, list_pretrained, register_model
-from .nn import Stage, lm_coefficients
+from .nn import Stage, lm_coefficients, set_memory
 from .schemes import SCHEMES, ButcherTableau, LinearMultistep, get_scheme
 
 __version__ = "0.1.0"
@@ -36,5 +36,6 @@ __all__ = [
     "lm_coefficients",
     "register_model",
     "schemes",
+    "set_memory",
     "to_lm",
 ]

@@ -39,7 +39,8 @@ MODEL_FLAGS: dict[str, dict[str, Any]] = {
     "shake": {"action": argparse.BooleanOptionalAction, "help": "shake-shake residual functions"},
 }
 # What `--resume` may change: how and where the run continues, never what it computes (except extending epochs).
-RESUME_OVERRIDES = ("epochs", "max_minutes", "data_dir", "download", "log_every", "tensorboard", "device", "workers")
+RESUME_OVERRIDES = ("epochs", "max_minutes", "data_dir", "download", "log_every", "tensorboard", "device", "workers",
+                    "memory")  # fmt: skip
 
 
 class UsageError(Exception):

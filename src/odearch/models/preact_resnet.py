@@ -10,7 +10,7 @@ Prefix legend (the scheme integrating every stage; the backbone is the same):
 | ``fractal_`` | Heun, distinct f per inner stage | the paper's FractalNet reading of RK2 |
 | ``ab2_`` | Adams-Bashforth 2 | u_{n+2} = u_{n+1} + (3/2) f(u_{n+1}) - (1/2) f(u_n) |
 | ``poly2_`` | PolyNet | u_{n+1} = u_n + F(u_n) + F(F(u_n)) |
-| ``rev_`` | RevNet | X_{n+1} = X_n + F(Y_n), Y_{n+1} = Y_n + G(X_{n+1}), half-width F, G |
+| ``rev_`` | RevNet | X_{n+1} = X_n + F(Y_n), Y_{n+1} = Y_n + G(X_{n+1}), half-width F, G; reversible backprop |
 
 Layout (the paper and its official code ``MResNet``): stem conv3x3(3, 16) without BN; 3 stages of widths
 16 / 32 / 64 (x4 for bottlenecks), strides 1 / 2 / 2; each down-sampling stage starts with a plain step whose
@@ -29,6 +29,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..nn import PreActBasicBlock, PreActBottleneck, PreActProjection, ResidualNetwork, conv3x3, init_weights
+from ..nn.memory import default_memory, set_memory
 from ..schemes import Scheme
 from ._builders import make_stage, register_table, stochastic_options
 
@@ -45,6 +46,7 @@ def preact_resnet(
     p_last: float | None = None,
     drop_mode: str = "batch",
     noise_sigma: float | None = None,
+    memory: str | None = None,
 ) -> ResidualNetwork:
     """A pre-activation CIFAR ResNet whose stages integrate with ``scheme``.
 
@@ -59,6 +61,9 @@ def preact_resnet(
             (None or 1: off).
         drop_mode: stochastic depth per mini-batch (``"batch"``) or per sample (``"sample"``).
         noise_sigma: noise injection after every block in training (None: off).
+        memory: activation memory of the backward pass, ``"store"``, ``"recompute"`` or ``"reversible"``
+            (:mod:`odearch.nn.memory`); None: ``"reversible"`` for the rev scheme (the ``rev_`` models), else
+            ``"store"``.
     """
     block = PreActBottleneck if bottleneck else PreActBasicBlock
     stochastic = stochastic_options(layers, p_last, drop_mode, noise_sigma)
@@ -85,6 +90,7 @@ def preact_resnet(
     )
     model = ResidualNetwork(conv3x3(3, widths[0]), stages, head)
     init_weights(model)
+    set_memory(model, default_memory(model) if memory is None else memory)
     return model
 
 
@@ -130,6 +136,16 @@ for _scheme, _what in (
             f"{_scheme}_resnet20",
             {**_depth_args(20), "scheme": _scheme},
             f"Pre-activation ResNet-20 backbone integrated by {_what} (paper Table 1).",
+        )
+    )
+for _d in (56, 110, 164):
+    _ROWS.append(
+        (
+            f"rev_resnet{_d}",
+            {**_depth_args(_d), "scheme": "rev"},
+            f"Pre-activation ResNet-{_d} backbone ({'bottleneck' if _d == 164 else 'basic'} blocks) integrated by "
+            "RevNet's coupled forward Euler on channel halves, half-width F and G; trains with reversible "
+            "backpropagation (activation memory independent of depth; Gomez et al. 2017).",
         )
     )
 _ROWS.append(

@@ -12,6 +12,7 @@ from .blocks import (
     conv3x3,
 )
 from .drop import DropPath, drop_path, linear_survival
+from .memory import get_memory, set_memory
 from .network import ResidualNetwork, init_weights
 from .shake import ShakeBranch, ShakeShake, ShakeShortcut, shake_block, shake_shake
 from .stage import Stage, lm_coefficients
@@ -33,9 +34,11 @@ __all__ = [
     "conv1x1",
     "conv3x3",
     "drop_path",
+    "get_memory",
     "init_weights",
     "linear_survival",
     "lm_coefficients",
+    "set_memory",
     "shake_block",
     "shake_shake",
 ]

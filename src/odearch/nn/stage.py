@@ -214,6 +214,7 @@ class Stage(nn.Module):
         if isinstance(self.scheme, LMScheme) and len(fns) > 1:
             self._init_lm_k(len(fns) - 1, channels)
         self._init_stochastic(len(fns), survival, drop_mode, noise_sigma)
+        self.memory = "store"  # activation memory of the backward pass: odearch.nn.memory.set_memory
 
     # ----------------------------------------------------------------------------------------------- construction
     def _check_step_fns(self, fns: list[StepFns], transition: bool) -> None:
@@ -292,6 +293,12 @@ class Stage(nn.Module):
         ``forward_with_history`` over stages.
         """
         fns = self.step_fns
+        if self.memory != "store" and torch.is_grad_enabled():  # odearch.nn.memory: recompute or reversible
+            from . import memory
+
+            if self.memory == "reversible":
+                return memory.reversible_forward(self, u), None
+            fns = memory.recompute_fns(fns)
         gates: list[StepGate] | None = None  # per step: None, or the stochastic-depth factor eta_n / p_n
         noisy = False
         if self.training and (self.survival is not None or self.noise_sigma is not None):

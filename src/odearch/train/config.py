@@ -98,6 +98,11 @@ class TrainConfig:
     amp: str = _f("auto", "autocast dtype (auto: bf16 on CUDA, off on CPU)", choices=("auto", "bf16", "fp16", "off"))
     channels_last: bool = _f(True, "channels_last memory format for model and batches")
     compile: bool = _f(False, "torch.compile the model")
+    memory: str = _f("auto", "activation memory of the backward pass: store (autograd), recompute (checkpoint every "
+                             "residual function), reversible (rev stages: rebuild inputs by the inverse); auto: the "
+                             "model's own (reversible for rev_ models, else store; a run dir's config.yaml without "
+                             "this key reads as store)",
+                     choices=("auto", "store", "recompute", "reversible"))  # fmt: skip
     deterministic: bool = _f(False, "deterministic algorithms (torch.use_deterministic_algorithms, cudnn flags)")
     sync_bn: bool = _f(False, "BatchNorm statistics over the global batch when distributed (SyncBatchNorm)")
     workers: int | None = _f(None, "imagenet: DataLoader worker processes per rank (default: min(8, CPUs per rank))")
@@ -248,7 +253,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def config_hash(cfg: TrainConfig) -> str:
     """Short hash of the fields that define the trained function (model, data, optimisation), not run control."""
     volatile = {"out", "data_dir", "download", "max_minutes", "log_every", "tensorboard", "device", "compile",
-                "workers"}  # fmt: skip
+                "workers", "memory"}  # fmt: skip
     d = {k: v for k, v in cfg.to_dict().items() if k not in volatile}
     if d.get("lm_weight_decay") == "k":  # the only behaviour before the option existed: keep those runs' hashes
         del d["lm_weight_decay"]

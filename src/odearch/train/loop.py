@@ -40,7 +40,7 @@ from torch import nn
 
 from ..data import CifarLoader, ImageNetLoader, dataset_info, load_cifar, take_first, train_val_split
 from ..models import create_model
-from ..nn import lm_coefficients
+from ..nn import lm_coefficients, set_memory
 from .checkpoint import (
     CheckpointError,
     atomic_write,
@@ -244,7 +244,8 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     """`create_model` from the config; options the constructor rejects become a ConfigError naming them."""
     kwargs = {"scheme": cfg.scheme, **cfg.model_kwargs}
     try:
-        return create_model(cfg.model, num_classes=cfg.num_classes, **kwargs)
+        model = create_model(cfg.model, num_classes=cfg.num_classes, **kwargs)
+        return model if cfg.memory == "auto" else set_memory(model, cfg.memory)
     except (TypeError, ValueError) as e:
         given = {k: v for k, v in kwargs.items() if v is not None}
         raise ConfigError(f"model {cfg.model!r} rejected its options {given}: {e}") from None

@@ -113,6 +113,7 @@ class RunDir:
         values = load_yaml(self.config)
         # Written before the option existed: k_n was decayed like every weight (odearch.train.optim).
         values.setdefault("lm_weight_decay", "k")
+        values.setdefault("memory", "store")  # written before the memory option: it stored every activation
         return TrainConfig.from_dict(values, source=str(self.config))
 
     def append_metrics(self, row: dict[str, Any]) -> None:
