@@ -161,16 +161,22 @@ def read_lm_k(checkpoint: Path, suffix: str = ".lm_k") -> dict[str, KValues]:
 
 
 def read_metrics(path: Path) -> list[dict] | None:
-    """The JSON objects of a metrics.jsonl (blank lines skipped), or None if the file does not exist."""
+    """The JSON objects of a metrics.jsonl (blank lines skipped), or None if the file does not exist.
+
+    An unterminated last line that is not valid JSON (a run killed while appending) is ignored, as training does.
+    """
     if not path.is_file():
         return None
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
+            if number == len(lines) and not line.endswith("\n"):
+                break
             raise AnalyzeError(f"{path}:{number}: not JSON ({error.msg})") from error
         if not isinstance(record, dict):
             raise AnalyzeError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
