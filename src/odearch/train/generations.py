@@ -115,7 +115,11 @@ def commit(ckdir: Path, files: dict[str, bytes | None], meta: dict[str, Any]) ->
     except BaseException:
         shutil.rmtree(gen, ignore_errors=True)
         raise
-    _point_current(ckdir, gen.name)
+    try:
+        _point_current(ckdir, gen.name)
+    except BaseException:  # `current` still names the previous generation: this one is garbage
+        shutil.rmtree(gen, ignore_errors=True)
+        raise
     _stable_links(ckdir, [n for n in FILES if n in manifest["files"]])
     _collect_garbage(ckdir, keep=gen.name)
     return gen
@@ -145,11 +149,7 @@ def _put(gen: Path, name: str, data: bytes | None, ckdir: Path) -> dict[str, Any
 
 def _point_current(ckdir: Path, target: str) -> None:
     """Replaces the ``current`` link by one to `target`: the single atomic step of a save."""
-    tmp = ckdir / f".{CURRENT}.{os.getpid()}.tmp"
-    tmp.unlink(missing_ok=True)
-    os.symlink(target, tmp)
-    os.replace(tmp, ckdir / CURRENT)
-    fsync_dir(ckdir)
+    _replace_link(ckdir / CURRENT, target)
 
 
 def _stable_links(ckdir: Path, names: list[str]) -> None:
@@ -158,11 +158,20 @@ def _stable_links(ckdir: Path, names: list[str]) -> None:
         path = ckdir / name
         if path.is_symlink() and os.readlink(path) == f"{CURRENT}/{name}":
             continue
-        tmp = ckdir / f".{name}.{os.getpid()}.tmp"
-        tmp.unlink(missing_ok=True)
-        os.symlink(f"{CURRENT}/{name}", tmp)
+        _replace_link(path, f"{CURRENT}/{name}")
+
+
+def _replace_link(path: Path, target: str) -> None:
+    """Makes `path` a symbolic link to `target` in one atomic rename (a temporary link is never left behind)."""
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.symlink(target, tmp)
         os.replace(tmp, path)
-    fsync_dir(ckdir)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def _collect_garbage(ckdir: Path, keep: str) -> None:
