@@ -19,7 +19,7 @@ import torch
 
 from datapaths import CIFAR_ROOT, HAS_CIFAR, SKIP_REASON
 from odearch.cli import main
-from odearch.train import CheckpointError, TrainConfig, fit, generations, load_weights, loop, save_state, save_weights
+from odearch.train import TrainConfig, fit, generations, load_weights, loop, save_state, save_weights
 from odearch.train.rundir import RunDir, RunExistsError, RunLockedError
 
 pytestmark = pytest.mark.skipif(not HAS_CIFAR, reason=SKIP_REASON)
@@ -127,8 +127,9 @@ class _Ops:
         return wrapped
 
 
-def test_a_kill_before_any_write_of_a_save_leaves_a_resumable_checkpoint(ref: Path, tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_a_kill_before_any_write_of_a_save_leaves_a_resumable_checkpoint(
+    ref: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Snapshots the checkpoint directory before each operation of the epoch-2 save (what a SIGKILL there leaves)
     and checks each: it resumes from step 2 (old) or 4 (new), never a mix; two of them are resumed to the end."""
     run = tmp_path / "run"
@@ -263,11 +264,12 @@ def test_overwrite_refuses_a_directory_with_foreign_files(ref: Path, tmp_path: P
     (d / "config.yaml").write_text("model: resnet20\n")
     (d / "setup.py").write_text("print('precious')\n")
     (d / "src").mkdir()
-    with pytest.raises(RunExistsError, match="setup.py, src"):
+    with pytest.raises(RunExistsError, match=r"setup\.py, src"):
         fit(cfg_for(d), overwrite=True)
     assert (d / "setup.py").is_file() and (d / "src").is_dir()
-    assert main(["train", *sum((["--" + k.replace("_", "-"), str(v)] for k, v in BASE.items() if k not in (
-        "download", "tensorboard")), []), "--out", str(d)]) == 1  # fmt: skip
+    flags = [x for k, v in BASE.items() if k not in ("download", "tensorboard") for x in ("--" + k.replace("_", "-"),
+                                                                                         str(v))]  # fmt: skip
+    assert main(["train", *flags, "--out", str(d), "--overwrite"]) == 1
     run = tmp_path / "run"  # a genuine run (plus eval output) is replaced
     shutil.copytree(ref, run, symlinks=True)
     (run / "eval_last.json").write_text("{}")
