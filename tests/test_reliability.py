@@ -159,7 +159,8 @@ def test_tensorboard_thread_errors_are_not_printed(capsys: pytest.CaptureFixture
 def test_non_finite_lr_is_refused(value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--model", "resnet20", f"--lr={value}", "--epochs", "1"]) == 2
     assert "lr must be a finite number" in error_line(capsys)
-    (tmp_path / "c.yaml").write_text(f"model: resnet20\nlr: { {"nan": ".nan", "inf": ".inf", "-inf": "-.inf"}[value]}\n")
+    yaml_value = {"nan": ".nan", "inf": ".inf", "-inf": "-.inf"}[value]
+    (tmp_path / "c.yaml").write_text(f"model: resnet20\nlr: {yaml_value}\n")
     assert main(["train", "--config", str(tmp_path / "c.yaml")]) == 2
     assert "lr must be a finite number" in error_line(capsys)
 
