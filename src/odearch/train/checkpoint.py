@@ -192,7 +192,6 @@ def load_state(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a valid training-state file (truncated or corrupt): {msg}") from None
     if not isinstance(state, dict) or "step" not in state:
         raise CheckpointError(f"{path}: not an odearch training-state file (no 'step')")
-    check_state(state, path)
     return state
 
 

@@ -44,6 +44,7 @@ from . import generations
 from .checkpoint import (
     CheckpointError,
     capture_rng,
+    check_state,
     load_state,
     load_weights,
     restore_rng,
@@ -359,6 +360,7 @@ def _restore(
                               f"start it again with: odearch train --config {run.config} --out {run.root} "
                               "--overwrite")  # fmt: skip
     state = load_state(run.last_state)
+    check_state(state, run.last_state)
     if state.get("model") != cfg.model:
         raise CheckpointError(f"{run.last_state} was saved from model {state.get('model')!r}, but {run.config} "
                               f"says {cfg.model!r}")  # fmt: skip

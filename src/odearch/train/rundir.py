@@ -128,8 +128,18 @@ class RunDir:
         Raises:
             RunLockedError: another process holds it.
         """
+        created = create and not self.root.exists()
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._flock():
+                yield
+        finally:
+            if created and all(p.name == ".lock" for p in self.root.iterdir()):  # failed before writing anything
+                shutil.rmtree(self.root, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _flock(self) -> Iterator[None]:
         fd = _lock_fd(self.root)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
