@@ -345,8 +345,8 @@ def _check_finite(model: nn.Module, optimizer: torch.optim.Optimizer, progress: 
     named += [(f"optimizer state {i}.{k}", v) for i, st in enumerate(optimizer.state.values()) for k, v in st.items()]
     for name, t in named:
         if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise NonFiniteLossError(f"{name} holds NaN/inf after step {progress.step} (epoch {progress.epoch}): "
-                                     "the checkpoint was NOT saved")  # fmt: skip
+            raise NonFiniteLossError(f"non-finite values (NaN/inf) in {name} after step {progress.step} (epoch "
+                                     f"{progress.epoch}): the checkpoint was NOT saved")  # fmt: skip
 
 
 def _restore(
