@@ -78,11 +78,14 @@ def write_fsync(path: str | Path, data: bytes) -> None:
 
 def fsync_dir(path: str | Path) -> None:
     """Makes renames and new entries in directory `path` durable."""
-    dir_fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        dir_fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        raise _named(e, Path(path)) from None
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:
