@@ -203,6 +203,7 @@ def _adopt_format1(ckdir: Path) -> None:
     for name in regular:
         data = (ckdir / name).read_bytes()
         os.link(ckdir / name, gen / name)
+        os.chmod(gen / name, default_mode())  # format-1 files were written 0600
         entries[name] = {"sha256": sha256(data), "bytes": len(data)}
     write_fsync(gen / MANIFEST, (json.dumps({"format": FORMAT, "adopted": "format 1", "files": entries}) +
                                  "\n").encode())  # fmt: skip
