@@ -134,8 +134,8 @@ def kills_at_random(p: Pass, ref: Path, n: int, rng: random.Random) -> None:
         resumed_exactly(p, "sigkill", f"random kill {i}", run, ref, 0, "")
 
 
-def kills_in_save(p: Pass, ref: Path, one: Path, mode: str, ops: int) -> None:
-    for at in range(ops):
+def kills_in_save(p: Pass, ref: Path, one: Path, mode: str, ops: range) -> None:
+    for at in ops:
         run = p.work / f"{mode}{at}"
         shutil.copytree(one, run, symlinks=True)
         code, err = p.cli(str(at), mode, "train", "--resume", str(run), "--epochs", "3", pre=["-c", KILL_AT_OP])
@@ -148,8 +148,9 @@ def kills_in_save(p: Pass, ref: Path, one: Path, mode: str, ops: int) -> None:
             resumed_exactly(p, "enospc", f"ENOSPC at op {at} of a save", run, ref, code, err)
 
 
-def corrupted(p: Pass, ref: Path, rng: random.Random) -> None:
-    plan = [("last.safetensors", 24), ("last.state.pt", 8), ("best.safetensors", 8)]
+def corrupted(p: Pass, ref: Path, rng: random.Random, flips: int) -> None:
+    third = max(1, flips // 3)
+    plan = [("last.safetensors", flips), ("last.state.pt", third), ("best.safetensors", third)]
     for name, n in plan:
         for i in range(n):
             run = p.work / f"c-{name}-{i}"
@@ -300,6 +301,10 @@ def main() -> int:
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--out", type=Path, default=REPO / "results" / "bench" / "faults.json")
     ap.add_argument("--random-kills", type=int, default=6)
+    ap.add_argument("--save-ops", type=int, default=12, help="kill before each of the first N operations of a save")
+    ap.add_argument("--enospc-step", type=int, default=1, help="fail every K-th fsync with ENOSPC (1: each one)")
+    ap.add_argument("--flips", type=int, default=24, help="byte flips in last.safetensors (a third as many in the "
+                                                             "state and best files)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     rng = random.Random(args.seed)
@@ -309,10 +314,10 @@ def main() -> int:
         ref, ref3, one = p.work / "ref", p.work / "ref3", p.work / "one"
         assert p.train(ref, "--epochs", "2") == 0 and p.train(ref3, "--epochs", "3") == 0
         assert p.train(one, "--epochs", "1") == 0
-        kills_in_save(p, ref3, one, "kill", 12)
-        kills_in_save(p, ref3, one, "enospc", 12)
+        kills_in_save(p, ref3, one, "kill", range(args.save_ops))
+        kills_in_save(p, ref3, one, "enospc", range(0, args.save_ops, args.enospc_step))
         kills_at_random(p, ref3, args.random_kills, rng)
-        corrupted(p, ref, rng)
+        corrupted(p, ref, rng, args.flips)
         malicious(p, ref)
         crafted_states(p, ref)
         bad_metrics(p, ref)

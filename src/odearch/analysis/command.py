@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -124,8 +125,11 @@ def resolve_checkpoint(path: Path) -> tuple[Path, Path | None]:
             if (path / "checkpoints" / name).is_file():
                 return path / "checkpoints" / name, path
         raise AnalyzeError(f"{path}: no checkpoints/best.safetensors or checkpoints/last.safetensors")
-    run_dir = path.resolve().parent.parent  # RUN/checkpoints/x.safetensors -> RUN
-    is_run = path.resolve().parent.name == "checkpoints" and (
+    parent = Path(os.path.abspath(path)).parent  # not resolve(): checkpoints/last.safetensors is a link into a
+    if parent.name.startswith("gen-") and parent.parent.name == "checkpoints":  # generation; a generation's file
+        parent = parent.parent  # belongs to the run two levels above its folder
+    run_dir = parent.parent  # RUN/checkpoints/x.safetensors -> RUN
+    is_run = parent.name == "checkpoints" and (
         (run_dir / "config.yaml").is_file() or (run_dir / "metrics.jsonl").is_file()
     )
     return path, run_dir if is_run else None

@@ -469,6 +469,7 @@ def _locked(run: RunDir, env: DistEnv, resume: bool, overwrite: bool) -> Iterato
             try:
                 stack.enter_context(run.locked(create=not resume))
                 _check_target(run, resume, overwrite)
+                run.remove_temporaries()  # of a killed writer; nobody else writes now
             except (RunExistsError, CheckpointError, OSError) as e:
                 error = e
         error = broadcast_object(error, env)

@@ -154,6 +154,14 @@ class RunDir:
         finally:
             os.close(fd)  # releases the lock
 
+    def remove_temporaries(self) -> None:
+        """Deletes the temporary files of atomic writes a killed process left (call with the lock held)."""
+        for folder in (self.root, self.checkpoints):
+            if folder.is_dir():
+                for p in folder.glob(".*.tmp"):
+                    if p.is_file() or p.is_symlink():
+                        p.unlink(missing_ok=True)
+
     def is_run(self) -> bool:
         """True if the directory holds (part of) an odearch run."""
         return self.config.exists() or self.checkpoints.exists() or self.metrics.exists()
