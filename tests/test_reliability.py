@@ -363,3 +363,16 @@ def test_workers_die_with_their_agent(tmp_path: Path) -> None:
     while Path(f"/proc/{pid}").exists() and "Z" not in (Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]):
         assert time.monotonic() < deadline, "the orphan kept running"
         time.sleep(0.1)
+
+
+def test_analyze_finds_the_run_of_a_linked_checkpoint(tmp_path: Path) -> None:
+    from odearch.analysis.command import resolve_checkpoint
+    from odearch.train import generations
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: lm_resnet20\n")
+    generations.commit(run / "checkpoints", {"last.safetensors": b"x", "best.safetensors": b"y"}, {"step": 1})
+    for name in ("last.safetensors", "best.safetensors"):
+        assert resolve_checkpoint(run / "checkpoints" / name)[1] == run
+    assert resolve_checkpoint(run)[0] == run / "checkpoints" / "best.safetensors"
