@@ -309,6 +309,7 @@ def main() -> int:
     args = ap.parse_args()
     rng = random.Random(args.seed)
     t0 = time.time()
+    commit, dirty = _git("rev-parse", "HEAD"), bool(_git("status", "--porcelain", "--untracked-files=no"))
     with tempfile.TemporaryDirectory(prefix="odearch-faults-") as tmp:
         p = Pass(args.data_dir, Path(tmp))
         ref, ref3, one = p.work / "ref", p.work / "ref3", p.work / "one"
@@ -326,8 +327,7 @@ def main() -> int:
         sigterm(p)
         records = p.records
     summary = _summary(records)
-    out = {"command": " ".join([sys.executable, *sys.argv]), "git_commit": _git("rev-parse", "HEAD"),
-           "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")), "device": _cpu(),
+    out = {"command": " ".join([sys.executable, *sys.argv]), "git_commit": commit, "git_dirty": dirty, "device": _cpu(),
            "torch": torch.__version__, "python": platform.python_version(), "seed": args.seed,
            "wall_seconds": round(time.time() - t0, 1), "summary": summary, "faults": records}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
