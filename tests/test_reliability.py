@@ -325,8 +325,10 @@ def test_launcher_forwards_sigterm_and_waits(tmp_path: Path) -> None:
     child = (f"import signal, sys, time\n"
              f"signal.signal(signal.SIGTERM, lambda *a: (open({str(marker)!r}, 'w').close(), sys.exit(7)))\n"
              "print('ready', flush=True); time.sleep(60)")  # fmt: skip
-    parent = ("import subprocess, sys\nfrom odearch.train.distributed import wait_forwarding\n"
-              f"p = subprocess.Popen([sys.executable, '-c', {child!r}])\nsys.exit(wait_forwarding(p))")
+    parent = (
+        "import subprocess, sys\nfrom odearch.train.distributed import wait_forwarding\n"
+        f"p = subprocess.Popen([sys.executable, '-c', {child!r}])\nsys.exit(wait_forwarding(p))"
+    )
     proc = subprocess.Popen([sys.executable, "-c", parent], env=ENV)
     deadline = time.monotonic() + 60
     time.sleep(0.5)
@@ -348,10 +350,18 @@ def _is_child_of(p: Path, pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux only")
 def test_workers_die_with_their_agent(tmp_path: Path) -> None:
     pidfile = tmp_path / "child.pid"
-    child = ("import os, time\nfrom odearch.train.signals import die_with_parent\ndie_with_parent()\n"
-             f"open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(120)")
-    agent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys, time\n"
-                              f"subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(120)"], env=ENV)
+    child = (
+        "import os, time\nfrom odearch.train.signals import die_with_parent\ndie_with_parent()\n"
+        f"open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    )
+    agent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(120)",
+        ],
+        env=ENV,
+    )
     deadline = time.monotonic() + 60
     while not pidfile.is_file() or not pidfile.read_text():
         assert time.monotonic() < deadline

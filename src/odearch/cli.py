@@ -40,7 +40,7 @@ MODEL_FLAGS: dict[str, dict[str, Any]] = {
 }
 # What `--resume` may change: how and where the run continues, never what it computes (except extending epochs).
 RESUME_OVERRIDES = ("epochs", "max_minutes", "data_dir", "download", "log_every", "tensorboard", "device", "workers",
-                    "dist_timeout")
+                    "dist_timeout")  # fmt: skip
 
 
 class UsageError(Exception):

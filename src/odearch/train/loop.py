@@ -444,8 +444,11 @@ def fit(
             _seed_everything(cfg.seed)
             raw = build_model(cfg).to(device, memory_format=torch.channels_last if cfg.channels_last else None)
             data = _build_data(cfg, device, env)
-            return _fit(cfg, run, raw, data, device, env, resume, overwrite, command, progress_bar, wall_start,
-                        deadline, stop)  # fmt: skip
+            try:
+                return _fit(cfg, run, raw, data, device, env, resume, overwrite, command, progress_bar, wall_start,
+                            deadline, stop)  # fmt: skip
+            except NonFiniteLossError as e:
+                raise NonFiniteLossError(f"{e}; {_recovery_hint(run, cfg)}") from None
     finally:
         shutdown(env)
 
@@ -541,75 +544,72 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
             raise CheckpointError(f"{run.last_state}: unusable RNG state: {e}") from None
 
     stopped = False
-    try:
-        for epoch in range(prog.epoch, cfg.epochs):
-            data.train.set_epoch(epoch)
-            bar = _bar(use_bar and env.is_main, len(data.train), prog.batch, f"epoch {epoch + 1}/{cfg.epochs}")
-            sums = None
-            if prog.batch:
-                p = prog.partial
-                sums = {"loss_sum": p["loss_sum"].to(device), "correct": p["correct"].to(device), "n": p["n"]}
-            t0, prev_seconds = time.perf_counter(), prog.partial.get("seconds", 0.0) if prog.batch else 0.0
-            out = train_one_epoch(
-                model, data.train, optimizer, lr_fn=lr_fn, step=prog.step, autocast=autocast,
-                label_smoothing=cfg.label_smoothing, scaler=scaler, start_batch=prog.batch, sums=sums,
-                should_stop=_stopper(deadline, env, device, stop),
-                on_step=_on_step(bar, cfg.log_every, epoch, t0, env),
-            )  # fmt: skip
-            totals = all_reduce_sum(torch.stack([out["loss_sum"].double(), out["correct"].double(),
-                                                 torch.tensor(float(out["n"]), device=device)]), env).cpu()  # fmt: skip
-            seconds = prev_seconds + time.perf_counter() - t0
-            if bar is not None:
-                bar.close()
-            if not math.isfinite(totals[0].item()):
-                raise NonFiniteLossError(f"training loss became non-finite in epoch {epoch + 1} (by step "
-                                         f"{out['step']})")  # fmt: skip
-            prog.step = out["step"]
-            if out["stopped"]:  # --max-minutes or a signal hit mid-epoch: save the partial epoch exactly and stop
-                prog.batch = out["batches"]
-                prog.partial = {"loss_sum": out["loss_sum"].cpu(), "correct": out["correct"].cpu(), "n": out["n"],
-                                "seconds": seconds}  # fmt: skip
-                prog.wall_seconds += time.monotonic() - wall_start
-                if env.is_main:
-                    _save_last(run, cfg, raw, optimizer, scaler, prog)
-                stopped = True
-                break
-            broadcast_buffers(raw, env)
-            evals = {k: evaluate(eval_model, v, autocast=autocast, env=env) for k, v in data.evals.items()}
-            row = {"epoch": epoch + 1, "step": prog.step, "train_loss": (totals[0] / totals[2]).item(),
-                   "train_acc": (totals[1] / totals[2]).item()}  # fmt: skip
-            for k in ("test", "val"):
-                if k in evals:
-                    row[f"{k}_loss"], row[f"{k}_acc"] = evals[k]["loss"], evals[k]["acc"]
-            row |= {"lr": lr_fn(prog.step - 1), "seconds": seconds, "images_per_s": totals[2].item() / seconds,
-                    "lm_k": lm_coefficients(raw), "git_commit": prov["git_commit"],
-                    "git_dirty": prov["git_dirty"]}  # fmt: skip  (the code that ran this epoch: runs span commits)
-            prog.epoch, prog.batch, prog.partial = epoch + 1, 0, {}
-            improved = prog.best["acc"] is None or row[f"{select}_acc"] > prog.best["acc"]
-            if improved:
-                prog.best = {"acc": row[f"{select}_acc"], "epoch": epoch + 1, "on": select}
+    for epoch in range(prog.epoch, cfg.epochs):
+        data.train.set_epoch(epoch)
+        bar = _bar(use_bar and env.is_main, len(data.train), prog.batch, f"epoch {epoch + 1}/{cfg.epochs}")
+        sums = None
+        if prog.batch:
+            p = prog.partial
+            sums = {"loss_sum": p["loss_sum"].to(device), "correct": p["correct"].to(device), "n": p["n"]}
+        t0, prev_seconds = time.perf_counter(), prog.partial.get("seconds", 0.0) if prog.batch else 0.0
+        out = train_one_epoch(
+            model, data.train, optimizer, lr_fn=lr_fn, step=prog.step, autocast=autocast,
+            label_smoothing=cfg.label_smoothing, scaler=scaler, start_batch=prog.batch, sums=sums,
+            should_stop=_stopper(deadline, env, device, stop),
+            on_step=_on_step(bar, cfg.log_every, epoch, t0, env),
+        )  # fmt: skip
+        totals = all_reduce_sum(torch.stack([out["loss_sum"].double(), out["correct"].double(),
+                                             torch.tensor(float(out["n"]), device=device)]), env).cpu()  # fmt: skip
+        seconds = prev_seconds + time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        if not math.isfinite(totals[0].item()):
+            raise NonFiniteLossError(f"training loss became non-finite in epoch {epoch + 1} (by step "
+                                     f"{out['step']})")  # fmt: skip
+        prog.step = out["step"]
+        if out["stopped"]:  # --max-minutes or a signal hit mid-epoch: save the partial epoch exactly and stop
+            prog.batch = out["batches"]
+            prog.partial = {"loss_sum": out["loss_sum"].cpu(), "correct": out["correct"].cpu(), "n": out["n"],
+                            "seconds": seconds}  # fmt: skip
             prog.wall_seconds += time.monotonic() - wall_start
-            wall_start = time.monotonic()
             if env.is_main:
-                _save_last(run, cfg, raw, optimizer, scaler, prog, best=improved, row=row)
-                run.append_metrics(row)  # after the checkpoint (which holds the row too, for a resume to repair)
-                if writer is not None:
-                    writer.log(row, epoch + 1)
-            _log(env, f"epoch {epoch + 1:>3}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc "
-                      f"{_pct(row['train_acc'])}  " + "".join(f"{k} loss {row[f'{k}_loss']:.4f} acc "
-                      f"{_pct(row[f'{k}_acc'])}  " for k in ("val", "test") if k in evals) +
-                 f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {seconds:.1f}s")  # fmt: skip
-            if epoch + 1 < cfg.epochs and any_rank(time.monotonic() > deadline or stop.received is not None, env,
-                                                   device):  # fmt: skip
-                stopped = True
-                break
-        else:
-            prog.wall_seconds += time.monotonic() - wall_start
-    except NonFiniteLossError as e:
-        raise NonFiniteLossError(f"{e}; {_recovery_hint(run, cfg)}") from None
-    finally:
-        if writer is not None:
-            writer.close()
+                _save_last(run, cfg, raw, optimizer, scaler, prog)
+            stopped = True
+            break
+        broadcast_buffers(raw, env)
+        evals = {k: evaluate(eval_model, v, autocast=autocast, env=env) for k, v in data.evals.items()}
+        row = {"epoch": epoch + 1, "step": prog.step, "train_loss": (totals[0] / totals[2]).item(),
+               "train_acc": (totals[1] / totals[2]).item()}  # fmt: skip
+        for k in ("test", "val"):
+            if k in evals:
+                row[f"{k}_loss"], row[f"{k}_acc"] = evals[k]["loss"], evals[k]["acc"]
+        row |= {"lr": lr_fn(prog.step - 1), "seconds": seconds, "images_per_s": totals[2].item() / seconds,
+                "lm_k": lm_coefficients(raw), "git_commit": prov["git_commit"],
+                "git_dirty": prov["git_dirty"]}  # fmt: skip  (the code that ran this epoch: runs span commits)
+        prog.epoch, prog.batch, prog.partial = epoch + 1, 0, {}
+        improved = prog.best["acc"] is None or row[f"{select}_acc"] > prog.best["acc"]
+        if improved:
+            prog.best = {"acc": row[f"{select}_acc"], "epoch": epoch + 1, "on": select}
+        prog.wall_seconds += time.monotonic() - wall_start
+        wall_start = time.monotonic()
+        if env.is_main:
+            _save_last(run, cfg, raw, optimizer, scaler, prog, best=improved, row=row)
+            run.append_metrics(row)  # after the checkpoint (which holds the row too, for a resume to repair)
+            if writer is not None:
+                writer.log(row, epoch + 1)
+        _log(env, f"epoch {epoch + 1:>3}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc "
+                  f"{_pct(row['train_acc'])}  " + "".join(f"{k} loss {row[f'{k}_loss']:.4f} acc "
+                  f"{_pct(row[f'{k}_acc'])}  " for k in ("val", "test") if k in evals) +
+             f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {seconds:.1f}s")  # fmt: skip
+        if epoch + 1 < cfg.epochs and any_rank(time.monotonic() > deadline or stop.received is not None, env,
+                                               device):  # fmt: skip
+            stopped = True
+            break
+    else:
+        prog.wall_seconds += time.monotonic() - wall_start
+
+    if writer is not None:
+        writer.close()
     return finish(stopped, (stop.received or "max_minutes") if stopped else None)
 
 
@@ -621,7 +621,7 @@ def _recovery_hint(run: RunDir, cfg: TrainConfig) -> str:
         epoch = found[1].get("epoch", "?") if found else "?"
         kept = f"the last good checkpoint ({run.checkpoints}, epoch {epoch}) is kept"
     return (f"stopped; {kept}. --resume cannot change the learning rate: start a new run with a lower one, e.g. "
-            f"odearch train --config {run.config} --lr {cfg.lr / 10:g} --warmup-epochs 1 --out NEW_DIR")
+            f"odearch train --config {run.config} --lr {cfg.lr / 10:g} --warmup-epochs 1 --out NEW_DIR")  # fmt: skip
 
 
 def _finish(
