@@ -21,7 +21,9 @@ import argparse
 import dataclasses
 import json
 import os
+import pickle
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +42,7 @@ MODEL_FLAGS: dict[str, dict[str, Any]] = {
 }
 # What `--resume` may change: how and where the run continues, never what it computes (except extending epochs).
 RESUME_OVERRIDES = ("epochs", "max_minutes", "data_dir", "download", "log_every", "tensorboard", "device", "workers",
-                    "memory")  # fmt: skip
+                    "memory", "dist_timeout")  # fmt: skip
 
 
 class UsageError(Exception):
@@ -102,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                        allow_abbrev=False)  # fmt: skip
     e.add_argument("target", help="a run directory or a .safetensors checkpoint")
     e.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which checkpoint of a run")
-    e.add_argument("--data-dir", help="directory holding the data set (default: the run's)")
+    e.add_argument("--model", help="model of a bare weights file without odearch metadata (e.g. lm_resnet20)")
+    e.add_argument("--dataset", choices=("cifar10", "cifar100", "imagenet"), help="data set of a bare weights file "
+                                                                                  "(default: cifar10)")  # fmt: skip
+    e.add_argument("--data-dir", help="directory holding the data set (default: $ODEARCH_DATA, else the run's)")
     e.add_argument("--download", action=argparse.BooleanOptionalAction, default=None, help="download if missing")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     e.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
@@ -157,6 +162,7 @@ def _config_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
     """Resolves (TrainConfig, resume) from --config YAML, then flags, or from the run dir with --resume."""
     from .train import RunDir, TrainConfig, load_yaml
     from .train.config import ConfigError
+    from .train.rundir import resolve_data_dir
 
     fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "model_kwargs"]
     flags = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
@@ -173,7 +179,8 @@ def _config_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
         if "out" in flags and Path(flags["out"]) != Path(args.resume):
             raise UsageError("--out and --resume name different directories; --resume RUN continues RUN in place")
         cfg = RunDir(Path(args.resume)).read_config()
-        return cfg.replace(**flags, out=str(args.resume)), True
+        data_dir = resolve_data_dir(cfg.data_dir, Path(args.resume), flags.pop("data_dir", None))
+        return cfg.replace(**flags, data_dir=data_dir, out=str(args.resume)), True
     values: dict[str, Any] = load_yaml(args.config) if args.config else {}
     source = args.config
     if not isinstance(values.get("model_kwargs", {}), dict | None):
@@ -195,7 +202,11 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
         rest = argv[argv.index("train") + 1 :] + (["--out", cfg.out] if not resume and args.out is None else [])
         return relaunch(args.nproc, rest, cfg.batch_size)
+    if not resume:
+        cfg = cfg.replace(data_dir=str(Path(cfg.data_dir).absolute()))  # the run's record works from any folder
     result = fit(cfg, resume=resume, overwrite=args.overwrite, command=shlex.join(["odearch", *argv]))
+    if result.get("status") == "stopped" and result.get("stop_reason") in ("SIGTERM", "SIGINT"):
+        return 128 + int(getattr(signal, result["stop_reason"]))  # the shell's convention for a signal
     return 0 if result.get("status") in ("complete", "stopped", None) else 1
 
 
@@ -223,36 +234,63 @@ def _eval_loader(cfg: Any, batch_size: int, subset: int | None, device: Any) -> 
 
 
 # ------------------------------------------------------------------------------------------------------- eval
-def _cmd_eval(args: argparse.Namespace) -> int:
-    import torch
+def _run_checkpoint(run: Any, which: str) -> Path:
+    """RUN's ``which`` checkpoint; ``last`` falls back to ``best`` when a run has only that (as analyze does)."""
+    ckpt = run.checkpoints / f"{which}.safetensors"
+    if which == "last" and not ckpt.exists() and run.best_weights.exists():
+        print(f"odearch: {run.root} has no last checkpoint; evaluating {run.best_weights}", file=sys.stderr)
+        return run.best_weights
+    return ckpt
 
-    from .train import RunDir, TrainConfig, build_model, evaluate, load_weights, resolve_device
-    from .train.checkpoint import CheckpointError, weights_into
-    from .train.loop import _amp_dtype
+
+def _eval_target(args: argparse.Namespace) -> tuple[Any, Path, Path | None, dict[str, Any], dict[str, Any]]:
+    """(config, checkpoint, default JSON path, tensors, metadata) of ``odearch eval TARGET``: a run directory, an
+    odearch checkpoint, or a bare weights file with ``--model``; the data directory is resolved (--data-dir, then
+    $ODEARCH_DATA, then the run's record)."""
+    from .train import RunDir, TrainConfig, load_weights
+    from .train.checkpoint import CheckpointError
+    from .train.rundir import resolve_data_dir
 
     target = Path(args.target)
     if target.is_dir():
         run = RunDir(target)
-        cfg, ckpt = run.read_config(), run.checkpoints / f"{args.checkpoint}.safetensors"
-        json_default: Path | None = run.root / f"eval_{args.checkpoint}.json"
+        cfg, ckpt = run.read_config(), _run_checkpoint(run, args.checkpoint)
+        json_default: Path | None = run.root / f"eval_{ckpt.stem}.json"
         tensors, meta = load_weights(ckpt)
+        cfg = cfg.replace(data_dir=resolve_data_dir(cfg.data_dir, run.root, args.data_dir))
     elif target.is_file():
         ckpt, json_default = target, None
         tensors, meta = load_weights(ckpt)
+        if args.model:  # a bare weights file: the flags say what it is
+            meta = {**meta, "model": args.model}
+            if args.dataset:
+                meta = {k: v for k, v in meta.items() if k != "num_classes"} | {"dataset": args.dataset}
         if "model" not in meta:
-            raise CheckpointError(f"{ckpt} has no odearch metadata (model name); evaluate its run directory instead")
-        cfg = TrainConfig.from_dict({k: meta[k] for k in ("model", "num_classes", "dataset", "scheme",
-                                                          "model_kwargs") if k in meta}, source=str(ckpt))  # fmt: skip
+            raise CheckpointError(f"{ckpt} has no odearch metadata (model name): give --model NAME (and --dataset), "
+                                  "or evaluate its run directory")  # fmt: skip
+        values = {k: meta[k] for k in ("model", "num_classes", "dataset", "scheme", "model_kwargs") if k in meta}
+        cfg = TrainConfig.from_dict({**values, "data_dir": resolve_data_dir(None, ckpt.parent, args.data_dir)},
+                                    source=str(ckpt))  # fmt: skip
     else:
         raise FileNotFoundError(f"{target}: no such run directory or checkpoint file")
+    return cfg, ckpt, json_default, tensors, meta
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .train import build_model, evaluate, generations, resolve_device
+    from .train.checkpoint import weights_into
+    from .train.loop import _amp_dtype
+
+    cfg, ckpt, json_default, tensors, meta = _eval_target(args)
     if args.batch_size < 1 or (args.subset is not None and args.subset < 1):
         raise UsageError("--batch-size and --subset must be positive")
     device = resolve_device(args.device)
     model = build_model(cfg)
     weights_into(model, tensors, meta, ckpt, cfg.model)
+    generations.read_verified(ckpt)  # sha256 against the run's manifest (after the clearer model-mismatch check)
     model = model.to(device, memory_format=torch.channels_last)
-    if args.data_dir:
-        cfg = cfg.replace(data_dir=args.data_dir)
     if args.download is not None:
         cfg = cfg.replace(download=args.download)
     loader, classes = _eval_loader(cfg, args.batch_size, args.subset, device)
@@ -385,7 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `odearch models | head`: the reader left; not an error
         sys.stdout = open(os.devnull, "w")  # keeps the interpreter's final flush quiet
         return 0
-    except (RunExistsError, CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError, OSError) as e:
+    except (RunExistsError, CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError, OSError,
+            pickle.UnpicklingError) as e:  # fmt: skip
         print(f"odearch: error: {_one_line(e)}", file=sys.stderr)
         return 1
     except SystemExit as e:  # --help / --version

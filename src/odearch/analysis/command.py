@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -127,8 +128,11 @@ def resolve_checkpoint(path: Path) -> tuple[Path, Path | None]:
             if (path / "checkpoints" / name).is_file():
                 return path / "checkpoints" / name, path
         raise AnalyzeError(f"{path}: no checkpoints/best.safetensors or checkpoints/last.safetensors")
-    run_dir = path.resolve().parent.parent  # RUN/checkpoints/x.safetensors -> RUN
-    is_run = path.resolve().parent.name == "checkpoints" and (
+    parent = Path(os.path.abspath(path)).parent  # not resolve(): checkpoints/last.safetensors is a link into a
+    if parent.name.startswith("gen-") and parent.parent.name == "checkpoints":  # generation; a generation's file
+        parent = parent.parent  # belongs to the run two levels above its folder
+    run_dir = parent.parent  # RUN/checkpoints/x.safetensors -> RUN
+    is_run = parent.name == "checkpoints" and (
         (run_dir / "config.yaml").is_file() or (run_dir / "metrics.jsonl").is_file()
     )
     return path, run_dir if is_run else None
@@ -181,16 +185,22 @@ def read_initial_k(path: Path) -> dict | None:
 
 
 def read_metrics(path: Path) -> list[dict] | None:
-    """The JSON objects of a metrics.jsonl (blank lines skipped), or None if the file does not exist."""
+    """The JSON objects of a metrics.jsonl (blank lines skipped), or None if the file does not exist.
+
+    An unterminated last line that is not valid JSON (a run killed while appending) is ignored, as training does.
+    """
     if not path.is_file():
         return None
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
+            if number == len(lines) and not line.endswith("\n"):
+                break
             raise AnalyzeError(f"{path}:{number}: not JSON ({error.msg})") from error
         if not isinstance(record, dict):
             raise AnalyzeError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")

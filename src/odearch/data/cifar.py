@@ -134,8 +134,9 @@ def _read_pickle(path: Path) -> Any:
     with open(path, "rb") as f:
         try:
             return RestrictedUnpickler(f, encoding="bytes").load()
-        except ForbiddenGlobalError:
-            raise
+        except ForbiddenGlobalError as e:  # name the file: the message says what was refused
+            raise ForbiddenGlobalError(f"{path}: {e}; the file is not an official CIFAR batch (delete it and "
+                                       "download again)") from None  # fmt: skip
         except Exception as e:  # EOFError, UnpicklingError, numpy errors ... all mean "this file is damaged"
             raise ValueError(f"{path}: not a valid CIFAR file (truncated or corrupt): {type(e).__name__}: {e}") from e
 

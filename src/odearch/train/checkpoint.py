@@ -1,9 +1,10 @@
 """Checkpoints: model weights as safetensors, training state as a `weights_only`-loadable torch file.
 
 Every file is written atomically (temporary file in the same directory, fsync, ``os.replace``, fsync of the
-directory), so a run killed at any instant leaves either the previous or the new file, never a torn one. The two
-files of a checkpoint carry the same ``step``; :func:`load_checkpoint` refuses a pair that disagrees (a kill between
-the two renames), rather than resuming from mismatched weights and optimizer state.
+directory), so a run killed at any instant leaves either the previous or the new file, never a torn one. A run's
+checkpoint (weights, state, best weights) is written as one generation by :mod:`odearch.train.generations`, with
+sha256 checksums; the two files carry the same ``step`` too, and a resume refuses a pair that disagrees. Files get
+the usual mode (0666 less the umask), and write errors (a full disk) name the file.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import random
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +28,18 @@ __all__ = [
     "CheckpointError",
     "atomic_write",
     "capture_rng",
+    "check_state",
+    "default_mode",
+    "fsync_dir",
     "load_state",
     "load_weights",
     "restore_rng",
     "save_state",
     "save_weights",
+    "state_bytes",
+    "weights_bytes",
     "weights_into",
+    "write_fsync",
 ]
 
 
@@ -39,24 +47,71 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, truncated, corrupt, or saved from another model."""
 
 
-def atomic_write(path: str | Path, data: bytes) -> None:
-    """Writes `data` to `path` so that readers see the old file or the complete new one, never a partial file."""
+def default_mode(base: int = 0o666) -> int:
+    """`base` masked by the process umask: the mode ``open()`` would give a new file (0644 under umask 022)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
+    return base & ~mask
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _named(e: OSError, path: Path) -> OSError:
+    """`e` with `path` in its message (ENOSPC and friends must say which file could not be written)."""
+    return OSError(e.errno, f"cannot write {path}: {e.strerror}")
+
+
+def write_fsync(path: str | Path, data: bytes) -> None:
+    """Writes a NEW file `path` (mode per umask) and fsyncs it; errors name the file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, default_mode())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise _named(e, path) from None
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Makes renames and new entries in directory `path` durable."""
+    try:
+        dir_fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        raise _named(e, Path(path)) from None
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Writes `data` to `path` so that readers see the old file or the complete new one, never a partial file.
+
+    The file gets the usual mode (0666 less the umask, not mkstemp's 0600); an error (a full disk) names `path`.
+    """
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _named(e, path) from None
+    try:
+        os.fchmod(fd, default_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise _named(e, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:  # make the rename itself durable
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)  # make the rename itself durable
 
 
 # ------------------------------------------------------------------------------------------------------- weights
@@ -68,10 +123,15 @@ def save_weights(path: str | Path, model: nn.Module, metadata: dict[str, Any]) -
         model: the bare model (not a DDP or compiled wrapper), so keys carry no wrapper prefix.
         metadata: values JSON-encoded into the safetensors header (model name, config, step ...).
     """
+    atomic_write(path, weights_bytes(model, metadata))
+
+
+def weights_bytes(model: nn.Module, metadata: dict[str, Any]) -> bytes:
+    """The safetensors file of `model.state_dict()` with JSON-encoded `metadata`, as bytes."""
     # safetensors stores dense row-major tensors: channels_last weights are made contiguous in a copy.
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     header = {k: json.dumps(v) for k, v in metadata.items()}
-    atomic_write(path, st_save(tensors, metadata=header))
+    return st_save(tensors, metadata=header)
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -113,9 +173,14 @@ def weights_into(model: nn.Module, tensors: dict[str, torch.Tensor], metadata: d
 # --------------------------------------------------------------------------------------------------------- state
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
     """Saves a training-state dict (tensors, dicts, lists, numbers, strings only) atomically with torch.save."""
+    atomic_write(path, state_bytes(state))
+
+
+def state_bytes(state: dict[str, Any]) -> bytes:
+    """`state` serialised by torch.save, as bytes."""
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
@@ -131,6 +196,42 @@ def load_state(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "step" not in state:
         raise CheckpointError(f"{path}: not an odearch training-state file (no 'step')")
     return state
+
+
+_INT, _NUM = (int,), (int, float)
+STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "step": _INT, "epoch": _INT, "batch": _INT, "partial": (dict,), "best": (dict,), "wall_seconds": _NUM,
+    "optimizer": (dict,), "scaler": (dict,), "rng": (dict,), "model": (str,),
+}  # fmt: skip
+
+
+def check_state(state: dict[str, Any], path: str | Path) -> None:
+    """Raises CheckpointError naming `path` and the key when a training state lacks a key or has a wrong type."""
+
+    def bad(key: str, want: str) -> CheckpointError:
+        got = type(state.get(key)).__name__ if key in state else "missing"
+        return CheckpointError(f"{path}: training state key {key!r} is {got}, expected {want}; the file is not "
+                               "a usable odearch checkpoint")  # fmt: skip
+
+    for key, types in STATE_TYPES.items():
+        value = state.get(key)
+        if key not in state or not isinstance(value, types) or isinstance(value, bool):
+            raise bad(key, "/".join(t.__name__ for t in types))
+    if state["step"] < 0 or state["epoch"] < 0 or state["batch"] < 0:
+        raise bad("step", "non-negative step, epoch and batch")
+    opt = state["optimizer"]
+    if not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list):
+        raise bad("optimizer", "an optimizer state_dict (state, param_groups)")
+    rng = state["rng"]
+    if not isinstance(rng.get("torch"), torch.Tensor) or not isinstance(rng.get("python"), list | tuple) or \
+            len(rng["python"]) != 3 or not isinstance(rng.get("cuda"), list):  # fmt: skip
+        raise bad("rng", "RNG states (torch tensor, cuda list, python triple)")
+    if not all(k in state["best"] for k in ("acc", "epoch", "on")):
+        raise bad("best", "a dict with acc, epoch, on")
+    if state["batch"] and not (isinstance(state["partial"].get("loss_sum"), torch.Tensor) and
+                               isinstance(state["partial"].get("correct"), torch.Tensor) and
+                               isinstance(state["partial"].get("n"), int)):  # fmt: skip
+        raise bad("partial", "partial-epoch sums (loss_sum, correct tensors; n)")
 
 
 # ----------------------------------------------------------------------------------------------------------- RNG

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,8 @@ class TrainConfig:
                      choices=("auto", "store", "recompute", "reversible"))  # fmt: skip
     deterministic: bool = _f(False, "deterministic algorithms (torch.use_deterministic_algorithms, cudnn flags)")
     sync_bn: bool = _f(False, "BatchNorm statistics over the global batch when distributed (SyncBatchNorm)")
+    dist_timeout: float = _f(600.0, "distributed: seconds a rank waits for the others in a collective before the run "
+                                    "fails (torch's default is 30 min)")  # fmt: skip
     workers: int | None = _f(None, "imagenet: DataLoader worker processes per rank (default: min(8, CPUs per rank))")
     decode: str = _f("pil", "imagenet: decode JPEGs in the workers (pil) or on the device (nvJPEG on a GPU)",
                      choices=("pil", "device"))  # fmt: skip
@@ -167,14 +170,22 @@ class TrainConfig:
             raise ConfigError(f"val_split must be a non-negative integer, got {self.val_split!r}")
         if self.select_on == "val" and not self.val_split:
             raise ConfigError("select_on=val needs a validation split: add --val-split 5000")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
         if self.lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0 or not 0 < self.gamma <= 1:
             raise ConfigError("need lr > 0, 0 <= momentum < 1, weight_decay >= 0, 0 < gamma <= 1")
         if not 0 <= self.label_smoothing < 1 or self.warmup_epochs < 0:
             raise ConfigError("need 0 <= label_smoothing < 1 and warmup_epochs >= 0")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"max_minutes must be positive, got {self.max_minutes}")
-        if self.seed < 0 or self.log_every < 0:
-            raise ConfigError("seed and log_every must be non-negative")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed (--seed) must be in [0, 2**63), got {self.seed}")
+        if self.log_every < 0:
+            raise ConfigError("log_every must be non-negative")
+        if self.dist_timeout <= 0:
+            raise ConfigError(f"dist_timeout must be positive (seconds), got {self.dist_timeout}")
         if list(self.milestones) != sorted(self.milestones):
             raise ConfigError(f"milestones must be increasing, got {list(self.milestones)}")
         if not all(isinstance(k, str) and k.isidentifier() for k in self.model_kwargs):
@@ -253,7 +264,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def config_hash(cfg: TrainConfig) -> str:
     """Short hash of the fields that define the trained function (model, data, optimisation), not run control."""
     volatile = {"out", "data_dir", "download", "max_minutes", "log_every", "tensorboard", "device", "compile",
-                "workers", "memory"}  # fmt: skip
+                "workers", "memory", "dist_timeout"}  # fmt: skip
     d = {k: v for k, v in cfg.to_dict().items() if k not in volatile}
     if d.get("lm_weight_decay") == "k":  # the only behaviour before the option existed: keep those runs' hashes
         del d["lm_weight_decay"]

@@ -13,9 +13,11 @@ function as GPU runs.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -35,6 +37,7 @@ __all__ = [
     "relaunch",
     "shutdown",
     "torchrun_command",
+    "wait_forwarding",
     "without_option",
     "world_size_from_env",
 ]
@@ -62,20 +65,27 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init_distributed(device: torch.device) -> DistEnv:
+def init_distributed(device: torch.device, timeout_s: float = 600.0) -> DistEnv:
     """Joins the process group when launched by torchrun (``WORLD_SIZE`` > 1); else returns a 1-process env.
+
+    A rank asks the kernel to SIGTERM it when its parent (the torchrun agent) dies, so no worker trains on as an
+    orphan; its SIGTERM handler then stops it (:mod:`odearch.train.signals`), or a collective times out.
 
     Args:
         device: the training device type; CUDA ranks use GPU ``LOCAL_RANK`` and nccl, CPU ranks gloo.
+        timeout_s: how long a collective waits for a stalled rank before failing (torch's default: 30 min).
     """
     world_size = world_size_from_env()
     if world_size <= 1:
         return DistEnv()
+    from .signals import die_with_parent
+
+    die_with_parent()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s))
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
@@ -260,4 +270,24 @@ def relaunch(nproc: int, args: Sequence[str], batch_size: int) -> int:
                           f"processes: use a multiple of {nproc}")  # fmt: skip
     cmd = torchrun_command(nproc, without_option(args, "--nproc"))
     print("odearch: " + " ".join(cmd), file=sys.stderr, flush=True)
-    return subprocess.run(cmd, check=False).returncode
+    from .signals import die_with_parent
+
+    proc = subprocess.Popen(cmd, preexec_fn=die_with_parent)  # torchrun dies with this process, even by SIGKILL
+    return wait_forwarding(proc)
+
+
+def wait_forwarding(proc: Any, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> int:
+    """Waits for `proc`, forwarding SIGTERM/SIGINT received meanwhile to it (torchrun passes them to its workers,
+    which stop with a resumable checkpoint); returns its exit code (128 + signal for a killed child)."""
+
+    def forward(signum: int, frame: Any) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in signals}
+    try:
+        code = proc.wait()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    return 128 - code if code < 0 else code

@@ -28,7 +28,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,15 +41,17 @@ from torch import nn
 from ..data import CifarLoader, ImageNetLoader, dataset_info, load_cifar, take_first, train_val_split
 from ..models import create_model
 from ..nn import lm_coefficients, set_memory
+from . import generations
 from .checkpoint import (
     CheckpointError,
     atomic_write,
     capture_rng,
+    check_state,
     load_state,
     load_weights,
     restore_rng,
-    save_state,
-    save_weights,
+    state_bytes,
+    weights_bytes,
     weights_into,
 )
 from .config import ConfigError, TrainConfig, config_hash
@@ -68,7 +70,9 @@ from .distributed import (
 from .imagenet import imagenet_loaders
 from .optim import build_optimizer
 from .provenance import provenance
-from .rundir import RunDir, default_out
+from .rundir import RunDir, RunExistsError, default_out
+from .signals import StopSignals
+from .tensorboard import TensorBoard
 
 __all__ = ["NonFiniteLossError", "build_model", "evaluate", "fit", "lr_at", "resolve_device", "train_one_epoch"]
 
@@ -279,7 +283,11 @@ def _build_cifar(cfg: TrainConfig, device: torch.device, env: DistEnv) -> _Data:
     if cfg.val_split:
         (images, labels), evals_raw["val"] = train_val_split(images, labels, cfg.val_split, seed=VAL_SPLIT_SEED)
     if cfg.subset is not None:
-        images, labels = take_first(images, labels, min(cfg.subset, len(images)))
+        if cfg.subset > len(images):
+            raise ConfigError(f"--subset {cfg.subset} exceeds the {len(images)} training images of {cfg.dataset}"
+                              f"{' left after --val-split' if cfg.val_split else ''}; use at most {len(images)} "
+                              "(or no --subset)")  # fmt: skip
+        images, labels = take_first(images, labels, cfg.subset)
     test = load_cifar(cfg.data_dir, cfg.dataset, train=False, download=cfg.download)
     evals_raw["test"] = take_first(*test, min(cfg.eval_subset, len(test[0]))) if cfg.eval_subset else test
     common = {"mean": info["mean"], "std": info["std"], "device": device, "channels_last": cfg.channels_last,
@@ -312,28 +320,58 @@ def _metadata(cfg: TrainConfig, progress: _Progress) -> dict[str, Any]:
 
 
 def _save_last(run: RunDir, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler | None, progress: _Progress) -> None:  # fmt: skip
-    """Writes last.state.pt then last.safetensors (both atomic, both tagged with the step)."""
+               scaler: torch.amp.GradScaler | None, progress: _Progress, *, best: bool = False,
+               row: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """Writes the checkpoint as one generation (:func:`odearch.train.generations.commit`): last weights, state
+    (with the epoch's metrics `row`, so a resume can repair a log cut by a kill) and, if `best`, the best weights.
+
+    Raises:
+        NonFiniteLossError: a weight, buffer or optimizer tensor is NaN/inf (the previous checkpoint is kept).
+    """
+    _check_finite(model, optimizer, progress)
     state = {
         "format": "odearch-train-state/1", "model": cfg.model, "config_hash": config_hash(cfg),
         "step": progress.step, "epoch": progress.epoch, "batch": progress.batch, "partial": progress.partial,
         "best": progress.best, "wall_seconds": progress.wall_seconds,
         "optimizer": optimizer.state_dict(), "scheduler": {"schedule": cfg.schedule, "step": progress.step},
-        "scaler": scaler.state_dict() if scaler is not None else {}, "rng": capture_rng(),
+        "scaler": scaler.state_dict() if scaler is not None else {}, "rng": capture_rng(), "row": row,
     }  # fmt: skip
-    save_state(run.last_state, state)
-    save_weights(run.last_weights, model, _metadata(cfg, progress))
+    weights = weights_bytes(model, _metadata(cfg, progress))
+    files = {"last.safetensors": weights, "last.state.pt": state_bytes(state), "best.safetensors": weights if best
+             else None}  # fmt: skip
+    generations.commit(run.checkpoints, files, {"step": progress.step, "epoch": progress.epoch,
+                                                "batch": progress.batch})  # fmt: skip
 
 
-def _restore(run: RunDir, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scaler: torch.amp.GradScaler | None) -> tuple[_Progress, dict[str, Any]]:  # fmt: skip
-    """Loads the last checkpoint of `run` into model and optimizer; returns the progress and the RNG states."""
+def _check_finite(model: nn.Module, optimizer: torch.optim.Optimizer, progress: _Progress) -> None:
+    """Every floating tensor to be saved (weights, BatchNorm statistics, momentum buffers) must be finite."""
+    named = list(model.state_dict().items())
+    named += [(f"optimizer state {i}.{k}", v) for i, st in enumerate(optimizer.state.values()) for k, v in st.items()]
+    for name, t in named:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise NonFiniteLossError(f"non-finite values (NaN/inf) in {name} after step {progress.step} (epoch "
+                                     f"{progress.epoch}): the checkpoint was NOT saved")  # fmt: skip
+
+
+def _restore(
+    run: RunDir, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+) -> tuple[_Progress, dict[str, Any], dict[str, Any] | None]:  # fmt: skip
+    """Loads the last checkpoint of `run` into model and optimizer (checksums verified); returns the progress,
+    the RNG states and the metrics row of the checkpoint's epoch (None in checkpoints older than the row)."""
+    if not run.last_state.is_file() and not run.last_weights.is_file():
+        raise CheckpointError(f"{run.root} has no checkpoint yet (it was stopped before its first one was saved); "
+                              f"start it again with: odearch train --config {run.config} --out {run.root} "
+                              "--overwrite")  # fmt: skip
     state = load_state(run.last_state)
+    check_state(state, run.last_state)
     if state.get("model") != cfg.model:
         raise CheckpointError(f"{run.last_state} was saved from model {state.get('model')!r}, but {run.config} "
                               f"says {cfg.model!r}")  # fmt: skip
     tensors, meta = load_weights(run.last_weights)
     weights_into(model, tensors, meta, run.last_weights, cfg.model)
+    generations.read_verified(run.last_weights)
+    generations.read_verified(run.last_state)
     if meta.get("step") != state["step"]:
         raise CheckpointError(f"{run.last_weights} (step {meta.get('step')}) and {run.last_state} (step "
                               f"{state['step']}) differ: the run was killed while saving")  # fmt: skip
@@ -341,10 +379,11 @@ def _restore(run: RunDir, cfg: TrainConfig, model: nn.Module, optimizer: torch.o
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state["scaler"]:
             scaler.load_state_dict(state["scaler"])
-    except (ValueError, KeyError, RuntimeError) as e:
+    except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as e:
         raise CheckpointError(f"{run.last_state}: optimizer state does not fit {cfg.model!r}: {e}") from None
     keys = ("step", "epoch", "batch", "partial", "best", "wall_seconds")
-    return _Progress(**{k: state[k] for k in keys}), state["rng"]
+    row = state.get("row") if isinstance(state.get("row"), dict) else None
+    return _Progress(**{k: state[k] for k in keys}), state["rng"], row
 
 
 def _log(env: DistEnv, msg: str) -> None:
@@ -362,6 +401,9 @@ def fit(
 ) -> dict[str, Any]:  # fmt: skip
     """Trains `cfg.model` on `cfg.dataset` into the run directory `cfg.out` and returns the result summary.
 
+    The run directory is locked (``flock``) for the whole call: a second writer is refused. SIGTERM and SIGINT stop
+    at the next step with a resumable checkpoint and result.json (``status: stopped``, ``stop_reason``).
+
     Args:
         cfg: the resolved configuration (``cfg.out`` None: a new ``runs/<model>_<dataset>_s<seed>_<time>``).
         resume: continue the run in ``cfg.out`` from ``checkpoints/last.*`` (config taken as given).
@@ -374,7 +416,8 @@ def fit(
 
     Raises:
         ConfigError: options that cannot run (unknown model kwargs, no CUDA, too small a subset).
-        RunExistsError: ``cfg.out`` holds a run and neither `resume` nor `overwrite` is set.
+        RunExistsError: ``cfg.out`` holds a run and neither `resume` nor `overwrite` is set, or another process is
+            writing it (RunLockedError).
         CheckpointError: a checkpoint to resume from is missing, damaged or of another model.
         FileNotFoundError: the data files are missing and could not be downloaded.
         NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
@@ -388,32 +431,82 @@ def fit(
     if cfg.batch_size % world_size:
         raise ConfigError(f"batch_size {cfg.batch_size} is the global batch and must split evenly over the "
                           f"{world_size} processes: use a multiple of {world_size}")  # fmt: skip
-    env = init_distributed(device)
+    env = init_distributed(device, timeout_s=cfg.dist_timeout)
     try:
-        if env.enabled and device.type == "cuda":
-            device = torch.device("cuda", env.local_rank)
-        _configure_numerics(cfg, device)
-        out = broadcast_object(cfg.out, env)  # a default out holds the time: rank 0's names the run
-        if out != cfg.out:
-            cfg = cfg.replace(out=out)
-        run = RunDir(Path(cfg.out))
-        if resume:
-            if not run.is_run():
-                raise CheckpointError(f"nothing to resume in {run.root}: not an odearch run")
-        else:
-            run.check_new(overwrite)  # refuse before any work, so a mistake costs nothing
-        barrier(env)  # every rank has checked before rank 0 creates the run
-        _seed_everything(cfg.seed)
-        raw = build_model(cfg).to(device, memory_format=torch.channels_last if cfg.channels_last else None)
-        data = _build_data(cfg, device, env)
-        return _fit(cfg, run, raw, data, device, env, resume, overwrite, command, progress_bar, wall_start, deadline)
+        with contextlib.ExitStack() as stack:
+            if env.enabled and device.type == "cuda":
+                device = torch.device("cuda", env.local_rank)
+            _configure_numerics(cfg, device)
+            out = broadcast_object(cfg.out, env)  # a default out holds the time: rank 0's names the run
+            if out != cfg.out:
+                cfg = cfg.replace(out=out)
+            run = RunDir(Path(cfg.out))
+            _check_target(run, resume, overwrite)  # refuse before any work, so a mistake costs nothing
+            stack.enter_context(_locked(run, env, resume, overwrite))
+            barrier(env)  # every rank has checked before rank 0 creates the run
+            stop = stack.enter_context(StopSignals())
+            _seed_everything(cfg.seed)
+            raw = build_model(cfg).to(device, memory_format=torch.channels_last if cfg.channels_last else None)
+            data = _build_data(cfg, device, env)
+            try:
+                return _fit(cfg, run, raw, data, device, env, resume, overwrite, command, progress_bar, wall_start,
+                            deadline, stop)  # fmt: skip
+            except NonFiniteLossError as e:
+                raise NonFiniteLossError(f"{e}; {_recovery_hint(run, cfg)}") from None
     finally:
         shutdown(env)
 
 
+def _check_target(run: RunDir, resume: bool, overwrite: bool) -> None:
+    """A resume needs a run; a new run needs a free directory (or `overwrite` of a run)."""
+    if resume:
+        if not run.is_run():
+            raise CheckpointError(f"nothing to resume in {run.root}: not an odearch run")
+    else:
+        run.check_new(overwrite)
+
+
+@contextlib.contextmanager
+def _locked(run: RunDir, env: DistEnv, resume: bool, overwrite: bool) -> Iterator[None]:
+    """Rank 0 holds the run directory's lock for the whole run (and checks the target again under it, as another
+    process may have created a run meanwhile); every rank raises rank 0's error."""
+    with contextlib.ExitStack() as stack:
+        error: Exception | None = None
+        if env.is_main:
+            try:
+                stack.enter_context(run.locked(create=not resume))
+                _check_target(run, resume, overwrite)
+                run.remove_temporaries()  # of a killed writer; nobody else writes now
+            except (RunExistsError, CheckpointError, OSError) as e:
+                error = e
+        error = broadcast_object(error, env)
+        if error is not None:
+            raise error
+        yield
+
+
+def _begin(run: RunDir, cfg: TrainConfig, env: DistEnv, resume: bool, overwrite: bool, prog: _Progress,
+           row: dict[str, Any] | None) -> bool:  # fmt: skip
+    """Prepares the run directory (rank 0); returns False when a resumed run has nothing left to do.
+
+    A resume repairs metrics.jsonl (drops rows newer than the checkpoint, restores the checkpoint epoch's row if a
+    kill lost it) and rewrites config.yaml only when there is work to do (a finished run keeps its config).
+    """
+    todo = not resume or prog.epoch < cfg.epochs or prog.batch > 0
+    if env.is_main:
+        if resume:
+            run.repair_metrics(prog.epoch, row)
+            if todo:
+                run.write_config(cfg)  # records allowed changes (more epochs, another data_dir)
+        else:
+            run.create(cfg, overwrite)
+    barrier(env)
+    return todo
+
+
 def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: torch.device, env: DistEnv,
          resume: bool, overwrite: bool, command: str | None, progress_bar: bool | None, wall_start: float,
-         deadline: float) -> dict[str, Any]:  # fmt: skip
+         deadline: float, stop: StopSignals) -> dict[str, Any]:  # fmt: skip
     """The body of :func:`fit` once the model and the data are in place."""
     if env.enabled and cfg.sync_bn:
         raw = convert_sync_batchnorm(raw, device)
@@ -421,9 +514,9 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
                                 weight_decay=cfg.weight_decay, lm_weight_decay=cfg.lm_weight_decay)  # fmt: skip
     amp_dtype = _amp_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    prog, rng = _Progress(), None
+    prog, rng, saved_row = _Progress(), None, None
     if resume:
-        prog, rng = _restore(run, cfg, raw, optimizer, scaler)
+        prog, rng, saved_row = _restore(run, cfg, raw, optimizer, scaler)
     model: nn.Module = raw
     if env.enabled:
         model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
@@ -431,33 +524,30 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
     if cfg.compile:
         model, eval_model = torch.compile(model), torch.compile(raw)
 
-    if env.is_main:
-        if resume:
-            run.truncate_metrics(prog.epoch)  # rows written after the checkpoint belong to the redone epoch
-            run.write_config(cfg)  # records allowed changes (more epochs, another data_dir)
-        else:
-            run.create(cfg, overwrite)
-            write_initial_k(run.root, raw)
-    barrier(env)
-    if resume and prog.epoch >= cfg.epochs and prog.batch == 0:
+    n_params = sum(p.numel() for p in raw.parameters())
+    select = "val" if cfg.select_on == "val" or (cfg.select_on == "auto" and cfg.val_split) else "test"
+    finish = lambda stopped, reason=None: _finish(run, cfg, env, prog, data, n_params, select, command,  # noqa: E731
+                                                  provenance(device), stopped, reason)  # fmt: skip
+    if not _begin(run, cfg, env, resume, overwrite, prog, saved_row):
         _log(env, f"odearch: {run.root} already finished its {cfg.epochs} epochs; nothing to do")
-        return run.read_result() if run.result.is_file() else {}
+        if run.result.is_file():
+            return run.read_result()
+        return finish(False)  # killed after the last checkpoint, before result.json: write it now
+    if env.is_main and not resume:
+        write_initial_k(run.root, raw)  # k_n before the first epoch (epoch 0 of the analysis plots)
 
-    writer = None
-    if env.is_main and cfg.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter  # heavy import, only when used
-
-        writer = SummaryWriter(str(run.tb), purge_step=prog.epoch + 1 if resume else None)
+    writer = TensorBoard(run.tb, prog.epoch + 1 if resume else None) if env.is_main and cfg.tensorboard else None
     autocast = lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)  # noqa: E731
     lr_fn = _lr_fn(cfg, len(data.train))
-    n_params = sum(p.numel() for p in raw.parameters())
     use_bar = progress_bar if progress_bar is not None else sys.stderr.isatty()
-    select = "val" if cfg.select_on == "val" or (cfg.select_on == "auto" and cfg.val_split) else "test"
     prov = provenance(device)
     _log(env, f"odearch: {cfg.model} ({n_params / 1e6:.3f}M params) on {cfg.dataset} ({data.num_train} train "
               f"images), {prov['device_name']}, {env.world_size} process(es), run dir {run.root}")  # fmt: skip
     if rng is not None:
-        restore_rng(rng)
+        try:
+            restore_rng(rng)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{run.last_state}: unusable RNG state: {e}") from None
 
     stopped = False
     for epoch in range(prog.epoch, cfg.epochs):
@@ -471,7 +561,7 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
         out = train_one_epoch(
             model, data.train, optimizer, lr_fn=lr_fn, step=prog.step, autocast=autocast,
             label_smoothing=cfg.label_smoothing, scaler=scaler, start_batch=prog.batch, sums=sums,
-            should_stop=_stopper(deadline, env, device),
+            should_stop=_stopper(deadline, env, device, stop),
             on_step=_on_step(bar, cfg.log_every, epoch, t0, env, _Eta(prog.step, len(data.train), cfg)),
         )  # fmt: skip
         totals = all_reduce_sum(torch.stack([out["loss_sum"].double(), out["correct"].double(),
@@ -480,11 +570,10 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
         if bar is not None:
             bar.close()
         if not math.isfinite(totals[0].item()):
-            raise NonFiniteLossError(f"training loss became non-finite in epoch {epoch + 1} (by step {out['step']});"
-                                     f" stopped, keeping the last good checkpoint in {run.checkpoints} (epoch "
-                                     f"{prog.epoch}); try a lower --lr")  # fmt: skip
+            raise NonFiniteLossError(f"training loss became non-finite in epoch {epoch + 1} (by step "
+                                     f"{out['step']})")  # fmt: skip
         prog.step = out["step"]
-        if out["stopped"]:  # --max-minutes hit mid-epoch: save the partial epoch exactly and stop
+        if out["stopped"]:  # --max-minutes or a signal hit mid-epoch: save the partial epoch exactly and stop
             prog.batch = out["batches"]
             prog.partial = {"loss_sum": out["loss_sum"].cpu(), "correct": out["correct"].cpu(), "n": out["n"],
                             "seconds": seconds}  # fmt: skip
@@ -512,21 +601,17 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
         prog.wall_seconds += time.monotonic() - wall_start
         wall_start = time.monotonic()
         if env.is_main:
-            if improved:
-                save_weights(run.best_weights, raw, _metadata(cfg, prog))
-            _save_last(run, cfg, raw, optimizer, scaler, prog)
-            run.append_metrics(row)  # after the checkpoint: a resume drops rows newer than its checkpoint
+            _save_last(run, cfg, raw, optimizer, scaler, prog, best=improved, row=row)
+            run.append_metrics(row)  # after the checkpoint (which holds the row too, for a resume to repair)
             if writer is not None:
-                for k, v in row.items():
-                    if isinstance(v, float):
-                        writer.add_scalar(k, v, epoch + 1)
-                writer.flush()
+                writer.log(row, epoch + 1)
         _log(env, f"epoch {epoch + 1:>3}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc "
                   f"{_pct(row['train_acc'])}  " + "".join(f"{k} loss {row[f'{k}_loss']:.4f} acc "
                   f"{_pct(row[f'{k}_acc'])}  " for k in ("val", "test") if k in evals) +
              f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {seconds:.1f}s" +
              (f"  run ETA {_hms(seconds * (cfg.epochs - epoch - 1))}" if epoch + 1 < cfg.epochs else ""))  # fmt: skip
-        if epoch + 1 < cfg.epochs and math.isfinite(deadline) and any_rank(time.monotonic() > deadline, env, device):
+        if epoch + 1 < cfg.epochs and any_rank(time.monotonic() > deadline or stop.received is not None, env,
+                                               device):  # fmt: skip
             stopped = True
             break
     else:
@@ -534,10 +619,29 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
 
     if writer is not None:
         writer.close()
+    return finish(stopped, (stop.received or "max_minutes") if stopped else None)
+
+
+def _recovery_hint(run: RunDir, cfg: TrainConfig) -> str:
+    """What is kept after a numerical failure, and how to retry with a lower learning rate."""
+    kept = "no checkpoint was saved yet"
+    found = generations.manifest_for(run.last_state) if run.last_state.is_file() else None
+    if run.last_state.is_file():
+        epoch = found[1].get("epoch", "?") if found else "?"
+        kept = f"the last good checkpoint ({run.checkpoints}, epoch {epoch}) is kept"
+    return (f"stopped; {kept}. --resume cannot change the learning rate: start a new run with a lower one, e.g. "
+            f"odearch train --config {run.config} --lr {cfg.lr / 10:g} --warmup-epochs 1 --out NEW_DIR")  # fmt: skip
+
+
+def _finish(
+    run: RunDir, cfg: TrainConfig, env: DistEnv, prog: _Progress, data: _Data, n_params: int, select: str,
+    command: str | None, prov: dict[str, Any], stopped: bool, reason: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Builds result.json from the progress and the last metrics row, writes it (rank 0) and logs the outcome."""
     rows = run.read_metrics() if env.is_main else []
     last = rows[-1] if rows else {}
     result = {
-        "status": "stopped" if stopped else "complete",
+        "status": "stopped" if stopped else "complete", "stop_reason": reason,
         "resume_with": f"odearch train --resume {run.root}" if stopped else None,
         "command": command or "odearch.train.fit (Python API)",
         "model": cfg.model, "dataset": cfg.dataset, "num_classes": cfg.num_classes, "model_kwargs": cfg.model_kwargs,
@@ -556,21 +660,22 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
     }  # fmt: skip
     if env.is_main:
         run.write_result(result)
-        how = f"stopped after {cfg.max_minutes} min; resume with: {result['resume_with']}" if stopped else "done"
+        why = f"after {cfg.max_minutes} min" if reason == "max_minutes" else f"by {reason}"
+        how = f"stopped {why}; resume with: {result['resume_with']}" if stopped else "done"
         _log(env, f"odearch: {how}; final test acc {_pct(result['final_test_acc'])}, best {_pct(result['best_acc'])}"
                   f" ({select}, epoch {result['best_epoch']}); {run.result}")  # fmt: skip
     return result
 
 
-def _stopper(deadline: float, env: DistEnv, device: torch.device, every: int = 10) -> Callable[[], bool] | None:
-    """The `should_stop` of `train_one_epoch`: past `deadline`. Distributed ranks decide together (each reads its
-    own clock), every `every` steps to spare a collective per step; None without a deadline."""
-    if not math.isfinite(deadline):
-        return None
+def _stopper(deadline: float, env: DistEnv, device: torch.device, stop: StopSignals,
+             every: int = 10) -> Callable[[], bool]:  # fmt: skip
+    """The `should_stop` of `train_one_epoch`: past `deadline`, or a SIGTERM/SIGINT received. Distributed ranks
+    decide together (each reads its own clock and signals), every `every` steps to spare a collective per step."""
+    local = lambda: time.monotonic() > deadline or stop.received is not None  # noqa: E731
     if not env.enabled:
-        return lambda: time.monotonic() > deadline
+        return local
     calls = itertools.count(1)
-    return lambda: next(calls) % every == 0 and any_rank(time.monotonic() > deadline, env, device)
+    return lambda: next(calls) % every == 0 and any_rank(local(), env, device)
 
 
 def _bar(enabled: bool, total: int, initial: int, desc: str) -> Any:

@@ -4,18 +4,30 @@
 
     RUN/config.yaml                      resolved TrainConfig (model, model_kwargs, num_classes, dataset, ...)
     RUN/metrics.jsonl                    one JSON object per finished epoch
+    RUN/lm_k_init.json                   LM models: the k_n before the first epoch (epoch 0 of the k plots)
     RUN/tb/                              TensorBoard events
     RUN/checkpoints/last.safetensors     weights after the last finished epoch (or the --max-minutes stop)
     RUN/checkpoints/last.state.pt        optimizer, schedule step, epoch, RNG, best metric (weights_only-loadable)
     RUN/checkpoints/best.safetensors     weights of the best epoch on the selection metric
+    RUN/checkpoints/current, gen-*/      the generation those three paths lead to (odearch.train.generations)
     RUN/result.json                      summary and provenance, written when the run ends or stops cleanly
+    RUN/eval_*.json, RUN/analysis/       written by `odearch eval` and `odearch analyze`
+
+A process writing a run holds an exclusive ``flock`` on the directory (released by the kernel when it exits, so a
+lock of a dead process never blocks). ``--overwrite`` deletes only the names above and refuses a directory that
+holds anything else.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
+import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +37,11 @@ import yaml
 from .checkpoint import atomic_write
 from .config import ConfigError, TrainConfig
 
-__all__ = ["RunDir", "RunExistsError", "default_out"]
+__all__ = ["LAYOUT", "RunDir", "RunExistsError", "RunLockedError", "default_out", "resolve_data_dir"]
+
+# What a run directory may hold (names a run writes); --overwrite deletes these and nothing else.
+LAYOUT = ("config.yaml", "metrics.jsonl", "result.json", "tb", "checkpoints", "analysis", ".lock", "lm_k_init.json")
+CHECKPOINT_NAMES = ("last.safetensors", "last.state.pt", "best.safetensors", "current")
 
 
 def default_out(cfg: TrainConfig) -> str:
@@ -35,6 +51,30 @@ def default_out(cfg: TrainConfig) -> str:
 
 class RunExistsError(FileExistsError):
     """`--out` names an existing run and neither `--resume` nor `--overwrite` was given."""
+
+
+class RunLockedError(RunExistsError):
+    """Another process is writing the run directory (it holds the lock)."""
+
+
+def _ours(name: str, allowed: tuple[str, ...]) -> bool:
+    """A name a run writes: one of `allowed`, eval_*.json, a generation, or a temporary file of an atomic write."""
+    return (name in allowed or (name.startswith("eval_") and name.endswith(".json")) or name.startswith("gen-")
+            or (name.startswith(".") and name.endswith(".tmp")))  # fmt: skip
+
+
+def resolve_data_dir(stored: str | None, run_root: Path, flag: str | None = None) -> str | None:
+    """The data directory of a run read back: ``--data-dir`` (`flag`), else ``$ODEARCH_DATA``, else the stored
+    path: as is when absolute, else relative to the run directory if it exists there, else to the working
+    directory (runs of older versions stored the path as given, relative to where they were started)."""
+    if flag:
+        return flag
+    if os.environ.get("ODEARCH_DATA"):
+        return os.environ["ODEARCH_DATA"]
+    if stored is None or Path(stored).is_absolute():
+        return stored
+    beside = run_root / stored
+    return str(beside.resolve()) if beside.is_dir() else stored
 
 
 @dataclass(frozen=True)
@@ -75,28 +115,85 @@ class RunDir:
     def best_weights(self) -> Path:
         return self.checkpoints / "best.safetensors"
 
+    def foreign(self) -> list[str]:
+        """Entries that no odearch run writes (in RUN and RUN/checkpoints)."""
+        out = [p.name for p in self.root.iterdir() if not _ours(p.name, LAYOUT)]
+        if self.checkpoints.is_dir() and not self.checkpoints.is_symlink():
+            out += [f"checkpoints/{p.name}" for p in self.checkpoints.iterdir() if not _ours(p.name, CHECKPOINT_NAMES)]
+        return sorted(out)
+
+    @contextlib.contextmanager
+    def locked(self, create: bool = False) -> Iterator[None]:
+        """Holds an exclusive lock on the run directory (created first if `create`) while the block runs.
+
+        Raises:
+            RunLockedError: another process holds it.
+        """
+        created = create and not self.root.exists()
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._flock():
+                yield
+        finally:
+            if created and all(p.name == ".lock" for p in self.root.iterdir()):  # failed before writing anything
+                shutil.rmtree(self.root, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _flock(self) -> Iterator[None]:
+        fd = _lock_fd(self.root)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunLockedError(f"{self.root} is being written by another odearch process (it holds the run's "
+                                     "lock); wait for it to end or stop it, then try again") from None  # fmt: skip
+            raise
+        try:
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def remove_temporaries(self) -> None:
+        """Deletes the temporary files of atomic writes a killed process left (call with the lock held)."""
+        for folder in (self.root, self.checkpoints):
+            if folder.is_dir():
+                for p in folder.glob(".*.tmp"):
+                    if p.is_file() or p.is_symlink():
+                        p.unlink(missing_ok=True)
+
     def is_run(self) -> bool:
         """True if the directory holds (part of) an odearch run."""
         return self.config.exists() or self.checkpoints.exists() or self.metrics.exists()
 
     def check_new(self, overwrite: bool) -> None:
         """Raises RunExistsError unless the directory is absent, empty, or `overwrite` allows replacing a run."""
-        if not self.root.exists() or (self.root.is_dir() and not any(self.root.iterdir())):
+        if not self.root.exists() or (self.root.is_dir() and all(p.name == ".lock" for p in self.root.iterdir())):
             return
         if not self.root.is_dir():
             raise RunExistsError(f"--out {self.root} exists and is not a directory")
         if not self.is_run():
             raise RunExistsError(f"--out {self.root} is a non-empty directory that is not an odearch run; "
                                  "choose another --out")  # fmt: skip
+        foreign = self.foreign()
+        if foreign and overwrite:
+            raise RunExistsError(f"--overwrite refused: {self.root} holds files that are not part of an odearch run "
+                                 f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); move them or "
+                                 "choose another --out")  # fmt: skip
         if not overwrite:
+            hint = "--overwrite to replace it, " if not foreign else ""
             raise RunExistsError(f"{self.root} already holds a run: use --resume {self.root} to continue it, "
-                                 "--overwrite to replace it, or another --out")  # fmt: skip
+                                 f"{hint}or another --out")  # fmt: skip
 
     def create(self, cfg: TrainConfig, overwrite: bool) -> None:
-        """Creates the directory for a new run (replacing an old run if `overwrite`) and writes config.yaml."""
+        """Creates the directory for a new run (replacing an old run if `overwrite`: only the run's own files are
+        deleted) and writes config.yaml."""
         self.check_new(overwrite)
         if overwrite and self.root.is_dir() and self.is_run():
-            shutil.rmtree(self.root)
+            for name in self.root.iterdir():
+                if name.name != ".lock":
+                    shutil.rmtree(name) if name.is_dir() and not name.is_symlink() else name.unlink()
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         self.write_config(cfg)
 
@@ -117,24 +214,51 @@ class RunDir:
         return TrainConfig.from_dict(values, source=str(self.config))
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        """Appends one epoch's metrics as a JSON line."""
-        with open(self.metrics, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        """Appends one epoch's metrics as a JSON line (a write error names the file)."""
+        try:
+            with open(self.metrics, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:
+            raise OSError(e.errno, f"cannot write {self.metrics}: {e.strerror}") from None
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """All metric rows (an unterminated last line, from a kill mid-write, is ignored)."""
+        """All metric rows (an unterminated last line, from a kill mid-write, is ignored).
+
+        Raises:
+            ValueError: naming the file and line, for a line that is not a JSON object with an integer ``epoch``.
+        """
         if not self.metrics.is_file():
             return []
         rows = []
-        for line in self.metrics.read_text().splitlines(keepends=True):
-            if line.endswith("\n") and line.strip():
-                rows.append(json.loads(line))
+        for number, line in enumerate(self.metrics.read_text(errors="replace").splitlines(keepends=True), 1):
+            if not line.endswith("\n") or not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"{self.metrics}:{number}: not a JSON line ({e}); remove or repair that "
+                                 "line") from None  # fmt: skip
+            epoch = row.get("epoch") if isinstance(row, dict) else None
+            if not isinstance(epoch, int) or isinstance(epoch, bool):
+                raise ValueError(f"{self.metrics}:{number}: a metrics row needs an integer 'epoch'; remove or repair "
+                                 "that line")  # fmt: skip
+            rows.append(row)
         return rows
+
+    def repair_metrics(self, epochs: int, row: dict[str, Any] | None = None) -> None:
+        """Keeps the rows of epochs <= `epochs` (rows written after the checkpoint a resume starts from) and adds
+        `row`, the checkpoint's own epoch row, if a kill between checkpoint and log lost it. Writes only if needed."""
+        old = self.read_metrics()
+        rows = [r for r in old if r["epoch"] <= epochs]
+        if row is not None and row.get("epoch") == epochs and not any(r["epoch"] == epochs for r in rows):
+            rows.append(row)
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        if rows != old or (self.metrics.is_file() and self.metrics.read_text(errors="replace") != text):
+            atomic_write(self.metrics, text.encode())
 
     def truncate_metrics(self, epochs: int) -> None:
         """Keeps only the rows of epochs <= `epochs` (rows written after the checkpoint a resume starts from)."""
-        rows = [r for r in self.read_metrics() if r["epoch"] <= epochs]
-        atomic_write(self.metrics, "".join(json.dumps(r) + "\n" for r in rows).encode())
+        self.repair_metrics(epochs)
 
     def read_result(self) -> dict[str, Any]:
         """The result.json of a finished run."""
@@ -143,3 +267,17 @@ class RunDir:
     def write_result(self, result: dict[str, Any]) -> None:
         """Writes result.json atomically."""
         atomic_write(self.result, (json.dumps(result, indent=2) + "\n").encode())
+
+
+def _lock_fd(root: Path) -> int:
+    """A descriptor to flock for `root`: the directory itself, or RUN/.lock where directories cannot be locked."""
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # probe: can this file system lock a directory?
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return fd
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return fd  # locked by someone else: the caller reports it
+        os.close(fd)
+    return os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
