@@ -104,20 +104,44 @@ def _flat(t: Tensor) -> Tensor | None:
     return None
 
 
+def _lm_dk(g: Tensor, u: Tensor, u_prev: Tensor, k: Tensor) -> Tensor:
+    """dk = sum of g (u_prev - u) over the dimensions k broadcasts along, in k's shape and dtype.
+
+    The difference u_prev - u is taken first, elementwise (exact where the two states are close, by Sterbenz's
+    lemma), and the sum is accumulated in float32 or better: float32 / float64 states reduce with one BLAS dot
+    <g, u_prev - u>; bfloat16 / float16 states (autocast) form g (u_prev - u) in their dtype and sum it in float32.
+    The former dot(g, u_prev) - dot(g, u) rounded each dot to bf16 before the subtraction and lost dk entirely
+    when the two dots nearly cancel.
+    """
+    acc = torch.promote_types(g.dtype, torch.float32)
+    if k.dim() == 0:
+        flat = [_flat(t) for t in (g, u, u_prev)]
+        if g.stride() == u.stride() == u_prev.stride() and all(f is not None for f in flat):
+            fg, fu, fp = flat
+            if fg.dtype == acc:  # type: ignore[union-attr]
+                return torch.dot(fg, fp - fu).to(k.dtype)  # type: ignore[arg-type, operator]
+            return torch.sub(fp, fu).mul_(fg).sum(dtype=acc).to(k.dtype)  # type: ignore[arg-type]
+    prod = torch.sub(u_prev, u).mul_(g)
+    lead = prod.dim() - k.dim()
+    dims = [d for d in range(prod.dim()) if d < lead or k.shape[d - lead] == 1]
+    return prod.sum(dims, dtype=acc).view(k.shape).to(k.dtype) if dims else prod.to(k.dtype)
+
+
 class _LMCombine(torch.autograd.Function):
     """out = (1 - k) u + k u_prev + r, the LM update with its residual r = (eta_n / p_n) f_n(u_n) already evaluated.
 
-    Backward: du = g (1 - k), du_prev = g k, dr = g, dk = <g, u_prev - u>. Autograd through ``lerp`` reduces dk
-    with a ``sum`` over a channels_last tensor (4.4 ms per call on a 2-core CPU at 128x16x32x32); here, for a
-    scalar k, it is two dot products read in place. Measured on that CPU: LM / plain training throughput 0.929 ->
-    0.937 (20 layers), 0.892 -> 0.924 (56 layers); the rest is the LM step's extra memory traffic.
+    ``k`` keeps its own dtype (the float32 parameter under autocast); the update runs in the states' dtype.
+    Backward: du = g (1 - k), du_prev = g k, dr = g, dk = sum g (u_prev - u) accumulated in float32 or better and
+    returned in k's dtype (:func:`_lm_dk`). Autograd through ``lerp`` would reduce dk with a ``sum`` over a
+    channels_last tensor (4.4 ms per call on a 2-core CPU at 128x16x32x32) and in the states' dtype; a bf16
+    ``torch.dot`` is both slow on CPU (2.4 ms per call) and inexact (each dot rounded before the subtraction).
     """
 
     @staticmethod
     def forward(ctx: Any, u: Tensor, u_prev: Tensor, k: Tensor, r: Tensor | None) -> Tensor:
         ctx.save_for_backward(u, u_prev, k)
         ctx.has_r = r is not None
-        out = torch.lerp(u, u_prev, k)
+        out = torch.lerp(u, u_prev, k.to(u.dtype))
         return out if r is None else out.add_(r)
 
     @staticmethod
@@ -125,16 +149,10 @@ class _LMCombine(torch.autograd.Function):
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         u, u_prev, k = ctx.saved_tensors
         need_u, need_prev, need_k, need_r = ctx.needs_input_grad
-        grad_u = g * (1 - k) if need_u else None
-        grad_prev = g * k if need_prev else None
-        grad_k = None
-        if need_k:
-            flat = [_flat(t) for t in (g, u, u_prev)]
-            if k.dim() == 0 and g.stride() == u.stride() == u_prev.stride() and all(f is not None for f in flat):
-                fg, fu, fp = flat
-                grad_k = torch.dot(fg, fp) - torch.dot(fg, fu)  # type: ignore[arg-type]
-            else:
-                grad_k = (g * (u_prev - u)).sum_to_size(k.shape)
+        kc = k.to(g.dtype)
+        grad_u = g * (1 - kc) if need_u else None
+        grad_prev = g * kc if need_prev else None
+        grad_k = _lm_dk(g, u, u_prev, k) if need_k else None
         return grad_u, grad_prev, grad_k, (g if need_r and ctx.has_r else None)
 
 
@@ -362,7 +380,7 @@ class Stage(nn.Module):
 
     def _lm_coefficient(self, m: int, u: Tensor) -> Tensor:
         """k of LM step m (1-based within the stage), shaped to broadcast against u: a scalar or (C, 1, ..., 1)."""
-        k = self.lm_k[m - 1].to(u.dtype)  # autocast leaves lerp alone: match the state's dtype
+        k = self.lm_k[m - 1]  # its own dtype: _LMCombine casts it for the update and returns dk in it
         if k.dim() == 1:
             k = k.view(-1, *([1] * (u.dim() - 2)))
         return k
