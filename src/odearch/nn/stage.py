@@ -104,26 +104,26 @@ def _flat(t: Tensor) -> Tensor | None:
     return None
 
 
-def _lm_dk(g: Tensor, u: Tensor, u_prev: Tensor, k: Tensor) -> Tensor:
+def _lm_dk(g: Tensor, u: Tensor, u_prev: Tensor, k: Tensor, scratch: Tensor | None = None) -> Tensor:
     """dk = sum of g (u_prev - u) over the dimensions k broadcasts along, in k's shape and dtype.
 
     The difference u_prev - u is taken first, elementwise (exact where the two states are close, by Sterbenz's
     lemma), and the sum is accumulated in float32 or better: float32 / float64 states reduce with one BLAS dot
     <g, u_prev - u>; bfloat16 / float16 states (autocast) form g (u_prev - u) in their dtype and sum it in float32.
     The former dot(g, u_prev) - dot(g, u) rounded each dot to bf16 before the subtraction and lost dk entirely
-    when the two dots nearly cancel.
+    when the two dots nearly cancel. ``scratch``: a tensor like g to hold the difference (overwritten), or None.
     """
     acc = torch.promote_types(g.dtype, torch.float32)
+    d = torch.sub(u_prev, u) if scratch is None else torch.sub(u_prev, u, out=scratch)
     if k.dim() == 0:
-        flat = [_flat(t) for t in (g, u, u_prev)]
-        if g.stride() == u.stride() == u_prev.stride() and all(f is not None for f in flat):
-            fg, fu, fp = flat
-            if fg.dtype == acc:  # type: ignore[union-attr]
-                return torch.dot(fg, fp - fu).to(k.dtype)  # type: ignore[arg-type, operator]
-            return torch.sub(fp, fu).mul_(fg).sum(dtype=acc).to(k.dtype)  # type: ignore[arg-type]
-    prod = torch.sub(u_prev, u).mul_(g)
+        fg, fd = _flat(g), _flat(d)
+        if fg is not None and fd is not None and g.stride() == d.stride():
+            if fg.dtype == acc:
+                return torch.dot(fg, fd).to(k.dtype)
+            return fd.mul_(fg).sum(dtype=acc).to(k.dtype)
+    prod = d.mul_(g)
     lead = prod.dim() - k.dim()
-    dims = [d for d in range(prod.dim()) if d < lead or k.shape[d - lead] == 1]
+    dims = [i for i in range(prod.dim()) if i < lead or k.shape[i - lead] == 1]
     return prod.sum(dims, dtype=acc).view(k.shape).to(k.dtype) if dims else prod.to(k.dtype)
 
 
@@ -151,8 +151,9 @@ class _LMCombine(torch.autograd.Function):
         need_u, need_prev, need_k, need_r = ctx.needs_input_grad
         kc = k.to(g.dtype)
         grad_u = g * (1 - kc) if need_u else None
-        grad_prev = g * kc if need_prev else None
-        grad_k = _lm_dk(g, u, u_prev, k) if need_k else None
+        scratch = torch.empty_like(g) if need_prev else None  # holds u_prev - u for dk, then du_prev
+        grad_k = _lm_dk(g, u, u_prev, k, scratch) if need_k else None
+        grad_prev = torch.mul(g, kc, out=scratch) if need_prev else None
         return grad_u, grad_prev, grad_k, (g if need_r and ctx.has_r else None)
 
 
