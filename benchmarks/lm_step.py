@@ -14,8 +14,9 @@ dk as two dots in the state's dtype), kept below verbatim, so old and new are co
 
 Reports the median images/s, the LM / plain ratio of the medians (target >= 0.97), the spread of the per-window
 ratios (window i of LM over window i of its plain twin) and the same ratio by process CPU time (images per CPU
-second: less sensitive to other processes on a shared machine, meaningful with ``--threads 1``); writes ``results/bench/lm_step-<device>-<stamp>.json``
-with the command, provenance (commit, CPU model, torch version, threads), settings and every sample.
+second: less sensitive to other processes on a shared machine, meaningful with ``--threads 1``); writes
+``results/bench/lm_step-<device>-<stamp>.json`` with the command, provenance (commit, CPU model, torch version,
+threads), settings and every sample.
 """
 
 from __future__ import annotations
@@ -206,12 +207,12 @@ def main() -> None:
         "command": shlex.join([sys.executable, *sys.argv]),
         "date": now.astimezone().isoformat(timespec="seconds"),
         "provenance": {**prov, "cpu_count": os.cpu_count(), "threads": threads,
-                       "cpu_capability": torch.backends.cpu.get_cpu_capability()},  # fmt: skip
+                       "cpu_capability": torch.backends.cpu.get_cpu_capability()},
         "settings": {"batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats,
                      "warmup": args.warmup, "compile": args.compile, "amp": args.amp, "channels_last": True,
                      "seed": 0, "seconds": seconds, "warmup_seconds": warm_s,
                      "input": "one fixed random batch (torch.Generator seed 0)",
-                     "old_lm_step": "dbe7c8e _LMCombine and _lm_coefficient" if with_old else None},  # fmt: skip
+                     "old_lm_step": "dbe7c8e _LMCombine and _lm_coefficient" if with_old else None},
         "target": LM_TARGET,
         "samples_img_s": {"/".join(key): v for key, v in samples.items()},
         "samples_img_per_cpu_s": {"/".join(key): v for key, v in cpu_samples.items()},

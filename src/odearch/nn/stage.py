@@ -112,8 +112,13 @@ def _lm_dk(g: Tensor, u: Tensor, u_prev: Tensor, k: Tensor, scratch: Tensor | No
     <g, u_prev - u>; bfloat16 / float16 states (autocast) form g (u_prev - u) in their dtype and sum it in float32.
     The former dot(g, u_prev) - dot(g, u) rounded each dot to bf16 before the subtraction and lost dk entirely
     when the two dots nearly cancel. ``scratch``: a tensor like g to hold the difference (overwritten), or None.
+    Under ``torch.compile`` the same sum is written functionally (no views, no ``out=``): inductor fuses it.
     """
     acc = torch.promote_types(g.dtype, torch.float32)
+    lead = g.dim() - k.dim()
+    dims = [i for i in range(g.dim()) if i < lead or k.shape[i - lead] == 1]
+    if torch.compiler.is_compiling():
+        return (g * (u_prev - u)).sum(dims, dtype=acc).view(k.shape).to(k.dtype)
     d = torch.sub(u_prev, u) if scratch is None else torch.sub(u_prev, u, out=scratch)
     if k.dim() == 0:
         fg, fd = _flat(g), _flat(d)
@@ -121,10 +126,7 @@ def _lm_dk(g: Tensor, u: Tensor, u_prev: Tensor, k: Tensor, scratch: Tensor | No
             if fg.dtype == acc:
                 return torch.dot(fg, fd).to(k.dtype)
             return fd.mul_(fg).sum(dtype=acc).to(k.dtype)
-    prod = d.mul_(g)
-    lead = prod.dim() - k.dim()
-    dims = [i for i in range(prod.dim()) if i < lead or k.shape[i - lead] == 1]
-    return prod.sum(dims, dtype=acc).view(k.shape).to(k.dtype) if dims else prod.to(k.dtype)
+    return d.mul_(g).sum(dims, dtype=acc).view(k.shape).to(k.dtype)
 
 
 class _LMCombine(torch.autograd.Function):
@@ -151,9 +153,11 @@ class _LMCombine(torch.autograd.Function):
         need_u, need_prev, need_k, need_r = ctx.needs_input_grad
         kc = k.to(g.dtype)
         grad_u = g * (1 - kc) if need_u else None
-        scratch = torch.empty_like(g) if need_prev else None  # holds u_prev - u for dk, then du_prev
+        scratch = None  # eager: holds u_prev - u for dk, then du_prev (one allocation for both)
+        if need_prev and not torch.compiler.is_compiling():
+            scratch = torch.empty_like(g)
         grad_k = _lm_dk(g, u, u_prev, k, scratch) if need_k else None
-        grad_prev = torch.mul(g, kc, out=scratch) if need_prev else None
+        grad_prev = (g * kc if scratch is None else torch.mul(g, kc, out=scratch)) if need_prev else None
         return grad_u, grad_prev, grad_k, (g if need_r and ctx.has_r else None)
 
 
