@@ -194,3 +194,24 @@ def test_lm_combine_dk_bf16_matches_float64(k_shape: tuple) -> None:
     scale = (g.double() * (u_prev.double() - u.double())).abs().sum_to_size(k_shape) if k_shape else terms.abs().sum()
     assert dk.dtype == torch.float32
     assert ((dk.double() - ref).abs() <= 2**-8 * scale).all(), (dk, ref)
+
+
+def test_lm_stage_compiles_without_graph_break_and_matches_eager() -> None:
+    """torch.compile traces the LM Function's forward and backward in one graph (channels_last states, whose
+    strides the traced backward must not rely on) and gives the eager gradients, dk included."""
+    torch.manual_seed(0)
+    stage = Stage("lm", [PreActBasicBlock(4, 4) for _ in range(3)]).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+
+    def loss(model: torch.nn.Module) -> torch.Tensor:
+        return model(x).square().sum()
+
+    explained = torch._dynamo.explain(loss)(stage)
+    assert explained.graph_break_count == 0
+    grads = []
+    for model in (stage, torch.compile(stage)):
+        stage.zero_grad()
+        loss(model).backward()
+        grads.append([p.grad.clone() for p in stage.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
