@@ -91,7 +91,8 @@ class TrainConfig:
     tensorboard: bool = _f(True, "write TensorBoard events to RUN/tb/")
     # speed and numerics
     device: str = _f("auto", "where to train", choices=("auto", "cpu", "cuda"))
-    amp: str = _f("auto", "autocast dtype (auto: bf16 on CUDA, off on CPU)", choices=("auto", "bf16", "fp16", "off"))
+    amp: str = _f("auto", "autocast dtype (auto: bf16 on CUDA, off = float32 on CPU; bf16 on CPU: see README)",
+                  choices=("auto", "bf16", "fp16", "off"))
     channels_last: bool = _f(True, "channels_last memory format for model and batches")
     compile: bool = _f(False, "torch.compile the model")
     deterministic: bool = _f(False, "deterministic algorithms (torch.use_deterministic_algorithms, cudnn flags)")
