@@ -166,3 +166,69 @@ def test_per_channel_init_is_ours_or_the_official_mresnetc() -> None:
     model = odearch.create_model("preact_resnet20", scheme="lm_channel_mresnetc")
     ks = torch.cat([s.lm_k.flatten() for s in model.stages])
     assert ks.numel() == 2 * (16 + 32 + 64) and ks.min() >= 1.0 and ks.max() <= 1.1
+
+@pytest.mark.parametrize("k_dtype", [torch.float32, torch.bfloat16])
+def test_lm_combine_dk_is_exact_under_bf16_cancellation(k_dtype: torch.dtype) -> None:
+    """dk = <g, u_prev - u> on bf16 states where <g, u_prev> and <g, u> are large and nearly equal: the former
+    dot(g, u_prev) - dot(g, u), each dot rounded to bf16, returned exactly 0; the true value is -0.95."""
+    from odearch.nn.stage import _LMCombine
+
+    n = 4096
+    u = torch.full((2, 8, 16, 16), 64.0, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    u_prev = u.clone()
+    u_prev[0, 0, 0, 0] = 63.5  # representable: the state differs from u in one element by -0.5
+    g = torch.ones_like(u)
+    g[0, 0, 0, 0] = 1.9
+    assert u.numel() == n
+    ref = (g.double() * (u_prev.double() - u.double())).sum()  # float64 on the same bf16 values
+    assert abs(ref.item() + 0.949) < 1e-3
+    u.requires_grad_(), u_prev.requires_grad_()
+    k = torch.tensor(-0.05, dtype=k_dtype, requires_grad=True)
+    (dk,) = torch.autograd.grad(_LMCombine.apply(u, u_prev, k, None), (k,), g)
+    assert dk.dtype == k_dtype
+    assert torch.allclose(dk.double(), ref, rtol=1e-2), (dk.item(), ref.item())
+
+
+@pytest.mark.parametrize("k_shape", [(), (8, 1, 1)])
+def test_lm_combine_dk_bf16_matches_float64(k_shape: tuple) -> None:
+    """Random bf16 states (channels_last, as under CPU autocast): dk agrees with a float64 reduction of the same
+    values to float32 accuracy of the accumulation (bf16 rounding of each product only), and comes back in k's
+    float32, not rounded to bf16."""
+    from odearch.nn.stage import _LMCombine
+
+    gen = torch.Generator().manual_seed(0)
+
+    def bf(*shape: int) -> torch.Tensor:
+        t = torch.randn(*shape, generator=gen).to(torch.bfloat16)
+        return t.contiguous(memory_format=torch.channels_last)
+
+    u, u_prev, r, g = bf(16, 8, 16, 16), bf(16, 8, 16, 16), bf(16, 8, 16, 16), bf(16, 8, 16, 16)
+    u_prev = (u + 0.01 * u_prev).contiguous(memory_format=torch.channels_last)  # near states: cancellation
+    k = torch.full(k_shape, -0.05, requires_grad=True)
+    dk = torch.autograd.grad(_LMCombine.apply(u.requires_grad_(), u_prev.requires_grad_(), k, r), (k,), g)[0]
+    terms = g.double() * (u_prev.double() - u.double())
+    ref = terms.sum_to_size(k_shape) if k_shape else terms.sum()
+    scale = (g.double() * (u_prev.double() - u.double())).abs().sum_to_size(k_shape) if k_shape else terms.abs().sum()
+    assert dk.dtype == torch.float32
+    assert ((dk.double() - ref).abs() <= 2**-8 * scale).all(), (dk, ref)
+
+
+def test_lm_stage_compiles_without_graph_break_and_matches_eager() -> None:
+    """torch.compile traces the LM Function's forward and backward in one graph (channels_last states, whose
+    strides the traced backward must not rely on) and gives the eager gradients, dk included."""
+    torch.manual_seed(0)
+    stage = Stage("lm", [PreActBasicBlock(4, 4) for _ in range(3)]).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+
+    def loss(model: torch.nn.Module) -> torch.Tensor:
+        return model(x).square().sum()
+
+    explained = torch._dynamo.explain(loss)(stage)
+    assert explained.graph_break_count == 0
+    grads = []
+    for model in (stage, torch.compile(stage)):
+        stage.zero_grad()
+        loss(model).backward()
+        grads.append([p.grad.clone() for p in stage.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -112,20 +112,46 @@ def _flat(t: Tensor) -> Tensor | None:
     return None
 
 
+def _lm_dk(g: Tensor, u: Tensor, u_prev: Tensor, k: Tensor, scratch: Tensor | None = None) -> Tensor:
+    """dk = sum of g (u_prev - u) over the dimensions k broadcasts along, in k's shape and dtype.
+
+    The difference u_prev - u is taken first, elementwise (exact where the two states are close, by Sterbenz's
+    lemma), and the sum is accumulated in float32 or better: float32 / float64 states reduce with one BLAS dot
+    <g, u_prev - u>; bfloat16 / float16 states (autocast) form g (u_prev - u) in their dtype and sum it in float32.
+    The former dot(g, u_prev) - dot(g, u) rounded each dot to bf16 before the subtraction and lost dk entirely
+    when the two dots nearly cancel. ``scratch``: a tensor like g to hold the difference (overwritten), or None.
+    Under ``torch.compile`` the same sum is written functionally (no views, no ``out=``): inductor fuses it.
+    """
+    acc = torch.promote_types(g.dtype, torch.float32)
+    lead = g.dim() - k.dim()
+    dims = [i for i in range(g.dim()) if i < lead or k.shape[i - lead] == 1]
+    if torch.compiler.is_compiling():
+        return (g * (u_prev - u)).sum(dims, dtype=acc).view(k.shape).to(k.dtype)
+    d = torch.sub(u_prev, u) if scratch is None else torch.sub(u_prev, u, out=scratch)
+    if k.dim() == 0:
+        fg, fd = _flat(g), _flat(d)
+        if fg is not None and fd is not None and g.stride() == d.stride():
+            if fg.dtype == acc:
+                return torch.dot(fg, fd).to(k.dtype)
+            return fd.mul_(fg).sum(dtype=acc).to(k.dtype)
+    return d.mul_(g).sum(dims, dtype=acc).view(k.shape).to(k.dtype)
+
+
 class _LMCombine(torch.autograd.Function):
     """out = (1 - k) u + k u_prev + r, the LM update with its residual r = (eta_n / p_n) f_n(u_n) already evaluated.
 
-    Backward: du = g (1 - k), du_prev = g k, dr = g, dk = <g, u_prev - u>. Autograd through ``lerp`` reduces dk
-    with a ``sum`` over a channels_last tensor (4.4 ms per call on a 2-core CPU at 128x16x32x32); here, for a
-    scalar k, it is two dot products read in place. Measured on that CPU: LM / plain training throughput 0.929 ->
-    0.937 (20 layers), 0.892 -> 0.924 (56 layers); the rest is the LM step's extra memory traffic.
+    ``k`` keeps its own dtype (the float32 parameter under autocast); the update runs in the states' dtype.
+    Backward: du = g (1 - k), du_prev = g k, dr = g, dk = sum g (u_prev - u) accumulated in float32 or better and
+    returned in k's dtype (:func:`_lm_dk`). Autograd through ``lerp`` would reduce dk with a ``sum`` over a
+    channels_last tensor (4.4 ms per call on a 2-core CPU at 128x16x32x32) and in the states' dtype; a bf16
+    ``torch.dot`` is both slow on CPU (2.4 ms per call) and inexact (each dot rounded before the subtraction).
     """
 
     @staticmethod
     def forward(ctx: Any, u: Tensor, u_prev: Tensor, k: Tensor, r: Tensor | None) -> Tensor:
         ctx.save_for_backward(u, u_prev, k)
         ctx.has_r = r is not None
-        out = torch.lerp(u, u_prev, k)
+        out = torch.lerp(u, u_prev, k.to(u.dtype))
         return out if r is None else out.add_(r)
 
     @staticmethod
@@ -133,16 +159,13 @@ class _LMCombine(torch.autograd.Function):
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         u, u_prev, k = ctx.saved_tensors
         need_u, need_prev, need_k, need_r = ctx.needs_input_grad
-        grad_u = g * (1 - k) if need_u else None
-        grad_prev = g * k if need_prev else None
-        grad_k = None
-        if need_k:
-            flat = [_flat(t) for t in (g, u, u_prev)]
-            if k.dim() == 0 and g.stride() == u.stride() == u_prev.stride() and all(f is not None for f in flat):
-                fg, fu, fp = flat
-                grad_k = torch.dot(fg, fp) - torch.dot(fg, fu)  # type: ignore[arg-type]
-            else:
-                grad_k = (g * (u_prev - u)).sum_to_size(k.shape)
+        kc = k.to(g.dtype)
+        grad_u = g * (1 - kc) if need_u else None
+        scratch = None  # eager: holds u_prev - u for dk, then du_prev (one allocation for both)
+        if need_prev and not torch.compiler.is_compiling():
+            scratch = torch.empty_like(g)
+        grad_k = _lm_dk(g, u, u_prev, k, scratch) if need_k else None
+        grad_prev = (g * kc if scratch is None else torch.mul(g, kc, out=scratch)) if need_prev else None
         return grad_u, grad_prev, grad_k, (g if need_r and ctx.has_r else None)
 
 
@@ -293,7 +316,8 @@ class Stage(nn.Module):
         ``forward_with_history`` over stages.
         """
         fns = self.step_fns
-        if self.memory != "store" and torch.is_grad_enabled():  # odearch.nn.memory: recompute or reversible
+        # odearch.nn.memory: recompute or reversible, in eager mode (a traced or compiled graph stores activations)
+        if self.memory != "store" and torch.is_grad_enabled() and not _tracing():
             from . import memory
 
             if self.memory == "reversible":
@@ -387,8 +411,9 @@ class Stage(nn.Module):
 
     def _lm_coefficient(self, m: int, u: Tensor) -> Tensor:
         """k of LM step m (1-based within the stage), shaped to broadcast against u: a scalar, or (C, 1, 1) for a
-        per-channel coefficient of a (B, C, H, W) state."""
-        k = self.lm_k[m - 1].to(u.dtype)  # autocast leaves lerp alone: match the state's dtype
+        per-channel coefficient of a (B, C, H, W) state (decided when the stage is built, so the graph is
+        traceable)."""
+        k = self.lm_k[m - 1]  # its own dtype: _LMCombine casts it for the update and returns dk in it
         return k.view(-1, 1, 1) if self._lm_per_channel else k
 
     def _run_lm(

@@ -96,7 +96,8 @@ class TrainConfig:
     tensorboard: bool = _f(True, "write TensorBoard events to RUN/tb/")
     # speed and numerics
     device: str = _f("auto", "where to train", choices=("auto", "cpu", "cuda"))
-    amp: str = _f("auto", "autocast dtype (auto: bf16 on CUDA, off on CPU)", choices=("auto", "bf16", "fp16", "off"))
+    amp: str = _f("auto", "autocast dtype (auto: bf16 on CUDA, off = float32 on CPU; bf16 on CPU: see README)",
+                  choices=("auto", "bf16", "fp16", "off"))
     channels_last: bool = _f(True, "channels_last memory format for model and batches")
     compile: bool = _f(False, "torch.compile the model")
     memory: str = _f("auto", "activation memory of the backward pass: store (autograd), recompute (checkpoint every "

@@ -220,10 +220,33 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: ``auto`` is bf16 on CUDA (no loss scaling needed) and off on CPU."""
+    """Autocast dtype: ``auto`` is bf16 on CUDA (no loss scaling needed) and off (float32) on CPU.
+
+    ``bf16`` on CPU is supported (autocast runs convolutions and matmuls in bf16 through oneDNN); it is fast only
+    where the CPU computes bf16 natively (:func:`cpu_has_native_bf16`). ``auto`` stays float32 on CPU: runs of one
+    campaign on CPUs of different kinds then train in one precision (see README, "Precision on CPU").
+    """
     if amp == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+_DTYPE_NAMES = {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str:
+    """The effective training precision recorded in checkpoints, metrics rows and result.json."""
+    return _DTYPE_NAMES[dtype]
+
+
+def _dtype_from_name(name: str) -> torch.dtype | None:
+    return {v: k for k, v in _DTYPE_NAMES.items()}[name]
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where this CPU computes bf16 natively (AVX512-BF16 or AMX), so that bf16 autocast can beat float32."""
+    checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
 
 
 def _configure_numerics(cfg: TrainConfig, device: torch.device) -> None:
@@ -311,6 +334,7 @@ class _Progress:
     partial: dict[str, Any] = field(default_factory=dict)  # loss_sum, correct, n, seconds of that partial epoch
     best: dict[str, Any] = field(default_factory=lambda: {"acc": None, "epoch": None, "on": None})
     wall_seconds: float = 0.0  # over all sessions of the run
+    amp_dtype: str | None = None  # the precision the run trains in (None: a checkpoint from before it was recorded)
 
 
 def _metadata(cfg: TrainConfig, progress: _Progress) -> dict[str, Any]:
@@ -332,7 +356,7 @@ def _save_last(run: RunDir, cfg: TrainConfig, model: nn.Module, optimizer: torch
     state = {
         "format": "odearch-train-state/1", "model": cfg.model, "config_hash": config_hash(cfg),
         "step": progress.step, "epoch": progress.epoch, "batch": progress.batch, "partial": progress.partial,
-        "best": progress.best, "wall_seconds": progress.wall_seconds,
+        "best": progress.best, "wall_seconds": progress.wall_seconds, "amp_dtype": progress.amp_dtype,
         "optimizer": optimizer.state_dict(), "scheduler": {"schedule": cfg.schedule, "step": progress.step},
         "scaler": scaler.state_dict() if scaler is not None else {}, "rng": capture_rng(), "row": row,
     }  # fmt: skip
@@ -383,7 +407,10 @@ def _restore(
         raise CheckpointError(f"{run.last_state}: optimizer state does not fit {cfg.model!r}: {e}") from None
     keys = ("step", "epoch", "batch", "partial", "best", "wall_seconds")
     row = state.get("row") if isinstance(state.get("row"), dict) else None
-    return _Progress(**{k: state[k] for k in keys}), state["rng"], row
+    if state.get("amp_dtype") is not None and state["amp_dtype"] not in _DTYPE_NAMES.values():
+        raise CheckpointError(f"{run.last_state}: training state key 'amp_dtype' is {state['amp_dtype']!r}, expected "
+                              f"one of {sorted(_DTYPE_NAMES.values())}")  # fmt: skip
+    return _Progress(**{k: state[k] for k in keys}, amp_dtype=state.get("amp_dtype")), state["rng"], row
 
 
 def _log(env: DistEnv, msg: str) -> None:
@@ -517,6 +544,9 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
     prog, rng, saved_row = _Progress(), None, None
     if resume:
         prog, rng, saved_row = _restore(run, cfg, raw, optimizer, scaler)
+        if prog.amp_dtype is not None:  # keep the precision the run started in (auto may resolve otherwise now)
+            amp_dtype = _dtype_from_name(prog.amp_dtype)
+    prog.amp_dtype = _dtype_name(amp_dtype)
     model: nn.Module = raw
     if env.enabled:
         model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
@@ -543,6 +573,9 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
     prov = provenance(device)
     _log(env, f"odearch: {cfg.model} ({n_params / 1e6:.3f}M params) on {cfg.dataset} ({data.num_train} train "
               f"images), {prov['device_name']}, {env.world_size} process(es), run dir {run.root}")  # fmt: skip
+    if device.type == "cpu" and amp_dtype == torch.bfloat16 and not cpu_has_native_bf16():
+        _log(env, "odearch: note: bf16 autocast on a CPU without AVX512-BF16 / AMX is emulated and usually slower "
+                  "than float32 (--amp off)")  # fmt: skip
     if rng is not None:
         try:
             restore_rng(rng)
@@ -591,7 +624,7 @@ def _fit(cfg: TrainConfig, run: RunDir, raw: nn.Module, data: _Data, device: tor
             if k in evals:
                 row[f"{k}_loss"], row[f"{k}_acc"] = evals[k]["loss"], evals[k]["acc"]
         row |= {"lr": lr_fn(prog.step - 1), "seconds": seconds, "images_per_s": totals[2].item() / seconds,
-                "lm_k": lm_coefficients(raw), "git_commit": prov["git_commit"],
+                "lm_k": lm_coefficients(raw), "amp_dtype": prog.amp_dtype, "git_commit": prov["git_commit"],
                 "git_dirty": prov["git_dirty"], "device_name": prov["device_name"]}  # fmt: skip  (the code and
         # the machine that ran this epoch: runs span commits and machines)
         prog.epoch, prog.batch, prog.partial = epoch + 1, 0, {}
@@ -646,7 +679,8 @@ def _finish(
         "command": command or "odearch.train.fit (Python API)",
         "model": cfg.model, "dataset": cfg.dataset, "num_classes": cfg.num_classes, "model_kwargs": cfg.model_kwargs,
         "weight_decay": cfg.weight_decay, "lm_weight_decay": cfg.lm_weight_decay,
-        "params": n_params, "seed": cfg.seed, "epochs": cfg.epochs, "epochs_done": prog.epoch, "step": prog.step,
+        "params": n_params, "amp": cfg.amp, "amp_dtype": prog.amp_dtype,
+        "seed": cfg.seed, "epochs": cfg.epochs, "epochs_done": prog.epoch, "step": prog.step,
         "final_test_acc": last.get("test_acc"),
         "final_test_error_pct": None if last.get("test_acc") is None else 100 * (1 - last["test_acc"]),
         "final_val_acc": last.get("val_acc"),

@@ -1,0 +1,230 @@
+"""LM / plain training-step throughput of the twins, per precision, eager and compiled (issue 19).
+
+    python benchmarks/lm_step.py                                   # fp32 and bf16 autocast, eager, with the old LM
+    python benchmarks/lm_step.py --compile                         # the same, torch.compile'd (no old variant)
+    python benchmarks/lm_step.py --amp off --steps 2 --repeats 2 --warmup 1 --pairs preact_resnet20:lm_resnet20
+
+What runs: the training step of ``odearch train`` (`train_one_epoch`: forward under the autocast of ``--amp``,
+cross-entropy, backward, SGD momentum 0.9 wd 1e-4; channels_last) on one fixed random batch, so that only the model
+is timed (`throughput.py` times the data pipeline too). For every precision, each pair's plain and LM model runs
+``--warmup`` untimed steps, then ``--repeats`` timed windows of ``--steps`` steps, interleaved (plain, LM, old LM,
+next pair, next precision, then again), so drift and other load hit all of them alike. ``old LM`` (eager only) is
+the same LM model with the LM step of commit dbe7c8e swapped in (its ``_LMCombine``, k cast to the state's dtype,
+dk as two dots in the state's dtype), kept below verbatim, so old and new are compared in one process.
+
+Reports the median images/s, the LM / plain ratio of the medians (target >= 0.97), the spread of the per-window
+ratios (window i of LM over window i of its plain twin) and the same ratio by process CPU time (images per CPU
+second: less sensitive to other processes on a shared machine, meaningful with ``--threads 1``); writes
+``results/bench/lm_step-<device>-<stamp>.json`` with the command, provenance (commit, CPU model, torch version,
+threads), settings and every sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from odearch.nn import stage as stage_mod
+from odearch.train import TrainConfig, build_model, resolve_device, train_one_epoch
+from odearch.train.loop import _amp_dtype, _configure_numerics
+from odearch.train.provenance import provenance
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_PAIRS = ["preact_resnet20:lm_resnet20", "preact_resnet56:lm_resnet56"]
+LM_TARGET = 0.97
+
+
+class _OldLMCombine(torch.autograd.Function):
+    """The LM step of commit dbe7c8e, verbatim: out = lerp(u, u_prev, k) + r; dk = dot(g, u_prev) - dot(g, u)."""
+
+    @staticmethod
+    def forward(ctx: Any, u: Tensor, u_prev: Tensor, k: Tensor, r: Tensor | None) -> Tensor:
+        ctx.save_for_backward(u, u_prev, k)
+        ctx.has_r = r is not None
+        out = torch.lerp(u, u_prev, k)
+        return out if r is None else out.add_(r)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        u, u_prev, k = ctx.saved_tensors
+        need_u, need_prev, need_k, need_r = ctx.needs_input_grad
+        grad_u = g * (1 - k) if need_u else None
+        grad_prev = g * k if need_prev else None
+        grad_k = None
+        if need_k:
+            flat = [stage_mod._flat(t) for t in (g, u, u_prev)]
+            if k.dim() == 0 and g.stride() == u.stride() == u_prev.stride() and all(f is not None for f in flat):
+                fg, fu, fp = flat
+                grad_k = torch.dot(fg, fp) - torch.dot(fg, fu)  # type: ignore[arg-type]
+            else:
+                grad_k = (g * (u_prev - u)).sum_to_size(k.shape)
+        return grad_u, grad_prev, grad_k, (g if need_r and ctx.has_r else None)
+
+
+def _old_lm_coefficient(self: Any, m: int, u: Tensor) -> Tensor:
+    """dbe7c8e's `Stage._lm_coefficient`: k cast to the state's dtype before the LM step."""
+    k = self.lm_k[m - 1].to(u.dtype)
+    if k.dim() == 1:
+        k = k.view(-1, *([1] * (u.dim() - 2)))
+    return k
+
+
+@contextlib.contextmanager
+def old_lm_step() -> Iterator[None]:
+    """Swap dbe7c8e's LM step into `odearch.nn.stage` (eager models look it up at every call)."""
+    saved = stage_mod._LMCombine, stage_mod.Stage._lm_coefficient
+    stage_mod._LMCombine, stage_mod.Stage._lm_coefficient = _OldLMCombine, _old_lm_coefficient  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        stage_mod._LMCombine, stage_mod.Stage._lm_coefficient = saved  # type: ignore[misc]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pairs", nargs="+", default=DEFAULT_PAIRS, metavar="PLAIN:LM")
+    p.add_argument("--amp", nargs="+", default=["off", "bf16"], choices=("off", "bf16", "fp16"),
+                   help="autocast precisions to measure (off: fp32)")  # fmt: skip
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--compile", action="store_true", help="torch.compile the models (as `odearch train --compile`)")
+    p.add_argument("--no-old", action="store_true", help="skip the dbe7c8e LM step (always skipped when compiled)")
+    p.add_argument("--steps", type=int, default=8, help="steps per timed window")
+    p.add_argument("--repeats", type=int, default=5, help="timed windows per model and precision")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per model and precision first")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--out", type=Path, default=REPO / "results" / "bench", help="folder of the JSON record")
+    args = p.parse_args()
+    args.pairs = [tuple(s.split(":")) for s in args.pairs]
+    if any(len(pair) != 2 for pair in args.pairs) or min(args.steps, args.repeats, args.batch_size) < 1:
+        p.error("--pairs takes PLAIN:LM items; --steps, --repeats and --batch-size must be positive")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, 3, 32, 32, generator=gen).to(device, memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch_size,), generator=gen).to(device)
+    with_old = not (args.compile or args.no_old)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    # jobs[(amp, model, variant)] = run(k): k training steps
+    jobs: dict[tuple[str, str, str], Callable[[int], Any]] = {}
+    for amp in args.amp:
+        dtype = _amp_dtype(amp, device)
+        autocast = lambda d=dtype: torch.autocast(device.type, dtype=d, enabled=d is not None)  # noqa: E731
+        for name in dict.fromkeys(itertools.chain(*args.pairs)):
+            cfg = TrainConfig(model=name, batch_size=args.batch_size, compile=args.compile)
+            _configure_numerics(cfg, device)
+            torch.manual_seed(cfg.seed)
+            raw = build_model(cfg).to(device, memory_format=torch.channels_last)
+            opt = torch.optim.SGD(raw.parameters(), lr=0.01, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            model = torch.compile(raw) if args.compile else raw
+
+            def run(k: int, model: Any = model, opt: Any = opt, autocast: Any = autocast) -> Any:
+                return train_one_epoch(model, itertools.repeat((x, y), k), opt, lr_fn=lambda s: 0.01, step=0,
+                                       autocast=autocast)  # fmt: skip
+
+            jobs[amp, name, "new"] = run
+            if with_old and name.startswith("lm_"):
+
+                def run_old(k: int, run: Callable[[int], Any] = run) -> Any:
+                    with old_lm_step():
+                        return run(k)
+
+                jobs[amp, name, "old"] = run_old
+
+    threads = torch.get_num_threads()
+    prov = provenance(device)
+    print(f"{prov['device_name']} ({device}), {threads} threads, batch {args.batch_size}, warm-up {args.warmup}, "
+          f"{args.repeats} x {args.steps} steps{', compiled' if args.compile else ''}", flush=True)  # fmt: skip
+    t_start = time.perf_counter()
+    warm_s = {}
+    for key, run in jobs.items():
+        t0 = time.perf_counter()
+        run(args.warmup)
+        warm_s["/".join(key)] = time.perf_counter() - t0
+    samples: dict[tuple[str, str, str], list[float]] = {key: [] for key in jobs}
+    cpu_samples: dict[tuple[str, str, str], list[float]] = {key: [] for key in jobs}
+    for _ in range(args.repeats):
+        for key, run in jobs.items():
+            sync()
+            t0, c0 = time.perf_counter(), time.process_time()
+            run(args.steps)
+            sync()
+            samples[key].append(args.steps * args.batch_size / (time.perf_counter() - t0))
+            cpu_samples[key].append(args.steps * args.batch_size / (time.process_time() - c0))
+    seconds = time.perf_counter() - t_start
+    med = {key: statistics.median(v) for key, v in samples.items()}
+    cpu_med = {key: statistics.median(v) for key, v in cpu_samples.items()}
+
+    results = []
+    for amp in args.amp:
+        for plain, lm in args.pairs:
+            for variant in ("new", "old"):
+                if (amp, lm, variant) not in jobs:
+                    continue
+                per_window = [a / b for a, b in zip(samples[amp, lm, variant], samples[amp, plain, "new"])]
+                ratio = med[amp, lm, variant] / med[amp, plain, "new"]
+                cpu_ratio = cpu_med[amp, lm, variant] / cpu_med[amp, plain, "new"]
+                results.append({
+                    "amp": amp, "plain": plain, "lm": lm, "lm_step": variant, "compile": args.compile,
+                    "plain_img_s": med[amp, plain, "new"], "lm_img_s": med[amp, lm, variant],
+                    "ratio": ratio, "window_ratios": per_window,
+                    "window_ratio_min": min(per_window), "window_ratio_max": max(per_window),
+                    "cpu_time_ratio": cpu_ratio, "pass": ratio >= LM_TARGET,
+                })  # fmt: skip
+                print(f"{amp:5s} {lm:14s} ({variant}) / {plain:16s}: {med[amp, lm, variant]:7.1f} / "
+                      f"{med[amp, plain, 'new']:7.1f} img/s = {ratio:.3f} (windows {min(per_window):.3f}.."
+                      f"{max(per_window):.3f}), by CPU time {cpu_ratio:.3f} {'PASS' if ratio >= LM_TARGET else 'FAIL'}",
+                      flush=True)  # fmt: skip
+
+    now = datetime.now()
+    record = {
+        "benchmark": "lm_step",
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "date": now.astimezone().isoformat(timespec="seconds"),
+        "provenance": {**prov, "cpu_count": os.cpu_count(), "threads": threads,
+                       "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        "settings": {"batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats,
+                     "warmup": args.warmup, "compile": args.compile, "amp": args.amp, "channels_last": True,
+                     "seed": 0, "seconds": seconds, "warmup_seconds": warm_s,
+                     "input": "one fixed random batch (torch.Generator seed 0)",
+                     "old_lm_step": "dbe7c8e _LMCombine and _lm_coefficient" if with_old else None},
+        "target": LM_TARGET,
+        "samples_img_s": {"/".join(key): v for key, v in samples.items()},
+        "samples_img_per_cpu_s": {"/".join(key): v for key, v in cpu_samples.items()},
+        "pairs": results,
+        "pass": all(r["pass"] for r in results if r["lm_step"] == "new"),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = "-compile" if args.compile else ""
+    path = args.out / f"lm_step-{device.type}{tag}-{now:%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{seconds:.0f}s; wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
