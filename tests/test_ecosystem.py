@@ -199,6 +199,7 @@ def test_timm_scripts_and_import_order(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 # -------------------------------------------------------------------------------------- fx, compile, jit.trace
+@pytest.mark.filterwarnings("ignore:.*nodes obtained by tracing the model:UserWarning")  # torchvision's train/eval note
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_fx_symbolic_trace_and_create_feature_extractor(family: str) -> None:
     from torchvision.models.feature_extraction import create_feature_extractor
@@ -266,6 +267,7 @@ def test_eager_batch_stochastic_depth_still_skips_dropped_blocks() -> None:
     assert 5 < len(calls) < 35
 
 
+@pytest.mark.filterwarnings("ignore:.*is deprecated. Please switch to:FutureWarning")  # torch 2.14 deprecates jit
 def test_jit_trace_is_the_torchscript_route_and_readme_says_so() -> None:
     model = odearch.create_model("lm_resnet20").eval()
     x = _x(32)
