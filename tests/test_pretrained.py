@@ -42,6 +42,11 @@ def test_shipped_weights_score_their_recorded_accuracy(name: str) -> None:
 
 
 def test_registry_pins_every_shipped_file() -> None:
+    """Every weights file in the package folder has a registry entry, and every entry's file matches its sha256
+    (an unlisted or replaced file fails, even while the registry is empty)."""
+    folder = _pretrained.REGISTRY_FILE.parent
+    listed = {entry["file"] for entry in read_registry().values()}
+    assert {p.name for p in folder.glob("*.safetensors")} <= listed
     for entry in read_registry().values():
         assert _pretrained.file_sha256(_pretrained.REGISTRY_FILE.parent / entry["file"]) == entry["sha256"]
         assert {"dataset", "recipe", "test_acc", "commits"} <= set(entry)
