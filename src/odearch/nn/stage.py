@@ -19,6 +19,11 @@ Update of each scheme family (paper Table 1; f absorbs the step):
 - RevNet (``rev``), u = (X, Y) split along channels, a pair (F, G) per step:
   X_{n+1} = X_n + F(Y_n), Y_{n+1} = Y_n + G(X_{n+1}); :meth:`Stage.inverse` undoes it exactly.
 
+Dispatch: :data:`STEP_RUNNERS` maps each scheme type to its :class:`StepRunner`, whose ``step`` (one-step
+families) or ``run`` (LM, linear multistep) is the update above; a new family is a scheme dataclass, a runner and
+one :func:`register_step_runner` entry. The Stage owns what all families share: the transition step, stochastic
+depth, noise, the post-activation and the memory mode.
+
 First step and transitions (the paper's official code, ``MResNet``): multistep schemes have no history at step 0,
 so step 0 is a one-step starter (forward Euler for LM, which sets u_{-1} := u_0; the scheme's ``starter`` tableau
 for a general multistep method). A down-sampling stage (``shortcut`` P given: a stride or width change) begins with
@@ -514,22 +519,8 @@ class Stage(nn.Module):
         super().__init__()
         self.runner = step_runner(scheme)
         fns = list(fns)
-        if not fns:
-            raise ValueError("a Stage needs at least one residual function")
-        if history_shortcut is not None and shortcut is None:
-            raise ValueError("history_shortcut projects the LM history across a transition: it needs a shortcut")
-        if shortcut is not None and isinstance(fns[0], tuple):
-            raise ValueError("the transition step (with a shortcut) takes a single residual function, not a tuple")
-        for n in range(int(shortcut is not None), len(fns)):
-            self.runner.check_step(fns[n], n)
-        modules = [_as_module(fn) for fn in fns]
-        if all(m is not None for m in modules):
-            self.blocks = nn.ModuleList(modules)
-            self._plain_fns: list[StepFns] | None = None
-        elif any(isinstance(fn, nn.Module) for fn in fns):
-            raise TypeError("mix of nn.Module and plain callables in one Stage: use one kind")
-        else:
-            self._plain_fns = fns
+        self._check_fns(fns, shortcut, history_shortcut)
+        self._set_fns(fns)
         self.shortcut = shortcut
         self.history_shortcut = history_shortcut
         self.post_act = post_act
@@ -543,6 +534,28 @@ class Stage(nn.Module):
         return self.runner.scheme
 
     # ----------------------------------------------------------------------------------------------- construction
+    def _check_fns(self, fns: list[StepFns], shortcut: Any, history_shortcut: Any) -> None:
+        """Fail in the constructor on steps that do not fit the transition or the scheme (``runner.check_step``)."""
+        if not fns:
+            raise ValueError("a Stage needs at least one residual function")
+        if history_shortcut is not None and shortcut is None:
+            raise ValueError("history_shortcut projects the LM history across a transition: it needs a shortcut")
+        if shortcut is not None and isinstance(fns[0], tuple):
+            raise ValueError("the transition step (with a shortcut) takes a single residual function, not a tuple")
+        for n in range(int(shortcut is not None), len(fns)):
+            self.runner.check_step(fns[n], n)
+
+    def _set_fns(self, fns: list[StepFns]) -> None:
+        """Hold the residual functions: ``blocks`` (a ModuleList, a ModuleList per tuple) or plain callables."""
+        modules = [_as_module(fn) for fn in fns]
+        if all(m is not None for m in modules):
+            self.blocks = nn.ModuleList(modules)
+            self._plain_fns: list[StepFns] | None = None
+        elif any(isinstance(fn, nn.Module) for fn in fns):
+            raise TypeError("mix of nn.Module and plain callables in one Stage: use one kind")
+        else:
+            self._plain_fns = fns
+
     def _init_stochastic(
         self, n_steps: int, survival: Sequence[float] | None, drop_mode: str, noise_sigma: float | None
     ) -> None:
