@@ -8,11 +8,13 @@ import itertools
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from odearch import Stage
 from odearch.schemes import AB2, EULER, HEUN, MIDPOINT, RK4, ButcherTableau, LinearMultistep, LMScheme, get_scheme
+from odearch.schemes.lm import lm_k_by_stage
 
 A = torch.tensor([[-0.5, 2.0], [-2.0, -0.5]], dtype=torch.float64)  # a damped rotation
 U0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
@@ -218,3 +220,17 @@ def test_poly2_is_consistent_only_where_g_of_0_is_0() -> None:
     assert all(1.8 < e0 / e1 < 2.2 for e0, e1 in itertools.pairwise(errs)), errs  # first order
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
     assert "poly2's first order needs g(0) = 0" in readme and "u' = cos u + 1" in readme
+
+
+def test_lm_k_read_out_is_exact_keeps_order_and_checks_shapes() -> None:
+    """The one k_n read-out (model, state dict and checkpoint all use it): float32 values come back exactly."""
+    k = torch.tensor([-0.1, -0.03], requires_grad=True)  # float32: -0.1 is -0.10000000149011612
+    per_channel = np.array([[1.05, 1.0]], dtype=np.float32)
+    items = [("stages.1.lm_k", k), ("stages.1.blocks.0.conv1.weight", torch.zeros(3)), ("stages.0.lm_k", per_channel)]
+    out = lm_k_by_stage(items, suffix=".lm_k")
+    assert list(out) == ["stages.1", "stages.0"]
+    assert out["stages.1"] == [float(x) for x in k.detach()] and out["stages.1"][0] != -0.1
+    assert out["stages.0"] == [[float(x) for x in per_channel[0]]]
+    assert list(lm_k_by_stage([("layer1", k)])) == ["layer1"]  # no suffix: the names as given
+    with pytest.raises(ValueError, match=r"stages.2.lm_k: expected shape \(n,\) or \(n, C\)"):
+        lm_k_by_stage([("stages.2.lm_k", torch.zeros(2, 2, 2))], suffix=".lm_k")

@@ -1,5 +1,8 @@
 """Stage semantics inside networks: transitions, LM history, coefficients, errors."""
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import pytest
 import torch
 from torch import nn
@@ -7,6 +10,8 @@ from torch import nn
 import odearch
 from odearch import Stage
 from odearch.nn import PreActBasicBlock, PreActProjection, lm_coefficients
+from odearch.nn.drop import Gate
+from odearch.nn.stage import STEP_RUNNERS, StepFns, StepRunner, register_step_runner, step_runner
 from odearch.schemes import LMScheme
 
 
@@ -167,6 +172,7 @@ def test_per_channel_init_is_ours_or_the_official_mresnetc() -> None:
     ks = torch.cat([s.lm_k.flatten() for s in model.stages])
     assert ks.numel() == 2 * (16 + 32 + 64) and ks.min() >= 1.0 and ks.max() <= 1.1
 
+
 @pytest.mark.parametrize("k_dtype", [torch.float32, torch.bfloat16])
 def test_lm_combine_dk_is_exact_under_bf16_cancellation(k_dtype: torch.dtype) -> None:
     """dk = <g, u_prev - u> on bf16 states where <g, u_prev> and <g, u> are large and nearly equal: the former
@@ -232,3 +238,83 @@ def test_lm_stage_compiles_without_graph_break_and_matches_eager() -> None:
         grads.append([p.grad.clone() for p in stage.parameters()])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ---- scheme dispatch: one table from scheme type to a step runner ------------------------------------------------
+@dataclass(frozen=True)
+class DampedEuler:
+    """A scheme family odearch does not know, defined here as data: u_{n+1} = u_n + c f_n(u_n)."""
+
+    name: str = "damped_euler"
+    c: float = 0.5
+    order: int = 1
+
+
+class DampedEulerRunner(StepRunner):
+    """u_{n+1} = u_n + c (eta_n / p_n) f_n(u_n): the family's one runner."""
+
+    scheme: DampedEuler
+
+    def step(self, u: torch.Tensor, fn: StepFns, gate: Gate = None) -> torch.Tensor:
+        return u + self.scheme.c * (fn(u) if gate is None else gate * fn(u))  # type: ignore[operator]
+
+
+@pytest.fixture
+def damped_euler() -> Iterator[type]:
+    register_step_runner(DampedEuler, DampedEulerRunner)  # the family's one table entry
+    yield DampedEuler
+    del STEP_RUNNERS[DampedEuler]
+
+
+def test_a_new_scheme_family_is_one_dataclass_one_runner_one_entry(damped_euler: type) -> None:
+    """A Stage integrates a family it learns from STEP_RUNNERS alone: plain steps, a transition step (shared by
+    every family) and stochastic depth, numbers checked against the update written out."""
+    f0, f1, f2 = _f(0.3), _f(-0.2), _f(0.5)
+    u0 = torch.randn(5, dtype=torch.float64)
+    stage = Stage(damped_euler(c=0.25), [f0, f1, f2])
+    u1 = u0 + 0.25 * f0(u0)
+    u2 = u1 + 0.25 * f1(u1)
+    assert torch.equal(stage(u0), u2 + 0.25 * f2(u2))
+    p = lambda u: 2.0 * u  # noqa: E731
+    stage = Stage(damped_euler(c=0.75), [f0, f1], shortcut=p, post_act=nn.Tanh())
+    v1 = torch.tanh(p(u0) + f0(u0))  # the transition u_1 = P(u_0) + f_0(u_0), not the family's step
+    out, history = stage.forward_with_history(u0)
+    assert torch.equal(out, torch.tanh(v1 + 0.75 * f1(v1))) and history is None
+    stage = Stage(damped_euler(c=0.5), [f0, f1], survival=(1.0, 0.5), drop_mode="sample").train()
+    torch.manual_seed(0)
+    out = stage(u0)
+    torch.manual_seed(0)
+    eta = torch.empty(5, dtype=torch.float64).bernoulli_(0.5).div_(0.5)  # sample_gate's draw for step 1
+    w1 = u0 + 0.5 * f0(u0)
+    assert torch.equal(out, w1 + 0.5 * (eta * f1(w1)))
+    assert stage.runner.branches == 1 and not stage.runner.has_k and not stage.runner.invertible
+    with pytest.raises(ValueError, match="one residual function per step"):
+        Stage(damped_euler(), [(f0, f1)])
+    with pytest.raises(ValueError, match="already has the step runner"):
+        register_step_runner(damped_euler, DampedEulerRunner)
+
+
+def test_a_scheme_family_without_a_runner_is_refused() -> None:
+    with pytest.raises(TypeError, match="no step runner for DampedEuler"):
+        Stage(DampedEuler(), [_f(1)])
+    with pytest.raises(TypeError, match="scheme dataclass"):
+        Stage(object(), [_f(1)])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("scheme", "answers"),
+    [
+        ("euler", {"branches": 1, "accepts_tuple": True, "is_euler": True}),
+        ("rk4", {"branches": 4, "accepts_single": True, "accepts_tuple": True, "is_euler": False}),
+        ("midpoint", {"branches": 2, "is_euler": False}),
+        ("rev", {"branches": 2, "accepts_single": False, "split": 2, "gates_per_step": 2, "invertible": True}),
+        ("lm", {"has_k": True, "needs_channels": False, "accepts_tuple": False, "invertible": False}),
+        ("lm_channel", {"has_k": True, "needs_channels": True}),
+        ("ab2", {"has_k": False, "branches": 1, "accepts_tuple": False, "is_euler": False}),
+        ("poly2", {"has_k": False, "split": 1, "gates_per_step": 1, "accepts_tuple": False}),
+    ],
+)
+def test_step_runner_answers_what_builders_ask(scheme: str, answers: dict) -> None:
+    """What make_stage / convert / memory read from the table instead of asking the scheme's type."""
+    runner = step_runner(scheme)
+    assert {key: getattr(runner, key) for key in answers} == answers

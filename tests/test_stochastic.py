@@ -16,7 +16,8 @@ from torch import Tensor, nn
 import odearch
 from odearch import Stage
 from odearch.models import create_model
-from odearch.nn import DropPath, ShakeShake, drop_path, linear_survival, shake_shake
+from odearch.nn import ShakeShake, drop_path, linear_survival, shake_shake
+from odearch.nn.drop import DropPath
 from odearch.nn.shake import shake_coefficients
 from odearch.schemes import LMScheme
 

@@ -29,7 +29,8 @@ from torch import Tensor, nn
 
 from .nn import Stage
 from .nn.compat import use_torchvision_names
-from .schemes import ButcherTableau, LMScheme, Scheme
+from .nn.stage import step_runner
+from .schemes import LMScheme, Scheme
 
 __all__ = ["TimmBranch", "TorchvisionBranch", "akamaster_state_dict", "from_lm", "load_akamaster", "to_lm"]
 
@@ -142,7 +143,7 @@ def _lm_stage_from_blocks(layer: nn.Module, name: str, scheme: LMScheme) -> Stag
     return use_torchvision_names(stage)
 
 
-def _restage(stage: Stage, scheme: Scheme, name: str) -> Stage:
+def _restage(stage: Stage, scheme: str | Scheme, name: str) -> Stage:
     """The same residual functions, shortcut and activation integrated by ``scheme``."""
     fns = stage.step_fns
     new = Stage(
@@ -151,14 +152,9 @@ def _restage(stage: Stage, scheme: Scheme, name: str) -> Stage:
         shortcut=stage.shortcut,
         history_shortcut=stage.history_shortcut,
         post_act=stage.post_act,
-        channels=_out_channels(fns[-1]) if isinstance(scheme, LMScheme) and scheme.per_channel else None,
+        channels=_out_channels(fns[-1]) if step_runner(scheme).needs_channels else None,
     )
     return use_torchvision_names(new) if stage.__dict__.get("_odearch_torchvision_names") else new
-
-
-def _is_euler(stage: Stage) -> bool:
-    s = stage.scheme
-    return isinstance(s, ButcherTableau) and s.stages == 1 and tuple(s.b) == (1.0,)
 
 
 # ------------------------------------------------------------------------------------------------------ models
@@ -208,7 +204,7 @@ def to_lm(
     for parent, attr, name in slots:
         layer = getattr(parent, attr)
         if isinstance(layer, Stage):
-            if not _is_euler(layer):
+            if not layer.runner.is_euler:
                 raise ValueError(f"{name}: to_lm converts forward Euler stages, this one uses {layer.scheme.name!r}")
             new_stages.append(_restage(layer, scheme, name))
         else:
@@ -227,7 +223,7 @@ def from_lm(model: nn.Module, inplace: bool = False) -> nn.Module:
         layer = getattr(parent, attr)
         if not isinstance(layer, Stage):
             raise TypeError(f"{name}: from_lm expects odearch Stages, got {type(layer).__name__}")
-        new_stages.append(_restage(layer, "euler", name) if isinstance(layer.scheme, LMScheme) else layer)
+        new_stages.append(_restage(layer, "euler", name) if layer.runner.has_k else layer)
     return _replace(model, slots, new_stages, inplace)
 
 

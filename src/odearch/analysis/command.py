@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from ..schemes.lm import lm_k_by_stage
 from .lm_table import KValues, format_table, lm_table, write_csv
 
 EXIT_ERROR = 2
@@ -159,12 +160,10 @@ def read_lm_k(checkpoint: Path, suffix: str = ".lm_k") -> dict[str, KValues]:
         raise AnalyzeError(f"{checkpoint}: not a readable safetensors file ({error})") from error
     if not arrays:
         raise AnalyzeError(f"{checkpoint}: no LM coefficients (no '*{suffix}' key; not an LM-architecture network)")
-    out: dict[str, KValues] = {}
-    for key, array in arrays.items():
-        if array.ndim not in (1, 2):
-            raise AnalyzeError(f"{checkpoint}: {key} has shape {tuple(array.shape)}, expected (n,) or (n, C)")
-        out[key[: -len(suffix)]] = array.astype(float).tolist()
-    return out
+    try:
+        return lm_k_by_stage(arrays.items(), suffix)
+    except ValueError as error:
+        raise AnalyzeError(f"{checkpoint}: {error}") from error
 
 
 INITIAL_K_FILE = "lm_k_init.json"  # written by odearch.train.loop.write_initial_k (kept in step by a test)

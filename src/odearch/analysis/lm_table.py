@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-KValues = list[float] | list[list[float]]
+from ..schemes.lm import KValues, lm_k_by_stage
 
 COLUMNS = (
     "stage",
@@ -210,17 +210,7 @@ def k_by_stage_from_state_dict(state: dict[str, object], suffix: str = ".lm_k") 
     Values may be numpy arrays or tensors (anything ``numpy.asarray`` takes, after ``.detach().cpu()`` if present).
     Keys keep the state dict's order, which is the module order.
     """
-    out: dict[str, KValues] = {}
-    for key, value in state.items():
-        if not key.endswith(suffix):
-            continue
-        if hasattr(value, "detach"):
-            value = value.detach().cpu().float()
-        array = np.asarray(value, dtype=np.float64)
-        if array.ndim not in (1, 2):
-            raise ValueError(f"{key}: expected shape (n,) or (n, C), got {array.shape}")
-        out[key[: -len(suffix)]] = array.tolist()
-    return out
+    return lm_k_by_stage(state.items(), suffix)
 
 
 def analyze_model(model: object, dt: float = 1.0) -> list[dict]:

@@ -33,9 +33,10 @@ time derivative of u), which keeps the expansions fast; :func:`modified_equation
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import sympy as sp
 
@@ -125,25 +126,55 @@ def _exact(value: object) -> sp.Expr:
     return sp.sympify(value)
 
 
+def _no_scalar_equation(why: str) -> Callable[[Any, str], _RK | _Multistep]:
+    def refuse(scheme: Any, name: str) -> _RK | _Multistep:
+        raise ValueError(f"{name}: {why}")
+
+    return refuse
+
+
+def _as_multistep(scheme: Any, name: str) -> _Multistep:
+    """An explicit multistep method (alpha, beta), exact."""
+    return _check_multistep(_Multistep(name, tuple(map(_exact, scheme.alpha)), tuple(map(_exact, scheme.beta))))
+
+
+def _as_rk(scheme: Any, name: str) -> _RK:
+    """An explicit Runge-Kutta method (a, b), exact."""
+    a = tuple(tuple(_exact(x) for x in row) for row in scheme.a)
+    return _check_rk(_RK(name, a, tuple(map(_exact, scheme.b))))
+
+
+def _lm_as_multistep(scheme: LMScheme, name: str) -> _Multistep:
+    """The LM step as the multistep method of :func:`lm_multistep` (symbolic :data:`K` unless ``fixed_k``)."""
+    return _as_multistep(lm_multistep(K if scheme.fixed_k is None else scheme.fixed_k), name)
+
+
+_SYMBOLIC: dict[type, Callable[[Any, str], _RK | _Multistep]] = {
+    PolyScheme: _no_scalar_equation(
+        "PolyNet truncates the Neumann series of implicit backward Euler, (I - F)^-1 ~ I + F + F^2; F(F(u)) is not "
+        "a function of the state's increment, so it has no scalar modified equation here"
+    ),
+    RevScheme: _no_scalar_equation("RevNet is forward Euler on a coupled two-field system, not a scalar scheme"),
+    LMScheme: _lm_as_multistep,
+    LinearMultistep: _as_multistep,
+    SymbolicMultistep: _as_multistep,
+    ButcherTableau: _as_rk,
+}
+"""Scheme type -> its exact symbolic method (or the reason it has no scalar modified equation)."""
+
+
 def _method(scheme: object) -> _RK | _Multistep:
     """Normalise a scheme (name, tableau, multistep, LM scheme, or duck-typed object) and check it is analysable."""
     if isinstance(scheme, str):
         scheme = get_scheme(scheme)
     name = getattr(scheme, "name", type(scheme).__name__)
-    if isinstance(scheme, PolyScheme):
-        raise ValueError(
-            f"{name}: PolyNet truncates the Neumann series of implicit backward Euler, (I - F)^-1 ~ I + F + F^2; "
-            "F(F(u)) is not a function of the state's increment, so it has no scalar modified equation here"
-        )
-    if isinstance(scheme, RevScheme):
-        raise ValueError(f"{name}: RevNet is forward Euler on a coupled two-field system, not a scalar scheme")
-    if isinstance(scheme, LMScheme):
-        scheme = lm_multistep(K if scheme.fixed_k is None else scheme.fixed_k)
-    if isinstance(scheme, (LinearMultistep, SymbolicMultistep)) or hasattr(scheme, "alpha"):
-        return _check_multistep(_Multistep(name, tuple(map(_exact, scheme.alpha)), tuple(map(_exact, scheme.beta))))
-    if isinstance(scheme, ButcherTableau) or (hasattr(scheme, "a") and hasattr(scheme, "b")):
-        a = tuple(tuple(_exact(x) for x in row) for row in scheme.a)
-        return _check_rk(_RK(name, a, tuple(map(_exact, scheme.b))))
+    for cls in type(scheme).__mro__:
+        if cls in _SYMBOLIC:
+            return _SYMBOLIC[cls](scheme, name)
+    if hasattr(scheme, "alpha"):  # duck-typed: explicit (alpha, beta) or (a, b)
+        return _as_multistep(scheme, name)
+    if hasattr(scheme, "a") and hasattr(scheme, "b"):
+        return _as_rk(scheme, name)
     raise ValueError(f"cannot analyse {name!r}: expected a Butcher tableau, a linear multistep method or an LM scheme")
 
 

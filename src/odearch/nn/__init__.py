@@ -11,15 +11,14 @@ from .blocks import (
     conv1x1,
     conv3x3,
 )
-from .drop import DropPath, drop_path, linear_survival
+from .drop import drop_path, linear_survival
 from .memory import get_memory, set_memory
 from .network import ResidualNetwork, init_weights
 from .shake import ShakeBranch, ShakeShake, ShakeShortcut, shake_block, shake_shake
-from .stage import Stage, lm_coefficients
+from .stage import Stage, StepRunner, lm_coefficients, register_step_runner, step_runner
 
 __all__ = [
     "BasicBlock",
-    "DropPath",
     "PreActBasicBlock",
     "PreActBottleneck",
     "PreActProjection",
@@ -30,6 +29,7 @@ __all__ = [
     "ShakeShake",
     "ShakeShortcut",
     "Stage",
+    "StepRunner",
     "ZeroPadShortcut",
     "conv1x1",
     "conv3x3",
@@ -38,7 +38,9 @@ __all__ = [
     "init_weights",
     "linear_survival",
     "lm_coefficients",
+    "register_step_runner",
     "set_memory",
     "shake_block",
     "shake_shake",
+    "step_runner",
 ]

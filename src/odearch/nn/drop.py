@@ -24,8 +24,10 @@ training network is the evaluation network. This differs from the official LM-Re
 U(0, sigma), added after the later blocks only: its mean sigma / 2 shifts the training network away from the
 evaluation one (which adds nothing).
 
-The :class:`~odearch.nn.Stage` uses these helpers as options of every scheme; :func:`drop_path` and
-:class:`DropPath` are the stand-alone function + module pair.
+The :class:`~odearch.nn.Stage` uses these helpers as options of every scheme: it draws every step's gate before
+the first step and skips a dropped block, so it does not call :func:`drop_path`. :func:`drop_path` and
+:class:`DropPath` are timm's stand-alone function + module pair, for a residual branch outside a Stage; the module
+is imported from here (``odearch.nn.drop.DropPath``), no odearch model uses it.
 """
 
 from __future__ import annotations

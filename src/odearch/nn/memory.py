@@ -51,8 +51,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..schemes import RevScheme
-from .stage import Stage, StepFns, StepGate, _axpy, _dropped, _gate
+from .stage import Stage, StepFns, StepGate, _axpy, _dropped
 
 __all__ = ["MEMORY_MODES", "default_memory", "get_memory", "set_memory"]
 
@@ -100,7 +99,7 @@ def default_memory(model: nn.Module) -> str:
 
 
 def _check_reversible(stage: Stage) -> None:
-    if not isinstance(stage.scheme, RevScheme):
+    if not stage.runner.invertible:
         raise ValueError(
             f"memory='reversible' needs the rev scheme, a stage uses {stage.scheme.name!r}: use memory='recompute'"
         )
@@ -218,7 +217,7 @@ class _RevRun:
 
     def forward(self, u: Tensor) -> Tensor:
         """X_{n+1} = X_n + (eta_n / p_n) F(Y_n), Y_{n+1} = Y_n + (eta'_n / p_n) G(X_{n+1}) (+ noise), as
-        ``Stage._rev_step`` and ``Stage._end`` compute them; records the RNG state before each random part."""
+        ``RevRunner.step`` and ``Stage._end`` compute them; records the RNG state before each random part."""
         device = u.device
         self.autocast = (device.type, torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
         u_in = u
@@ -334,18 +333,10 @@ def reversible_forward(stage: Stage, u: Tensor) -> Tensor:
     """A rev stage's forward pass that keeps only its output for the backward pass (plus a transition step's
     activations). Draws the stochastic-depth gates once, exactly where ``Stage.forward_with_history`` draws them."""
     fns = stage.step_fns
-    gates: list[StepGate] | None = None
-    noisy = False
-    if stage.training and (stage.survival is not None or stage.noise_sigma is not None):
-        gates = stage._draw_gates(u)
-        noisy = stage.noise_sigma is not None
+    gates, noisy = stage._draw_stochastic(u)
     first = 0
     if stage.shortcut is not None:  # the transition step u_1 = P(u_0) + f_0(u_0): not invertible, stored
-        g = _gate(gates, 0)
-        p = stage.shortcut(u)
-        r = None if _dropped(g) else fns[0](u)  # type: ignore[operator]
-        u = stage._end(p if r is None else _axpy(p, 1.0, r, g), noisy)
-        first = 1
+        u, first = stage._transition(u, fns[0], None if gates is None else gates[0], noisy)[:2]
     if first == len(fns):
         return u
     run = _RevRun(stage, fns[first:], None if gates is None else gates[first:], noisy)

@@ -19,6 +19,11 @@ Update of each scheme family (paper Table 1; f absorbs the step):
 - RevNet (``rev``), u = (X, Y) split along channels, a pair (F, G) per step:
   X_{n+1} = X_n + F(Y_n), Y_{n+1} = Y_n + G(X_{n+1}); :meth:`Stage.inverse` undoes it exactly.
 
+Dispatch: :data:`STEP_RUNNERS` maps each scheme type to its :class:`StepRunner`, whose ``step`` (one-step
+families) or ``run`` (LM, linear multistep) is the update above; a new family is a scheme dataclass, a runner and
+one :func:`register_step_runner` entry. The Stage owns what all families share: the transition step, stochastic
+depth, noise, the post-activation and the memory mode.
+
 First step and transitions (the paper's official code, ``MResNet``): multistep schemes have no history at step 0,
 so step 0 is a one-step starter (forward Euler for LM, which sets u_{-1} := u_0; the scheme's ``starter`` tableau
 for a general multistep method). A down-sampling stage (``shortcut`` P given: a stride or width change) begins with
@@ -58,13 +63,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..schemes import ButcherTableau, LinearMultistep, LMScheme, PolyScheme, RevScheme, Scheme, get_scheme
+from ..schemes.lm import lm_k_by_stage
 from .drop import Gate, add_noise, batch_gate, batch_gate_tensor, check_drop_mode, check_survival, sample_gate
 
 ResidualFn = Callable[[Tensor], Tensor]
@@ -178,8 +184,305 @@ def _as_module(fn: StepFns) -> nn.Module | None:
     return None
 
 
+# ------------------------------------------------------------------------------------------------- step runners
+class Start(NamedTuple):
+    """Where a scheme's steps begin: after the transition step u_1 = P(u_0) + (eta_0 / p_0) f_0(u_0), if any.
+
+    ``u``: the state the scheme's first step reads; ``first``: that step's index (1 after a transition);
+    ``history``: the LM history u_prev of ``u`` (P(u_0) or Q(u_0) after a transition; None without one);
+    ``residual``, ``gate``: the transition's f_0(u_0) (None when dropped) and its stochastic-depth factor.
+    """
+
+    u: Tensor
+    first: int = 0
+    history: Tensor | None = None
+    residual: Tensor | None = None
+    gate: Gate = None
+
+
+class StepRunner:
+    """How a :class:`Stage` integrates one scheme family: the value of :data:`STEP_RUNNERS` for its scheme type.
+
+    As in torchdiffeq's fixed-grid solvers, the base class owns the loop over the steps and a one-step family
+    supplies :meth:`step`, its update formula; a family with history (LM, linear multistep) overrides :meth:`run`.
+    The attributes answer what a Stage and the model builders ask of a family. A new family is a scheme dataclass
+    (:mod:`odearch.schemes`), a subclass of this and :func:`register_step_runner`.
+
+    Args:
+        scheme: the scheme object (torch-free data).
+    """
+
+    branches: int = 1
+    """Residual functions a step holds when each evaluation has its own (tableau stages, RevNet's (F, G))."""
+    accepts_single: bool = True
+    """A step may be one function, shared by its ``branches`` evaluations."""
+    accepts_tuple: bool = False
+    """A step may be a tuple of ``branches`` functions (FractalNet's per-stage functions, RevNet's pair)."""
+    split: int = 1
+    """The state is split into this many channel parts, one per function of a step (RevNet: 2 halves)."""
+    gates_per_step: int = 1
+    """Stochastic-depth draws per step after the transition (RevNet: one for F, one for G)."""
+    invertible: bool = False
+    """:meth:`inverse` undoes the steps exactly (RevNet; also what ``memory="reversible"`` needs)."""
+    has_k: bool = False
+    """The stage holds LM coefficients ``lm_k`` (an LM stage)."""
+
+    def __init__(self, scheme: Any) -> None:
+        self.scheme = scheme
+
+    @property
+    def needs_channels(self) -> bool:
+        """True when the Stage needs ``channels=`` (one LM coefficient per channel)."""
+        return False
+
+    @property
+    def is_euler(self) -> bool:
+        """True for forward Euler, u_{n+1} = u_n + f_n(u_n) (ResNet; what :func:`odearch.convert.to_lm` converts)."""
+        return False
+
+    def check_step(self, fn: StepFns, n: int) -> None:
+        """Raise ``ValueError`` when step ``n``'s functions do not fit the scheme (here: one function per step)."""
+        if isinstance(fn, tuple):
+            raise ValueError(f"{self.scheme.name}: one residual function per step, got a tuple at step {n}")
+
+    def init_params(self, stage: Stage, n_steps: int, channels: int | None) -> None:
+        """Register the scheme's own parameters on ``stage`` (none here)."""
+
+    def run(
+        self, stage: Stage, fns: list[StepFns], start: Start, gates: list[StepGate] | None, noisy: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """Steps ``start.first`` .. N-1 from ``start.u``: u_{n+1} = end(step(u_n)); returns (u_N, LM history)."""
+        u = start.u
+        for n in range(start.first, len(fns)):
+            u = stage._end(self.step(u, fns[n], _gate(gates, n)), noisy)
+        return u, None
+
+    def step(self, u: Tensor, fn: StepFns, gate: Any) -> Tensor:
+        """One update u_n -> u_{n+1} (before noise and post-activation); ``gate``: eta_n / p_n, None without SD."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither step nor run")
+
+    def inverse(self, fns: list[StepFns], u: Tensor) -> Tensor:
+        """u_N -> u_0 (only for an ``invertible`` family)."""
+        raise ValueError(f"only the rev scheme is invertible, this stage uses {self.scheme.name!r}")
+
+
+STEP_RUNNERS: dict[type, type[StepRunner]] = {}
+"""Scheme type -> its :class:`StepRunner`: the one place a Stage learns how to integrate a family."""
+
+
+def register_step_runner(scheme_type: type, runner: type[StepRunner]) -> None:
+    """Make ``runner`` integrate the schemes of ``scheme_type`` (a duplicate registration raises ``ValueError``)."""
+    if scheme_type in STEP_RUNNERS:
+        raise ValueError(f"{scheme_type.__name__} already has the step runner {STEP_RUNNERS[scheme_type].__name__}")
+    STEP_RUNNERS[scheme_type] = runner
+
+
+def step_runner(scheme: str | Scheme) -> StepRunner:
+    """The :class:`StepRunner` of a scheme (a name from :data:`odearch.schemes.SCHEMES` or a scheme object)."""
+    scheme = get_scheme(scheme)
+    for cls in type(scheme).__mro__:
+        if cls in STEP_RUNNERS:
+            return STEP_RUNNERS[cls](scheme)
+    known = ", ".join(t.__name__ for t in STEP_RUNNERS)
+    raise TypeError(f"no step runner for {type(scheme).__name__} (known: {known}); add one: register_step_runner")
+
+
+def _rk_step(tab: ButcherTableau, u: Tensor, fn: StepFns, gate: Gate = None, k1: Tensor | None = None) -> Tensor:
+    """k_i = f_i(u + sum_j a_ij k_j); u_{n+1} = u + (eta_n / p_n) sum_i b_i k_i (the gate: 1 without stochastic
+    depth; one draw for the whole step). ``k1``: f(u) when already evaluated."""
+    if _dropped(gate):
+        return u
+    fs = fn if isinstance(fn, tuple) else (fn,) * tab.stages
+    ks: list[Tensor] = []
+    for i in range(tab.stages):
+        if i == 0 and k1 is not None:  # c_1 = 0 for explicit schemes: k_1 = f(u_n)
+            ks.append(k1)
+            continue
+        ui = u
+        for j in range(i):
+            if tab.a[i][j] != 0.0:
+                ui = _axpy(ui, tab.a[i][j], ks[j])
+        ks.append(fs[i](ui))
+    out = u
+    for b_i, k_i in zip(tab.b, ks):
+        if b_i != 0.0:
+            out = _axpy(out, b_i, k_i, gate)
+    return out
+
+
+class RungeKuttaRunner(StepRunner):
+    """k_i = f_i(u_n + sum_j a_ij k_j), u_{n+1} = u_n + (eta_n / p_n) sum_i b_i k_i: one draw for the whole step."""
+
+    scheme: ButcherTableau
+    accepts_tuple = True
+
+    @property
+    def branches(self) -> int:  # type: ignore[override]
+        return self.scheme.stages
+
+    @property
+    def is_euler(self) -> bool:
+        return self.scheme.stages == 1 and tuple(self.scheme.b) == (1.0,)
+
+    def check_step(self, fn: StepFns, n: int) -> None:
+        if isinstance(fn, tuple) and len(fn) != self.scheme.stages:
+            raise ValueError(
+                f"{self.scheme.name}: step {n} has {len(fn)} functions for {self.scheme.stages} inner stages"
+            )
+
+    def step(self, u: Tensor, fn: StepFns, gate: Gate = None) -> Tensor:
+        return _rk_step(self.scheme, u, fn, gate)
+
+
+class LMRunner(StepRunner):
+    """u_{n+1} = (1 - k_n) u_n + k_n u_{n-1} + (eta_n / p_n) f_n(u_n); step 0 without a transition is forward Euler.
+
+    The stochastic-depth form is the paper's (Lu et al. 2018, "stochastic training as stochastic dynamics": a weak
+    approximation of dX = p(t) f dt + sqrt(p (1 - p) dt) f dB on the LM dynamics); the history u_{n-1} is always
+    the real previous state, dropped step or not.
+    """
+
+    scheme: LMScheme
+    has_k = True
+
+    @property
+    def needs_channels(self) -> bool:
+        return self.scheme.per_channel
+
+    def init_params(self, stage: Stage, n_steps: int, channels: int | None) -> None:
+        """``lm_k``: one k per step 1..N-1 (step 0 is the starter or the transition), or one per channel."""
+        if n_steps < 2:
+            return
+        scheme = self.scheme
+        if scheme.per_channel and channels is None:
+            raise ValueError("a per-channel LM coefficient needs channels= (the state's channel count)")
+        shape = (n_steps - 1, channels) if scheme.per_channel else (n_steps - 1,)
+        stage._lm_per_channel = scheme.per_channel  # decided here, not from lm_k's rank: fx traces no tensor branch
+        if scheme.fixed_k is not None:
+            stage.register_buffer("lm_k", torch.full(shape, float(scheme.fixed_k)))
+        else:
+            stage.lm_k = nn.Parameter(torch.empty(shape).uniform_(*scheme.k_init))
+
+    @staticmethod
+    def coefficient(stage: Stage, m: int) -> Tensor:
+        """k of LM step m (1-based within the stage), shaped to broadcast against the state: a scalar, or (C, 1, 1)
+        per channel of a (B, C, H, W) state (decided when the stage is built, so the graph is traceable)."""
+        k = stage.lm_k[m - 1]  # its own dtype: _LMCombine casts it for the update and returns dk in it
+        return k.view(-1, 1, 1) if stage._lm_per_channel else k
+
+    def run(
+        self, stage: Stage, fns: list[StepFns], start: Start, gates: list[StepGate] | None, noisy: bool
+    ) -> tuple[Tensor, Tensor]:
+        u, u_prev, first = start.u, start.history, start.first
+        if first == 0:  # starter: one forward Euler step, u_{-1} := u_0
+            g = _gate(gates, 0)
+            u_prev, u = u, stage._end(u if _dropped(g) else _axpy(u, 1.0, fns[0](u), g), noisy)  # type: ignore[operator]
+            first = 1
+        assert u_prev is not None
+        for m in range(first, len(fns)):
+            k = self.coefficient(stage, m)
+            g = _gate(gates, m)
+            r = None if _dropped(g) else _scaled(fns[m](u), g)  # type: ignore[operator]
+            u_prev, u = u, stage._end(_LMCombine.apply(u, u_prev, k, r), noisy)
+        return u, u_prev
+
+
+class MultistepRunner(StepRunner):
+    """u_{n+s} = sum_{j<s} (-alpha_j u_{n+j} + beta_j f_{n+j}(u_{n+j})); the ``starter`` tableau fills missing
+    history. With stochastic depth each f_n(u_n) is the realised (eta_n / p_n) f_n(u_n) wherever it enters (None,
+    i.e. zero and not evaluated, when dropped)."""
+
+    scheme: LinearMultistep
+
+    def run(
+        self, stage: Stage, fns: list[StepFns], start: Start, gates: list[StepGate] | None, noisy: bool
+    ) -> tuple[Tensor, None]:
+        lmm, u = self.scheme, start.u
+        s = lmm.steps
+        us = [u] if start.history is None else [start.history, u]  # states, oldest first
+        fs = [_scaled(start.residual, start.gate)] if start.first else []  # fs[i] = f(us[i]), but the newest's
+        for n in range(start.first, len(fns)):
+            g = _gate(gates, n)
+            f_n = None if _dropped(g) else fns[n](u)  # type: ignore[operator]
+            fs.append(_scaled(f_n, g))
+            if len(us) < s:  # not enough history: a starter step, its first evaluation being f_n
+                u_new = _rk_step(lmm.starter, u, fns[n], gate=g, k1=f_n)
+            else:
+                u_new = u if lmm.alpha[s - 1] == -1.0 else torch.mul(u, -lmm.alpha[s - 1])
+                for coef, v in zip((*(-a for a in lmm.alpha[: s - 1]), *lmm.beta[:s]), (*us[-s:-1], *fs[-s:])):
+                    if coef != 0.0 and v is not None:
+                        u_new = _axpy(u_new, coef, v)
+            u = stage._end(u_new, noisy)
+            us, fs = [*us, u][-s:], fs[-s:]
+        return u, None
+
+
+class PolyRunner(StepRunner):
+    """u_{n+1} = u_n + (eta_n / p_n)(F(u_n) + F(F(u_n)) + ...), ``degree`` terms (the gate is 1 without SD)."""
+
+    scheme: PolyScheme
+
+    def step(self, u: Tensor, fn: StepFns, gate: Gate = None) -> Tensor:
+        if _dropped(gate):
+            return u
+        out, term = u, u
+        for _ in range(self.scheme.degree):
+            term = fn(term)  # type: ignore[operator]
+            out = _axpy(out, 1.0, term, gate)
+        return out
+
+
+class RevRunner(StepRunner):
+    """X_{n+1} = X_n + (eta_n / p_n) F(Y_n); Y_{n+1} = Y_n + (eta'_n / p_n) G(X_{n+1}), u = (X, Y) split along
+    ``split_dim`` (gates 1 without SD); exactly invertible."""
+
+    scheme: RevScheme
+    branches = 2
+    accepts_single = False
+    accepts_tuple = True
+    split = 2
+    gates_per_step = 2
+    invertible = True
+
+    def check_step(self, fn: StepFns, n: int) -> None:
+        if not (isinstance(fn, tuple) and len(fn) == 2):
+            raise ValueError(f"rev scheme: step {n} needs a pair (F, G) of residual functions")
+
+    def step(self, u: Tensor, fn: StepFns, gate: Any = None) -> Tensor:
+        f, g = fn  # type: ignore[misc]
+        gate_f, gate_g = gate or (None, None)
+        x, y = u.chunk(2, dim=self.scheme.split_dim)
+        if not _dropped(gate_f):
+            x = _axpy(x, 1.0, f(y), gate_f)
+        if not _dropped(gate_g):
+            y = _axpy(y, 1.0, g(x), gate_g)
+        return torch.cat((x, y), dim=self.scheme.split_dim)
+
+    def inverse(self, fns: list[StepFns], u: Tensor) -> Tensor:
+        """Y_n = Y_{n+1} - G(X_{n+1}), X_n = X_{n+1} - F(Y_n), steps reversed."""
+        dim = self.scheme.split_dim
+        for f, g in reversed(fns):  # type: ignore[misc]
+            x, y = u.chunk(2, dim=dim)
+            y = y - g(x)
+            x = x - f(y)
+            u = torch.cat((x, y), dim=dim)
+        return u
+
+
+register_step_runner(ButcherTableau, RungeKuttaRunner)
+register_step_runner(LMScheme, LMRunner)
+register_step_runner(LinearMultistep, MultistepRunner)
+register_step_runner(PolyScheme, PolyRunner)
+register_step_runner(RevScheme, RevRunner)
+
+
+# ------------------------------------------------------------------------------------------------------- Stage
 class Stage(nn.Module):
     """An ODE integrator over residual functions: one network stage (see the module docstring for the updates).
+
+    How each step combines states is its scheme family's :class:`StepRunner` (``self.runner``, from
+    :data:`STEP_RUNNERS`); the Stage owns what every family shares: the transition step, stochastic depth, noise,
+    the post-activation and the activation-memory mode.
 
     Args:
         scheme: a scheme name from :data:`odearch.schemes.SCHEMES` or a scheme object.
@@ -214,15 +517,36 @@ class Stage(nn.Module):
         noise_sigma: float | None = None,
     ) -> None:
         super().__init__()
-        self.scheme = get_scheme(scheme)
+        self.runner = step_runner(scheme)
         fns = list(fns)
+        self._check_fns(fns, shortcut, history_shortcut)
+        self._set_fns(fns)
+        self.shortcut = shortcut
+        self.history_shortcut = history_shortcut
+        self.post_act = post_act
+        self.runner.init_params(self, len(fns), channels)
+        self._init_stochastic(len(fns), survival, drop_mode, noise_sigma)
+        self.memory = "store"  # activation memory of the backward pass: odearch.nn.memory.set_memory
+
+    @property
+    def scheme(self) -> Scheme:
+        """The scheme object (data from :mod:`odearch.schemes`) this stage integrates with."""
+        return self.runner.scheme
+
+    # ----------------------------------------------------------------------------------------------- construction
+    def _check_fns(self, fns: list[StepFns], shortcut: Any, history_shortcut: Any) -> None:
+        """Fail in the constructor on steps that do not fit the transition or the scheme (``runner.check_step``)."""
         if not fns:
             raise ValueError("a Stage needs at least one residual function")
         if history_shortcut is not None and shortcut is None:
             raise ValueError("history_shortcut projects the LM history across a transition: it needs a shortcut")
         if shortcut is not None and isinstance(fns[0], tuple):
             raise ValueError("the transition step (with a shortcut) takes a single residual function, not a tuple")
-        self._check_step_fns(fns, transition=shortcut is not None)
+        for n in range(int(shortcut is not None), len(fns)):
+            self.runner.check_step(fns[n], n)
+
+    def _set_fns(self, fns: list[StepFns]) -> None:
+        """Hold the residual functions: ``blocks`` (a ModuleList, a ModuleList per tuple) or plain callables."""
         modules = [_as_module(fn) for fn in fns]
         if all(m is not None for m in modules):
             self.blocks = nn.ModuleList(modules)
@@ -231,28 +555,6 @@ class Stage(nn.Module):
             raise TypeError("mix of nn.Module and plain callables in one Stage: use one kind")
         else:
             self._plain_fns = fns
-        self.shortcut = shortcut
-        self.history_shortcut = history_shortcut
-        self.post_act = post_act
-        if isinstance(self.scheme, LMScheme) and len(fns) > 1:
-            self._init_lm_k(len(fns) - 1, channels)
-        self._init_stochastic(len(fns), survival, drop_mode, noise_sigma)
-        self.memory = "store"  # activation memory of the backward pass: odearch.nn.memory.set_memory
-
-    # ----------------------------------------------------------------------------------------------- construction
-    def _check_step_fns(self, fns: list[StepFns], transition: bool) -> None:
-        """Fail in the constructor on a step whose functions do not fit the scheme."""
-        for n, fn in enumerate(fns[int(transition) :], start=int(transition)):
-            if isinstance(self.scheme, RevScheme):
-                if not (isinstance(fn, tuple) and len(fn) == 2):
-                    raise ValueError(f"rev scheme: step {n} needs a pair (F, G) of residual functions")
-            elif isinstance(self.scheme, ButcherTableau):
-                if isinstance(fn, tuple) and len(fn) != self.scheme.stages:
-                    raise ValueError(
-                        f"{self.scheme.name}: step {n} has {len(fn)} functions for {self.scheme.stages} inner stages"
-                    )
-            elif isinstance(fn, tuple):
-                raise ValueError(f"{self.scheme.name}: one residual function per step, got a tuple at step {n}")
 
     def _init_stochastic(
         self, n_steps: int, survival: Sequence[float] | None, drop_mode: str, noise_sigma: float | None
@@ -273,18 +575,6 @@ class Stage(nn.Module):
         self.survival: tuple[float, ...] | None = survival
         self.drop_mode = drop_mode
         self.noise_sigma: float | None = noise_sigma
-
-    def _init_lm_k(self, n_steps: int, channels: int | None) -> None:
-        scheme = self.scheme
-        assert isinstance(scheme, LMScheme)
-        if scheme.per_channel and channels is None:
-            raise ValueError("a per-channel LM coefficient needs channels= (the state's channel count)")
-        shape = (n_steps, channels) if scheme.per_channel else (n_steps,)
-        self._lm_per_channel = scheme.per_channel  # decided here, not from lm_k's rank: fx traces no tensor branch
-        if scheme.fixed_k is not None:
-            self.register_buffer("lm_k", torch.full(shape, float(scheme.fixed_k)))
-        else:
-            self.lm_k = nn.Parameter(torch.empty(shape).uniform_(*scheme.k_init))
 
     @property
     def step_fns(self) -> list[StepFns]:
@@ -323,44 +613,17 @@ class Stage(nn.Module):
             if self.memory == "reversible":
                 return memory.reversible_forward(self, u), None
             fns = memory.recompute_fns(fns)
-        gates: list[StepGate] | None = None  # per step: None, or the stochastic-depth factor eta_n / p_n
-        noisy = False
-        if self.training and (self.survival is not None or self.noise_sigma is not None):
-            gates = self._draw_gates(u)
-            noisy = self.noise_sigma is not None
-        first = 0
-        history: Tensor | None = None
-        f_hist: list[Tensor | None] = []
-        scheme = self.scheme
-        if self.shortcut is not None:
-            g = _gate(gates, 0)
-            p = self.shortcut(u)
-            r = None if _dropped(g) else fns[0](u)  # dropped: u_1 = P(u_0)
-            history = p if self.history_shortcut is None else self.history_shortcut(u)  # u_0, one step back
-            u_new = self._end(p if r is None else _axpy(p, 1.0, r, g), noisy)  # last: a traced stage ends on u
-            u, first = u_new, 1
-            if isinstance(scheme, LinearMultistep):
-                f_hist = [_scaled(r, g)]
-        if isinstance(scheme, ButcherTableau):
-            for n in range(first, len(fns)):
-                u = self._end(self._rk_step(u, fns[n], scheme, gate=_gate(gates, n)), noisy)
-            return u, None
-        if isinstance(scheme, LMScheme):
-            return self._run_lm(u, history, fns, first, gates, noisy)
-        if isinstance(scheme, LinearMultistep):
-            return self._run_multistep(u, history, f_hist, fns, first, scheme, gates, noisy), None
-        if isinstance(scheme, PolyScheme):
-            for n in range(first, len(fns)):
-                u = self._end(self._poly_step(u, fns[n], scheme.degree, _gate(gates, n)), noisy)
-            return u, None
-        if isinstance(scheme, RevScheme):
-            for n in range(first, len(fns)):
-                u = self._end(self._rev_step(u, fns[n], scheme.split_dim, _gate(gates, n) or (None, None)), noisy)
-            return u, None
-        raise TypeError(f"no step for scheme {scheme!r}")  # unreachable: get_scheme validated it
+        gates, noisy = self._draw_stochastic(u)
+        start = Start(u) if self.shortcut is None else self._transition(u, fns[0], _gate(gates, 0), noisy)
+        return self.runner.run(self, fns, start, gates, noisy)
 
-    def _act(self, u: Tensor) -> Tensor:
-        return u if self.post_act is None else self.post_act(u)
+    def _transition(self, u: Tensor, fn: StepFns, gate: Gate, noisy: bool) -> Start:
+        """The plain step u_1 = P(u_0) + (eta_0 / p_0) f_0(u_0) (P(u_0) when dropped), history u_0 projected."""
+        p = self.shortcut(u)  # type: ignore[misc]
+        r = None if _dropped(gate) else fn(u)  # type: ignore[operator]
+        history = p if self.history_shortcut is None else self.history_shortcut(u)  # u_0, one step back
+        u_1 = self._end(p if r is None else _axpy(p, 1.0, r, gate), noisy)  # last: a traced stage ends on u
+        return Start(u_1, 1, history, r, gate)
 
     def _end(self, u: Tensor, noisy: bool = False) -> Tensor:
         """Finish a step: + sigma sqrt(dt) xi_n when ``noisy`` (training with noise_sigma), then the post-act."""
@@ -369,8 +632,15 @@ class Stage(nn.Module):
             u = add_noise(u, self.noise_sigma, self.NOISE_DT)
         return u if self.post_act is None else self.post_act(u)
 
+    def _draw_stochastic(self, u: Tensor) -> tuple[list[StepGate] | None, bool]:
+        """(the stochastic-depth gates, whether noise is injected) of this forward pass: (None, False) in eval."""
+        if self.training and (self.survival is not None or self.noise_sigma is not None):
+            return self._draw_gates(u), self.noise_sigma is not None
+        return None, False
+
     def _draw_gates(self, u: Tensor) -> list[StepGate] | None:
-        """This forward pass's stochastic-depth factors, one per step (None for a step with p_n = 1)."""
+        """This forward pass's stochastic-depth factors, one per step (None for a step with p_n = 1); a family with
+        ``gates_per_step`` > 1 (RevNet's F, G) gets a tuple per step after the transition, drawn pass by pass."""
         if self.survival is None:
             return None
         if self.drop_mode == "batch" and not _tracing():  # CPU draws from the global RNG: no device sync, ranks
@@ -380,147 +650,19 @@ class Stage(nn.Module):
         else:
             draw = partial(sample_gate, u)
         gates: list[StepGate] = [None if p == 1.0 else draw(p) for p in self.survival]
-        if isinstance(self.scheme, RevScheme):  # a RevNet step draws for F, then for G (the transition: one draw)
+        if self.runner.gates_per_step > 1:  # the transition step keeps one draw
             first = int(self.shortcut is not None)
-            gates[first:] = [(g, None if p == 1.0 else draw(p)) for g, p in zip(gates[first:], self.survival[first:])]
+            more = [[None if p == 1.0 else draw(p) for p in self.survival[first:]]
+                    for _ in range(self.runner.gates_per_step - 1)]  # fmt: skip
+            gates[first:] = list(zip(gates[first:], *more))
         return gates
-
-    # ----------------------------------------------------------------------------------------- one step per family
-    @staticmethod
-    def _rk_step(u: Tensor, fn: StepFns, tab: ButcherTableau, k1: Tensor | None = None, gate: Gate = None) -> Tensor:
-        """k_i = f_i(u + sum_j a_ij k_j); u_{n+1} = u + (eta_n / p_n) sum_i b_i k_i (the gate: 1 without stochastic
-        depth; one draw for the whole step). ``k1``: f(u) when already evaluated."""
-        if _dropped(gate):
-            return u
-        fs = fn if isinstance(fn, tuple) else (fn,) * tab.stages
-        ks: list[Tensor] = []
-        for i in range(tab.stages):
-            if i == 0 and k1 is not None:  # c_1 = 0 for explicit schemes: k_1 = f(u_n)
-                ks.append(k1)
-                continue
-            ui = u
-            for j in range(i):
-                if tab.a[i][j] != 0.0:
-                    ui = _axpy(ui, tab.a[i][j], ks[j])
-            ks.append(fs[i](ui))
-        out = u
-        for b_i, k_i in zip(tab.b, ks):
-            if b_i != 0.0:
-                out = _axpy(out, b_i, k_i, gate)
-        return out
-
-    def _lm_coefficient(self, m: int, u: Tensor) -> Tensor:
-        """k of LM step m (1-based within the stage), shaped to broadcast against u: a scalar, or (C, 1, 1) for a
-        per-channel coefficient of a (B, C, H, W) state (decided when the stage is built, so the graph is
-        traceable)."""
-        k = self.lm_k[m - 1]  # its own dtype: _LMCombine casts it for the update and returns dk in it
-        return k.view(-1, 1, 1) if self._lm_per_channel else k
-
-    def _run_lm(
-        self,
-        u: Tensor,
-        u_prev: Tensor | None,
-        fns: list[StepFns],
-        first: int,
-        gates: list[StepGate] | None = None,
-        noisy: bool = False,
-    ) -> tuple[Tensor, Tensor]:
-        """u_{n+1} = (1 - k_n) u_n + k_n u_{n-1} + f_n(u_n); step 0 without a transition is forward Euler.
-
-        With stochastic depth, the paper's u_{n+1} = (1 - k_n) u_n + k_n u_{n-1} + (eta_n / p_n) f_n(u_n),
-        eta_n ~ Bernoulli(p_n) (Lu et al. 2018, "stochastic training as stochastic dynamics": a weak approximation
-        of dX = p(t) f dt + sqrt(p (1 - p) dt) f dB on the LM dynamics); the history u_{n-1} is always the real
-        previous state, dropped step or not.
-        """
-        if first == 0:  # starter: one forward Euler step, u_{-1} := u_0
-            u_prev, u = u, self._end(self._plus_residual(u, fns[0], u, _gate(gates, 0)), noisy)
-            first = 1
-        assert u_prev is not None
-        for m in range(first, len(fns)):
-            k = self._lm_coefficient(m, u)
-            g = _gate(gates, m)
-            r = None if _dropped(g) else _scaled(fns[m](u), g)  # type: ignore[operator]
-            u_prev, u = u, self._end(_LMCombine.apply(u, u_prev, k, r), noisy)
-        return u, u_prev
-
-    @staticmethod
-    def _plus_residual(base: Tensor, fn: StepFns, u: Tensor, gate: Gate) -> Tensor:
-        """base + (eta_n / p_n) f_n(u) (base + f_n(u) without a gate); f_n is not evaluated when dropped."""
-        if _dropped(gate):
-            return base
-        return _axpy(base, 1.0, fn(u), gate)  # type: ignore[operator]
-
-    def _run_multistep(
-        self,
-        u: Tensor,
-        u_prev: Tensor | None,
-        f_hist: list[Tensor | None],
-        fns: list[StepFns],
-        first: int,
-        lmm: LinearMultistep,
-        gates: list[StepGate] | None = None,
-        noisy: bool = False,
-    ) -> Tensor:
-        """u_{n+s} = sum_{j<s} (-alpha_j u_{n+j} + beta_j f_{n+j}(u_{n+j})); the starter fills missing history.
-
-        With stochastic depth each f_n(u_n) is the realised (eta_n / p_n) f_n(u_n) wherever it enters (None, i.e.
-        zero and not evaluated, when dropped).
-        """
-        s = lmm.steps
-        us = [u] if u_prev is None else [u_prev, u]  # states, oldest first
-        fs = list(f_hist)  # fs[i] = f(us[i]), known for all but the newest state
-        for n in range(first, len(fns)):
-            g = _gate(gates, n)
-            f_n = None if _dropped(g) else fns[n](u)  # type: ignore[operator]
-            fs.append(_scaled(f_n, g))
-            if len(us) < s:  # not enough history: a starter step, its first evaluation being f_n
-                u_new = self._rk_step(u, fns[n], lmm.starter, k1=f_n, gate=g)
-            else:
-                u_new = u if lmm.alpha[s - 1] == -1.0 else torch.mul(u, -lmm.alpha[s - 1])
-                for coef, v in zip((*(-a for a in lmm.alpha[: s - 1]), *lmm.beta[:s]), (*us[-s:-1], *fs[-s:])):
-                    if coef != 0.0 and v is not None:
-                        u_new = _axpy(u_new, coef, v)
-            u = self._end(u_new, noisy)
-            us, fs = [*us, u][-s:], fs[-s:]
-        return u
-
-    @staticmethod
-    def _poly_step(u: Tensor, fn: StepFns, degree: int, gate: Gate = None) -> Tensor:
-        """u_{n+1} = u_n + (eta_n / p_n)(F(u_n) + F(F(u_n)) + ...) (degree terms; the gate is 1 without SD)."""
-        if _dropped(gate):
-            return u
-        out, term = u, u
-        for _ in range(degree):
-            term = fn(term)  # type: ignore[operator]
-            out = _axpy(out, 1.0, term, gate)
-        return out
-
-    @staticmethod
-    def _rev_step(u: Tensor, fn: StepFns, dim: int, gates: tuple[Gate, Gate] = (None, None)) -> Tensor:
-        """X_{n+1} = X_n + (eta_n / p_n) F(Y_n); Y_{n+1} = Y_n + (eta'_n / p_n) G(X_{n+1}) (gates 1 without SD)."""
-        f, g = fn  # type: ignore[misc]
-        gate_f, gate_g = gates
-        x, y = u.chunk(2, dim=dim)
-        if not _dropped(gate_f):
-            x = _axpy(x, 1.0, f(y), gate_f)
-        if not _dropped(gate_g):
-            y = _axpy(y, 1.0, g(x), gate_g)
-        return torch.cat((x, y), dim=dim)
 
     # ----------------------------------------------------------------------------------------------------- inverse
     def inverse(self, u: Tensor) -> Tensor:
-        """u_N -> u_0 for a RevNet stage: Y_n = Y_{n+1} - G(X_{n+1}), X_n = X_{n+1} - F(Y_n), steps reversed."""
-        if not isinstance(self.scheme, RevScheme):
-            raise ValueError(f"only the rev scheme is invertible, this stage uses {self.scheme.name!r}")
-        if self.shortcut is not None or self.post_act is not None:
+        """u_N -> u_0 for an invertible (RevNet) stage: Y_n = Y_{n+1} - G(X_{n+1}), X_n = X_{n+1} - F(Y_n)."""
+        if self.runner.invertible and (self.shortcut is not None or self.post_act is not None):
             raise ValueError("a stage with a transition step or a post-activation is not invertible")
-        dim = self.scheme.split_dim
-        for f, g in reversed(self.step_fns):  # type: ignore[misc]
-            x, y = u.chunk(2, dim=dim)
-            y = y - g(x)
-            x = x - f(y)
-            u = torch.cat((x, y), dim=dim)
-        return u
+        return self.runner.inverse(self.step_fns, u)  # raises for a family that is not invertible
 
     def extra_repr(self) -> str:
         out = f"scheme={self.scheme.name}, steps={len(self)}, transition={self.shortcut is not None}"
@@ -536,8 +678,5 @@ def lm_coefficients(model: nn.Module) -> dict[str, list[float] | list[list[float
 
     Entry m of a stage's list is k of the stage's step m + 1 (step 0 is the starter or transition step).
     """
-    out: dict[str, list[float] | list[list[float]]] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, Stage) and hasattr(module, "lm_k"):
-            out[name] = module.lm_k.detach().float().cpu().tolist()
-    return out
+    stages = ((name, m.lm_k) for name, m in model.named_modules() if isinstance(m, Stage) and hasattr(m, "lm_k"))
+    return lm_k_by_stage(stages)

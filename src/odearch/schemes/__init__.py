@@ -6,6 +6,7 @@ RevNet schemes. Nothing here imports ``torch.nn``; :class:`odearch.nn.Stage` int
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 
 from .lm import MRESNETC_K_INIT, LMScheme
@@ -15,6 +16,7 @@ from .rev import RevScheme
 from .tableau import EULER, HEUN, MIDPOINT, RK4, ButcherTableau
 
 Scheme = ButcherTableau | LinearMultistep | LMScheme | PolyScheme | RevScheme
+_FAMILIES = ("ButcherTableau", "LinearMultistep", "LMScheme", "PolyScheme", "RevScheme")
 
 SCHEMES: dict[str, Scheme] = {
     "euler": EULER,  # ResNet / ResNeXt: u_{n+1} = u_n + f(u_n)
@@ -30,13 +32,15 @@ SCHEMES: dict[str, Scheme] = {
     "rev": RevScheme(),  # RevNet: coupled forward Euler
 }
 
-_SCHEME_TYPES = (ButcherTableau, LinearMultistep, LMScheme, PolyScheme, RevScheme)
-
 
 def get_scheme(scheme: str | Scheme) -> Scheme:
-    """Return the scheme object for a name in :data:`SCHEMES`, or ``scheme`` itself if it is already one."""
-    if isinstance(scheme, _SCHEME_TYPES):
-        return scheme
+    """Return the scheme object for a name in :data:`SCHEMES`, or ``scheme`` itself if it is already one.
+
+    A scheme object is an instance of a (frozen) dataclass: the five families above, or a new family's, which
+    :func:`odearch.nn.stage.register_step_runner` teaches the Stage to integrate.
+    """
+    if dataclasses.is_dataclass(scheme) and not isinstance(scheme, type):
+        return scheme  # type: ignore[return-value]
     if isinstance(scheme, str):
         try:
             return SCHEMES[scheme]
@@ -44,7 +48,9 @@ def get_scheme(scheme: str | Scheme) -> Scheme:
             close = difflib.get_close_matches(scheme, list(SCHEMES), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ValueError(f"unknown scheme {scheme!r}{hint} (known: {', '.join(sorted(SCHEMES))})") from None
-    raise TypeError(f"a scheme is a name or one of {[t.__name__ for t in _SCHEME_TYPES]}, got {type(scheme).__name__}")
+    raise TypeError(
+        f"a scheme is a name or a scheme dataclass ({', '.join(_FAMILIES)}, ...), got {type(scheme).__name__}"
+    )
 
 
 __all__ = [

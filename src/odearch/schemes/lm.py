@@ -18,7 +18,9 @@ Per-channel coefficients (``per_channel=True``, one k_n per channel of the state
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 MRESNETC_K_INIT = (1.0, 1.1)
 """k_n^c ~ U[1.0, 1.1]: the official ``MResNetC`` draws the coefficient of u_n, 1 - k_n^c, from U[-0.1, 0]."""
@@ -49,3 +51,33 @@ class LMScheme:
             raise ValueError(f"lm scheme: k_init must be (low, high) with low <= high, got {self.k_init}")
         if self.fixed_k is not None and not -1.0 < self.fixed_k <= 1.0:
             raise ValueError(f"lm scheme: fixed_k = {self.fixed_k} is not zero-stable (need -1 < k <= 1)")
+
+
+KValues = list[float] | list[list[float]]
+"""The k_n of one LM stage as plain floats: one per step (n,), or one per step and channel (n, C)."""
+
+
+def lm_k_by_stage(items: Iterable[tuple[str, Any]], suffix: str = "") -> dict[str, KValues]:
+    """The one read-out of LM coefficients: ``(key, k)`` pairs -> {stage name: k as nested float lists}.
+
+    Used for a model's ``lm_k`` (:func:`odearch.nn.lm_coefficients`), a state dict and a safetensors checkpoint
+    (:mod:`odearch.analysis`). Only keys ending in ``suffix`` are read, the stage name being the key without it;
+    order is kept. ``k``: a tensor (detached, moved to the CPU and cast to float32 first: no torch import here) or
+    anything ``numpy.asarray`` takes; values are exact (float32 -> float64 -> Python float).
+
+    Raises:
+        ValueError: a ``k`` whose shape is not (n,) or (n, C).
+    """
+    import numpy as np
+
+    out: dict[str, KValues] = {}
+    for key, value in items:
+        if not key.endswith(suffix):
+            continue
+        if hasattr(value, "detach"):
+            value = value.detach().cpu().float()
+        array = np.asarray(value, dtype=np.float64)
+        if array.ndim not in (1, 2):
+            raise ValueError(f"{key}: expected shape (n,) or (n, C), got {array.shape}")
+        out[key[: len(key) - len(suffix)]] = array.tolist()
+    return out
