@@ -39,7 +39,7 @@ from functools import cache
 
 import sympy as sp
 
-from odearch.schemes import ButcherTableau, LinearMultistep, LMScheme, PolyScheme, RevScheme, get_scheme
+from ..schemes import ButcherTableau, LinearMultistep, LMScheme, PolyScheme, RevScheme, get_scheme
 
 T = sp.Symbol("t")
 """Time t."""
