@@ -38,6 +38,7 @@ ROOT = REPO
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
 RUN_FILES = ["checkpoints/best.safetensors", "checkpoints/last.safetensors", "checkpoints/last.state.pt",
              "config.yaml", "metrics.jsonl", "result.json"]  # fmt: skip
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def args(data: Path, *extra: str) -> list[str]:
