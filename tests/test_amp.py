@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import needs_cifar
 from datapaths import CIFAR_ROOT
 from odearch.train import TrainConfig, fit
 from odearch.train import loop as loop_mod
 from odearch.train.checkpoint import load_state, save_state
 
-pytestmark = pytest.mark.skipif(
-    not (CIFAR_ROOT / "cifar-10-batches-py" / "data_batch_1").is_file(), reason=f"real CIFAR-10 not in {CIFAR_ROOT}"
-)
+pytestmark = needs_cifar
 
 
 def _cfg(tmp_path: Path, **kw: object) -> TrainConfig:

@@ -160,6 +160,7 @@ def time_derivatives(field: sp.Expr, count: int) -> list[sp.Expr]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("scheme", "p"), [("euler", 3), ("rk2", 2), ("midpoint", 2), ("ab2", 2), ("lm", 2)])
 def test_classical_flow_satisfies_the_derivative_form(scheme: str, p: int) -> None:
     """Along the classical modified ODE, the derivative form holds up to O(dt^(p+1))."""
@@ -186,6 +187,7 @@ def stability_function(tableau: ButcherTableau) -> sp.Expr:
     return (1 + z * (b.T * (sp.eye(len(tableau.b)) - z * a).inv() * one)[0]).subs(z, lam * DT)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tableau", [EULER, HEUN, RK4, KUTTA3], ids=lambda t: t.name)
 def test_classical_form_matches_the_exact_linear_theory(tableau: ButcherTableau) -> None:
     """For g = lambda u the modified ODE is exact: u' = (ln R(lambda dt) / dt) u, R the stability function."""

@@ -13,15 +13,13 @@ import pytest
 import yaml
 
 import odearch
-from datapaths import CIFAR_ROOT
+from conftest import error_line, needs_cifar
+from datapaths import CIFAR_ROOT, REPO
 from odearch.cli import _config_from_args, build_parser, main, model_table
 from odearch.train import load_state, load_weights
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 DATA = CIFAR_ROOT
-needs_data = pytest.mark.skipif(
-    not (DATA / "cifar-10-batches-py" / "data_batch_1").is_file(), reason=f"real CIFAR-10 not found in {DATA}"
-)
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
 
@@ -33,13 +31,6 @@ def odearch_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def snapshot(path: Path) -> dict[str, bytes]:
     """Every file under `path` with its bytes (to prove that nothing was written)."""
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("odearch: error: ")
-    return err[0]
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +48,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ happy paths
+@pytest.mark.slow
 def test_train_writes_every_output(run_dir: Path) -> None:
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["model"] == "resnet20" and cfg["dataset"] == "cifar10" and cfg["num_classes"] == 10
@@ -89,6 +81,7 @@ def test_train_writes_every_output(run_dir: Path) -> None:
     assert not [p for p in ckpt.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+@pytest.mark.slow
 def test_eval_run_dir_prints_and_writes_json(run_dir: Path) -> None:
     r = odearch_cli("eval", str(run_dir), "--subset", "300", "--data-dir", str(DATA))
     assert r.returncode == 0, r.stderr
@@ -98,6 +91,7 @@ def test_eval_run_dir_prints_and_writes_json(run_dir: Path) -> None:
     assert 0 <= out["test_acc"] <= 1 and out["model"] == "resnet20"
 
 
+@pytest.mark.slow
 def test_eval_bare_checkpoint_prints_json(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["eval", str(run_dir / "checkpoints" / "best.safetensors"), "--subset", "100", "--data-dir", str(DATA)])
     assert rc == 0
@@ -105,6 +99,7 @@ def test_eval_bare_checkpoint_prints_json(run_dir: Path, capsys: pytest.CaptureF
     assert json.loads(text[text.index("{") :])["test_images"] == 100
 
 
+@pytest.mark.slow
 def test_models_lists_every_model_with_params(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models"]) == 0
     out = capsys.readouterr().out
@@ -177,6 +172,7 @@ def test_missing_data_without_download(tmp_path: Path, capsys: pytest.CaptureFix
     assert not (tmp_path / "r").exists() and not (tmp_path / "nodata").exists()
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = snapshot(run_dir)
     assert main(["train", "--model", "resnet20", "--out", str(run_dir), "--data-dir", str(DATA)]) == 1
@@ -184,6 +180,7 @@ def test_existing_run_is_not_overwritten(run_dir: Path, capsys: pytest.CaptureFi
     assert snapshot(run_dir) == before
 
 
+@pytest.mark.slow
 def test_resume_cannot_change_the_recipe(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = snapshot(run_dir)
     assert main(["train", "--resume", str(run_dir), "--lr", "0.5"]) == 2
@@ -191,7 +188,8 @@ def test_resume_cannot_change_the_recipe(run_dir: Path, capsys: pytest.CaptureFi
     assert snapshot(run_dir) == before
 
 
-@needs_data
+@pytest.mark.slow
+@needs_cifar
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 def test_corrupt_checkpoint_on_resume_and_eval(run_dir: Path, tmp_path: Path, damage: str,
                                                capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
@@ -208,7 +206,8 @@ def test_corrupt_checkpoint_on_resume_and_eval(run_dir: Path, tmp_path: Path, da
     assert snapshot(run) == before
 
 
-@needs_data
+@pytest.mark.slow
+@needs_cifar
 def test_truncated_state_on_resume(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
@@ -220,7 +219,8 @@ def test_truncated_state_on_resume(run_dir: Path, tmp_path: Path, capsys: pytest
     assert snapshot(run) == before
 
 
-@needs_data
+@pytest.mark.slow
+@needs_cifar
 def test_checkpoint_of_another_model(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from odearch.train import save_weights
 
@@ -262,6 +262,7 @@ def test_analyze_a_trained_lm_run(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert all(-0.2 < k < 0.1 for k in want) and len(set(want)) == len(want)  # read back, not a default
 
 
+@pytest.mark.slow
 def test_analyze_a_plain_model_is_one_error_line(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["analyze", str(run_dir)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import needs_cifar
 from datapaths import CIFAR_ROOT
 from odearch.data import (
     CIFAR10_CLASSES,
@@ -254,7 +255,7 @@ def test_dataset_info_and_subsets():
             take_first(x, y, n)
 
 
-@pytest.mark.skipif(not (REAL_DATA / "cifar-10-batches-py").is_dir(), reason=f"real CIFAR-10 not found in {REAL_DATA}")
+@needs_cifar
 def test_real_cifar10():
     x, y = load_cifar(REAL_DATA, train=True, download=False)
     assert x.shape == (50000, 3, 32, 32) and y.shape == (50000,)

@@ -27,15 +27,18 @@ import pytest
 import torch
 
 import odearch
+from conftest import weights
+from datapaths import REPO
 from odearch.cli import main
 from odearch.data import make_imagenet_loader, make_synthetic_imagefolder
 from odearch.train import ConfigError, RunDir, TrainConfig, fit, load_state, load_weights
 from odearch.train.distributed import torchrun_command, without_option
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
 RUN_FILES = ["checkpoints/best.safetensors", "checkpoints/last.safetensors", "checkpoints/last.state.pt",
              "config.yaml", "metrics.jsonl", "result.json"]  # fmt: skip
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def args(data: Path, *extra: str) -> list[str]:
@@ -47,10 +50,6 @@ def args(data: Path, *extra: str) -> list[str]:
 def torchrun(*cli_args: str) -> None:
     r = subprocess.run(torchrun_command(2, cli_args), env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-
-
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_weights(run / "checkpoints" / "last.safetensors")[0]
 
 
 def update_gap(a: Path, b: Path) -> float:
@@ -87,15 +86,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
         torch.set_num_threads(threads)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------------------ one epoch, 1 and 2 ranks
+@pytest.mark.slow
 def test_imagenet_cli_run_writes_result_and_metrics(runs: dict[str, Path]) -> None:
     one = runs["one"]
     assert files(one) == RUN_FILES
@@ -109,6 +101,7 @@ def test_imagenet_cli_run_writes_result_and_metrics(runs: dict[str, Path]) -> No
     assert cfg.milestones == (30, 60, 80) and cfg.epochs == 1
 
 
+@pytest.mark.slow
 def test_two_processes_with_sync_bn_match_one(runs: dict[str, Path]) -> None:
     one, two = runs["one"], runs["two"]
     res = json.loads((two / "result.json").read_text())
@@ -119,6 +112,7 @@ def test_two_processes_with_sync_bn_match_one(runs: dict[str, Path]) -> None:
     assert r1["test_loss"] == pytest.approx(r2["test_loss"], rel=1e-2) and r1["test_acc"] == r2["test_acc"]
 
 
+@pytest.mark.slow
 def test_only_rank_zero_writes_and_checkpoints_hold_the_bare_model(runs: dict[str, Path]) -> None:
     two = runs["two"]
     assert [f for f in files(two) if not f.startswith("tb/")] == RUN_FILES  # no stray temp or per-rank files
@@ -129,6 +123,7 @@ def test_only_rank_zero_writes_and_checkpoints_hold_the_bare_model(runs: dict[st
 
 
 # --------------------------------------------------------------------------------- resume with another process count
+@pytest.mark.slow
 def test_resume_across_process_counts(runs: dict[str, Path]) -> None:
     """Epoch 2 after an epoch-boundary checkpoint: 1 -> 1 (reference), 2 -> 1 and 1 -> 2 processes agree."""
     tmp = runs["tmp"]
@@ -146,6 +141,7 @@ def test_resume_across_process_counts(runs: dict[str, Path]) -> None:
     assert update_gap(tmp / "ref", tmp / "one_to_two") < 0.05
 
 
+@pytest.mark.slow
 def test_mid_epoch_stop_and_resume_on_imagenet_is_exact(runs: dict[str, Path]) -> None:
     """--max-minutes stops after the first batch; the resume skips it (unread) and ends bitwise where `one` ends
     (workers 0: nothing random is drawn outside the checkpointed RNG)."""
@@ -159,6 +155,7 @@ def test_mid_epoch_stop_and_resume_on_imagenet_is_exact(runs: dict[str, Path]) -
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_iter_from_skips_batches_without_reading_them(runs: dict[str, Path]) -> None:
     loader = make_imagenet_loader(runs["data"], "train", batch_size=8, workers=0, crop=32, resize=36, augment=False)
     reads = []
@@ -174,6 +171,7 @@ def test_iter_from_skips_batches_without_reading_them(runs: dict[str, Path]) -> 
 
 
 # -------------------------------------------------------------------------------------------------------- errors
+@pytest.mark.slow  # builds the module's distributed runs (its data set lives there)
 def test_batch_not_divisible_by_world_size(
     runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -207,6 +205,7 @@ def test_imagenet_config_defaults() -> None:
         TrainConfig(model="resnet50", dataset="imagenet", crop_size=0)
 
 
+@pytest.mark.slow
 def test_eval_of_an_imagenet_run_matches_its_last_epoch(runs: dict[str, Path], tmp_path: Path) -> None:
     """`odearch eval RUN` on an ImageNet run reads val/ with the run's crop: the accuracy of its last checkpoint
     is the test accuracy that training logged for the last epoch."""

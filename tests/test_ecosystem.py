@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import odearch
-from datapaths import CIFAR_ROOT, HAS_CIFAR, REPO, SKIP_REASON
+from conftest import needs_cifar
+from datapaths import CIFAR_ROOT, REPO
 from odearch.models import build_cifar_resnext, build_preact_resnet, build_shake_resnet
 from odearch.models.imagenet_resnet import imagenet_resnet
 
@@ -350,7 +351,7 @@ def test_akamaster_checkpoint_converts_to_the_same_function(tmp_path: Path) -> N
 
 
 # --------------------------------------------------------------------------------------- progress and k_n(0)
-@pytest.mark.skipif(not HAS_CIFAR, reason=SKIP_REASON)
+@needs_cifar
 def test_fit_without_a_terminal_prints_progress_and_stores_initial_k(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -17,13 +17,14 @@ from typing import Any
 import pytest
 import torch
 
-from datapaths import CIFAR_ROOT, HAS_CIFAR, SKIP_REASON
+from conftest import needs_cifar, weights
+from datapaths import CIFAR_ROOT, REPO
 from odearch.cli import main
 from odearch.train import TrainConfig, fit, generations, load_weights, loop, save_state, save_weights
 from odearch.train.rundir import RunDir, RunExistsError, RunLockedError
 
-pytestmark = pytest.mark.skipif(not HAS_CIFAR, reason=SKIP_REASON)
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = needs_cifar
+ROOT = REPO
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
 BASE = {"model": "resnet20", "subset": 128, "batch_size": 64, "epochs": 2, "eval_subset": 100,
         "data_dir": str(CIFAR_ROOT), "download": False, "tensorboard": False, "device": "cpu"}  # fmt: skip
@@ -31,10 +32,6 @@ BASE = {"model": "resnet20", "subset": 128, "batch_size": 64, "epochs": 2, "eval
 
 def cfg_for(out: Path, **kw: Any) -> TrainConfig:
     return TrainConfig.from_dict({**BASE, "out": str(out), **kw})
-
-
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_weights(run / "checkpoints" / "last.safetensors")[0]
 
 
 def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -127,6 +124,7 @@ class _Ops:
         return wrapped
 
 
+@pytest.mark.slow
 def test_a_kill_before_any_write_of_a_save_leaves_a_resumable_checkpoint(
     ref: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -154,6 +152,7 @@ def test_a_kill_before_any_write_of_a_save_leaves_a_resumable_checkpoint(
         assert same(weights(s), weights(ref)) and len(rows(s)) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("at", [1, 4, 7, 10])
 def test_enospc_during_a_save_names_the_file_and_keeps_the_run(at: int, ref: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
@@ -179,6 +178,7 @@ def test_enospc_during_a_save_names_the_file_and_keeps_the_run(at: int, ref: Pat
         assert same(weights(run), weights(ref))
 
 
+@pytest.mark.slow
 def test_a_real_sigkill_at_the_checkpoint_switch_then_resume(ref: Path, tmp_path: Path) -> None:
     """A subprocess SIGKILLs itself (os._exit) right before the ``current`` switch of epoch 2, then resumes."""
     run = tmp_path / "run"

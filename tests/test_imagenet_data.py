@@ -21,19 +21,12 @@ from odearch.data import (
 )
 
 CLASSES = 3
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_synthetic_imagefolder(tmp_path_factory.mktemp("imagenet"), classes=CLASSES, per_class=4, size=64)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def label_from_pixels(images: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torchvision
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from conftest import n_params, randomise_bn
 from odearch.models import create_model
 from odearch.nn import Stage
 
@@ -20,32 +21,7 @@ COUNTS = {
     "resnext50_32x4d": (25_028_904, 25.0),
 }
 LM_STEPS = {"resnet50": 12, "resnet101": 29, "resnet152": 46, "resnext50_32x4d": 12}  # sum(blocks - 1) per stage
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core runner OpenMP barriers under oversubscription cost ~40x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def randomise_bn(model: nn.Module) -> nn.Module:
-    """Non-trivial BN statistics and affine parameters, so that a wrong mapping of keys shows in the outputs."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
-    return model
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def zero_lm_k(model: nn.Module) -> None:

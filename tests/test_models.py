@@ -7,11 +7,8 @@ import torch
 from torch import nn
 
 import odearch
+from conftest import n_params
 from odearch.models import create_model, list_models
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def n_weight_params(model: nn.Module) -> int:
@@ -74,6 +71,7 @@ def test_lm_twin_adds_only_its_coefficients(depth: int) -> None:
     assert set(lm.state_dict()) - set(plain.state_dict()) == {f"stages.{i}.lm_k" for i in range(3)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "paper"), [("lm_resnext29_8x64d", 35.1), ("lm_resnext29_16x64d", 68.8)])
 def test_lm_resnext_history_projection_explains_the_printed_count(name: str, paper: float) -> None:
     count = n_params(create_model(name))

@@ -11,10 +11,11 @@ import yaml
 from torch import nn
 
 import odearch
+from datapaths import REPO
 from odearch.train import RunDir, TrainConfig, build_model, config_hash
 from odearch.train.optim import CenteredSGD, build_optimizer, lm_parameters
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 # Dyadic values: every product and sum below is exact in float64, so the updates compare with ==.
 K0, W0, G_K, G_W = -0.0625, 0.75, 0.5, -0.25

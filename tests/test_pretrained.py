@@ -18,15 +18,14 @@ import torch
 from safetensors.torch import load_file
 
 import odearch
-from datapaths import CIFAR_ROOT, HAS_CIFAR, SKIP_REASON
+from conftest import needs_cifar
+from datapaths import CIFAR_ROOT, HAS_CIFAR, REPO, SKIP_REASON
 from odearch.cli import main
 from odearch.models import _pretrained
 from odearch.models._pretrained import PretrainedError, read_registry
 from odearch.train import TrainConfig, fit
 from odearch.train.ship import ShipError, evaluate_weights, ship_run
 
-REPO = Path(__file__).resolve().parents[1]
-needs_cifar = pytest.mark.skipif(not HAS_CIFAR, reason=SKIP_REASON)
 SHIPPED = list(read_registry())
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from datapaths import REPO
 from odearch.cli import models_markdown
 
 
+@pytest.mark.slow
 def test_model_table_is_generated_from_the_registry() -> None:
     text = (REPO / "README.md").read_text()
     block = re.search(r"<!-- model-table:start -->\n(.*?)\n<!-- model-table:end -->", text, re.S)
@@ -22,6 +25,15 @@ def test_readme_starts_with_install_and_test_commands() -> None:
     assert first_block[1] == 'pip install -e ".[dev]" && python -m pytest -q'
     ci = (REPO / ".ci" / "run").read_text()
     assert "python -m pytest -q\n" in ci  # CI calls the README's test command
+
+
+def test_readme_documents_the_fast_inner_loop_and_ci_runs_everything() -> None:
+    """The inner loop ``pytest -m "not slow"`` is documented; the default run and CI deselect nothing."""
+    text = (REPO / "README.md").read_text()
+    assert 'python -m pytest -m "not slow"' in text
+    pyproject = (REPO / "pyproject.toml").read_text()
+    addopts = re.search(r'^addopts = "(.*)"$', pyproject, re.M).group(1)
+    assert "-m" not in addopts.split() and "slow" not in addopts  # CI runs the README's plain ``pytest -q``
 
 
 def test_readme_lists_the_differences_from_the_official_code() -> None:

@@ -18,25 +18,19 @@ from typing import Any
 import pytest
 import torch
 
-from datapaths import CIFAR_ROOT, HAS_CIFAR, SKIP_REASON
+from conftest import error_line, needs_cifar
+from datapaths import CIFAR_ROOT, HAS_CIFAR, REPO, SKIP_REASON
 from odearch.cli import main
 from odearch.train import ConfigError, NonFiniteLossError, TrainConfig, fit, loop
 from odearch.train.checkpoint import atomic_write
 from odearch.train.rundir import RunDir, resolve_data_dir
 
-needs_data = pytest.mark.skipif(not HAS_CIFAR, reason=SKIP_REASON)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
 BASE = {"model": "resnet20", "subset": 128, "batch_size": 64, "epochs": 1, "eval_subset": 100,
         "data_dir": str(CIFAR_ROOT), "download": False, "tensorboard": False, "device": "cpu"}  # fmt: skip
 FLAGS = ["--model", "resnet20", "--subset", "128", "--batch-size", "64", "--eval-subset", "100", "--device", "cpu",
          "--data-dir", str(CIFAR_ROOT), "--no-download", "--no-tensorboard"]  # fmt: skip
-
-
-def error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("odearch: error: "), err
-    return err[0]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +68,7 @@ def test_malicious_data_pickle_is_one_line_naming_the_file(tmp_path: Path, capsy
     assert not (tmp_path / "pwned").exists()
 
 
-@needs_data
+@needs_cifar
 @pytest.mark.parametrize("damage", [
     lambda s: s.pop("optimizer"), lambda s: s.update(epoch="2"), lambda s: s.update(rng={"torch": 1}),
     lambda s: s.update(best=[]), lambda s: s.update(partial=None), lambda s: s["optimizer"].update(param_groups=7),
@@ -92,7 +86,7 @@ def test_crafted_training_state_is_one_line(damage: Any, run1: Path, tmp_path: P
     assert "last.state.pt" in error_line(capsys)
 
 
-@needs_data
+@needs_cifar
 @pytest.mark.parametrize("line", ['{"step": 2}\n', "garbage\n", "[1, 2]\n"])
 def test_bad_metrics_line_names_file_and_line(line: str, run1: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
@@ -122,7 +116,7 @@ def test_enospc_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert list(tmp_path.iterdir()) == []
 
 
-@needs_data
+@needs_cifar
 def test_tensorboard_on_a_full_disk_is_one_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     from torch.utils.tensorboard import SummaryWriter
@@ -165,7 +159,7 @@ def test_non_finite_lr_is_refused(value: str, tmp_path: Path, capsys: pytest.Cap
     assert "lr must be a finite number" in error_line(capsys)
 
 
-@needs_data
+@needs_cifar
 def test_divergence_before_any_checkpoint_says_so_and_how_to_lower_lr(tmp_path: Path) -> None:
     with pytest.raises(NonFiniteLossError) as e:
         fit(TrainConfig.from_dict({**BASE, "lr": 1e30, "out": str(tmp_path / "run")}))
@@ -174,7 +168,7 @@ def test_divergence_before_any_checkpoint_says_so_and_how_to_lower_lr(tmp_path: 
     assert "start a new run" in msg and "--lr 1e+29" in msg
 
 
-@needs_data
+@needs_cifar
 def test_non_finite_buffer_is_never_saved_as_good(run1: Path, tmp_path: Path) -> None:
     run = RunDir(copy(run1, tmp_path))
     cfg = run.read_config()
@@ -189,7 +183,7 @@ def test_non_finite_buffer_is_never_saved_as_good(run1: Path, tmp_path: Path) ->
 
 
 # ------------------------------------------------------------------------------------------------ small ones
-@needs_data
+@needs_cifar
 def test_subset_larger_than_the_data_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--subset 60000 exceeds the 50000 training images"):
         fit(TrainConfig.from_dict({**BASE, "subset": 60000, "out": str(tmp_path / "run")}))
@@ -200,7 +194,7 @@ def test_huge_seed_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--seed" in error_line(capsys)
 
 
-@needs_data
+@needs_cifar
 def test_resume_before_the_first_checkpoint_says_start_again(run1: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     run = copy(run1, tmp_path)
@@ -238,7 +232,7 @@ def test_data_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert resolve_data_dir("/abs/data", run, "/flag") == "/flag"
 
 
-@needs_data
+@needs_cifar
 def test_run_records_an_absolute_data_dir_and_evaluates_from_elsewhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -256,7 +250,7 @@ def test_run_records_an_absolute_data_dir_and_evaluates_from_elsewhere(
     assert main(["eval", "here/run", "--subset", "10", "--json", "-"]) == 0
 
 
-@needs_data
+@needs_cifar
 def test_eval_falls_back_to_best_and_takes_a_bare_file_with_model(
     run1: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -278,7 +272,7 @@ def test_eval_falls_back_to_best_and_takes_a_bare_file_with_model(
     assert json.loads(out[out.index("{\n") :])["model"] == "resnet20"
 
 
-@needs_data
+@needs_cifar
 def test_resume_with_nothing_to_do_keeps_config(run1: Path, tmp_path: Path) -> None:
     run = copy(run1, tmp_path)
     before = (run / "config.yaml").read_bytes()
@@ -286,7 +280,7 @@ def test_resume_with_nothing_to_do_keeps_config(run1: Path, tmp_path: Path) -> N
     assert (run / "config.yaml").read_bytes() == before
 
 
-@needs_data
+@needs_cifar
 def test_files_follow_the_umask(run1: Path) -> None:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -295,7 +289,8 @@ def test_files_follow_the_umask(run1: Path) -> None:
         assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask, p
 
 
-@needs_data
+@pytest.mark.slow
+@needs_cifar
 def test_sigterm_saves_a_resumable_checkpoint_and_result(tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "odearch", "train", *FLAGS, "--subset", "2048", "--epochs", "50",
@@ -320,6 +315,7 @@ def test_sigterm_saves_a_resumable_checkpoint_and_result(tmp_path: Path) -> None
 
 
 # ---------------------------------------------------------------------------------- launcher and orphans
+@pytest.mark.slow
 def test_launcher_forwards_sigterm_and_waits(tmp_path: Path) -> None:
     marker = tmp_path / "child_got_term"
     child = (f"import signal, sys, time\n"
@@ -347,6 +343,7 @@ def _is_child_of(p: Path, pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux only")
 def test_workers_die_with_their_agent(tmp_path: Path) -> None:
     pidfile = tmp_path / "child.pid"

@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from datapaths import CIFAR_ROOT
+from conftest import needs_cifar
+from datapaths import CIFAR_ROOT, REPO
 from odearch.train import TrainConfig, fit, load_weights
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 DATA = CIFAR_ROOT
-pytestmark = pytest.mark.skipif(
-    not (DATA / "cifar-10-batches-py" / "data_batch_1").is_file(), reason=f"real CIFAR-10 not found in {DATA}"
-)
+pytestmark = needs_cifar
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 ARGS = ["--model", "resnet20", "--subset", "512", "--batch-size", "64", "--epochs", "3", "--eval-subset", "200",
         "--data-dir", str(DATA), "--no-download", "--no-tensorboard"]  # fmt: skip

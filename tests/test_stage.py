@@ -219,6 +219,7 @@ def test_lm_combine_dk_bf16_matches_float64(k_shape: tuple) -> None:
     assert ((dk.double() - ref).abs() <= 2**-8 * scale).all(), (dk, ref)
 
 
+@pytest.mark.slow
 def test_lm_stage_compiles_without_graph_break_and_matches_eager() -> None:
     """torch.compile traces the LM Function's forward and backward in one graph (channels_last states, whose
     strides the traced backward must not rely on) and gives the eager gradients, dk included."""

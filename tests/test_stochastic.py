@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 import odearch
+from conftest import n_params
 from odearch import Stage
 from odearch.models import create_model
 from odearch.nn import ShakeShake, drop_path, linear_survival, shake_shake
@@ -289,10 +290,6 @@ def test_shake_module_draws_alpha_then_beta_per_sample() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- models and options
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def test_shake_resnet_counts() -> None:
     """Shake-Shake-26 2x32d: 2.92M parameters (Gastaldi 2017 prints 2.9M); the LM twin adds one k_n per LM step."""
     plain, lm = create_model("shake_resnet26_2x32d"), create_model("lm_shake_resnet26_2x32d")

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 import odearch
-from datapaths import CIFAR_ROOT
+from conftest import needs_cifar
+from datapaths import CIFAR_ROOT, REPO
 from odearch.train import (
     RECIPES,
     CheckpointError,
@@ -35,11 +36,8 @@ from odearch.train import (
 )
 from odearch.train.checkpoint import atomic_write, weights_into
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 DATA = CIFAR_ROOT
-needs_data = pytest.mark.skipif(
-    not (DATA / "cifar-10-batches-py" / "data_batch_1").is_file(), reason=f"real CIFAR-10 not found in {DATA}"
-)
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 
@@ -196,7 +194,7 @@ def _cfg(tmp_path: Path, **kw: object) -> TrainConfig:
     return TrainConfig.from_dict({**base, **kw})
 
 
-@needs_data
+@needs_cifar
 def test_fit_python_api_with_val_split(tmp_path: Path) -> None:
     result = fit(_cfg(tmp_path, model="lm_resnet20", val_split=300))
     assert result["status"] == "complete" and result["best_selected_on"] == "val" and result["best_note"] is None
@@ -205,7 +203,7 @@ def test_fit_python_api_with_val_split(tmp_path: Path) -> None:
     assert set(row["lm_k"]) == {"stages.0", "stages.1", "stages.2"}
 
 
-@needs_data
+@needs_cifar
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     # lr 1e6: epoch 1 ends with a huge but finite loss yet non-finite weights; epoch 2 overflows to NaN. A checkpoint
     # is "good" only if every saved tensor is finite (issue 15): none may hold NaN/inf.
@@ -219,7 +217,8 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> 
     assert all(math.isfinite(r["train_loss"]) for r in rows) and len(rows) < 3
 
 
-@needs_data
+@pytest.mark.slow
+@needs_cifar
 def test_distributed_two_processes_match_one(tmp_path: Path) -> None:
     """torchrun, 2 CPU ranks (gloo), global batch 64 = 2 x 32, against 1 process with batch 64.
 

@@ -1,4 +1,4 @@
-"""`python -m odearch ...` runs the command line."""
+"""``python -m odearch ...`` runs the command line."""
 
 import sys
 

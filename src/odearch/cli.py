@@ -1,4 +1,4 @@
-"""The `odearch` command line: the only reader of argv.
+"""The ``odearch`` command line: the only reader of argv.
 
     odearch train --model lm_resnet20 --dataset cifar10 [--epochs N] [--seed S] [--out runs/NAME]
     odearch train --config configs/cifar10/lm_resnet56.yaml [--epochs 2 ...]   # YAML sets defaults, flags override
@@ -10,7 +10,7 @@
     odearch report RESULTS_DIR [...] [--out docs/results.md]                    # results table + learning curves
     odearch ship RUN                                                            # ship a finished run's weights
 
-Every `TrainConfig` field is a flag (``--weight-decay``) and a YAML key (``weight_decay``); the flags are generated
+Every ``TrainConfig`` field is a flag (``--weight-decay``) and a YAML key (``weight_decay``); the flags are generated
 from the dataclass, so the two cannot drift apart. Errors are one line, ``odearch: error: ...``, with exit code 2
 for usage and configuration errors, 1 for failures while running.
 """
@@ -211,7 +211,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _eval_loader(cfg: Any, batch_size: int, subset: int | None, device: Any) -> tuple[Any, list[str]]:
-    """The test loader of `cfg`'s data set (CIFAR test batch, or ImageNet ``val/`` single-crop) and class names."""
+    """The test loader of ``cfg``'s data set (CIFAR test batch, or ImageNet ``val/`` single-crop) and class names."""
     if cfg.dataset == "imagenet":
         from .data import imagenet_folder, make_imagenet_loader
         from .train.imagenet import default_workers, evenly_spaced

@@ -96,7 +96,7 @@ class RunSummary:
 
 # ------------------------------------------------------------------------------------------------- reading
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
-    """Run directories (holding ``config.yaml``) among `paths` and their direct subfolders, in the order given;
+    """Run directories (holding ``config.yaml``) among ``paths`` and their direct subfolders, in the order given;
     within a folder, in the order of its ``queue.yaml`` (the campaign's) if it has one, else by name."""
     runs: list[Path] = []
     for p in map(Path, paths):
@@ -257,7 +257,7 @@ OTHER_HEADER = ("| run | model | seed | differs from the paper's recipe in | err
 
 
 def main_row(s: RunSummary, base: Path) -> list[str]:
-    """The cells of `s` in the main table (the order of :data:`MAIN_HEADER`)."""
+    """The cells of ``s`` in the main table (the order of :data:`MAIN_HEADER`)."""
     return [_link(s, base), f"`{s.model}`", str(s.seed), _paper_cell(s), _final_cell(s), _delta_cell(s),
             _best_cell(s), _epochs_cell(s), "—" if s.params is None else f"{s.params / 1e6:.3f}M", _wall_cell(s),
             "—" if s.img_s is None else f"{s.img_s:.0f}", " + ".join(s.devices) or "?", _commit_cell(s),
@@ -265,7 +265,7 @@ def main_row(s: RunSummary, base: Path) -> list[str]:
 
 
 def other_row(s: RunSummary, base: Path) -> list[str]:
-    """The cells of `s` in the table of runs that are not the paper's recipe."""
+    """The cells of ``s`` in the table of runs that are not the paper's recipe."""
     return [_link(s, base), f"`{s.model}`", str(s.seed), "; ".join(s.recipe_diff), _final_cell(s), _epochs_cell(s),
             _wall_cell(s), " + ".join(s.devices) or "?", _commit_cell(s), s.precision]  # fmt: skip
 
@@ -275,7 +275,7 @@ TWIN_HEADER = ("| twins | seed | plain: error % | LM: error % | LM − plain (po
 
 
 def twin_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
-    """One row per ``lm_X`` run whose plain twin ``preact_X`` (same data set and seed) is among `runs`: both final
+    """One row per ``lm_X`` run whose plain twin ``preact_X`` (same data set and seed) is among ``runs``: both final
     errors and their difference once both have finished; the paper's LM-ResNet minus ResNet difference beside it
     (its ResNet row is the post-activation net, not the exact twin)."""
     rows = []
@@ -371,7 +371,7 @@ def plot_curves(runs: Sequence[RunSummary], out_dir: str | Path) -> list[Path]:
 
 # ------------------------------------------------------------------------------------------------- report
 def render(runs: Sequence[RunSummary], out: Path, command: str, curves: Sequence[Path] = ()) -> str:
-    """The Markdown text of the report written to `out` (links are relative to its folder)."""
+    """The Markdown text of the report written to ``out`` (links are relative to its folder)."""
     base = out.parent
     main = [s for s in runs if not s.recipe_diff]
     other = [s for s in runs if s.recipe_diff]
@@ -417,7 +417,7 @@ def render(runs: Sequence[RunSummary], out: Path, command: str, curves: Sequence
 
 def write_report(paths: Sequence[str | Path], out: str | Path, command: str, plots: bool = True) -> tuple[Path,
                                                                                                         list[Path]]:
-    """Summarises every run under `paths`, writes the curves beside `out` and the Markdown to `out`."""
+    """Summarises every run under ``paths``, writes the curves beside ``out`` and the Markdown to ``out``."""
     out = Path(out)
     runs = [summarize(p) for p in find_runs(paths)]
     curves = plot_curves([s for s in runs if not s.recipe_diff], out.parent) if plots else []

@@ -219,7 +219,7 @@ def analyze_model(model: object, dt: float = 1.0) -> list[dict]:
     Raises:
         ValueError: if the model has no LM coefficients.
     """
-    from odearch.nn import lm_coefficients  # torch only when a model is analysed
+    from ..nn import lm_coefficients  # torch only when a model is analysed
 
     k_by_stage = lm_coefficients(model)
     if not any(len(ks) for ks in k_by_stage.values()):

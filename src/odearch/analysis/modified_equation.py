@@ -40,7 +40,7 @@ from typing import Any
 
 import sympy as sp
 
-from odearch.schemes import ButcherTableau, LinearMultistep, LMScheme, PolyScheme, RevScheme, get_scheme
+from ..schemes import ButcherTableau, LinearMultistep, LMScheme, PolyScheme, RevScheme, get_scheme
 
 T = sp.Symbol("t")
 """Time t."""

@@ -1,7 +1,7 @@
 """CIFAR-10/100 reading (safe unpickling, download, splits) and the on-device augmenting batch loader; ImageNet in
 the ImageFolder layout with the standard ResNet recipe (:mod:`odearch.data.imagenet`)."""
 
-from odearch.data.cifar import (
+from .cifar import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -15,7 +15,7 @@ from odearch.data.cifar import (
     take_first,
     train_val_split,
 )
-from odearch.data.imagenet import (
+from .imagenet import (
     IMAGENET_MEAN,
     IMAGENET_RECIPE,
     IMAGENET_STD,
@@ -26,7 +26,7 @@ from odearch.data.imagenet import (
     make_synthetic_imagefolder,
     train_transform,
 )
-from odearch.data.loader import CifarLoader
+from .loader import CifarLoader
 
 __all__ = [
     "CIFAR10_CLASSES",

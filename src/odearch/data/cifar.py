@@ -1,8 +1,8 @@
 """CIFAR-10 / CIFAR-100 from the official python-format pickles, read without executing code.
 
-The official archives (https://www.cs.toronto.edu/~kriz/cifar.html) hold pickled dicts (`encoding="bytes"`) whose
-`b'data'` is an (n, 3072) uint8 array: each row is the R plane, then G, then B, 32 x 32 each, so a plain reshape
-gives CHW images. `load_cifar` returns the whole split as tensors; augmentation lives in `loader.py`.
+The official archives (https://www.cs.toronto.edu/~kriz/cifar.html) hold pickled dicts (``encoding="bytes"``) whose
+``b'data'`` is an (n, 3072) uint8 array: each row is the R plane, then G, then B, 32 x 32 each, so a plain reshape
+gives CHW images. ``load_cifar`` returns the whole split as tensors; augmentation lives in ``loader.py``.
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ def dataset_info(dataset: str) -> dict[str, Any]:
         dataset: "cifar10" or "cifar100" (case and "-"/"_" ignored).
 
     Returns:
-        dict with `num_classes`, per-channel `mean` and `std` of the training set (pixels scaled to [0, 1]) and the
-        class names `classes` in label order.
+        dict with ``num_classes``, per-channel ``mean`` and ``std`` of the training set (pixels in [0, 1]) and the
+        class names ``classes`` in label order.
     """
     s = _spec(dataset)
     return {"num_classes": s.num_classes, "mean": s.mean, "std": s.std, "classes": s.classes}
@@ -130,7 +130,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def _read_pickle(path: Path) -> Any:
-    """Unpickles `path` with `RestrictedUnpickler`; a corrupt or truncated file becomes a one-line ValueError."""
+    """Unpickles ``path`` with ``RestrictedUnpickler``; a corrupt or truncated file becomes a one-line ValueError."""
     with open(path, "rb") as f:
         try:
             return RestrictedUnpickler(f, encoding="bytes").load()
@@ -170,7 +170,7 @@ def _md5(path: Path) -> str:
 
 
 def _safe_extract(archive: Path, parent: Path, folder: str) -> None:
-    """Extracts `folder/` from `archive` into `parent` via a temporary directory, refusing unsafe members."""
+    """Extracts ``folder/`` from ``archive`` into ``parent`` via a temporary directory, refusing unsafe members."""
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=parent))
     try:
         with tarfile.open(archive, "r:gz") as tar:
@@ -195,7 +195,7 @@ def _safe_extract(archive: Path, parent: Path, folder: str) -> None:
 
 
 def _download(spec: _Spec, parent: Path) -> None:
-    """Fetches and md5-checks the official archive into `parent` (temp file, then rename), then extracts it."""
+    """Fetches and md5-checks the official archive into ``parent`` (temp file, then rename), then extracts it."""
     archive = parent / spec.archive
     if not (archive.is_file() and _md5(archive) == spec.md5):
         fd, tmp = tempfile.mkstemp(prefix=f".{spec.archive}.", suffix=".part", dir=parent)
@@ -232,11 +232,11 @@ def load_cifar(
     """Loads a whole CIFAR split from the official python-format files.
 
     Args:
-        root: directory containing `cifar-10-batches-py/` (or `cifar-100-python/`), or that folder itself. None means
-            the `ODEARCH_DATA` environment variable, else `./data`.
+        root: directory containing ``cifar-10-batches-py/`` (or ``cifar-100-python/``), or that folder. None means
+            the ``ODEARCH_DATA`` environment variable, else ``./data``.
         dataset: "cifar10" or "cifar100" (CIFAR-100 uses the 100 fine labels).
         train: the 50000-image training split if True, else the 10000-image test split.
-        download: fetch the official archive into `root` when files are missing (md5-checked, safely extracted).
+        download: fetch the official archive into ``root`` when files are missing (md5-checked, safely extracted).
         check_size: require the official row count (50000 / 10000) and every class to occur; turn off only for
             deliberately small copies (e.g. synthetic test folders).
 
@@ -246,7 +246,7 @@ def load_cifar(
     Raises:
         FileNotFoundError: files are missing and could not be downloaded (the message says where to put them).
         ValueError: a file is truncated or malformed, or the split has the wrong size.
-        pickle.UnpicklingError: a file references a global outside the numpy allow-list (`ForbiddenGlobalError`).
+        pickle.UnpicklingError: a file references a global outside the numpy allow-list (``ForbiddenGlobalError``).
     """
     spec = _spec(dataset)
     parent, folder = _resolve_root(root, spec)
@@ -287,7 +287,7 @@ def load_cifar(
 def train_val_split(
     images: torch.Tensor, labels: torch.Tensor, val_size: int = 5000, seed: int = 0
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """Splits a set into train and validation parts by a seeded random choice of `val_size` images.
+    """Splits a set into train and validation parts by a seeded random choice of ``val_size`` images.
 
     The choice depends only on (N, val_size, seed); both parts keep the original relative order.
 
@@ -311,7 +311,7 @@ def train_val_split(
 
 
 def take_first(images: torch.Tensor, labels: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns the first `n` images and labels (the `subset` option), requiring 1 <= n <= N."""
+    """Returns the first ``n`` images and labels (the ``subset`` option), requiring 1 <= n <= N."""
     if len(labels) != len(images):
         raise ValueError(f"images ({len(images)}) and labels ({len(labels)}) differ in length")
     if not 1 <= n <= len(images):

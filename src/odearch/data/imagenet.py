@@ -203,7 +203,7 @@ class ImageNetLoader:
         return len(self.loader)
 
     def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The batches of the current epoch from batch `start_batch` on; the ones before are never loaded."""
+        """The batches of the current epoch from batch ``start_batch`` on; the ones before are never loaded."""
         if start_batch < 0:
             raise ValueError(f"start_batch must be non-negative, got {start_batch}")
         sampler = self.loader.sampler
@@ -280,10 +280,10 @@ def make_imagenet_loader(
         root: folder holding ``train/`` and ``val/``.
         split: sub-folder to read.
         batch_size: GLOBAL batch size (a multiple of ``world_size``).
-        train: shuffling and dropping the last partial batch (and the default of `augment`); default
+        train: shuffling and dropping the last partial batch (and the default of ``augment``); default
             ``split == "train"``.
         augment: random resized crops and flips; off: the evaluation transform (resize, centre crop). Default
-            `train`.
+            ``train``.
         indices: use only these images of the split (positions in the class-sorted ImageFolder), e.g. a subset.
         workers: DataLoader worker processes.
         rank: this process's rank; with ``world_size > 1`` a ``DistributedSampler`` shards a training set, and
@@ -382,7 +382,7 @@ def make_synthetic_imagefolder(
     """Write a tiny ImageNet-layout folder of random images for tests and docs; returns ``root``.
 
     Class c's folder is ``n{c:08d}`` (WordNet-id-like, so sorting keeps the order) and its images are Gaussian noise
-    of std `noise` around a class colour (c + 1) * 255 / (classes + 1) in every channel (clipped to [0, 255]), so a
+    of std ``noise`` around a class colour (c + 1) * 255 / (classes + 1) in every channel (clipped to [0, 255]), so a
     label can be read back from the pixels.
 
     Args:

@@ -1,9 +1,9 @@
-"""On-device CIFAR batch loader with the paper's augmentation (after airbench's `CifarLoader`).
+"""On-device CIFAR batch loader with the paper's augmentation (after airbench's ``CifarLoader``).
 
 The whole set lives on the device as uint8. Each batch is built with a handful of batched tensor ops: one
 advanced-indexing gather takes a random 32 x 32 window of the zero-padded image (with the horizontal flip folded
 into the column indices), then one fused normalisation. Every random choice of an epoch (order, crop offsets,
-flips) is drawn up front from a CPU `torch.Generator` seeded by (seed, epoch), so an epoch is reproducible on any
+flips) is drawn up front from a CPU ``torch.Generator`` seeded by (seed, epoch), so an epoch is reproducible on any
 device and any number of ranks, and the global RNG is never touched.
 """
 
@@ -24,22 +24,22 @@ class CifarLoader:
     Args:
         images: uint8 tensor (N, C, H, W).
         labels: integer tensor (N,).
-        batch_size: GLOBAL batch size; with `world_size` ranks each rank yields `batch_size // world_size` images.
-        train: selects the defaults of `drop_last`, `shuffle` and `augment` (all True for training, False for eval).
+        batch_size: GLOBAL batch size; with ``world_size`` ranks each rank yields ``batch_size // world_size`` images.
+        train: selects the defaults of ``drop_last``, ``shuffle`` and ``augment`` (True for training, False for eval).
         mean: per-channel mean of pixels scaled to [0, 1].
         std: per-channel standard deviation of pixels scaled to [0, 1].
         device: where the data is stored and batches are built.
         seed: base seed; epoch e uses a generator seeded from (seed, e).
-        drop_last: drop the final partial global batch (default: `train`).
-        shuffle: random order each epoch (default: `train`).
-        augment: 4-pixel zero padding + random crop + random horizontal flip (default: `train`).
-        channels_last: return images in `torch.channels_last` memory format.
+        drop_last: drop the final partial global batch (default: ``train``).
+        shuffle: random order each epoch (default: ``train``).
+        augment: 4-pixel zero padding + random crop + random horizontal flip (default: ``train``).
+        channels_last: return images in ``torch.channels_last`` memory format.
         dtype: floating dtype of the returned images (normalisation is computed in float32 first).
-        rank: index of this process among `world_size`.
+        rank: index of this process among ``world_size``.
         world_size: number of processes sharing each global batch.
 
-    Call `set_epoch(e)` before iterating epoch e (as with `DistributedSampler`); the epoch is not advanced
-    automatically, so iterating twice without `set_epoch` repeats the same batches.
+    Call ``set_epoch(e)`` before iterating epoch e (as with ``DistributedSampler``); the epoch is not advanced
+    automatically, so iterating twice without ``set_epoch`` repeats the same batches.
     """
 
     def __init__(
@@ -94,10 +94,10 @@ class CifarLoader:
         return sum(hi - lo for lo, hi in map(self._rank_range, range(len(self))))
 
     def _rank_range(self, batch: int) -> tuple[int, int]:
-        """[lo, hi) positions in the epoch order of this rank's slice of global batch `batch`.
+        """[lo, hi) positions in the epoch order of this rank's slice of global batch ``batch``.
 
-        A full batch splits into `world_size` equal contiguous slices; a final partial batch splits like
-        `torch.tensor_split` (sizes differ by at most one, possibly empty) so every rank yields `len(self)` batches.
+        A full batch splits into ``world_size`` equal contiguous slices; a final partial batch splits like
+        ``torch.tensor_split`` (sizes differ by at most one, possibly empty) so every rank yields ``len(self)`` batches.
         """
         start = batch * self.batch_size
         n = min(self.batch_size, self.num_images - start)
@@ -106,7 +106,7 @@ class CifarLoader:
         return lo, lo + q + (self.rank < r)
 
     def _epoch_plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Draws epoch `epoch`'s random choices on the CPU, a pure function of (seed, epoch).
+        """Draws epoch ``epoch``'s random choices on the CPU, a pure function of (seed, epoch).
 
         Returns:
             perm: (N,) int64, image index at each position of the epoch order.
@@ -127,7 +127,7 @@ class CifarLoader:
         return perm, offsets, flips
 
     def _batch(self, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-        """Crops, flips and normalises the images `idx` (device tensors), returning (b, C, H, W) `self.dtype`."""
+        """Crops, flips and normalises the images ``idx`` (device tensors), returning (b, C, H, W) ``self.dtype``."""
         if self.augment:
             rows = offsets[:, :1] + torch.arange(self.height, device=self.device)  # (b, H)
             cols = torch.arange(self.width, device=self.device).expand(len(idx), -1)

@@ -42,7 +42,7 @@ def read_registry(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
 
 
 def list_pretrained(pattern: str | None = None) -> list[str]:
-    """``"<model>.<tag>"`` names that have shipped weights, in registry order; `pattern` filters the model part
+    """``"<model>.<tag>"`` names that have shipped weights, in registry order; ``pattern`` filters the model part
     shell-style (``"lm_*"``)."""
     import fnmatch
 
@@ -71,16 +71,16 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _classifier(model: nn.Module) -> str | None:
-    """Name of the last ``nn.Linear`` of `model` (the classifier), None if it has none."""
+    """Name of the last ``nn.Linear`` of ``model`` (the classifier), None if it has none."""
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     return names[-1] if names else None
 
 
 def load_pretrained(model: nn.Module, name: str, num_classes: int | None = None) -> nn.Module:
-    """Loads the shipped weights of `name` into `model` after checking their sha256; returns `model`, with the
+    """Loads the shipped weights of ``name`` into ``model`` after checking their sha256; returns ``model``, with the
     entry attached as ``model.pretrained_cfg``.
 
-    If `num_classes` differs from the weights' (a new head, e.g. fine-tuning on CIFAR-100, or 0 for no head), every
+    If ``num_classes`` differs from the weights' (a new head, e.g. fine-tuning on CIFAR-100, or 0 for no head), every
     tensor but the classifier's is loaded and the model keeps its freshly initialised head, as timm does.
     """
     full, entry = pretrained_entry(name)

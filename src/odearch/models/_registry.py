@@ -66,7 +66,7 @@ def create_model(
         pretrained: load the weights shipped in the package (sha256-checked); a model without any raises
             ``ValueError`` listing those that have them.
         num_classes: size of the classifier (10 for CIFAR-10, 100 for CIFAR-100); None keeps the entry's default
-            (10 for the CIFAR families, 1000 for the ImageNet ones), or the weights' with `pretrained`; 0 removes it:
+            (10 for the CIFAR families, 1000 for the ImageNet ones), or the weights' with ``pretrained``; 0 removes it:
             the model returns its pooled features (B, num_features).
         features_only: return the stage outputs (a list) instead of logits, with ``model.feature_info``.
         out_indices: with ``features_only``, which stages (default all).
@@ -111,8 +111,8 @@ def create_model(
 
 
 def _create_pretrained(fn: ModelFn, name: str, num_classes: int | None, kwargs: dict[str, Any]) -> nn.Module:
-    """The model of the shipped weights `name` (their scheme and options unless `kwargs` say otherwise), loaded;
-    a `num_classes` other than the weights' keeps a fresh classifier."""
+    """The model of the shipped weights ``name`` (their scheme and options unless ``kwargs`` say otherwise), loaded;
+    a ``num_classes`` other than the weights' keeps a fresh classifier."""
     from ._pretrained import load_pretrained, pretrained_entry
 
     entry = pretrained_entry(name)[1]  # before building: a name without weights fails fast

@@ -1,4 +1,4 @@
-"""Training: the config (`TrainConfig`), the loop (`fit`, `train_one_epoch`, `evaluate`, `lr_at`), checkpoints.
+"""Training: config (``TrainConfig``), loop (``fit``, ``train_one_epoch``, ``evaluate``, ``lr_at``), checkpoints.
 
 Arrows point down: ``odearch.cli`` -> ``odearch.train`` -> ``odearch.models`` / ``odearch.data``; nothing here reads
 ``sys.argv``.

@@ -1,4 +1,4 @@
-"""Checkpoints: model weights as safetensors, training state as a `weights_only`-loadable torch file.
+"""Checkpoints: model weights as safetensors, training state as a ``weights_only``-loadable torch file.
 
 Every file is written atomically (temporary file in the same directory, fsync, ``os.replace``, fsync of the
 directory), so a run killed at any instant leaves either the previous or the new file, never a torn one. A run's
@@ -48,7 +48,7 @@ class CheckpointError(RuntimeError):
 
 
 def default_mode(base: int = 0o666) -> int:
-    """`base` masked by the process umask: the mode ``open()`` would give a new file (0644 under umask 022)."""
+    """``base`` masked by the process umask: the mode ``open()`` would give a new file (0644 under umask 022)."""
     with _UMASK_LOCK:
         mask = os.umask(0)
         os.umask(mask)
@@ -59,12 +59,12 @@ _UMASK_LOCK = threading.Lock()
 
 
 def _named(e: OSError, path: Path) -> OSError:
-    """`e` with `path` in its message (ENOSPC and friends must say which file could not be written)."""
+    """``e`` with ``path`` in its message (ENOSPC and friends must say which file could not be written)."""
     return OSError(e.errno, f"cannot write {path}: {e.strerror}")
 
 
 def write_fsync(path: str | Path, data: bytes) -> None:
-    """Writes a NEW file `path` (mode per umask) and fsyncs it; errors name the file."""
+    """Writes a NEW file ``path`` (mode per umask) and fsyncs it; errors name the file."""
     path = Path(path)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, default_mode())
@@ -77,7 +77,7 @@ def write_fsync(path: str | Path, data: bytes) -> None:
 
 
 def fsync_dir(path: str | Path) -> None:
-    """Makes renames and new entries in directory `path` durable."""
+    """Makes renames and new entries in directory ``path`` durable."""
     try:
         dir_fd = os.open(path, os.O_RDONLY)
         try:
@@ -89,9 +89,9 @@ def fsync_dir(path: str | Path) -> None:
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:
-    """Writes `data` to `path` so that readers see the old file or the complete new one, never a partial file.
+    """Writes ``data`` to ``path`` so that readers see the old file or the complete new one, never a partial file.
 
-    The file gets the usual mode (0666 less the umask, not mkstemp's 0600); an error (a full disk) names `path`.
+    The file gets the usual mode (0666 less the umask, not mkstemp's 0600); an error (a full disk) names ``path``.
     """
     path = Path(path)
     try:
@@ -116,7 +116,7 @@ def atomic_write(path: str | Path, data: bytes) -> None:
 
 # ------------------------------------------------------------------------------------------------------- weights
 def save_weights(path: str | Path, model: nn.Module, metadata: dict[str, Any]) -> None:
-    """Saves `model.state_dict()` (parameters and buffers) as safetensors with JSON-encoded `metadata`.
+    """Saves ``model.state_dict()`` (parameters and buffers) as safetensors with JSON-encoded ``metadata``.
 
     Args:
         path: target file, usually ``RUN/checkpoints/{last,best}.safetensors``.
@@ -127,7 +127,7 @@ def save_weights(path: str | Path, model: nn.Module, metadata: dict[str, Any]) -
 
 
 def weights_bytes(model: nn.Module, metadata: dict[str, Any]) -> bytes:
-    """The safetensors file of `model.state_dict()` with JSON-encoded `metadata`, as bytes."""
+    """The safetensors file of ``model.state_dict()`` with JSON-encoded ``metadata``, as bytes."""
     # safetensors stores dense row-major tensors: channels_last weights are made contiguous in a copy.
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     header = {k: json.dumps(v) for k, v in metadata.items()}
@@ -153,7 +153,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 
 def weights_into(model: nn.Module, tensors: dict[str, torch.Tensor], metadata: dict[str, Any], path: str | Path,
                  expected_model: str) -> None:  # fmt: skip
-    """Loads `tensors` into `model` strictly, explaining a mismatch by the model the checkpoint was saved from."""
+    """Loads ``tensors`` into ``model`` strictly, explaining a mismatch by the model the checkpoint was saved from."""
     saved = metadata.get("model", "an unknown model")
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))
@@ -177,7 +177,7 @@ def save_state(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def state_bytes(state: dict[str, Any]) -> bytes:
-    """`state` serialised by torch.save, as bytes."""
+    """``state`` serialised by torch.save, as bytes."""
     buf = io.BytesIO()
     torch.save(state, buf)
     return buf.getvalue()
@@ -206,7 +206,7 @@ STATE_TYPES: dict[str, tuple[type, ...]] = {
 
 
 def check_state(state: dict[str, Any], path: str | Path) -> None:
-    """Raises CheckpointError naming `path` and the key when a training state lacks a key or has a wrong type."""
+    """Raises CheckpointError naming ``path`` and the key when a training state lacks a key or has a wrong type."""
 
     def bad(key: str, want: str) -> CheckpointError:
         got = type(state.get(key)).__name__ if key in state else "missing"
@@ -236,7 +236,7 @@ def check_state(state: dict[str, Any], path: str | Path) -> None:
 
 # ----------------------------------------------------------------------------------------------------------- RNG
 def capture_rng() -> dict[str, Any]:
-    """RNG states of torch (CPU and every CUDA device) and Python `random`, as weights_only-safe values.
+    """RNG states of torch (CPU and every CUDA device) and Python ``random``, as weights_only-safe values.
 
     (odearch draws nothing from numpy's global generator, so its state is not kept.)
     """

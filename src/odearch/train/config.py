@@ -221,7 +221,7 @@ class TrainConfig:
         return d
 
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with `changes` applied (validated again)."""
+        """A copy with ``changes`` applied (validated again)."""
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
 
@@ -229,7 +229,7 @@ _SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 def _coerce(name: str, annotation: str, value: Any) -> Any:
-    """Checks a scalar field's type; ints pass as floats, and numeric strings too (YAML 1.1 reads `1e-4` as one)."""
+    """Checks a scalar field's type; ints pass as floats, and numeric strings too (YAML 1.1 reads ``1e-4`` as one)."""
     optional = annotation.endswith(" | None")
     kind = _SCALARS.get(annotation.removesuffix(" | None"))
     if kind is None or (value is None and optional):

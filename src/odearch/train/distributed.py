@@ -1,4 +1,4 @@
-"""Process-group setup for `torchrun` launches; a single process needs none of it.
+"""Process-group setup for ``torchrun`` launches; a single process needs none of it.
 
 With ``WORLD_SIZE`` > 1 in the environment (set by ``torchrun``), every rank joins one process group (gloo on CPU,
 nccl on CUDA, one GPU per local rank); the loader shards each GLOBAL batch across ranks and the model is wrapped in
@@ -90,7 +90,7 @@ def init_distributed(device: torch.device, timeout_s: float = 600.0) -> DistEnv:
 
 
 def all_reduce_sum(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
-    """Sum of `t` over ranks (in place; a no-op in a single process)."""
+    """Sum of ``t`` over ranks (in place; a no-op in a single process)."""
     if env.enabled:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
@@ -108,7 +108,7 @@ def broadcast_buffers(module: torch.nn.Module, env: DistEnv) -> None:
 
 
 def any_rank(flag: bool, env: DistEnv, device: torch.device) -> bool:
-    """True if `flag` is True on any rank (one all-reduce; `flag` itself in a single process).
+    """True if ``flag`` is True on any rank (one all-reduce; ``flag`` itself in a single process).
 
     Decisions that end a loop (the --max-minutes deadline) must be taken together: each rank reads its own clock.
     """
@@ -120,7 +120,7 @@ def any_rank(flag: bool, env: DistEnv, device: torch.device) -> bool:
 
 
 def broadcast_object(obj: Any, env: DistEnv) -> Any:
-    """Rank 0's `obj` (picklable) on every rank (`obj` itself in a single process)."""
+    """Rank 0's ``obj`` (picklable) on every rank (``obj`` itself in a single process)."""
     if not env.enabled:
         return obj
     box = [obj]
@@ -213,7 +213,7 @@ class AllReduceBatchNorm2d(nn.BatchNorm2d):
 
 
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    """Every BatchNorm2d of `module` computes global-batch statistics: ``nn.SyncBatchNorm`` on CUDA, else
+    """Every BatchNorm2d of ``module`` computes global-batch statistics: ``nn.SyncBatchNorm`` on CUDA, else
     :class:`AllReduceBatchNorm2d` (weights and running statistics carried over). Returns the converted module."""
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
@@ -233,13 +233,13 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
 
 # ------------------------------------------------------------------------------------------------------ launcher
 def torchrun_command(nproc: int, args: Sequence[str]) -> list[str]:
-    """The command that runs ``odearch train ARGS`` in `nproc` processes on this machine via torchrun's module."""
+    """The command that runs ``odearch train ARGS`` in ``nproc`` processes on this machine via torchrun's module."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
             "odearch", "train", *args]  # fmt: skip
 
 
 def without_option(args: Sequence[str], option: str) -> list[str]:
-    """`args` without ``OPTION VALUE`` and ``OPTION=VALUE`` (e.g. ``--nproc 2``)."""
+    """``args`` without ``OPTION VALUE`` and ``OPTION=VALUE`` (e.g. ``--nproc 2``)."""
     out, skip = [], False
     for a in args:
         if skip:
@@ -252,10 +252,10 @@ def without_option(args: Sequence[str], option: str) -> list[str]:
 
 
 def relaunch(nproc: int, args: Sequence[str], batch_size: int) -> int:
-    """Runs ``odearch train ARGS`` (ARGS without ``--nproc``) in `nproc` local processes; returns torchrun's exit code.
+    """Runs ``odearch train ARGS`` (ARGS less ``--nproc``) in ``nproc`` local processes; returns torchrun's exit code.
 
     Raises:
-        ConfigError: `nproc` < 1, already under torchrun, or `batch_size` (global) not a multiple of `nproc`.
+        ConfigError: ``nproc`` < 1, already under torchrun, or ``batch_size`` (global) not a multiple of ``nproc``.
     """
     import subprocess
 
@@ -277,7 +277,7 @@ def relaunch(nproc: int, args: Sequence[str], batch_size: int) -> int:
 
 
 def wait_forwarding(proc: Any, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> int:
-    """Waits for `proc`, forwarding SIGTERM/SIGINT received meanwhile to it (torchrun passes them to its workers,
+    """Waits for ``proc``, forwarding SIGTERM/SIGINT received meanwhile to it (torchrun passes them to its workers,
     which stop with a resumable checkpoint); returns its exit code (128 + signal for a killed child)."""
 
     def forward(signum: int, frame: Any) -> None:

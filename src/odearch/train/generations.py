@@ -42,15 +42,15 @@ FORMAT = "odearch-checkpoint/2"
 
 
 def sha256(data: bytes) -> str:
-    """Hex sha256 of `data`."""
+    """Hex sha256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------------- reading
 def manifest_for(path: str | Path) -> tuple[Path, dict[str, Any]] | None:
-    """(manifest path, manifest) of the generation holding checkpoint file `path`, None for a format-1 file.
+    """(manifest path, manifest) of the generation holding checkpoint file ``path``, None for a format-1 file.
 
-    `path` may be a stable link (``checkpoints/last.safetensors``), a file inside a generation, or a regular file
+    ``path`` may be a stable link (``checkpoints/last.safetensors``), a file inside a generation, or a regular file
     beside a ``current`` link (a run copied without links): the manifest of its own generation, else ``current``'s.
     """
     real = Path(os.path.realpath(path))
@@ -67,7 +67,7 @@ def manifest_for(path: str | Path) -> tuple[Path, dict[str, Any]] | None:
 
 
 def verify(path: str | Path, data: bytes) -> None:
-    """Checks `data` (the bytes read from checkpoint file `path`) against its manifest; format 1 passes unchecked.
+    """Checks ``data`` (the bytes read from checkpoint file ``path``) against its manifest; format 1 passes unchecked.
 
     Raises:
         CheckpointError: naming the file, when its size or sha256 differs from the manifest's.
@@ -86,7 +86,7 @@ def verify(path: str | Path, data: bytes) -> None:
 
 
 def read_verified(path: str | Path) -> bytes:
-    """The bytes of checkpoint file `path`, verified against its manifest (if any)."""
+    """The bytes of checkpoint file ``path``, verified against its manifest (if any)."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
@@ -148,7 +148,7 @@ def _put(gen: Path, name: str, data: bytes | None, ckdir: Path) -> dict[str, Any
 
 
 def _point_current(ckdir: Path, target: str) -> None:
-    """Replaces the ``current`` link by one to `target`: the single atomic step of a save."""
+    """Replaces the ``current`` link by one to ``target``: the single atomic step of a save."""
     _replace_link(ckdir / CURRENT, target)
 
 
@@ -162,7 +162,7 @@ def _stable_links(ckdir: Path, names: list[str]) -> None:
 
 
 def _replace_link(path: Path, target: str) -> None:
-    """Makes `path` a symbolic link to `target` in one atomic rename (a temporary link is never left behind)."""
+    """Makes ``path`` a symbolic link to ``target`` in one atomic rename (a temporary link is never left behind)."""
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     tmp.unlink(missing_ok=True)
     try:
@@ -175,7 +175,7 @@ def _replace_link(path: Path, target: str) -> None:
 
 
 def _collect_garbage(ckdir: Path, keep: str) -> None:
-    """Removes generations other than `keep` and leftover temporary files of killed saves."""
+    """Removes generations other than ``keep`` and leftover temporary files of killed saves."""
     for p in ckdir.iterdir():
         if p.name.startswith("gen-") and p.name != keep and p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)

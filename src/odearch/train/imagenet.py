@@ -1,4 +1,4 @@
-"""The ImageNet side of the trainer: `TrainConfig` -> the loaders of :mod:`odearch.data.imagenet`.
+"""The ImageNet side of the trainer: ``TrainConfig`` -> the loaders of :mod:`odearch.data.imagenet`.
 
 ``data_dir`` holds ``train/<wnid>/*`` and ``val/<wnid>/*``; ``val/`` is the "test" evaluation (single crop:
 Resize(``resize_size``) + CenterCrop(``crop_size``)), and ``--val-split K`` holds K random training images out as a
@@ -30,7 +30,7 @@ def default_workers() -> int:
 
 
 def evenly_spaced(indices: Sequence[int], n: int) -> list[int]:
-    """`n` of `indices` at positions floor(i * len / n), i = 0..n-1 (all of them when n >= len)."""
+    """``n`` of ``indices`` at positions floor(i * len / n), i = 0..n-1 (all of them when n >= len)."""
     m = len(indices)
     return list(indices) if n >= m else [indices[i * m // n] for i in range(n)]
 

@@ -1,6 +1,6 @@
-"""The training loop (airbench's shape, timm's return values): `lr_at`, `train_one_epoch`, `evaluate`, `fit`.
+"""The training loop (airbench's shape, timm's return values): ``lr_at``, ``train_one_epoch``, ``evaluate``, ``fit``.
 
-Speed: the data set lives on the training device and is augmented there per batch (`odearch.data.CifarLoader`);
+Speed: the data set lives on the training device and is augmented there per batch (``odearch.data.CifarLoader``);
 the loss and correct-count are summed on the device and read once per epoch (plus once every ``log_every`` steps
 for the progress bar), since every ``.item()`` is a host-device sync; batches and weights are channels_last;
 autocast is bf16 on CUDA by default. The same code runs on the CPU. ImageNet (``dataset="imagenet"``) streams from
@@ -89,7 +89,7 @@ def lr_at(
     step: int, *, base_lr: float, steps_per_epoch: int, epochs: int, schedule: str = "step",
     milestones: Iterable[int] = (), gamma: float = 0.1, warmup_epochs: float = 0.0,
 ) -> float:  # fmt: skip
-    """Learning rate of optimizer step `step` (0-based), a pure function.
+    """Learning rate of optimizer step ``step`` (0-based), a pure function.
 
     1. Warm-up: during the first ``round(warmup_epochs * steps_per_epoch)`` steps, lr rises linearly to
        ``base_lr`` (step s uses ``base_lr * (s + 1) / warmup_steps``).
@@ -109,7 +109,7 @@ def lr_at(
 
 
 def _lr_fn(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    """`lr_at` with the config's schedule bound."""
+    """``lr_at`` with the config's schedule bound."""
     return lambda step: lr_at(
         step, base_lr=cfg.lr, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs, schedule=cfg.schedule,
         milestones=cfg.milestones, gamma=cfg.gamma, warmup_epochs=cfg.warmup_epochs,
@@ -124,12 +124,12 @@ def train_one_epoch(
     sums: dict[str, Any] | None = None, should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Trains one epoch (or its rest, from `start_batch`), setting the lr of each step from `lr_fn(step)`.
+    """Trains one epoch (or its rest, from ``start_batch``), setting the lr of each step from ``lr_fn(step)``.
 
     Returns:
         ``step`` (global step after the last batch), ``batches`` (batches of this epoch done), ``loss_sum`` and
         ``correct`` (device tensors, summed over samples: read them once), ``n`` (samples), ``stopped`` (True if
-        `should_stop` ended the epoch early).
+        ``should_stop`` ended the epoch early).
     """
     model.train()
     sums = sums or {"loss_sum": torch.zeros(()), "correct": torch.zeros((), dtype=torch.int64), "n": 0}
@@ -161,7 +161,7 @@ def train_one_epoch(
 
 
 def _batches_from(loader: Iterable[Any], start: int) -> Iterable[Any]:
-    """The batches of `loader` from batch `start` on: its ``iter_from`` if it has one (ImageNetLoader: the skipped
+    """The batches of ``loader`` from batch ``start`` on: its ``iter_from`` if it has one (ImageNetLoader: the skipped
     batches are not even read), else ``itertools.islice`` (CifarLoader: skipped batches are cheap)."""
     if start and hasattr(loader, "iter_from"):
         return loader.iter_from(start)
@@ -174,10 +174,10 @@ def evaluate(
     autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext, num_classes: int | None = None,
     env: DistEnv | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Mean cross-entropy and accuracy of `model` over `loader` (summed across ranks when distributed).
+    """Mean cross-entropy and accuracy of ``model`` over ``loader`` (summed across ranks when distributed).
 
     Returns:
-        ``loss``, ``acc`` (fraction), ``n``; with `num_classes` also ``per_class_acc`` (list, NaN for an absent
+        ``loss``, ``acc`` (fraction), ``n``; with ``num_classes`` also ``per_class_acc`` (list, NaN for an absent
         class) and ``per_class_n``.
     """
     model.eval()
@@ -268,7 +268,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
-    """`create_model` from the config; options the constructor rejects become a ConfigError naming them."""
+    """``create_model`` from the config; options the constructor rejects become a ConfigError naming them."""
     kwargs = {"scheme": cfg.scheme, **cfg.model_kwargs}
     try:
         model = create_model(cfg.model, num_classes=cfg.num_classes, **kwargs)
@@ -286,7 +286,7 @@ class _Data:
 
 
 def _build_data(cfg: TrainConfig, device: torch.device, env: DistEnv) -> _Data:
-    """The training loader (augmented, sharded by rank) and the evaluation loaders of `cfg.dataset`."""
+    """The training loader (augmented, sharded by rank) and the evaluation loaders of ``cfg.dataset``."""
     if cfg.dataset == "imagenet":
         return _Data(*imagenet_loaders(cfg, device, env))
     if not env.is_main:
@@ -299,7 +299,7 @@ def _build_data(cfg: TrainConfig, device: torch.device, env: DistEnv) -> _Data:
 
 
 def _build_cifar(cfg: TrainConfig, device: torch.device, env: DistEnv) -> _Data:
-    """Loads the CIFAR splits onto `device` and wraps them in loaders (train: augmented, sharded by rank)."""
+    """Loads the CIFAR splits onto ``device`` and wraps them in loaders (train: augmented, sharded by rank)."""
     info = dataset_info(cfg.dataset)
     images, labels = load_cifar(cfg.data_dir, cfg.dataset, train=True, download=cfg.download)
     evals_raw: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -326,7 +326,7 @@ def _build_cifar(cfg: TrainConfig, device: torch.device, env: DistEnv) -> _Data:
 # ---------------------------------------------------------------------------------------------------- fit
 @dataclass
 class _Progress:
-    """Where training stands; what `last.state.pt` records besides optimizer and RNG."""
+    """Where training stands; what ``last.state.pt`` records besides optimizer and RNG."""
 
     step: int = 0
     epoch: int = 0  # finished epochs
@@ -347,7 +347,7 @@ def _save_last(run: RunDir, cfg: TrainConfig, model: nn.Module, optimizer: torch
                scaler: torch.amp.GradScaler | None, progress: _Progress, *, best: bool = False,
                row: dict[str, Any] | None = None) -> None:  # fmt: skip
     """Writes the checkpoint as one generation (:func:`odearch.train.generations.commit`): last weights, state
-    (with the epoch's metrics `row`, so a resume can repair a log cut by a kill) and, if `best`, the best weights.
+    (with the epoch's metrics ``row``, so a resume can repair a log cut by a kill) and, if ``best``, the best weights.
 
     Raises:
         NonFiniteLossError: a weight, buffer or optimizer tensor is NaN/inf (the previous checkpoint is kept).
@@ -381,7 +381,7 @@ def _restore(
     run: RunDir, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
 ) -> tuple[_Progress, dict[str, Any], dict[str, Any] | None]:  # fmt: skip
-    """Loads the last checkpoint of `run` into model and optimizer (checksums verified); returns the progress,
+    """Loads the last checkpoint of ``run`` into model and optimizer (checksums verified); returns the progress,
     the RNG states and the metrics row of the checkpoint's epoch (None in checkpoints older than the row)."""
     if not run.last_state.is_file() and not run.last_weights.is_file():
         raise CheckpointError(f"{run.root} has no checkpoint yet (it was stopped before its first one was saved); "
@@ -426,7 +426,7 @@ def fit(
     cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, command: str | None = None,
     progress_bar: bool | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Trains `cfg.model` on `cfg.dataset` into the run directory `cfg.out` and returns the result summary.
+    """Trains ``cfg.model`` on ``cfg.dataset`` into the run directory ``cfg.out`` and returns the result summary.
 
     The run directory is locked (``flock``) for the whole call: a second writer is refused. SIGTERM and SIGINT stop
     at the next step with a resumable checkpoint and result.json (``status: stopped``, ``stop_reason``).
@@ -434,7 +434,7 @@ def fit(
     Args:
         cfg: the resolved configuration (``cfg.out`` None: a new ``runs/<model>_<dataset>_s<seed>_<time>``).
         resume: continue the run in ``cfg.out`` from ``checkpoints/last.*`` (config taken as given).
-        overwrite: replace an existing run in ``cfg.out`` (ignored with `resume`).
+        overwrite: replace an existing run in ``cfg.out`` (ignored with ``resume``).
         command: the command line recorded in result.json.
         progress_bar: tqdm progress bar; default: when stderr is a TTY.
 
@@ -443,7 +443,7 @@ def fit(
 
     Raises:
         ConfigError: options that cannot run (unknown model kwargs, no CUDA, too small a subset).
-        RunExistsError: ``cfg.out`` holds a run and neither `resume` nor `overwrite` is set, or another process is
+        RunExistsError: ``cfg.out`` holds a run and neither ``resume`` nor ``overwrite`` is set, or another process is
             writing it (RunLockedError).
         CheckpointError: a checkpoint to resume from is missing, damaged or of another model.
         FileNotFoundError: the data files are missing and could not be downloaded.
@@ -485,7 +485,7 @@ def fit(
 
 
 def _check_target(run: RunDir, resume: bool, overwrite: bool) -> None:
-    """A resume needs a run; a new run needs a free directory (or `overwrite` of a run)."""
+    """A resume needs a run; a new run needs a free directory (or ``overwrite`` of a run)."""
     if resume:
         if not run.is_run():
             raise CheckpointError(f"nothing to resume in {run.root}: not an odearch run")
@@ -703,8 +703,8 @@ def _finish(
 
 def _stopper(deadline: float, env: DistEnv, device: torch.device, stop: StopSignals,
              every: int = 10) -> Callable[[], bool]:  # fmt: skip
-    """The `should_stop` of `train_one_epoch`: past `deadline`, or a SIGTERM/SIGINT received. Distributed ranks
-    decide together (each reads its own clock and signals), every `every` steps to spare a collective per step."""
+    """The ``should_stop`` of ``train_one_epoch``: past ``deadline``, or a SIGTERM/SIGINT received. Distributed ranks
+    decide together (each reads its own clock and signals), every ``every`` steps to spare a collective per step."""
     local = lambda: time.monotonic() > deadline or stop.received is not None  # noqa: E731
     if not env.enabled:
         return local
@@ -745,7 +745,7 @@ class _Eta:
 
 def _on_step(bar: Any, log_every: int, epoch: int, t0: float, env: DistEnv,
              eta: _Eta | None = None) -> Callable[[int, dict[str, Any]], None]:  # fmt: skip
-    """Per-step hook: advances the progress bar; every `log_every` steps reads the running loss (one sync),
+    """Per-step hook: advances the progress bar; every ``log_every`` steps reads the running loss (one sync),
     shows it, and fails fast on a non-finite loss. Without a bar (stdout/stderr a file or pipe: a cluster job,
     ``nohup``) rank 0 prints the same as a line, with the time left in the epoch and in the run."""
 

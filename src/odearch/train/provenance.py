@@ -13,7 +13,7 @@ __all__ = ["device_name", "git_state", "provenance"]
 
 
 def git_state(path: str | Path | None = None) -> dict[str, Any]:
-    """The commit checked out at `path` (default: this package's source tree) and whether it has local changes.
+    """The commit checked out at ``path`` (default: this package's source tree) and whether it has local changes.
 
     Returns:
         ``{"commit": sha or None, "dirty": bool or None}``; None where git or a repository is unavailable
@@ -36,7 +36,7 @@ def git_state(path: str | Path | None = None) -> dict[str, Any]:
 
 
 def device_name(device: torch.device) -> str:
-    """Human-readable name of `device`: the GPU model for CUDA, the CPU model otherwise."""
+    """Human-readable name of ``device``: the GPU model for CUDA, the CPU model otherwise."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:  # platform.processor() is often empty on Linux; /proc/cpuinfo has the marketing name

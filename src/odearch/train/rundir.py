@@ -11,7 +11,7 @@
     RUN/checkpoints/best.safetensors     weights of the best epoch on the selection metric
     RUN/checkpoints/current, gen-*/      the generation those three paths lead to (odearch.train.generations)
     RUN/result.json                      summary and provenance, written when the run ends or stops cleanly
-    RUN/eval_*.json, RUN/analysis/       written by `odearch eval` and `odearch analyze`
+    RUN/eval_*.json, RUN/analysis/       written by ``odearch eval`` and ``odearch analyze``
 
 A process writing a run holds an exclusive ``flock`` on the directory (released by the kernel when it exits, so a
 lock of a dead process never blocks). ``--overwrite`` deletes only the names above and refuses a directory that
@@ -50,7 +50,7 @@ def default_out(cfg: TrainConfig) -> str:
 
 
 class RunExistsError(FileExistsError):
-    """`--out` names an existing run and neither `--resume` nor `--overwrite` was given."""
+    """``--out`` names an existing run and neither ``--resume`` nor ``--overwrite`` was given."""
 
 
 class RunLockedError(RunExistsError):
@@ -58,13 +58,13 @@ class RunLockedError(RunExistsError):
 
 
 def _ours(name: str, allowed: tuple[str, ...]) -> bool:
-    """A name a run writes: one of `allowed`, eval_*.json, a generation, or a temporary file of an atomic write."""
+    """A name a run writes: one of ``allowed``, eval_*.json, a generation, or a temporary file of an atomic write."""
     return (name in allowed or (name.startswith("eval_") and name.endswith(".json")) or name.startswith("gen-")
             or (name.startswith(".") and name.endswith(".tmp")))  # fmt: skip
 
 
 def resolve_data_dir(stored: str | None, run_root: Path, flag: str | None = None) -> str | None:
-    """The data directory of a run read back: ``--data-dir`` (`flag`), else ``$ODEARCH_DATA``, else the stored
+    """The data directory of a run read back: ``--data-dir`` (``flag``), else ``$ODEARCH_DATA``, else the stored
     path: as is when absolute, else relative to the run directory if it exists there, else to the working
     directory (runs of older versions stored the path as given, relative to where they were started)."""
     if flag:
@@ -124,7 +124,7 @@ class RunDir:
 
     @contextlib.contextmanager
     def locked(self, create: bool = False) -> Iterator[None]:
-        """Holds an exclusive lock on the run directory (created first if `create`) while the block runs.
+        """Holds an exclusive lock on the run directory (created first if ``create``) while the block runs.
 
         Raises:
             RunLockedError: another process holds it.
@@ -168,7 +168,7 @@ class RunDir:
         return self.config.exists() or self.checkpoints.exists() or self.metrics.exists()
 
     def check_new(self, overwrite: bool) -> None:
-        """Raises RunExistsError unless the directory is absent, empty, or `overwrite` allows replacing a run."""
+        """Raises RunExistsError unless the directory is absent, empty, or ``overwrite`` allows replacing a run."""
         if not self.root.exists() or (self.root.is_dir() and all(p.name == ".lock" for p in self.root.iterdir())):
             return
         if not self.root.is_dir():
@@ -187,7 +187,7 @@ class RunDir:
                                  f"{hint}or another --out")  # fmt: skip
 
     def create(self, cfg: TrainConfig, overwrite: bool) -> None:
-        """Creates the directory for a new run (replacing an old run if `overwrite`: only the run's own files are
+        """Creates the directory for a new run (replacing an old run if ``overwrite``: only the run's own files are
         deleted) and writes config.yaml."""
         self.check_new(overwrite)
         if overwrite and self.root.is_dir() and self.is_run():
@@ -246,8 +246,8 @@ class RunDir:
         return rows
 
     def repair_metrics(self, epochs: int, row: dict[str, Any] | None = None) -> None:
-        """Keeps the rows of epochs <= `epochs` (rows written after the checkpoint a resume starts from) and adds
-        `row`, the checkpoint's own epoch row, if a kill between checkpoint and log lost it. Writes only if needed."""
+        """Keeps the rows of epochs <= ``epochs`` (rows written after the checkpoint a resume starts from) and adds
+        ``row``, the checkpoint's own epoch row, if a kill between checkpoint and log lost it. Writes only if needed."""
         old = self.read_metrics()
         rows = [r for r in old if r["epoch"] <= epochs]
         if row is not None and row.get("epoch") == epochs and not any(r["epoch"] == epochs for r in rows):
@@ -257,7 +257,7 @@ class RunDir:
             atomic_write(self.metrics, text.encode())
 
     def truncate_metrics(self, epochs: int) -> None:
-        """Keeps only the rows of epochs <= `epochs` (rows written after the checkpoint a resume starts from)."""
+        """Keeps only the rows of epochs <= ``epochs`` (rows written after the checkpoint a resume starts from)."""
         self.repair_metrics(epochs)
 
     def read_result(self) -> dict[str, Any]:
@@ -270,7 +270,7 @@ class RunDir:
 
 
 def _lock_fd(root: Path) -> int:
-    """A descriptor to flock for `root`: the directory itself, or RUN/.lock where directories cannot be locked."""
+    """A descriptor to flock for ``root``: the directory itself, or RUN/.lock where directories cannot be locked."""
     fd = os.open(root, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # probe: can this file system lock a directory?

@@ -42,7 +42,7 @@ class ShipError(ValueError):
 
 def evaluate_weights(model: nn.Module, dataset: str, data_dir: str | Path,
                      subset: int | None = None) -> tuple[int, int]:  # fmt: skip
-    """(correct, images) of `model` on the first `subset` (default: all) test images of `dataset`, in fp32 on the
+    """(correct, images) of ``model`` on the first ``subset`` (default: all) test images of ``dataset``, in fp32 on the
     CPU, batches of 1000, channels_last: the one evaluation that ships and the test suite repeat."""
     from ..data import CifarLoader, dataset_info, load_cifar, take_first
 
@@ -58,7 +58,7 @@ def evaluate_weights(model: nn.Module, dataset: str, data_dir: str | Path,
 
 
 def _recipe_problems(cfg: TrainConfig) -> list[str]:
-    """Why `cfg` is not the paper's full recipe for its data set (empty: it is)."""
+    """Why ``cfg`` is not the paper's full recipe for its data set (empty: it is)."""
     epochs, milestones = RECIPES[cfg.dataset]
     problems = []
     if cfg.epochs != epochs or tuple(cfg.milestones) != milestones:
@@ -72,7 +72,7 @@ def _recipe_problems(cfg: TrainConfig) -> list[str]:
 def ship_run(run_dir: str | Path, *, data_dir: str | Path | None = None, tag: str | None = None,
              registry: str | Path | None = None, any_recipe: bool = False, test_subset: int | None = None,
              overwrite: bool = False) -> tuple[str, dict[str, Any]]:  # fmt: skip
-    """Ships the final weights of the finished run in `run_dir`; returns (``"<model>.<tag>"``, registry entry).
+    """Ships the final weights of the finished run in ``run_dir``; returns (``"<model>.<tag>"``, registry entry).
 
     Args:
         run_dir: an ``odearch train`` run directory.

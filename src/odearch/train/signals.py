@@ -55,7 +55,7 @@ class StopSignals:
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """Linux: deliver `sig` to this process when its parent dies (a no-op elsewhere). If the parent died before the
+    """Linux: deliver ``sig`` to this process when its parent dies (a no-op elsewhere). If the parent died before the
     call took effect (this process was re-parented meanwhile), the signal is raised now."""
     if not sys.platform.startswith("linux"):
         return

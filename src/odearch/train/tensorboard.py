@@ -33,7 +33,7 @@ def _quiet_writer_thread_errors() -> None:
 
 
 class TensorBoard:
-    """A SummaryWriter for `logdir` that disables itself (one warning) on the first error.
+    """A SummaryWriter for ``logdir`` that disables itself (one warning) on the first error.
 
     Args:
         logdir: ``RUN/tb``.
@@ -63,7 +63,7 @@ class TensorBoard:
                 pass
 
     def log(self, row: dict[str, Any], step: int) -> None:
-        """Adds every float of `row` as a scalar at `step` and flushes."""
+        """Adds every float of ``row`` as a scalar at ``step`` and flushes."""
         if self._writer is None:
             return
         try:

@@ -1,0 +1,208 @@
+"""Static checks over ``src/odearch`` (read with :mod:`ast`; nothing is imported, no torch needed).
+
+- no function is longer than ``MAX_FUNCTION_LINES`` lines (``def`` line to last line, docstring included);
+- docstrings are RST: literals are ``double`` backticks, never Markdown's single ones (:func:`roles` and
+  `links`_ are RST and fine);
+- imports inside the package are relative (``from .x import y``), except under an ``if __name__ == "__main__":``
+  guard; docstring examples are not code and are not checked;
+- ``schemes/`` is torch-free data;
+- the layers hold: a module imports only from its own unit or a lower layer (``LAYERS``), never upward.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from datapaths import REPO
+
+PACKAGE = REPO / "src" / "odearch"
+MAX_FUNCTION_LINES = 60
+# Lowest first: a unit (a subpackage, or a top-level module by its stem) may import its own layer or one below.
+LAYERS = (
+    ("schemes", "data"),
+    ("nn",),
+    ("models",),
+    ("convert", "timm_models", "train", "analysis", "report"),
+    ("__init__",),  # the public facade, ``import odearch``
+    ("cli",),
+    ("__main__",),
+)
+RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
+ROLE_BEFORE = re.compile(r":[A-Za-z][\w.+-]*(?::[A-Za-z][\w.+-]*)*:$")  # :func:, :math:, :py:class: ...
+
+
+def sources() -> Iterator[tuple[Path, ast.Module]]:
+    """(path relative to the repository, parsed module) of every file of the package."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        yield path.relative_to(REPO), ast.parse(path.read_text(), filename=str(path))
+
+
+def unit_of(path: Path) -> str:
+    """``train`` for ``src/odearch/train/loop.py``, ``cli`` for ``src/odearch/cli.py``."""
+    parts = path.relative_to(PACKAGE.relative_to(REPO)).parts
+    return parts[0] if len(parts) > 1 else Path(parts[0]).stem
+
+
+def single_backticks(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each Markdown-style single-backtick literal in ``text``.
+
+    Not counted: RST literals (two backticks on each side), RST roles (a backtick pair right after ``:func:``,
+    ``:math:``, ...) and RST links (a backtick pair followed by an underscore). An unclosed backtick counts, to the end.
+    """
+    spans: list[tuple[int, int]] = []
+    i = text.find("`")
+    while i != -1:
+        if text.startswith("``", i):
+            close = text.find("``", i + 2)
+            i = -1 if close == -1 else text.find("`", close + 2)
+            continue
+        close = text.find("`", i + 1)
+        if close == -1:
+            spans.append((i, len(text)))
+            break
+        if not ROLE_BEFORE.search(text, 0, i) and not text.startswith("_", close + 1):
+            spans.append((i, close + 1))
+        i = text.find("`", close + 1)
+    return spans
+
+
+def docstrings(tree: ast.Module) -> Iterator[ast.Constant]:
+    """The docstring constants of the module and of every class and function in it."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                if isinstance(first.value.value, str):
+                    yield first.value
+
+
+def main_guarded(tree: ast.Module) -> set[int]:
+    """ids of the nodes inside an ``if __name__ == "__main__":`` block."""
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test) and "__main__" in ast.unparse(node.test):
+            inside |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return inside
+
+
+def imported_units(path: Path, node: ast.Import | ast.ImportFrom) -> list[str]:
+    """The package units an import statement reads from (empty for imports from outside the package)."""
+    package = list(path.relative_to(PACKAGE.relative_to(REPO)).parent.parts)
+    if isinstance(node, ast.Import):
+        names = [alias.name.split(".") for alias in node.names if alias.name.split(".")[0] == "odearch"]
+        return [parts[1] if len(parts) > 1 else "__init__" for parts in names]
+    if node.level:
+        module = package[: len(package) - node.level + 1] + (node.module.split(".") if node.module else [])
+    elif node.module and node.module.split(".")[0] == "odearch":
+        module = node.module.split(".")[1:]
+    else:
+        return []
+    if module:
+        return [module[0]]
+    return [alias.name if alias.name in RANK else "__init__" for alias in node.names]  # from . import cli / Stage
+
+
+def imports(tree: ast.Module) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement, at module level or inside a function."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+
+
+# ------------------------------------------------------------------------------------------------ the checkers
+def test_single_backticks_finds_markdown_literals_only() -> None:
+    def found(text: str) -> list[str]:
+        return [text[start:end] for start, end in single_backticks(text)]
+
+    assert found("``x`` and :func:`f` and :math:`k_n` and :py:class:`C` and `a link`_ and `y`") == ["`y`"]
+    assert found("`a` then ``b`` then `c`") == ["`a`", "`c`"]
+    assert found("``one\nline`` `two\nlines`") == ["`two\nlines`"]
+    assert found("an unclosed `x") == ["`x"]
+    assert found("``x`` is RST for a literal, ``:func:`` a role name") == []
+
+
+def test_imported_units_resolves_relative_and_absolute_imports() -> None:
+    loop = PACKAGE.relative_to(REPO) / "train" / "loop.py"
+    cli = PACKAGE.relative_to(REPO) / "cli.py"
+
+    def units(path: Path, code: str) -> list[str]:
+        return imported_units(path, ast.parse(code).body[0])
+
+    assert units(loop, "from ..models import create_model") == ["models"]
+    assert units(loop, "from .config import TrainConfig") == ["train"]
+    assert units(loop, "from .. import Stage") == ["__init__"]
+    assert units(loop, "from odearch.nn.stage import Stage") == ["nn"]
+    assert units(loop, "import odearch.cli") == ["cli"]
+    assert units(loop, "import torch") == []
+    assert units(cli, "from . import analysis, Stage") == ["analysis", "__init__"]
+    assert units(cli, "from .train.loop import fit") == ["train"]
+
+
+# --------------------------------------------------------------------------------------------------- the package
+def test_no_function_is_longer_than_the_limit() -> None:
+    long = [
+        f"{path}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path, tree in sources()
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(long)
+
+
+def test_docstrings_use_rst_double_backtick_literals() -> None:
+    found = []
+    for path, tree in sources():
+        for doc in docstrings(tree):
+            for start, end in single_backticks(doc.value):
+                line = doc.lineno + doc.value.count("\n", 0, start)  # exact unless the docstring has line continuations
+                found.append(f"{path}:{line}: {doc.value[start:end]}")
+    assert not found, "Markdown `x` in docstrings (RST wants ``x``):\n" + "\n".join(found)
+
+
+def test_imports_inside_the_package_are_relative() -> None:
+    absolute = []
+    for path, tree in sources():
+        guarded = main_guarded(tree)
+        for node in imports(tree):
+            if id(node) in guarded or (isinstance(node, ast.ImportFrom) and node.level):
+                continue
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            if any(name.split(".")[0] == "odearch" for name in names):
+                absolute.append(f"{path}:{node.lineno}: {ast.unparse(node)}")
+    assert not absolute, "absolute imports of odearch inside odearch:\n" + "\n".join(absolute)
+
+
+def test_schemes_do_not_import_torch() -> None:
+    found = []
+    for path, tree in sources():
+        if unit_of(path) != "schemes":
+            continue
+        for node in imports(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                continue
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            if any(name.split(".")[0] in {"torch", "torchvision"} for name in names):
+                found.append(f"{path}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, "schemes/ must stay torch-free data:\n" + "\n".join(found)
+
+
+def test_every_unit_has_a_layer() -> None:
+    units = {unit_of(path) for path, _ in sources()}
+    assert units <= set(RANK), f"place these in LAYERS: {sorted(units - set(RANK))}"
+    assert "schemes" in units and "cli" in units  # the walk found the package
+
+
+def test_no_module_imports_from_a_higher_layer() -> None:
+    upward = []
+    for path, tree in sources():
+        unit = unit_of(path)
+        for node in imports(tree):
+            for target in imported_units(path, node):
+                if target != unit and RANK.get(target, len(LAYERS)) > RANK.get(unit, -1):
+                    upward.append(f"{path}:{node.lineno}: {unit} (layer {RANK.get(unit)}) imports {target} "
+                                  f"(layer {RANK.get(target)}): {ast.unparse(node)}")  # fmt: skip
+    assert not upward, "imports against the layering " + " -> ".join(map("/".join, LAYERS)) + ":\n" + "\n".join(upward)
