@@ -51,6 +51,11 @@ def model_options(name: str) -> frozenset[str] | None:
     return getattr(model_entrypoint(name.partition(".")[0]), "options", None)
 
 
+def models_taking(option: str) -> list[str]:
+    """The registered models that take the keyword ``option``, sorted."""
+    return [n for n in list_models() if option in (model_options(n) or ())]
+
+
 def check_model_options(name: str, kwargs: dict[str, Any]) -> None:
     """Raise a one-line ``ValueError`` if model ``name`` does not take every key of ``kwargs``, naming for each such
     key the models that do (so ``--shake`` on ``lm_resnet20`` says which models have shake-shake blocks)."""
@@ -60,7 +65,7 @@ def check_model_options(name: str, kwargs: dict[str, Any]) -> None:
         return
     hints = []
     for key in bad:
-        takers = [n for n in list_models() if key in (model_options(n) or ())]
+        takers = models_taking(key)
         if takers:
             hints.append(f"{key!r} is an option of {', '.join(takers)}")
         else:
