@@ -141,10 +141,17 @@ def create_model(
         model = fn(**kwargs)
     if pooled:
         model.reset_classifier(0)  # type: ignore[operator]
+    return _adapt(model, name, in_chans, features_only, out_indices)
+
+
+def _adapt(
+    model: nn.Module, name: str, in_chans: int | None, features_only: bool, out_indices: Sequence[int] | None
+) -> nn.Module:
+    """``create_model``'s last steps: input channels, the data config's architecture, features-only mode."""
     if in_chans is not None and in_chans != 3:
         adapt_input_conv(model, in_chans)
     if hasattr(model, "pretrained_cfg"):
-        model.pretrained_cfg = {**model.pretrained_cfg, "architecture": base_name}
+        model.pretrained_cfg = {**model.pretrained_cfg, "architecture": name.partition(".")[0]}
     if features_only:
         if not hasattr(model, "set_features_only"):
             raise ValueError(f"{name!r} has no stages to return as features")
