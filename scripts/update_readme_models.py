@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from odearch.cli import models_markdown
+from odearch.models import models_markdown
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- model-table:start -->", "<!-- model-table:end -->"

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from conftest import n_params, randomise_bn
-from odearch.models import create_model
+from odearch.models import create_model, model_entrypoint
 from odearch.nn import Stage
 
 ARCHS = ("resnet50", "resnet101", "resnet152", "resnext50_32x4d")
@@ -151,6 +151,6 @@ def test_imagenet_baseline_numbers_are_labelled_v1_beside_torchvision_v1_5() -> 
                                (152, tvm.ResNet152_Weights, "23.0")):  # fmt: skip
         metrics = weights.IMAGENET1K_V1.meta["_metrics"]["ImageNet-1K"]
         top1, top5 = 100 - metrics["acc@1"], 100 - metrics["acc@5"]
-        row = next(r for r in mod._ROWS if r[0] == f"resnet{depth}")
-        assert f"{v1} / " in row[2] and "Caffe v1" in row[2] and f"v1.5 weights: {top1:.2f} / {top5:.2f}%" in row[2]
+        doc = model_entrypoint(f"resnet{depth}").__doc__ or ""  # the row's docstring
+        assert f"{v1} / " in doc and "Caffe v1" in doc and f"v1.5 weights: {top1:.2f} / {top5:.2f}%" in doc
         assert f"| resnet{depth} |" in mod.__doc__ and f"{top1:.2f} / {top5:.2f}" in mod.__doc__

@@ -31,15 +31,10 @@ from typing import Any, NoReturn
 
 import yaml
 
+from .models.table import model_table, models_markdown  # the registry as a table (re-exported for old imports)
+
 __all__ = ["build_parser", "main"]
 
-# Flags that map to model constructor keywords, passed only when given (create_model drops None).
-MODEL_FLAGS: dict[str, dict[str, Any]] = {
-    "p_last": {"type": float, "help": "stochastic depth: survival probability of the last block (linear decay)"},
-    "drop_mode": {"choices": ("batch", "sample"), "help": "stochastic depth: one draw per batch or per sample"},
-    "noise_sigma": {"type": float, "help": "std of the Gaussian noise injected after each block in training"},
-    "shake": {"action": argparse.BooleanOptionalAction, "help": "shake-shake residual functions"},
-}
 # What `--resume` may change: how and where the run continues, never what it computes (except extending epochs).
 RESUME_OVERRIDES = ("epochs", "max_minutes", "data_dir", "download", "log_every", "tensorboard", "device", "workers",
                     "memory", "dist_timeout")  # fmt: skip
@@ -78,6 +73,27 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--" + f.name.replace("_", "-"), **kw)
 
 
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    """The model keywords: ``--model-kw KEY=VALUE`` and one flag per :data:`odearch.models.MODEL_OPTIONS` entry, all
+    into the config's ``model_kwargs`` (only when given); each flag's help names the models that take it."""
+    from .models import MODEL_OPTIONS, option_help
+
+    m = p.add_argument_group("model keywords (passed only when given; YAML: model_kwargs)")
+    m.add_argument("--model-kw", action="append", default=[], metavar="KEY=VALUE",
+                   help="any model keyword, VALUE parsed as YAML (repeatable)")  # fmt: skip
+    for name, spec in MODEL_OPTIONS.items():
+        kw = {k: v for k, v in spec.items() if k != "help"}
+        if kw.get("type") is bool:
+            kw = {"action": argparse.BooleanOptionalAction}
+        m.add_argument("--" + name.replace("_", "-"), dest=f"mk_{name}", default=None, help=option_help(name), **kw)
+
+
+def _add_models_parser(sub: Any) -> None:
+    ls = sub.add_parser("models", help="registered models with parameter counts", allow_abbrev=False)
+    ls.add_argument("--markdown", action="store_true", help="a Markdown table (for the README)")
+    ls.add_argument("--pattern", help="shell-style filter, e.g. 'lm_*'")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand."""
     parser = _Parser(prog="odearch", description="LM-ResNet and friends: train, evaluate, list and analyze models.",
@@ -94,11 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--nproc", type=int, metavar="N", help="train in N processes on this machine (re-launches itself "
                                                           "under torchrun; --batch-size stays global)")  # fmt: skip
     _add_config_flags(t)
-    m = t.add_argument_group("model keywords (passed only when given; YAML: model_kwargs)")
-    m.add_argument("--model-kw", action="append", default=[], metavar="KEY=VALUE",
-                   help="any model keyword, VALUE parsed as YAML (repeatable)")  # fmt: skip
-    for name, kw in MODEL_FLAGS.items():
-        m.add_argument("--" + name.replace("_", "-"), dest=f"mk_{name}", default=None, **kw)
+    _add_model_flags(t)
 
     e = sub.add_parser("eval", help="test loss and accuracy (overall and per class) of a run or checkpoint",
                        allow_abbrev=False)  # fmt: skip
@@ -116,9 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="write the JSON here ('-': stdout; default: RUN/eval_<checkpoint>.json, or stdout "
                                   "for a bare checkpoint)")  # fmt: skip
 
-    ls = sub.add_parser("models", help="registered models with parameter counts", allow_abbrev=False)
-    ls.add_argument("--markdown", action="store_true", help="a Markdown table (for the README)")
-    ls.add_argument("--pattern", help="shell-style filter, e.g. 'lm_*'")
+    _add_models_parser(sub)
 
     c = sub.add_parser("convert", help="convert a checkpoint of another code base to odearch safetensors",
                        allow_abbrev=False)  # fmt: skip
@@ -160,6 +170,7 @@ def _parse_model_kw(items: list[str]) -> dict[str, Any]:
 
 def _config_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
     """Resolves (TrainConfig, resume) from --config YAML, then flags, or from the run dir with --resume."""
+    from .models import MODEL_OPTIONS
     from .train import RunDir, TrainConfig, load_yaml
     from .train.config import ConfigError
     from .train.rundir import resolve_data_dir
@@ -167,7 +178,7 @@ def _config_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
     fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "model_kwargs"]
     flags = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
     model_kw = _parse_model_kw(args.model_kw)
-    model_kw |= {k: getattr(args, f"mk_{k}") for k in MODEL_FLAGS if getattr(args, f"mk_{k}") is not None}
+    model_kw |= {k: getattr(args, f"mk_{k}") for k in MODEL_OPTIONS if getattr(args, f"mk_{k}") is not None}
     if args.resume:
         changed = sorted(set(flags) - set(RESUME_OVERRIDES) - {"out"})
         if args.config or changed or model_kw or args.overwrite:
@@ -336,53 +347,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------- models
-def model_table(pattern: str | None = None) -> list[dict[str, Any]]:
-    """Name, parameter count (with the entry's own classifier: 10 classes for CIFAR models, 1000 for ImageNet
-    ones), classes, family and scheme of every registered model (built on the meta device: no memory)."""
-    import torch
-
-    from . import Stage, create_model, list_models
-    from .models import model_entrypoint
-
-    rows = []
-    for name in list_models(pattern):
-        with torch.device("meta"):
-            model = create_model(name)
-        schemes = sorted({m.scheme.name for m in model.modules() if isinstance(m, Stage)})
-        heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-        rows.append(
-            {
-                "name": name,
-                "params": sum(p.numel() for p in model.parameters()),
-                "classes": heads[-1].out_features if heads else None,
-                "family": model_entrypoint(name).__module__.rsplit(".", 1)[-1],
-                "scheme": ",".join(schemes),
-            }
-        )
-    return rows
-
-
-def models_markdown(pattern: str | None = None) -> str:
-    """The model table as Markdown (README.md's model table is this text, checked by tests/test_readme.py)."""
-    lines = ["| model | params | classes | family | scheme |", "|---|--:|--:|---|---|"]
-    for r in model_table(pattern):
-        lines.append(f"| `{r['name']}` | {r['params']:,} | {r['classes']} | {r['family']} | {r['scheme']} |")
-    return "\n".join(lines)
-
-
 def _cmd_models(args: argparse.Namespace) -> int:
+    """Print the registry (:func:`odearch.models.model_table`), or its Markdown table with ``--markdown``."""
     if args.markdown:
         print(models_markdown(args.pattern))
         return 0
-    from .models import list_pretrained
-
-    weights: dict[str, list[str]] = {}  # model -> tags of its shipped weights (create_model(..., pretrained=True))
-    for full in list_pretrained():
-        weights.setdefault(full.partition(".")[0], []).append(full.partition(".")[2])
     print(f"{'model':<22} {'params (M)':>10} {'classes':>7}  {'family':<15} {'scheme':<8} pretrained weights")
     for r in model_table(args.pattern):
         print(f"{r['name']:<22} {r['params'] / 1e6:>10.3f} {r['classes']:>7}  {r['family']:<15} {r['scheme']:<8} "
-              f"{', '.join(weights.get(r['name'], [])) or '-'}")  # fmt: skip
+              f"{', '.join(r['pretrained']) or '-'}")  # fmt: skip
     return 0
 
 

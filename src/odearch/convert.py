@@ -27,14 +27,14 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .models.imagenet_resnet import LAYER_NAMES
 from .nn import Stage
 from .nn.compat import use_torchvision_names
+from .nn.network import out_channels as _out_channels
 from .nn.stage import step_runner
 from .schemes import LMScheme, Scheme
 
 __all__ = ["TimmBranch", "TorchvisionBranch", "akamaster_state_dict", "from_lm", "load_akamaster", "to_lm"]
-
-LAYER_NAMES = ("layer1", "layer2", "layer3", "layer4")
 
 
 # ------------------------------------------------------------------------------------------------ residual branches
@@ -103,13 +103,6 @@ def _block_kind(block: nn.Module) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------------- stages
-def _out_channels(fn: Any) -> int | None:
-    """Output channels of a residual function: those of its last convolution (None if it has none)."""
-    modules = fn.modules() if isinstance(fn, nn.Module) else nn.ModuleList(list(fn)).modules()
-    convs = [m for m in modules if isinstance(m, nn.Conv2d)]
-    return convs[-1].out_channels if convs else None
-
-
 def _lm_stage_from_blocks(layer: nn.Module, name: str, scheme: LMScheme) -> Stage:
     """An LM Stage over the residual branches of a ``nn.Sequential`` of torchvision / timm blocks."""
     blocks = list(layer.children()) if isinstance(layer, nn.Sequential) else []

@@ -1,117 +1,148 @@
-"""Shared helpers for the model families: stage assembly and table-driven registration."""
+"""Stage assembly shared by the model families: ``make_stages`` (timm's ``make_blocks``, torchvision's
+``_make_layer``) builds every stage of a network from one small :class:`StageSpec` per stage."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from torch import nn
 
 from ..nn import Stage
-from ..nn.drop import check_drop_mode, check_survival, linear_survival
-from ..schemes import ButcherTableau, LMScheme, RevScheme, Scheme, get_scheme
-from ._registry import register_model
+from ..nn.stage import step_runner
+from ..nn.stochastic import StochasticDepth
+from ..schemes import Scheme, get_scheme
+
+__all__ = ["StageSpec", "make_stages"]
 
 BlockFn = Callable[[int, int, int], nn.Module]  # (in_planes, planes, stride) -> residual function
+ShortcutFn = Callable[[int, int, int], nn.Module]  # (in_planes, out_planes, stride) -> projection
 
 
-def make_stage(
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage: ``blocks`` residual functions of width ``planes`` mapping to ``out_planes`` channels.
+
+    Args:
+        planes: the width a block is built with (its bottleneck or grouped width).
+        out_planes: channels of the stage's state (``planes`` times the block's expansion).
+        blocks: residual functions (steps) of the stage.
+        stride: stride of the first block.
+        block: this stage's block, when it differs from the network's (e.g. widths bound with ``partial``).
+        history: build the stage's LM history projection Q (``make_stages``' ``history_shortcut``).
+    """
+
+    planes: int
+    out_planes: int
+    blocks: int
+    stride: int = 1
+    block: BlockFn | None = None
+    history: bool = False
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How one step of a scheme is built: ``count`` blocks of 1 / ``split`` of the width, as a tuple if
+    ``grouped``; ``per_channel``: LM coefficients per channel."""
+
+    count: int = 1
+    split: int = 1
+    grouped: bool = False
+    per_channel: bool = False
+
+
+def _step_layout(scheme: Scheme, fractal: bool, planes: int, out_planes: int) -> _Layout:
+    """The residual functions a step of ``scheme`` needs: the one place stage assembly reads a scheme's type.
+
+    RevNet steps use a pair (F, G) of half-width blocks; with ``fractal=True`` a Runge-Kutta step gets one block per
+    inner stage (the FractalNet reading) instead of sharing one; LM schemes may have one k per channel.
+    """
+    runner = step_runner(scheme)
+    if fractal and not (runner.accepts_single and runner.accepts_tuple):
+        raise ValueError(f"fractal=True needs a Runge-Kutta scheme, not {scheme.name!r}")
+    if not runner.accepts_single:  # RevNet: one half-width function per part of the split state
+        if out_planes % runner.split or planes % runner.split:
+            raise ValueError(f"the {scheme.name} scheme splits the state in {runner.split}: widths must divide by it")
+        return _Layout(count=runner.branches, split=runner.split, grouped=True)
+    if fractal:
+        return _Layout(count=runner.branches, grouped=True)
+    return _Layout(per_channel=runner.needs_channels)
+
+
+def make_stages(
     scheme: str | Scheme,
-    block: BlockFn,
+    specs: Sequence[StageSpec],
     in_planes: int,
-    planes: int,
-    out_planes: int,
-    num_blocks: int,
-    stride: int,
     *,
-    shortcut: Callable[[int, int, int], nn.Module] | None,
-    history_shortcut: nn.Module | None = None,
-    post_act: nn.Module | None = None,
+    block: BlockFn | None = None,
+    shortcut: ShortcutFn | None,
+    history_shortcut: ShortcutFn | None = None,
+    post_act: Callable[[], nn.Module] | None = None,
     fractal: bool = False,
-    survival: Sequence[float] | None = None,
-    drop_mode: str = "batch",
-    noise_sigma: float | None = None,
-) -> Stage:
-    """One stage of ``num_blocks`` residual functions integrated by ``scheme``.
+    stochastic: StochasticDepth | None = None,
+) -> list[Stage]:
+    """The stages of a network, built in order (so parameter init and state_dict keys follow the specs).
 
-    The first block is a transition (plain step u_1 = P(u_0) + f_0(u_0), P = ``shortcut(in, out, stride)``) when
-    the stride or the width changes. RevNet steps use a pair (F, G) of half-width blocks; with ``fractal=True`` a
-    Runge-Kutta step gets one block per inner stage (the FractalNet reading) instead of sharing one.
-    ``survival``, ``drop_mode``, ``noise_sigma``: the Stage's stochastic-training options (one survival probability
-    per block; see :func:`stochastic_options` for a whole network's).
+    A stage's first block is a transition (plain step u_1 = P(u_0) + f_0(u_0), P = ``shortcut(in, out, stride)``)
+    when the stride or the width changes; the LM history then restarts from P(u_0), or from Q(u_0) with
+    ``history_shortcut`` on a spec with ``history=True``.
+
+    Args:
+        scheme: the integrator of every stage (a name or a scheme object).
+        specs: one :class:`StageSpec` per stage.
+        in_planes: channels entering the first stage (the stem's output).
+        block: the residual function builder ``(in_planes, planes, stride)``, unless a spec has its own.
+        shortcut: the transition projection builder; None: the family has none (a transition is refused).
+        history_shortcut: the LM history projection builder Q, for the specs with ``history=True``.
+        post_act: builder of the activation after each step (``nn.ReLU`` for post-activation families).
+        fractal: a Runge-Kutta step with one block per inner stage.
+        stochastic: stochastic depth and noise injection over the whole network (default off).
     """
     scheme = get_scheme(scheme)
-    transition = stride != 1 or in_planes != out_planes
+    opts = (stochastic or StochasticDepth()).stage_kwargs([s.blocks for s in specs])
+    stages = []
+    for spec, kw in zip(specs, opts):
+        fn = spec.block or block
+        assert fn is not None, "make_stages needs a block, for the network or per spec"
+        history = None
+        if spec.history and history_shortcut is not None:  # built before the blocks: init order as before
+            history = history_shortcut(in_planes, spec.out_planes, spec.stride)
+        stages.append(_make_stage(scheme, spec, fn, in_planes, shortcut, history, post_act, fractal, kw))
+        in_planes = spec.out_planes
+    return stages
+
+
+def _make_stage(
+    scheme: Scheme,
+    spec: StageSpec,
+    block: BlockFn,
+    in_planes: int,
+    shortcut: ShortcutFn | None,
+    history: nn.Module | None,
+    post_act: Callable[[], nn.Module] | None,
+    fractal: bool,
+    stochastic: dict[str, object],
+) -> Stage:
+    """One stage of ``spec.blocks`` residual functions integrated by ``scheme`` (see :func:`make_stages`)."""
+    planes, out_planes = spec.planes, spec.out_planes
+    transition = spec.stride != 1 or in_planes != out_planes
     if transition and shortcut is None:
         raise ValueError("this family has no shortcut for a stride or width change")
-    if fractal and not isinstance(scheme, ButcherTableau):
-        raise ValueError(f"fractal=True needs a Runge-Kutta scheme, not {scheme.name!r}")
-    if isinstance(scheme, RevScheme) and (out_planes % 2 or planes % 2):
-        raise ValueError("the rev scheme splits the state in two: widths must be even")
+    layout = _step_layout(scheme, fractal, planes, out_planes)
 
-    def step(first: bool) -> nn.Module | tuple[nn.Module, ...]:
-        if first and transition:
-            return block(in_planes, planes, stride)
-        if isinstance(scheme, RevScheme):
-            return (block(out_planes // 2, planes // 2, 1), block(out_planes // 2, planes // 2, 1))
-        if fractal:
-            assert isinstance(scheme, ButcherTableau)
-            return tuple(block(out_planes, planes, 1) for _ in range(scheme.stages))
-        return block(out_planes, planes, 1)
+    def step(n: int) -> nn.Module | tuple[nn.Module, ...]:
+        if n == 0 and transition:
+            return block(in_planes, planes, spec.stride)
+        fns = tuple(block(out_planes // layout.split, planes // layout.split, 1) for _ in range(layout.count))
+        return fns if layout.grouped else fns[0]
 
-    fns = [step(n == 0) for n in range(num_blocks)]
+    fns = [step(n) for n in range(spec.blocks)]
     return Stage(
         scheme,
         fns,
-        shortcut=shortcut(in_planes, out_planes, stride) if transition and shortcut is not None else None,
-        history_shortcut=history_shortcut,
-        post_act=post_act,
-        channels=out_planes if isinstance(scheme, LMScheme) and scheme.per_channel else None,
-        survival=survival,
-        drop_mode=drop_mode,
-        noise_sigma=noise_sigma,
+        shortcut=shortcut(in_planes, out_planes, spec.stride) if transition and shortcut is not None else None,
+        history_shortcut=history,
+        post_act=post_act() if post_act is not None else None,
+        channels=out_planes if layout.per_channel else None,
+        **stochastic,  # type: ignore[arg-type]
     )
-
-
-def stochastic_options(
-    layers: Sequence[int], p_last: float | None = None, drop_mode: str = "batch", noise_sigma: float | None = None
-) -> list[dict[str, object]]:
-    """The stochastic-training keyword arguments of each stage's :func:`make_stage`, for a whole network.
-
-    Stochastic depth decays linearly over all blocks of the network (:func:`odearch.nn.drop.linear_survival`,
-    first block 1, last ``p_last``), cut into one slice per stage. Validates the options: a model constructor
-    calls this first, so bad values fail there with a ``ValueError``.
-
-    Args:
-        layers: residual blocks (steps) per stage.
-        p_last: survival probability of the network's last block, 0 < p_L <= 1; None or 1 turns it off.
-        drop_mode: ``"batch"`` (one draw per mini-batch; dropped blocks are skipped) or ``"sample"``.
-        noise_sigma: standard deviation of the noise injected after every block in training; None or 0: off.
-    """
-    check_drop_mode(drop_mode)
-    if noise_sigma is not None and not (math.isfinite(noise_sigma) and noise_sigma >= 0.0):
-        raise ValueError(f"noise_sigma must be a finite standard deviation >= 0, got {noise_sigma}")
-    if p_last is not None:
-        check_survival(p_last, "p_last")
-    probs = None if p_last is None or p_last == 1.0 else linear_survival(sum(layers), p_last)
-    out, start = [], 0
-    for n in layers:
-        survival = None if probs is None else probs[start : start + n]
-        out.append({"survival": survival, "drop_mode": drop_mode, "noise_sigma": noise_sigma})
-        start += n
-    return out
-
-
-def register_table(
-    rows: list[tuple[str, dict[str, object], str]], build: Callable[..., nn.Module], module: str
-) -> None:
-    """Register one constructor per (name, model_args, docstring) row; caller kwargs win over model_args."""
-    for name, model_args, doc in rows:
-
-        def entry(num_classes: int = 10, _args: dict[str, object] = model_args, **kwargs: object) -> nn.Module:
-            return build(num_classes=num_classes, **{**_args, **kwargs})
-
-        entry.__name__ = entry.__qualname__ = name
-        entry.__doc__ = doc
-        entry.__module__ = module
-        register_model(entry)

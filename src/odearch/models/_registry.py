@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..nn.stochastic import STOCHASTIC_KEYWORDS, fold_stochastic
 
 ModelFn = Callable[..., nn.Module]
 
@@ -23,6 +26,52 @@ def register_model(fn: ModelFn) -> ModelFn:
         raise ValueError(f"model {name!r} is already registered")
     _MODELS[name] = fn
     return fn
+
+
+def register_table(build: Callable[..., nn.Module], module: str, rows: dict[str, tuple[dict[str, Any], str]]) -> None:
+    """Register one entry per row ``name: (model_args, docstring)`` of a family's table: ``name(**kwargs)`` calls
+    ``build(**model_args, **kwargs)``, the caller's kwargs winning (timm's rule), with ``p_last`` / ``drop_mode`` /
+    ``noise_sigma`` folded into one ``stochastic=`` value. The options an entry takes are ``build``'s keywords
+    (:func:`model_options`)."""
+    options = frozenset(inspect.signature(build).parameters) | frozenset(STOCHASTIC_KEYWORDS)
+    for name, (model_args, doc) in rows.items():
+
+        def entry(_args: dict[str, Any] = model_args, **kwargs: Any) -> nn.Module:
+            return build(**fold_stochastic({**_args, **kwargs}))
+
+        entry.__name__ = entry.__qualname__ = name
+        entry.__doc__ = doc
+        entry.__module__ = module
+        entry.options = options  # type: ignore[attr-defined]
+        register_model(entry)
+
+
+def model_options(name: str) -> frozenset[str] | None:
+    """The keyword options that model ``name`` takes (None: not known, a constructor registered by hand)."""
+    return getattr(model_entrypoint(name.partition(".")[0]), "options", None)
+
+
+def models_taking(option: str) -> list[str]:
+    """The registered models that take the keyword ``option``, sorted."""
+    return [n for n in list_models() if option in (model_options(n) or ())]
+
+
+def check_model_options(name: str, kwargs: dict[str, Any]) -> None:
+    """Raise a one-line ``ValueError`` if model ``name`` does not take every key of ``kwargs``, naming for each such
+    key the models that do (so ``--shake`` on ``lm_resnet20`` says which models have shake-shake blocks)."""
+    options = model_options(name)
+    bad = sorted(set(kwargs) - options) if options is not None else []
+    if not bad:
+        return
+    hints = []
+    for key in bad:
+        takers = models_taking(key)
+        if takers:
+            hints.append(f"{key!r} is an option of {', '.join(takers)}")
+        else:
+            close = difflib.get_close_matches(key, sorted(options), n=1)  # type: ignore[arg-type]
+            hints.append(f"no model takes {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ValueError(f"model {name!r} does not take {', '.join(map(repr, bad))}: {'; '.join(hints)}")
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -80,17 +129,10 @@ def create_model(
     base_name = name.partition(".")[0]
     fn = model_entrypoint(base_name)
     if drop_path_rate is not None:
-        if not 0.0 <= float(drop_path_rate) < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1) (p_last = 1 - drop_path_rate), got {drop_path_rate}")
-        p_last = 1.0 - float(drop_path_rate)
-        if kwargs.get("p_last") is not None and not math.isclose(float(kwargs["p_last"]), p_last):
-            raise ValueError(
-                f"drop_path_rate={drop_path_rate} means p_last={p_last:g}, but p_last={kwargs['p_last']} was given: "
-                "give one of them"
-            )
-        kwargs["p_last"] = p_last
+        kwargs["p_last"] = _p_last_of(drop_path_rate, kwargs.get("p_last"))
     if out_indices is not None and not features_only:
         raise ValueError("out_indices selects the stages of features_only=True: set features_only=True")
+    check_model_options(base_name, {k: v for k, v in kwargs.items() if v is not None})
     pooled = num_classes == 0  # build the entry's classifier (and weights), then remove it, as timm does
     if pretrained:
         model = _create_pretrained(fn, name, None if pooled else num_classes, kwargs)
@@ -99,15 +141,34 @@ def create_model(
         model = fn(**kwargs)
     if pooled:
         model.reset_classifier(0)  # type: ignore[operator]
+    return _adapt(model, name, in_chans, features_only, out_indices)
+
+
+def _adapt(
+    model: nn.Module, name: str, in_chans: int | None, features_only: bool, out_indices: Sequence[int] | None
+) -> nn.Module:
+    """``create_model``'s last steps: input channels, the data config's architecture, features-only mode."""
     if in_chans is not None and in_chans != 3:
         adapt_input_conv(model, in_chans)
     if hasattr(model, "pretrained_cfg"):
-        model.pretrained_cfg = {**model.pretrained_cfg, "architecture": base_name}
+        model.pretrained_cfg = {**model.pretrained_cfg, "architecture": name.partition(".")[0]}
     if features_only:
         if not hasattr(model, "set_features_only"):
             raise ValueError(f"{name!r} has no stages to return as features")
         model.set_features_only(out_indices)  # type: ignore[operator]
     return model
+
+
+def _p_last_of(drop_path_rate: float, p_last: float | None) -> float:
+    """timm's ``drop_path_rate`` as p_last = 1 - drop_path_rate; a ``p_last`` given too must agree."""
+    if not 0.0 <= float(drop_path_rate) < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1) (p_last = 1 - drop_path_rate), got {drop_path_rate}")
+    implied = 1.0 - float(drop_path_rate)
+    if p_last is not None and not math.isclose(float(p_last), implied):
+        raise ValueError(
+            f"drop_path_rate={drop_path_rate} means p_last={implied:g}, but p_last={p_last} was given: give one of them"
+        )
+    return implied
 
 
 def _create_pretrained(fn: ModelFn, name: str, num_classes: int | None, kwargs: dict[str, Any]) -> nn.Module:

@@ -37,26 +37,30 @@ run against v1.5 numbers.
 
 The LM twins are their plain twins plus one k_n per LM step (blocks - 1 per stage): the paper's printed LM
 ImageNet parameter counts are not confirmed, so nothing else is added. ``scheme=`` swaps the integrator as in the
-CIFAR families. Recipe: ``configs/imagenet/*.yaml`` and :mod:`odearch.data.imagenet`.
+CIFAR families, and ``p_last=`` (or ``drop_path_rate=``, ``stochastic=``) adds stochastic depth as there.
+Recipe: ``configs/imagenet/*.yaml`` and :mod:`odearch.data.imagenet`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 from torch import Tensor, nn
 
 from ..nn import BasicBlock, Projection, ResNeXtBottleneck, Stage, init_weights
 from ..nn.compat import use_torchvision_names
-from ..nn.network import TimmInterface
-from ..schemes import RevScheme, Scheme, get_scheme
-from ._builders import make_stage, stochastic_options
-from ._registry import register_model
+from ..nn.network import TimmInterface, out_channels
+from ..nn.stage import step_runner
+from ..nn.stochastic import StochasticDepth
+from ..schemes import Scheme
+from ._builders import StageSpec, make_stages
+from ._registry import register_table
 
-__all__ = ["ImageNetResNet", "imagenet_resnet"]
+__all__ = ["LAYER_NAMES", "ImageNetResNet", "imagenet_resnet"]
 
-LAYER_NAMES = ("layer1", "layer2", "layer3", "layer4")
+LAYER_NAMES = ("layer1", "layer2", "layer3", "layer4")  # torchvision's stage attributes (also read by odearch.convert)
 
 
 class ImageNetResNet(TimmInterface, nn.Module):
@@ -84,7 +88,7 @@ class ImageNetResNet(TimmInterface, nn.Module):
         for name, layer in zip(LAYER_NAMES, layers):
             self.add_module(name, use_torchvision_names(layer))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(_out_channels(layers[-1]), num_classes)
+        self.fc = nn.Linear(out_channels(layers[-1].blocks[-1]), num_classes)  # type: ignore[arg-type]
         self._check_classifier()
 
     @property
@@ -107,37 +111,27 @@ class ImageNetResNet(TimmInterface, nn.Module):
     def _remove_head(self) -> None:
         self.fc = nn.Identity()
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """The state after layer4, (B, C, H / 32, W / 32)."""
-        u = self._stem(x)
-        u_prev = None
-        for stage in self.stages:
-            u, u_prev = stage(u, u_prev, return_history=True)
-        return u
-
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Pool and classify layer4's state; with ``pre_logits`` the pooled features (B, num_features)."""
         x = self.avgpool(x).flatten(1)
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        """Logits (B, num_classes) for images x (B, 3, H, W); pooled features with ``num_classes=0``; in
-        features-only mode the list of the selected stage outputs."""
-        if self._feature_indices is not None:
-            outs = self.stage_outputs(x)
-            return [outs[i] for i in self._feature_indices]
-        return self.forward_head(self.forward_features(x))
-
-
-def _out_channels(stage: Stage) -> int:
-    """Channels of a stage's output: those of the last convolution of its last residual function."""
-    convs = [m for m in nn.ModuleList(stage.blocks[-1:]).modules() if isinstance(m, nn.Conv2d)]
-    return convs[-1].out_channels
-
 
 def _bottleneck(in_planes: int, planes: int, stride: int, *, out_planes: int, groups: int) -> ResNeXtBottleneck:
-    """``make_stage``'s (in_planes, planes, stride) signature; ``planes`` is the (grouped) bottleneck width."""
+    """``make_stages``' (in_planes, planes, stride) signature; ``planes`` is the (grouped) bottleneck width."""
     return ResNeXtBottleneck(in_planes, out_planes, planes, groups, stride)
+
+
+def _stage_specs(layers: Sequence[int], bottleneck: bool, groups: int, width_per_group: int) -> list[StageSpec]:
+    """torchvision's stages: planes 64 / 128 / 256 / 512, x4 out of a bottleneck of width
+    ``int(planes * width_per_group / 64) * groups``; strides 1 / 2 / 2 / 2."""
+    if not bottleneck:
+        return [StageSpec(p, p, n, s, block=BasicBlock) for p, n, s in zip((64, 128, 256, 512), layers, (1, 2, 2, 2))]
+    return [
+        StageSpec(int(p * (width_per_group / 64.0)) * groups, 4 * p, n, s,
+                  block=partial(_bottleneck, out_planes=4 * p, groups=groups))
+        for p, n, s in zip((64, 128, 256, 512), layers, (1, 2, 2, 2))
+    ]  # fmt: skip
 
 
 def imagenet_resnet(
@@ -148,9 +142,7 @@ def imagenet_resnet(
     scheme: str | Scheme = "euler",
     num_classes: int = 1000,
     zero_init_residual: bool = False,
-    p_last: float | None = None,
-    drop_mode: str = "batch",
-    noise_sigma: float | None = None,
+    stochastic: StochasticDepth | None = None,
 ) -> ImageNetResNet:
     """An ImageNet ResNet / ResNeXt (torchvision v1.5 layout) whose stages integrate with ``scheme``.
 
@@ -164,40 +156,15 @@ def imagenet_resnet(
         num_classes: classifier size.
         zero_init_residual: zero the last BN weight of every residual function, so each step starts as the
             identity (Goyal et al. 2017; torchvision's option of the same name, off by default there too).
-        p_last: stochastic depth: survival probability of the last block, linear decay from 1 over all blocks
-            (None or 1: off); a dropped block is u_{n+1} = ReLU(u_n).
-        drop_mode: stochastic depth per mini-batch (``"batch"``) or per sample (``"sample"``).
-        noise_sigma: noise injection after every block in training, before its ReLU (None: off).
+        stochastic: stochastic depth and noise injection (default off); a dropped block is u_{n+1} = ReLU(u_n),
+            and the noise is added before the ReLU.
     """
-    if isinstance(get_scheme(scheme), RevScheme):
+    if step_runner(scheme).split > 1:  # RevNet's (F, G) halves
         raise ValueError("the rev scheme is not defined on the post-activation ImageNet ResNet")
     if not bottleneck and (groups != 1 or width_per_group != 64):
         raise ValueError("BasicBlock only supports groups=1 and width_per_group=64")
-    expansion = 4 if bottleneck else 1
-    stochastic = stochastic_options(layers, p_last, drop_mode, noise_sigma)
-    in_planes, stages = 64, []
-    for planes, stride, n, opts in zip((64, 128, 256, 512), (1, 2, 2, 2), layers, stochastic):
-        out_planes = planes * expansion
-        if bottleneck:
-            width = int(planes * (width_per_group / 64.0)) * groups
-            block = partial(_bottleneck, out_planes=out_planes, groups=groups)
-        else:
-            width, block = planes, BasicBlock
-        stages.append(
-            make_stage(
-                scheme,
-                block,
-                in_planes,
-                width,
-                out_planes,
-                n,
-                stride,
-                shortcut=Projection,
-                post_act=nn.ReLU(),
-                **opts,  # type: ignore[arg-type]
-            )
-        )
-        in_planes = out_planes
+    specs = _stage_specs(layers, bottleneck, groups, width_per_group)
+    stages = make_stages(scheme, specs, 64, shortcut=Projection, post_act=nn.ReLU, stochastic=stochastic)
     model = ImageNetResNet(stages, num_classes=num_classes)
     init_weights(model)
     if zero_init_residual:
@@ -207,57 +174,50 @@ def imagenet_resnet(
     return model
 
 
-_PAPER = "Lu et al. 2018, https://arxiv.org/abs/1710.10121"
-_ROWS: list[tuple[str, dict[str, object], str]] = []
-for _d, _layers, _params, _err in (
-    (50, (3, 4, 6, 3), "25.6M", ("24.7 / 7.8", "23.8 / 7.0 (?)", "23.87 / 7.14")),
-    (101, (3, 4, 23, 3), "44.5M", ("23.6 / 7.1", "22.6 / 6.4 (?)", "22.63 / 6.45")),
-    (152, (3, 8, 36, 3), "60.2M", ("23.0 / 6.7", None, "21.69 / 5.95")),
-):
-    _steps = sum(_layers) - len(_layers)
-    _ROWS.append(
-        (
-            f"resnet{_d}",
-            {"layers": _layers},
-            f"ResNet-{_d} for ImageNet (He et al. 2015, https://arxiv.org/abs/1512.03385; torchvision v1.5 layout "
-            f"and checkpoint keys): {_params} parameters; top-1 / top-5 error {_err[0]}% in the paper's table, which "
-            f"is the original Caffe v1 model's (stride on the 1x1); torchvision's v1.5 weights: {_err[2]}%.",
-        )
-    )
-    _ROWS.append(
-        (
-            f"lm_resnet{_d}",
-            {"layers": _layers, "scheme": "lm"},
-            f"LM-ResNet-{_d} for ImageNet ({_PAPER}): resnet{_d} ({_params}) plus {_steps} k_n (the printed LM "
-            f"parameter count is not confirmed)" + (f"; top-1 / top-5 error {_err[1]}%." if _err[1] else "."),
-        )
-    )
-_ROWS += [
-    (
-        "resnext50_32x4d",
-        {"layers": (3, 4, 6, 3), "groups": 32, "width_per_group": 4},
+# One row per registered name: name -> (constructor arguments, docstring).
+_ROWS: dict[str, tuple[dict[str, Any], str]] = {
+    "resnet50": (
+        dict(layers=(3, 4, 6, 3)),
+        "ResNet-50 for ImageNet (He et al. 2015, https://arxiv.org/abs/1512.03385; torchvision v1.5 layout and "
+        "checkpoint keys): 25.6M parameters; top-1 / top-5 error 24.7 / 7.8% in the paper's table, which is the "
+        "original Caffe v1 model's (stride on the 1x1); torchvision's v1.5 weights: 23.87 / 7.14%.",
+    ),
+    "lm_resnet50": (
+        dict(layers=(3, 4, 6, 3), scheme="lm"),
+        "LM-ResNet-50 for ImageNet (Lu et al. 2018, https://arxiv.org/abs/1710.10121): resnet50 (25.6M) plus 12 k_n "
+        "(the printed LM parameter count is not confirmed); top-1 / top-5 error 23.8 / 7.0 (?)%.",
+    ),
+    "resnet101": (
+        dict(layers=(3, 4, 23, 3)),
+        "ResNet-101 for ImageNet (He et al. 2015, https://arxiv.org/abs/1512.03385; torchvision v1.5 layout and "
+        "checkpoint keys): 44.5M parameters; top-1 / top-5 error 23.6 / 7.1% in the paper's table, which is the "
+        "original Caffe v1 model's (stride on the 1x1); torchvision's v1.5 weights: 22.63 / 6.45%.",
+    ),
+    "lm_resnet101": (
+        dict(layers=(3, 4, 23, 3), scheme="lm"),
+        "LM-ResNet-101 for ImageNet (Lu et al. 2018, https://arxiv.org/abs/1710.10121): resnet101 (44.5M) plus 29 k_n"
+        " (the printed LM parameter count is not confirmed); top-1 / top-5 error 22.6 / 6.4 (?)%.",
+    ),
+    "resnet152": (
+        dict(layers=(3, 8, 36, 3)),
+        "ResNet-152 for ImageNet (He et al. 2015, https://arxiv.org/abs/1512.03385; torchvision v1.5 layout and "
+        "checkpoint keys): 60.2M parameters; top-1 / top-5 error 23.0 / 6.7% in the paper's table, which is the "
+        "original Caffe v1 model's (stride on the 1x1); torchvision's v1.5 weights: 21.69 / 5.95%.",
+    ),
+    "lm_resnet152": (
+        dict(layers=(3, 8, 36, 3), scheme="lm"),
+        "LM-ResNet-152 for ImageNet (Lu et al. 2018, https://arxiv.org/abs/1710.10121): resnet152 (60.2M) plus 46 k_n"
+        " (the printed LM parameter count is not confirmed).",
+    ),
+    "resnext50_32x4d": (
+        dict(layers=(3, 4, 6, 3), groups=32, width_per_group=4),
         "ResNeXt-50 32x4d for ImageNet (Xie et al. 2017, https://arxiv.org/abs/1611.05431; torchvision layout and "
         "checkpoint keys): 25.0M parameters.",
     ),
-    (
-        "lm_resnext50_32x4d",
-        {"layers": (3, 4, 6, 3), "groups": 32, "width_per_group": 4, "scheme": "lm"},
-        f"LM-ResNeXt-50 32x4d for ImageNet ({_PAPER}): resnext50_32x4d (25.0M) plus 12 k_n.",
+    "lm_resnext50_32x4d": (
+        dict(layers=(3, 4, 6, 3), groups=32, width_per_group=4, scheme="lm"),
+        "LM-ResNeXt-50 32x4d for ImageNet (Lu et al. 2018, https://arxiv.org/abs/1710.10121): resnext50_32x4d (25.0M)"
+        " plus 12 k_n.",
     ),
-]
-
-
-def _register(name: str, model_args: dict[str, object], doc: str) -> None:
-    """One entry per row (ImageNet default: 1000 classes); caller kwargs win over ``model_args``."""
-
-    def entry(num_classes: int = 1000, **kwargs: object) -> nn.Module:
-        return imagenet_resnet(num_classes=num_classes, **{**model_args, **kwargs})  # type: ignore[arg-type]
-
-    entry.__name__ = entry.__qualname__ = name
-    entry.__doc__ = doc
-    entry.__module__ = __name__
-    register_model(entry)
-
-
-for _row in _ROWS:
-    _register(*_row)
+}
+register_table(imagenet_resnet, __name__, _ROWS)

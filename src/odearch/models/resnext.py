@@ -20,12 +20,16 @@ odearch before issue 14).
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 from torch import nn
 
 from ..nn import Projection, ResidualNetwork, ResNeXtBottleneck, conv3x3, init_weights
-from ..schemes import LMScheme, RevScheme, Scheme, get_scheme
-from ._builders import make_stage, register_table, stochastic_options
+from ..nn.stage import step_runner
+from ..nn.stochastic import StochasticDepth
+from ..schemes import Scheme, get_scheme
+from ._builders import StageSpec, make_stages
+from ._registry import register_table
 
 __all__ = ["cifar_resnext"]
 
@@ -37,9 +41,7 @@ def cifar_resnext(
     num_classes: int = 10,
     depth: int = 29,
     history_projection: bool = False,
-    p_last: float | None = None,
-    drop_mode: str = "batch",
-    noise_sigma: float | None = None,
+    stochastic: StochasticDepth | None = None,
 ) -> ResidualNetwork:
     """A CIFAR ResNeXt-(9n + 2) with ``cardinality`` groups of ``base_width`` channels in its first stage.
 
@@ -51,76 +53,55 @@ def cifar_resnext(
         depth: 9n + 2 (29 for the paper's rows).
         history_projection: LM only: the history across the stage-2/3 transitions is Q(u_0), Q a conv1x1-BN of its
             own, instead of P(u_0).
-        p_last: stochastic depth: survival probability of the last block, linear decay from 1 over all blocks
-            (None or 1: off).
-        drop_mode: stochastic depth per mini-batch (``"batch"``) or per sample (``"sample"``).
-        noise_sigma: noise injection after every block in training, before its ReLU (None: off).
+        stochastic: stochastic depth and noise injection (default off); the noise is added before the ReLU.
     """
     if (depth - 2) % 9:
         raise ValueError(f"ResNeXt depth must be 9n + 2, got {depth}")
     scheme = get_scheme(scheme)
-    if isinstance(scheme, RevScheme):
+    if step_runner(scheme).split > 1:  # RevNet's (F, G) halves
         raise ValueError("the rev scheme is not defined on the post-activation ResNeXt backbone")
-    if history_projection and not isinstance(scheme, LMScheme):
+    if history_projection and not step_runner(scheme).has_k:
         raise ValueError("history_projection carries the LM history u_{n-1}: it needs the lm scheme")
     n = (depth - 2) // 9
-    stochastic = stochastic_options((n, n, n), p_last, drop_mode, noise_sigma)
-    in_planes, stages = 64, []
-    for i, (out_planes, stride) in enumerate(zip((256, 512, 1024), (1, 2, 2))):
-        width = cardinality * base_width * 2**i
-        block = partial(_resnext_block, out_planes=out_planes, cardinality=cardinality)
-        history = Projection(in_planes, out_planes, stride) if history_projection and i > 0 else None
-        stages.append(
-            make_stage(
-                scheme,
-                block,
-                in_planes,
-                width,
-                out_planes,
-                n,
-                stride,
-                shortcut=Projection,
-                history_shortcut=history,
-                post_act=nn.ReLU(),
-                **stochastic[i],  # type: ignore[arg-type]
-            )
-        )
-        in_planes = out_planes
+    specs = [
+        StageSpec(cardinality * base_width * 2**i, out, n, stride, history=history_projection and i > 0,
+                  block=partial(_resnext_block, out_planes=out, cardinality=cardinality))
+        for i, (out, stride) in enumerate(zip((256, 512, 1024), (1, 2, 2)))
+    ]  # fmt: skip
+    stages = make_stages(scheme, specs, 64, shortcut=Projection, history_shortcut=Projection, post_act=nn.ReLU,
+                         stochastic=stochastic)  # fmt: skip
     stem = nn.Sequential(conv3x3(3, 64), nn.BatchNorm2d(64), nn.ReLU())
-    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_planes, num_classes))
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(specs[-1].out_planes, num_classes))
     model = ResidualNetwork(stem, stages, head)
     init_weights(model)
     return model
 
 
 def _resnext_block(in_planes: int, planes: int, stride: int, *, out_planes: int, cardinality: int) -> ResNeXtBottleneck:
-    """The (in_planes, planes, stride) block signature of ``make_stage``; ``planes`` is the grouped width."""
+    """The (in_planes, planes, stride) block signature of ``make_stages``; ``planes`` is the grouped width."""
     return ResNeXtBottleneck(in_planes, out_planes, planes, cardinality, stride)
 
 
-_ROWS = [
-    (
-        "resnext29_8x64d",
-        {"cardinality": 8, "base_width": 64},
-        "ResNeXt-29 8x64d for CIFAR (Xie et al. 2017, https://arxiv.org/abs/1611.05431): 34.4M parameters; "
-        "CIFAR-100 error 17.77%.",
-    ),
-    (
-        "resnext29_16x64d",
-        {"cardinality": 16, "base_width": 64},
+# One row per registered name: name -> (constructor arguments, docstring).
+_ROWS: dict[str, tuple[dict[str, Any], str]] = {
+    "resnext29_16x64d": (
+        dict(cardinality=16, base_width=64),
         "ResNeXt-29 16x64d for CIFAR (Xie et al. 2017): 68.1M parameters; CIFAR-100 error 17.31%.",
     ),
-    (
-        "lm_resnext29_8x64d",
-        {"cardinality": 8, "base_width": 64, "scheme": "lm", "history_projection": True},
-        "LM-ResNeXt-29 8x64d (Lu et al. 2018): 35.1M parameters with the history projections; CIFAR-100 error "
-        "17.49% (?).",
+    "resnext29_8x64d": (
+        dict(cardinality=8, base_width=64),
+        "ResNeXt-29 8x64d for CIFAR (Xie et al. 2017, https://arxiv.org/abs/1611.05431): 34.4M parameters; CIFAR-100 "
+        "error 17.77%.",
     ),
-    (
-        "lm_resnext29_16x64d",
-        {"cardinality": 16, "base_width": 64, "scheme": "lm", "history_projection": True},
-        "LM-ResNeXt-29 16x64d (Lu et al. 2018): 68.8M parameters with the history projections; CIFAR-100 error "
-        "16.79% (?).",
+    "lm_resnext29_16x64d": (
+        dict(cardinality=16, base_width=64, scheme="lm", history_projection=True),
+        "LM-ResNeXt-29 16x64d (Lu et al. 2018): 68.8M parameters with the history projections; CIFAR-100 error 16.79%"
+        " (?).",
     ),
-]
-register_table(_ROWS, cifar_resnext, __name__)
+    "lm_resnext29_8x64d": (
+        dict(cardinality=8, base_width=64, scheme="lm", history_projection=True),
+        "LM-ResNeXt-29 8x64d (Lu et al. 2018): 35.1M parameters with the history projections; CIFAR-100 error 17.49% "
+        "(?).",
+    ),
+}
+register_table(cifar_resnext, __name__, _ROWS)

@@ -17,18 +17,22 @@ average pool-FC.
 | lm_shake_resnet26_2x32d | 2.9M + 9 k_n | |
 
 ``shake=False`` gives the deterministic even-weights twin (eta = 1/2 always); ``p_last=``, ``drop_mode=``,
-``noise_sigma=`` add stochastic depth and noise injection as on every family.
+``noise_sigma=`` (one ``stochastic=`` value) add stochastic depth and noise injection as on every family.
 """
 
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 from torch import nn
 
 from ..nn import ResidualNetwork, ShakeShortcut, conv3x3, init_weights, shake_block
-from ..schemes import RevScheme, Scheme, get_scheme
-from ._builders import make_stage, register_table, stochastic_options
+from ..nn.stage import step_runner
+from ..nn.stochastic import StochasticDepth
+from ..schemes import Scheme
+from ._builders import StageSpec, make_stages
+from ._registry import register_table
 
 __all__ = ["shake_resnet"]
 
@@ -39,9 +43,7 @@ def shake_resnet(
     scheme: str | Scheme = "euler",
     num_classes: int = 10,
     shake: bool = True,
-    p_last: float | None = None,
-    drop_mode: str = "batch",
-    noise_sigma: float | None = None,
+    stochastic: StochasticDepth | None = None,
 ) -> ResidualNetwork:
     """A shake-shake CIFAR ResNet-(6n + 2) with two branches of ``base_width`` channels in its first stage.
 
@@ -51,44 +53,36 @@ def shake_resnet(
         scheme: the integrator (``lm`` for the LM twin); ``rev`` would need pairs of blocks and is refused.
         num_classes: classifier size.
         shake: random branch weights in training; False: the deterministic twin with weights 1/2.
-        p_last: stochastic depth: survival probability of the last block (None or 1: off).
-        drop_mode: stochastic depth per mini-batch (``"batch"``) or per sample (``"sample"``).
-        noise_sigma: noise injection after every block in training (None: off).
+        stochastic: stochastic depth and noise injection (default off).
     """
     if (depth - 2) % 6 or depth < 8:
         raise ValueError(f"shake-shake ResNet depth must be 6n + 2 with n >= 1, got {depth}")
-    if isinstance(get_scheme(scheme), RevScheme):
+    if step_runner(scheme).split > 1:  # RevNet's (F, G) halves
         raise ValueError("the rev scheme splits the state into (F, G) halves: not defined for shake-shake blocks")
     n = (depth - 2) // 6
-    stochastic = stochastic_options((n, n, n), p_last, drop_mode, noise_sigma)
+    specs = [StageSpec(base_width * 2**i, base_width * 2**i, n, stride) for i, stride in enumerate((1, 2, 2))]
     block = partial(shake_block, shake=shake)
-    in_planes, stages = 16, []
-    for i, (stride, opts) in enumerate(zip((1, 2, 2), stochastic)):
-        planes = base_width * 2**i
-        stages.append(
-            make_stage(scheme, block, in_planes, planes, planes, n, stride, shortcut=ShakeShortcut, **opts)  # type: ignore[arg-type]
-        )
-        in_planes = planes
+    stages = make_stages(scheme, specs, 16, block=block, shortcut=ShakeShortcut, stochastic=stochastic)
     stem = nn.Sequential(conv3x3(3, 16), nn.BatchNorm2d(16))
-    head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_planes, num_classes))
+    width = specs[-1].out_planes
+    head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
     model = ResidualNetwork(stem, stages, head)
     init_weights(model)
     return model
 
 
-_ROWS = [
-    (
-        "shake_resnet26_2x32d",
-        {"depth": 26, "base_width": 32},
+# One row per registered name: name -> (constructor arguments, docstring).
+_ROWS: dict[str, tuple[dict[str, Any], str]] = {
+    "shake_resnet26_2x32d": (
+        dict(depth=26, base_width=32),
         "Shake-Shake-26 2x32d (Gastaldi 2017, https://arxiv.org/abs/1705.07485): 2.9M parameters, forward Euler "
         "u_{n+1} = u_n + eta f1 + (1 - eta) f2, shake-shake-image; CIFAR-10 error 3.55% (?) (1800-epoch cosine "
         "schedule). shake=False: the even-weights twin.",
     ),
-    (
-        "lm_shake_resnet26_2x32d",
-        {"depth": 26, "base_width": 32, "scheme": "lm"},
+    "lm_shake_resnet26_2x32d": (
+        dict(depth=26, base_width=32, scheme="lm"),
         "LM twin of shake_resnet26_2x32d: u_{n+1} = (1 - k_n) u_n + k_n u_{n-1} + eta f1(u_n) + (1 - eta) f2(u_n), "
         "the same residual functions with one k_n per LM step (9 more parameters).",
     ),
-]
-register_table(_ROWS, shake_resnet, __name__)
+}
+register_table(shake_resnet, __name__, _ROWS)

@@ -18,9 +18,10 @@ class TimmInterface:
     ``get_classifier()`` / ``reset_classifier(n)`` (n = 0: pooled features, the classifier is an ``nn.Identity``),
     ``num_features``, ``forward_head(x, pre_logits)``, ``feature_info`` (one entry per stage output),
     ``pretrained_cfg`` / ``default_cfg`` (input size, mean, std, ... for ``timm.data.resolve_data_config``) and
-    features-only mode (:meth:`set_features_only`: the forward returns the stage outputs). A class sets
-    ``data_kind`` (``"cifar"`` or ``"imagenet"``) and implements ``_stem``, ``stages``, ``_stage_names`` and the
-    classifier slot (``_get_classifier_slot`` / ``_set_classifier_slot``).
+    features-only mode (:meth:`set_features_only`: the forward returns the stage outputs). The forward is
+    x -> stem -> stages -> head, written once here. A class sets ``data_kind`` (``"cifar"`` or ``"imagenet"``)
+    and implements ``_stem``, ``stages``, ``_stage_names``, ``forward_head``, ``_remove_head`` and the classifier
+    slot (``_get_classifier_slot`` / ``_set_classifier_slot``).
     """
 
     data_kind = "cifar"
@@ -57,13 +58,27 @@ class TimmInterface:
             self._set_classifier_slot(nn.Identity())  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------------------------------------ features
-    def stage_outputs(self, x: Tensor) -> list[Tensor]:
-        """The state after each stage, [u^(1), ..., u^(S)], each (B, C_s, H_s, W_s)."""
+    def stage_outputs(self, x: Tensor, last_only: bool = False) -> list[Tensor]:
+        """The state after each stage, [u^(1), ..., u^(S)], each (B, C_s, H_s, W_s); with ``last_only`` just
+        [u^(S)] (the intermediate states are not kept). Each stage hands its history u_{N-1} to the next."""
         u, u_prev, outs = self._stem(x), None, []  # type: ignore[attr-defined]
         for stage in self.stages:  # type: ignore[attr-defined]
             u, u_prev = stage(u, u_prev, return_history=True)
-            outs.append(u)
-        return outs
+            if not last_only:
+                outs.append(u)
+        return outs if not last_only else [u]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The state after the last stage, (B, C, H, W)."""
+        return self.stage_outputs(x, last_only=True)[0]
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        """Logits (B, num_classes) for images x (B, C, H, W); pooled features (B, num_features) with
+        ``num_classes=0``; in features-only mode, the list of the selected stage outputs."""
+        if self._feature_indices is not None:
+            outs = self.stage_outputs(x)
+            return [outs[i] for i in self._feature_indices]
+        return self.forward_head(self.forward_features(x))  # type: ignore[attr-defined]
 
     @property
     def in_chans(self) -> int:
@@ -176,24 +191,9 @@ class ResidualNetwork(TimmInterface, nn.Module):
     def _remove_head(self) -> None:
         self.head = nn.Sequential(nn.Identity())
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """The state after the last stage, (B, C, H, W)."""
-        u, u_prev = self.stem(x), None
-        for stage in self.stages:
-            u, u_prev = stage(u, u_prev, return_history=True)
-        return u
-
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Head on the last stage's state: logits, or with ``pre_logits`` the pooled features (B, num_features)."""
         return self.head[:-1](x) if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        """Logits (B, num_classes) for images x (B, 3, H, W); pooled features (B, num_features) with
-        ``num_classes=0``; in features-only mode, the list of the selected stage outputs."""
-        if self._feature_indices is not None:
-            outs = self.stage_outputs(x)
-            return [outs[i] for i in self._feature_indices]
-        return self.head(self.forward_features(x))
 
 
 def init_weights(model: nn.Module) -> None:
@@ -207,3 +207,11 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def out_channels(fn: nn.Module | Sequence[nn.Module]) -> int | None:
+    """Output channels of a residual function (or of a tuple of them, e.g. a RevNet pair): those of its last
+    convolution; None if it has none."""
+    modules = fn.modules() if isinstance(fn, nn.Module) else nn.ModuleList(list(fn)).modules()
+    convs = [m for m in modules if isinstance(m, nn.Conv2d)]
+    return convs[-1].out_channels if convs else None
