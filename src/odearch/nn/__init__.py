@@ -16,6 +16,7 @@ from .memory import get_memory, set_memory
 from .network import ResidualNetwork, init_weights
 from .shake import ShakeBranch, ShakeShake, ShakeShortcut, shake_block, shake_shake
 from .stage import Stage, StepRunner, lm_coefficients, register_step_runner, step_runner
+from .stochastic import StochasticDepth
 
 __all__ = [
     "BasicBlock",
@@ -30,6 +31,7 @@ __all__ = [
     "ShakeShortcut",
     "Stage",
     "StepRunner",
+    "StochasticDepth",
     "ZeroPadShortcut",
     "conv1x1",
     "conv3x3",

@@ -60,7 +60,6 @@ Stochastic training (options; in evaluation, and with no option set, the updates
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, NamedTuple
@@ -72,6 +71,7 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from ..schemes import ButcherTableau, LinearMultistep, LMScheme, PolyScheme, RevScheme, Scheme, get_scheme
 from ..schemes.lm import lm_k_by_stage
 from .drop import Gate, add_noise, batch_gate, batch_gate_tensor, check_drop_mode, check_survival, sample_gate
+from .stochastic import check_noise_sigma
 
 ResidualFn = Callable[[Tensor], Tensor]
 StepFns = ResidualFn | tuple[ResidualFn, ...]
@@ -568,9 +568,8 @@ class Stage(nn.Module):
                 check_survival(p, f"survival[{n}]")
             if all(p == 1.0 for p in survival):
                 survival = None  # nothing is ever dropped: keep the deterministic code path
+        check_noise_sigma(noise_sigma)
         if noise_sigma is not None:
-            if not (math.isfinite(noise_sigma) and noise_sigma >= 0.0):
-                raise ValueError(f"noise_sigma must be a finite standard deviation >= 0, got {noise_sigma}")
             noise_sigma = float(noise_sigma) or None
         self.survival: tuple[float, ...] | None = survival
         self.drop_mode = drop_mode
