@@ -21,6 +21,7 @@ import torch
 from datapaths import CIFAR_ROOT, HAS_CIFAR, SKIP_REASON
 from odearch.cli import main
 from odearch.train import ConfigError, NonFiniteLossError, TrainConfig, fit, loop
+from odearch.train import state as train_state
 from odearch.train.checkpoint import atomic_write
 from odearch.train.rundir import RunDir, resolve_data_dir
 
@@ -180,11 +181,11 @@ def test_non_finite_buffer_is_never_saved_as_good(run1: Path, tmp_path: Path) ->
     cfg = run.read_config()
     model = loop.build_model(cfg)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    prog = loop._restore(run, cfg, model, opt, None)[0]
+    prog = train_state.restore_checkpoint(run, cfg, model, opt, None)[0]
     before = os.readlink(run.checkpoints / "current")
     next(b for n, b in model.named_buffers() if n.endswith("running_var")).fill_(float("inf"))
     with pytest.raises(NonFiniteLossError, match=r"non-finite values \(NaN/inf\) in .*running_var .* NOT saved"):
-        loop._save_last(run, cfg, model, opt, None, prog)
+        train_state.save_checkpoint(run, cfg, model, opt, None, prog)
     assert os.readlink(run.checkpoints / "current") == before
 
 

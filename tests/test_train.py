@@ -23,6 +23,7 @@ from odearch.train import (
     NonFiniteLossError,
     RunDir,
     TrainConfig,
+    TrainStep,
     evaluate,
     fit,
     load_state,
@@ -179,8 +180,8 @@ def test_train_one_epoch_and_evaluate_return_dicts() -> None:
     batches = [(torch.randn(8, 3, 16, 16), torch.randint(0, 3, (8,))) for _ in range(3)]
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     lrs = []
-    out = train_one_epoch(model, batches, opt, lr_fn=lambda s: lrs.append(s) or 0.01 * (s + 1), step=5,
-                          autocast=contextlib.nullcontext)  # fmt: skip
+    step = TrainStep(opt, lr_fn=lambda s: lrs.append(s) or 0.01 * (s + 1), autocast=contextlib.nullcontext)
+    out = train_one_epoch(model, batches, step, step=5)
     assert (out["step"], out["batches"], out["n"], out["stopped"]) == (8, 3, 24, False)
     assert lrs == [5, 6, 7] and opt.param_groups[0]["lr"] == pytest.approx(0.08)
     assert isinstance(out["loss_sum"], torch.Tensor) and 0 <= int(out["correct"]) <= 24
