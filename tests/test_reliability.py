@@ -113,6 +113,25 @@ def test_analyze_ignores_an_unterminated_last_line_like_training(tmp_path: Path)
     assert RunDir(tmp_path).read_metrics() == [{"epoch": 1, "lm_k": []}]
 
 
+def test_one_metrics_reader_for_training_and_analysis(tmp_path: Path) -> None:
+    """Training (RunDir) and ``odearch analyze`` read metrics.jsonl alike: an unterminated last line is a torn append
+    even when it parses, and a corrupt complete line is an error naming file:line."""
+    from odearch.analysis.command import AnalyzeError, read_metrics
+    from odearch.runfiles import read_metrics as read_rows
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1, "lm_k": []}\n\n{"epoch": 2, "lm_k": []}')  # the newline of row 2 never came
+    assert read_metrics(path) == RunDir(tmp_path).read_metrics() == read_rows(path) == [{"epoch": 1, "lm_k": []}]
+    path.write_text('{"epoch": 1}\n{"epoch": 2, "lm\n{"epoch": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not a JSON line"):
+        RunDir(tmp_path).read_metrics()
+    with pytest.raises(AnalyzeError, match=r"metrics\.jsonl:2: not a JSON line"):
+        read_metrics(path)
+    path.write_text('{"epoch": 1}\n{"step": 2}\n')
+    with pytest.raises(AnalyzeError, match=r"metrics\.jsonl:2: a metrics row needs an integer 'epoch'"):
+        read_metrics(path)
+
+
 def test_enospc_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .cifar import _SPECS as _CIFAR
+from .cifar import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_CLASSES, CIFAR100_MEAN, CIFAR100_STD
 from .imagenet import IMAGENET_MEAN, IMAGENET_RECIPE, IMAGENET_STD, NUM_CLASSES
 from .splits import (
     SplitOptions,
@@ -59,24 +59,25 @@ class DatasetSpec:
     files_on_rank0_first: bool
 
 
-def _cifar(name: str, epochs: int, milestones: tuple[int, ...]) -> DatasetSpec:
-    s = _CIFAR[name]
-    return DatasetSpec(name, s.num_classes, epochs, milestones, s.mean, s.std, cifar_splits, cifar_test_loader, True)
+def canonical_name(name: str) -> str:
+    """A data set name as the table spells it: lower case, without ``-`` and ``_`` (``CIFAR-10`` -> ``cifar10``)."""
+    return name.lower().replace("-", "").replace("_", "")
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "cifar10": _cifar("cifar10", 160, (80, 120)),
-    "cifar100": _cifar("cifar100", 300, (150, 225)),
+    "cifar10": DatasetSpec(
+        "cifar10", len(CIFAR10_CLASSES), 160, (80, 120), CIFAR10_MEAN, CIFAR10_STD, cifar_splits, cifar_test_loader,
+        True,
+    ),
+    "cifar100": DatasetSpec(
+        "cifar100", len(CIFAR100_CLASSES), 300, (150, 225), CIFAR100_MEAN, CIFAR100_STD, cifar_splits,
+        cifar_test_loader, True,
+    ),
     "imagenet": DatasetSpec(
         "imagenet", NUM_CLASSES, IMAGENET_RECIPE["epochs"], tuple(IMAGENET_RECIPE["milestones"]), IMAGENET_MEAN,
         IMAGENET_STD, imagenet_splits, imagenet_test_loader, False,
     ),
 }  # fmt: skip
-
-
-def canonical_name(name: str) -> str:
-    """A data set name as the table spells it: lower case, without ``-`` and ``_`` (``CIFAR-10`` -> ``cifar10``)."""
-    return name.lower().replace("-", "").replace("_", "")
 
 
 def get_dataset(name: str) -> DatasetSpec:
