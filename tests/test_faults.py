@@ -59,7 +59,7 @@ def restore_step(run: Path) -> int:
     """Loads the run's checkpoint as a resume does (checksums, step agreement); returns its step."""
     rd = RunDir(run)
     cfg = rd.read_config()
-    model = loop.build_model(cfg)
+    model = train_state.build_model(cfg)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     return train_state.restore_checkpoint(rd, cfg, model, opt, None)[0].step
 

@@ -20,7 +20,7 @@ import torch
 
 from datapaths import CIFAR_ROOT, HAS_CIFAR, SKIP_REASON
 from odearch.cli import main
-from odearch.train import ConfigError, NonFiniteLossError, TrainConfig, fit, loop
+from odearch.train import ConfigError, NonFiniteLossError, TrainConfig, fit
 from odearch.train import state as train_state
 from odearch.train.checkpoint import atomic_write
 from odearch.train.rundir import RunDir, resolve_data_dir
@@ -198,7 +198,7 @@ def test_divergence_before_any_checkpoint_says_so_and_how_to_lower_lr(tmp_path: 
 def test_non_finite_buffer_is_never_saved_as_good(run1: Path, tmp_path: Path) -> None:
     run = RunDir(copy(run1, tmp_path))
     cfg = run.read_config()
-    model = loop.build_model(cfg)
+    model = train_state.build_model(cfg)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     prog = train_state.restore_checkpoint(run, cfg, model, opt, None)[0]
     before = os.readlink(run.checkpoints / "current")
@@ -288,7 +288,7 @@ def test_eval_falls_back_to_best_and_takes_a_bare_file_with_model(
     assert main(["eval", str(run), "--subset", "10", "--json", "-"]) == 0
     assert "best.safetensors" in capsys.readouterr().out
     bare = tmp_path / "bare.safetensors"
-    tensors = {k: v.contiguous() for k, v in loop.build_model(RunDir(run).read_config()).state_dict().items()}
+    tensors = {k: v.contiguous() for k, v in train_state.build_model(RunDir(run).read_config()).state_dict().items()}
     save_file(tensors, str(bare))
     assert main(["eval", str(bare), "--subset", "10", "--json", "-"]) == 1
     assert "--model" in error_line(capsys)

@@ -15,10 +15,11 @@ Arrows point down: ``odearch.cli`` -> ``odearch.train`` -> ``odearch.models`` / 
 from .checkpoint import CheckpointError, load_state, load_weights, save_state, save_weights
 from .config import RECIPES, ConfigError, TrainConfig, config_hash, load_yaml
 from .epoch import NonFiniteLossError, TrainStep, evaluate, train_one_epoch
-from .loop import build_model, fit
+from .loop import fit
 from .numerics import resolve_device
 from .rundir import RunDir, RunExistsError
 from .schedule import lr_at
+from .state import build_model
 
 __all__ = [
     "RECIPES",

@@ -39,9 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import DatasetError, Splits, get_dataset
-from ..models import create_model
-from ..nn import lm_coefficients, set_memory
+from ..nn import lm_coefficients
 from ..runfiles import INITIAL_K_FILE
 from . import generations
 from .checkpoint import CheckpointError, atomic_write, restore_rng
@@ -59,40 +57,14 @@ from .distributed import (
     world_size_from_env,
 )
 from .epoch import NonFiniteLossError, batches_from, evaluate, train_one_epoch
-from .numerics import configure_numerics, cpu_has_native_bf16, resolve_device, seed_everything
+from .numerics import configure_numerics, cpu_has_native_bf16, resolve_device
 from .provenance import provenance
 from .rundir import RunDir, RunExistsError, default_out
 from .signals import StopSignals
-from .state import TrainState, build_state, save_checkpoint
+from .state import RunControl, TrainState, build_state, save_checkpoint
 from .tensorboard import TensorBoard
 
-__all__ = ["INITIAL_K_FILE", "build_data", "build_model", "fit", "write_initial_k"]
-
-def build_model(cfg: TrainConfig) -> nn.Module:
-    """`create_model` from the config; options the constructor rejects become a ConfigError naming them."""
-    kwargs = {"scheme": cfg.scheme, **cfg.model_kwargs}
-    try:
-        model = create_model(cfg.model, num_classes=cfg.num_classes, **kwargs)
-        return model if cfg.memory == "auto" else set_memory(model, cfg.memory)
-    except (TypeError, ValueError) as e:
-        given = {k: v for k, v in kwargs.items() if v is not None}
-        raise ConfigError(f"model {cfg.model!r} rejected its options {given}: {e}") from None
-
-
-def build_data(cfg: TrainConfig, device: torch.device, env: DistEnv) -> Splits:
-    """The loaders of `cfg.dataset` from the data set table (train: augmented, sharded by rank). Where the table
-    says so (CIFAR), rank 0 reads and, if it must, downloads the files before the other ranks read them."""
-    first = get_dataset(cfg.dataset).files_on_rank0_first
-    if first and not env.is_main:
-        barrier(env)
-    try:
-        return get_dataset(cfg.dataset).splits(cfg, device, env.rank, env.world_size)
-    except DatasetError as e:
-        raise ConfigError(str(e)) from None
-    finally:
-        if first and env.is_main:
-            barrier(env)
-
+__all__ = ["INITIAL_K_FILE", "fit", "write_initial_k"]
 
 # ---------------------------------------------------------------------------------------------------------- fit
 def fit(
@@ -131,14 +103,10 @@ def fit(
     try:
         with contextlib.ExitStack() as stack:
             cfg, device, run, stop = _open_run(stack, cfg, env, device, resume, overwrite)
-            seed_everything(cfg.seed)
-            raw = build_model(cfg).to(device, memory_format=torch.channels_last if cfg.channels_last else None)
-            data = build_data(cfg, device, env)
             use_bar = progress_bar if progress_bar is not None else sys.stderr.isatty()
+            ctl = RunControl(stop, deadline, wall_start, use_bar, command)
             try:
-                state = build_state(cfg, run, env, device, raw, data, resume=resume, stop=stop, deadline=deadline,
-                                    wall_start=wall_start, use_bar=use_bar, command=command)  # fmt: skip
-                return _train(state, resume, overwrite)
+                return _train(build_state(cfg, run, env, device, ctl, resume=resume), resume, overwrite)
             except NonFiniteLossError as e:
                 raise NonFiniteLossError(f"{e}; {_recovery_hint(run, cfg)}") from None
     finally:
@@ -163,14 +131,14 @@ def _train(s: TrainState, resume: bool, overwrite: bool) -> dict[str, Any]:
             stopped = True
             break
         _end_epoch(s, _evaluate_row(s, epoch, out))
-        if epoch + 1 < s.cfg.epochs and any_rank(s.past_deadline(), s.env, s.device):
+        if epoch + 1 < s.cfg.epochs and any_rank(s.ctl.past_deadline(), s.env, s.device):
             stopped = True
             break
     else:
         s.add_wall_time()
     if s.writer is not None:
         s.writer.close()
-    return _summarise(s, stopped, (s.stop.received or "max_minutes") if stopped else None)
+    return _summarise(s, stopped, (s.ctl.stop.received or "max_minutes") if stopped else None)
 
 
 # ------------------------------------------------------------------------------------------- the epoch's steps
@@ -180,7 +148,7 @@ def _train_epoch(s: TrainState, epoch: int) -> dict[str, Any]:
     the epoch's last batch)."""
     s.data.train.set_epoch(epoch)
     steps = len(s.data.train)
-    bar = make_bar(s.use_bar and s.env.is_main, steps, s.prog.batch, f"epoch {epoch + 1}/{s.cfg.epochs}")
+    bar = make_bar(s.ctl.use_bar and s.env.is_main, steps, s.prog.batch, f"epoch {epoch + 1}/{s.cfg.epochs}")
     sums, prev_seconds = None, 0.0
     if s.prog.batch:
         p = s.prog.partial
@@ -217,7 +185,7 @@ def _evaluate_row(s: TrainState, epoch: int, out: dict[str, Any]) -> dict[str, A
     """Evaluates on "val" (if split) and "test"; returns the epoch's metrics row, with the code and the machine that
     ran it (runs span commits and machines)."""
     broadcast_buffers(s.raw, s.env)
-    evals = {k: evaluate(s.eval_model, eval_progress(v, k, s.use_bar, s.env), autocast=s.autocast, env=s.env)
+    evals = {k: evaluate(s.eval_model, eval_progress(v, k, s.ctl.use_bar, s.env), autocast=s.autocast, env=s.env)
              for k, v in s.data.evals.items()}  # fmt: skip
     totals, seconds = out["totals"], out["seconds"]
     row = {"epoch": epoch + 1, "step": s.prog.step, "train_loss": (totals[0] / totals[2]).item(),
@@ -252,9 +220,9 @@ def _stopper(s: TrainState, every: int = 10) -> Callable[[], bool]:
     """The stop test after each step: past the deadline, or a SIGTERM/SIGINT received. Distributed ranks decide
     together (each reads its own clock and signals), every `every` steps to spare a collective per step."""
     if not s.env.enabled:
-        return s.past_deadline
+        return s.ctl.past_deadline
     calls = itertools.count(1)
-    return lambda: next(calls) % every == 0 and any_rank(s.past_deadline(), s.env, s.device)
+    return lambda: next(calls) % every == 0 and any_rank(s.ctl.past_deadline(), s.env, s.device)
 
 
 # ------------------------------------------------------------------------------------------ opening and closing
@@ -351,7 +319,7 @@ def _summarise(s: TrainState, stopped: bool, reason: str | None = None) -> dict[
     result = {
         "status": "stopped" if stopped else "complete", "stop_reason": reason,
         "resume_with": f"odearch train --resume {run.root}" if stopped else None,
-        "command": s.command or "odearch.train.fit (Python API)",
+        "command": s.ctl.command or "odearch.train.fit (Python API)",
         "model": cfg.model, "dataset": cfg.dataset, "num_classes": cfg.num_classes, "model_kwargs": cfg.model_kwargs,
         "weight_decay": cfg.weight_decay, "lm_weight_decay": cfg.lm_weight_decay,
         "params": sum(p.numel() for p in s.raw.parameters()), "amp": cfg.amp, "amp_dtype": prog.amp_dtype,

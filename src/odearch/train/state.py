@@ -1,10 +1,11 @@
 """The training state (nanoGPT's handful of globals as one object) and the checkpoint that records it.
 
-:func:`build_state` builds a :class:`TrainState` once per run: the model (bare, and wrapped for DDP / compile), the
-optimizer, the fp16 scaler, the autocast precision, the learning-rate schedule and the step rule
-(:class:`odearch.train.epoch.TrainStep`), the loaders, the run directory and the :class:`Progress` (where training
-stands), restored from ``checkpoints/last.*`` on a resume. :func:`save_checkpoint` writes the progress, optimizer,
-scaler and RNG states with the weights as one generation (:mod:`odearch.train.generations`);
+:func:`build_state` builds a :class:`TrainState` once per run: the model (:func:`build_model`; bare, and wrapped
+for DDP / compile), the loaders (:func:`build_data`, from the data set table), the optimizer, the fp16 scaler, the
+autocast precision, the learning-rate schedule and the step rule (:class:`odearch.train.epoch.TrainStep`), the run
+directory, the :class:`RunControl` of this session (deadline, signals) and the :class:`Progress` (where training
+stands, best epoch included), restored from ``checkpoints/last.*`` on a resume. :func:`save_checkpoint` writes the
+progress, optimizer, scaler and RNG states with the weights as one generation (:mod:`odearch.train.generations`);
 :func:`restore_checkpoint` reads them back, so that a resumed run repeats the uninterrupted one bit for bit.
 """
 
@@ -17,7 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import Splits
+from ..data import DatasetError, Splits, get_dataset
+from ..models import create_model
+from ..nn import set_memory
 from . import generations
 from .checkpoint import (
     CheckpointError,
@@ -29,17 +32,27 @@ from .checkpoint import (
     weights_bytes,
     weights_into,
 )
-from .config import TrainConfig, config_hash
-from .distributed import DistEnv, convert_sync_batchnorm
+from .config import ConfigError, TrainConfig, config_hash
+from .distributed import DistEnv, barrier, convert_sync_batchnorm
 from .epoch import NonFiniteLossError, TrainStep
-from .numerics import DTYPE_NAMES, amp_dtype, autocast, dtype_from_name, dtype_name
+from .numerics import DTYPE_NAMES, amp_dtype, autocast, dtype_from_name, dtype_name, seed_everything
 from .optim import build_optimizer
 from .rundir import RunDir
 from .schedule import lr_schedule
 from .signals import StopSignals
 from .tensorboard import TensorBoard
 
-__all__ = ["Progress", "TrainState", "build_state", "checkpoint_metadata", "restore_checkpoint", "save_checkpoint"]
+__all__ = [
+    "Progress",
+    "RunControl",
+    "TrainState",
+    "build_data",
+    "build_model",
+    "build_state",
+    "checkpoint_metadata",
+    "restore_checkpoint",
+    "save_checkpoint",
+]
 
 
 @dataclass
@@ -56,18 +69,38 @@ class Progress:
 
 
 @dataclass
+class RunControl:
+    """How this session runs, not what it computes: when it stops, whether it draws progress bars, its command.
+
+    ``deadline`` and ``wall_start`` are ``time.monotonic`` times: the ``max_minutes`` stop (inf: none) and the
+    start of the wall time not yet added to the run's total.
+    """
+
+    stop: StopSignals
+    deadline: float
+    wall_start: float
+    use_bar: bool
+    command: str | None = None
+
+    def past_deadline(self) -> bool:
+        """``max_minutes`` is up, or SIGTERM/SIGINT was received (this process only)."""
+        return time.monotonic() > self.deadline or self.stop.received is not None
+
+
+@dataclass
 class TrainState:
     """Everything a run's epochs read and update, built once by :func:`build_state`.
 
     ``raw`` is the bare model (checkpoints, evaluation); ``model`` is what trains (``raw``, DDP-wrapped when
     distributed, compiled with ``compile``); ``eval_model`` is ``raw``, compiled or not. ``select`` is the metric
-    that picks the best epoch ("val" or "test"). ``deadline`` and ``wall_start`` are ``time.monotonic`` times.
+    that picks the best epoch ("val" or "test"); ``prog.best`` tracks it.
     """
 
     cfg: TrainConfig
     run: RunDir
     env: DistEnv
     device: torch.device
+    ctl: RunControl
     raw: nn.Module
     model: nn.Module
     eval_model: nn.Module
@@ -77,12 +110,7 @@ class TrainState:
     train_step: TrainStep
     data: Splits
     prog: Progress
-    stop: StopSignals
-    deadline: float
-    wall_start: float
     select: str
-    use_bar: bool
-    command: str | None = None
     rng: dict[str, Any] | None = None  # RNG states of the checkpoint resumed from, restored before the first step
     saved_row: dict[str, Any] | None = None  # the metrics row of that checkpoint's epoch
     writer: TensorBoard | None = None
@@ -96,22 +124,21 @@ class TrainState:
         """The learning rate of global step `step`."""
         return self.train_step.lr_fn(step)
 
-    def past_deadline(self) -> bool:
-        """``max_minutes`` is up, or SIGTERM/SIGINT was received (this process only)."""
-        return time.monotonic() > self.deadline or self.stop.received is not None
-
     def add_wall_time(self) -> None:
-        """Adds the time since `wall_start` to the run's wall seconds and restarts the count."""
+        """Adds the time since ``ctl.wall_start`` to the run's wall seconds and restarts the count."""
         now = time.monotonic()
-        self.prog.wall_seconds += now - self.wall_start
-        self.wall_start = now
+        self.prog.wall_seconds += now - self.ctl.wall_start
+        self.ctl.wall_start = now
 
 
-def build_state(cfg: TrainConfig, run: RunDir, env: DistEnv, device: torch.device, raw: nn.Module, data: Splits, *,
-                resume: bool, stop: StopSignals, deadline: float, wall_start: float, use_bar: bool,
-                command: str | None = None) -> TrainState:  # fmt: skip
-    """Optimizer, scaler and precision for `raw` (restored from the run's checkpoint on `resume`), the DDP and
-    compile wrappers, and the step rule; the model and the data are built (and seeded) before."""
+def build_state(cfg: TrainConfig, run: RunDir, env: DistEnv, device: torch.device, ctl: RunControl, *,
+                resume: bool) -> TrainState:  # fmt: skip
+    """Seeds, builds the model and the loaders, then the optimizer, scaler and precision (restored from the run's
+    checkpoint on `resume`), the DDP and compile wrappers, and the step rule. The order is the RNG's: model
+    initialisation draws from the seeded global RNG first; a resume restores the RNG states before the first step."""
+    seed_everything(cfg.seed)
+    raw = build_model(cfg).to(device, memory_format=torch.channels_last if cfg.channels_last else None)
+    data = build_data(cfg, device, env)
     if env.enabled and cfg.sync_bn:
         raw = convert_sync_batchnorm(raw, device)
     optimizer = build_optimizer(raw, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
@@ -133,8 +160,34 @@ def build_state(cfg: TrainConfig, run: RunDir, env: DistEnv, device: torch.devic
     step = TrainStep(optimizer, lr_schedule(cfg, len(data.train)), lambda: autocast(device, amp), scaler,
                      cfg.label_smoothing)  # fmt: skip
     select = "val" if cfg.select_on == "val" or (cfg.select_on == "auto" and cfg.val_split) else "test"
-    return TrainState(cfg, run, env, device, raw, model, eval_model, optimizer, scaler, amp, step, data, prog, stop,
-                      deadline, wall_start, select, use_bar, command, rng, saved_row)  # fmt: skip
+    return TrainState(cfg, run, env, device, ctl, raw, model, eval_model, optimizer, scaler, amp, step, data, prog,
+                      select, rng, saved_row)  # fmt: skip
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    """`create_model` from the config; options the constructor rejects become a ConfigError naming them."""
+    kwargs = {"scheme": cfg.scheme, **cfg.model_kwargs}
+    try:
+        model = create_model(cfg.model, num_classes=cfg.num_classes, **kwargs)
+        return model if cfg.memory == "auto" else set_memory(model, cfg.memory)
+    except (TypeError, ValueError) as e:
+        given = {k: v for k, v in kwargs.items() if v is not None}
+        raise ConfigError(f"model {cfg.model!r} rejected its options {given}: {e}") from None
+
+
+def build_data(cfg: TrainConfig, device: torch.device, env: DistEnv) -> Splits:
+    """The loaders of `cfg.dataset` from the data set table (train: augmented, sharded by rank). Where the table
+    says so (CIFAR), rank 0 reads and, if it must, downloads the files before the other ranks read them."""
+    first = get_dataset(cfg.dataset).files_on_rank0_first
+    if first and not env.is_main:
+        barrier(env)
+    try:
+        return get_dataset(cfg.dataset).splits(cfg, device, env.rank, env.world_size)
+    except DatasetError as e:
+        raise ConfigError(str(e)) from None
+    finally:
+        if first and env.is_main:
+            barrier(env)
 
 
 # -------------------------------------------------------------------------------------------------- checkpoint
