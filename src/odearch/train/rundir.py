@@ -237,10 +237,6 @@ class RunDir:
         if rows != old or (self.metrics.is_file() and self.metrics.read_text(errors="replace") != text):
             atomic_write(self.metrics, text.encode())
 
-    def truncate_metrics(self, epochs: int) -> None:
-        """Keeps only the rows of epochs <= `epochs` (rows written after the checkpoint a resume starts from)."""
-        self.repair_metrics(epochs)
-
     def read_result(self) -> dict[str, Any]:
         """The result.json of a finished run."""
         return json.loads(self.result.read_text())

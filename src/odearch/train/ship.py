@@ -27,8 +27,8 @@ from ..models._pretrained import FORMAT, REGISTRY_FILE, file_sha256, read_regist
 from .checkpoint import atomic_write, load_weights, weights_into
 from .config import RECIPES, TrainConfig
 from .epoch import evaluate
-from .loop import build_model
 from .rundir import RunDir
+from .state import build_model
 
 __all__ = ["ShipError", "add_ship_arguments", "evaluate_weights", "run_ship", "ship_run"]
 
