@@ -39,8 +39,8 @@ import torch
 from torch import Tensor
 
 from odearch.nn import stage as stage_mod
-from odearch.train import TrainConfig, build_model, resolve_device, train_one_epoch
-from odearch.train.loop import _amp_dtype, _configure_numerics
+from odearch.train import TrainConfig, TrainStep, build_model, resolve_device, train_one_epoch
+from odearch.train.numerics import amp_dtype, configure_numerics
 from odearch.train.provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,19 +133,19 @@ def main() -> None:
     # jobs[(amp, model, variant)] = run(k): k training steps
     jobs: dict[tuple[str, str, str], Callable[[int], Any]] = {}
     for amp in args.amp:
-        dtype = _amp_dtype(amp, device)
+        dtype = amp_dtype(amp, device)
         autocast = lambda d=dtype: torch.autocast(device.type, dtype=d, enabled=d is not None)  # noqa: E731
         for name in dict.fromkeys(itertools.chain(*args.pairs)):
             cfg = TrainConfig(model=name, batch_size=args.batch_size, compile=args.compile)
-            _configure_numerics(cfg, device)
+            configure_numerics(cfg, device)
             torch.manual_seed(cfg.seed)
             raw = build_model(cfg).to(device, memory_format=torch.channels_last)
             opt = torch.optim.SGD(raw.parameters(), lr=0.01, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
             model = torch.compile(raw) if args.compile else raw
 
             def run(k: int, model: Any = model, opt: Any = opt, autocast: Any = autocast) -> Any:
-                return train_one_epoch(model, itertools.repeat((x, y), k), opt, lr_fn=lambda s: 0.01, step=0,
-                                       autocast=autocast)  # fmt: skip
+                step = TrainStep(opt, lambda s: 0.01, autocast)
+                return train_one_epoch(model, itertools.repeat((x, y), k), step, step=0)
 
             jobs[amp, name, "new"] = run
             if with_old and name.startswith("lm_"):

@@ -43,9 +43,10 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from odearch.data import CifarLoader, dataset_info, load_cifar
-from odearch.train import TrainConfig, build_model, resolve_device, train_one_epoch
-from odearch.train.loop import _amp_dtype, _configure_numerics, _lr_fn
+from odearch.train import TrainConfig, TrainStep, build_model, resolve_device, train_one_epoch
+from odearch.train.numerics import amp_dtype, configure_numerics
 from odearch.train.provenance import provenance
+from odearch.train.schedule import lr_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = ["resnet20", "preact_resnet20", "lm_resnet20", "preact_resnet56", "lm_resnet56"]
@@ -92,8 +93,8 @@ def to_device(batches: Iterable[Any], device: torch.device) -> Iterator[tuple[to
 def train_steps(model: nn.Module, batches: Iterator[Any], opt: torch.optim.Optimizer, lr_fn: Callable[[int], float],
                 autocast: Callable[[], Any]) -> Callable[[int], int]:  # fmt: skip
     """`run(k)`: k of our training steps (`train_one_epoch`, as in `odearch train`) on the next k batches."""
-    return lambda k: train_one_epoch(model, itertools.islice(batches, k), opt, lr_fn=lr_fn, step=0,
-                                     autocast=autocast)["n"]  # fmt: skip
+    step = TrainStep(opt, lr_fn, autocast)
+    return lambda k: train_one_epoch(model, itertools.islice(batches, k), step, step=0)["n"]
 
 
 def infer_steps(model: nn.Module, batches: Iterator[Any], autocast: Callable[[], Any]) -> Callable[[int], int]:
@@ -174,8 +175,8 @@ def main() -> None:
     warmup = args.warmup if args.warmup is not None else (20 if cuda else 5)
     data_dir = args.data_dir or default_data_dir()
     info = dataset_info("cifar10")
-    amp_dtype = _amp_dtype("auto", device)
-    autocast = lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)  # noqa: E731
+    dtype = amp_dtype("auto", device)
+    autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)  # noqa: E731
 
     # Our pipeline: the whole set on the device, augmented there per batch (as `odearch train` builds it).
     common = {"mean": info["mean"], "std": info["std"], "device": device, "channels_last": True}
@@ -198,14 +199,14 @@ def main() -> None:
     for name in args.models:
         cfg = TrainConfig(model=name, device=args.device, batch_size=args.batch_size, compile=args.compile,
                           data_dir=str(data_dir))  # fmt: skip
-        _configure_numerics(cfg, device)
+        configure_numerics(cfg, device)
         torch.manual_seed(cfg.seed)
         raw = build_model(cfg).to(device, memory_format=torch.channels_last)
         params[name] = sum(p.numel() for p in raw.parameters())
         opt = torch.optim.SGD(raw.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                               weight_decay=cfg.weight_decay)  # fmt: skip
         model, eval_model = (torch.compile(raw), torch.compile(raw)) if cfg.compile else (raw, raw)
-        lr_fn = _lr_fn(cfg, len(ours))
+        lr_fn = lr_schedule(cfg, len(ours))
 
         jobs[name, "train"] = train_steps(model, ours_batches, opt, lr_fn, autocast), 0
         jobs[name, "reference"] = train_steps(model, ref_batches, opt, lr_fn, autocast), lead_in
@@ -269,7 +270,7 @@ def main() -> None:
             "workers": args.workers,
             "reference_lead_in": lead_in,
             "compile": args.compile,
-            "amp": str(amp_dtype) if amp_dtype else None,
+            "amp": str(dtype) if dtype else None,
             "channels_last": True,
             "data_dir": str(data_dir),
             "seconds": seconds,

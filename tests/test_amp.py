@@ -12,7 +12,7 @@ import torch
 from conftest import needs_cifar
 from datapaths import CIFAR_ROOT
 from odearch.train import TrainConfig, fit
-from odearch.train import loop as loop_mod
+from odearch.train import state as state_mod
 from odearch.train.checkpoint import load_state, save_state
 
 pytestmark = needs_cifar
@@ -54,7 +54,7 @@ def test_resume_keeps_the_recorded_precision_when_auto_would_resolve_otherwise(t
     cfg = _cfg(tmp_path, amp="auto")
     assert fit(cfg)["amp_dtype"] == "float32"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loop_mod, "_amp_dtype", lambda amp, device: torch.bfloat16)  # a future `auto`
+        mp.setattr(state_mod, "amp_dtype", lambda amp, device: torch.bfloat16)  # a future `auto`
         result = fit(cfg.replace(epochs=2), resume=True)
     assert result["amp_dtype"] == "float32"
     assert [r["amp_dtype"] for r in _rows(tmp_path / "run")] == ["float32", "float32"]

@@ -394,3 +394,47 @@ def test_cuda_matches_cpu(data):
     for (x, y), (xg, yg) in zip(cpu, gpu, strict=True):
         assert xg.is_cuda and torch.equal(y, yg.cpu())
         torch.testing.assert_close(xg.cpu(), x, rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ data set table
+def test_the_data_set_table_is_what_config_and_cli_read() -> None:
+    """One table: the config's choices, recipe defaults and classes and the CLI's ``--dataset`` choices are its."""
+    from odearch.cli import build_parser
+    from odearch.data import CIFAR100_MEAN, DATASETS, canonical_name, get_dataset
+    from odearch.train import RECIPES, TrainConfig
+
+    assert set(DATASETS) == {"cifar10", "cifar100", "imagenet"}
+    assert RECIPES == {name: (d.epochs, d.milestones) for name, d in DATASETS.items()}
+    field = next(f for f in dataclasses.fields(TrainConfig) if f.name == "dataset")
+    assert field.metadata["choices"] == tuple(DATASETS)
+    for name, spec in DATASETS.items():
+        cfg = TrainConfig(model="resnet20", dataset=name.upper())
+        assert (cfg.dataset, cfg.num_classes, cfg.epochs, cfg.milestones) == (name, spec.num_classes, spec.epochs,
+                                                                               spec.milestones)  # fmt: skip
+    assert DATASETS["cifar100"].mean == CIFAR100_MEAN and DATASETS["cifar10"].num_classes == len(CIFAR10_CLASSES)
+    eval_parser = build_parser()._subparsers._group_actions[0].choices["eval"]  # type: ignore[union-attr]
+    dataset_flag = next(a for a in eval_parser._actions if "--dataset" in a.option_strings)
+    assert tuple(dataset_flag.choices) == tuple(DATASETS)
+    assert canonical_name("CIFAR-100") == canonical_name("cifar_100") == "cifar100"
+    assert get_dataset("ImageNet") is DATASETS["imagenet"]
+    with pytest.raises(ValueError, match=r"unknown dataset 'mnist'; expected one of \['cifar10'"):
+        get_dataset("mnist")
+
+
+@pytest.mark.skipif(not (CIFAR_ROOT / "cifar-10-batches-py").is_dir(), reason="needs CIFAR-10")
+def test_the_table_builds_the_training_splits_and_the_test_loader() -> None:
+    """The training side and ``odearch eval`` read the same test images through the table's builders; the held-out
+    split does not depend on the training seed (VAL_SPLIT_SEED)."""
+    from odearch.data import DATASETS, VAL_SPLIT_SEED, make_test_loader
+    from odearch.train import TrainConfig
+
+    spec = DATASETS["cifar10"]
+    cfg = TrainConfig(model="resnet20", data_dir=str(CIFAR_ROOT), download=False, val_split=100, subset=64,
+                      eval_subset=50, batch_size=32)  # fmt: skip
+    splits = spec.splits(cfg, torch.device("cpu"), 0, 1)
+    assert (splits.num_train, set(splits.evals), splits.evals["val"].num_images) == (64, {"val", "test"}, 100)
+    other = spec.splits(cfg.replace(seed=7), torch.device("cpu"), 0, 1)
+    assert torch.equal(splits.evals["val"].labels, other.evals["val"].labels) and VAL_SPLIT_SEED == 0
+    loader, classes = make_test_loader(cfg, "cpu", 50, subset=50)
+    (x, y), (x_run, y_run) = next(iter(loader)), next(iter(splits.evals["test"]))
+    assert classes == list(CIFAR10_CLASSES) and torch.equal(y, y_run) and torch.equal(x, x_run)

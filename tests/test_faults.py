@@ -21,6 +21,7 @@ from conftest import needs_cifar, weights
 from datapaths import CIFAR_ROOT, REPO
 from odearch.cli import main
 from odearch.train import TrainConfig, fit, generations, load_weights, loop, save_state, save_weights
+from odearch.train import state as train_state
 from odearch.train.rundir import RunDir, RunExistsError, RunLockedError
 
 pytestmark = needs_cifar
@@ -55,9 +56,9 @@ def restore_step(run: Path) -> int:
     """Loads the run's checkpoint as a resume does (checksums, step agreement); returns its step."""
     rd = RunDir(run)
     cfg = rd.read_config()
-    model = loop.build_model(cfg)
+    model = train_state.build_model(cfg)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-    return loop._restore(rd, cfg, model, opt, None)[0].step
+    return train_state.restore_checkpoint(rd, cfg, model, opt, None)[0].step
 
 
 # ------------------------------------------------------------------------------------ format 1 (older runs)
@@ -66,16 +67,16 @@ def _format1_save_last(run: RunDir, cfg: TrainConfig, model: torch.nn.Module, op
     """The checkpoint writer of dbe7c8e (format 1), verbatim but for the `best` argument: best.safetensors, then
     last.state.pt, then last.safetensors, each atomic on its own, no manifest."""
     if best:
-        save_weights(run.best_weights, model, loop._metadata(cfg, progress))
+        save_weights(run.best_weights, model, train_state.checkpoint_metadata(cfg, progress))
     state = {
-        "format": "odearch-train-state/1", "model": cfg.model, "config_hash": loop.config_hash(cfg),
+        "format": "odearch-train-state/1", "model": cfg.model, "config_hash": train_state.config_hash(cfg),
         "step": progress.step, "epoch": progress.epoch, "batch": progress.batch, "partial": progress.partial,
         "best": progress.best, "wall_seconds": progress.wall_seconds,
         "optimizer": optimizer.state_dict(), "scheduler": {"schedule": cfg.schedule, "step": progress.step},
-        "scaler": scaler.state_dict() if scaler is not None else {}, "rng": loop.capture_rng(),
+        "scaler": scaler.state_dict() if scaler is not None else {}, "rng": train_state.capture_rng(),
     }  # fmt: skip
     save_state(run.last_state, state)
-    save_weights(run.last_weights, model, loop._metadata(cfg, progress))
+    save_weights(run.last_weights, model, train_state.checkpoint_metadata(cfg, progress))
 
 
 def test_format1_run_resumes_bitwise_and_is_rewritten_as_format2(ref: Path, tmp_path: Path,
@@ -83,7 +84,7 @@ def test_format1_run_resumes_bitwise_and_is_rewritten_as_format2(ref: Path, tmp_
     """A run checkpointed by the old writer mid-epoch 2 (the campaign's runs) resumes with the new code exactly."""
     out = tmp_path / "old"
     with monkeypatch.context() as m:
-        m.setattr(loop, "_save_last", _format1_save_last)
+        m.setattr(loop, "save_checkpoint", _format1_save_last)
         fit(cfg_for(out, epochs=1))  # epoch 1 complete, old layout
         assert fit(cfg_for(out, max_minutes=1e-5), resume=True)["step"] == 3  # one step into epoch 2, old layout
     ck = out / "checkpoints"

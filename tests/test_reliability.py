@@ -21,7 +21,8 @@ import torch
 from conftest import error_line, needs_cifar
 from datapaths import CIFAR_ROOT, HAS_CIFAR, REPO, SKIP_REASON
 from odearch.cli import main
-from odearch.train import ConfigError, NonFiniteLossError, TrainConfig, fit, loop
+from odearch.train import ConfigError, NonFiniteLossError, TrainConfig, fit
+from odearch.train import state as train_state
 from odearch.train.checkpoint import atomic_write
 from odearch.train.rundir import RunDir, resolve_data_dir
 
@@ -106,6 +107,25 @@ def test_analyze_ignores_an_unterminated_last_line_like_training(tmp_path: Path)
     assert RunDir(tmp_path).read_metrics() == [{"epoch": 1, "lm_k": []}]
 
 
+def test_one_metrics_reader_for_training_and_analysis(tmp_path: Path) -> None:
+    """Training (RunDir) and ``odearch analyze`` read metrics.jsonl alike: an unterminated last line is a torn append
+    even when it parses, and a corrupt complete line is an error naming file:line."""
+    from odearch.analysis.command import AnalyzeError, read_metrics
+    from odearch.runfiles import read_metrics as read_rows
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1, "lm_k": []}\n\n{"epoch": 2, "lm_k": []}')  # the newline of row 2 never came
+    assert read_metrics(path) == RunDir(tmp_path).read_metrics() == read_rows(path) == [{"epoch": 1, "lm_k": []}]
+    path.write_text('{"epoch": 1}\n{"epoch": 2, "lm\n{"epoch": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not a JSON line"):
+        RunDir(tmp_path).read_metrics()
+    with pytest.raises(AnalyzeError, match=r"metrics\.jsonl:2: not a JSON line"):
+        read_metrics(path)
+    path.write_text('{"epoch": 1}\n{"step": 2}\n')
+    with pytest.raises(AnalyzeError, match=r"metrics\.jsonl:2: a metrics row needs an integer 'epoch'"):
+        read_metrics(path)
+
+
 def test_enospc_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -172,13 +192,13 @@ def test_divergence_before_any_checkpoint_says_so_and_how_to_lower_lr(tmp_path: 
 def test_non_finite_buffer_is_never_saved_as_good(run1: Path, tmp_path: Path) -> None:
     run = RunDir(copy(run1, tmp_path))
     cfg = run.read_config()
-    model = loop.build_model(cfg)
+    model = train_state.build_model(cfg)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    prog = loop._restore(run, cfg, model, opt, None)[0]
+    prog = train_state.restore_checkpoint(run, cfg, model, opt, None)[0]
     before = os.readlink(run.checkpoints / "current")
     next(b for n, b in model.named_buffers() if n.endswith("running_var")).fill_(float("inf"))
     with pytest.raises(NonFiniteLossError, match=r"non-finite values \(NaN/inf\) in .*running_var .* NOT saved"):
-        loop._save_last(run, cfg, model, opt, None, prog)
+        train_state.save_checkpoint(run, cfg, model, opt, None, prog)
     assert os.readlink(run.checkpoints / "current") == before
 
 
@@ -262,7 +282,7 @@ def test_eval_falls_back_to_best_and_takes_a_bare_file_with_model(
     assert main(["eval", str(run), "--subset", "10", "--json", "-"]) == 0
     assert "best.safetensors" in capsys.readouterr().out
     bare = tmp_path / "bare.safetensors"
-    tensors = {k: v.contiguous() for k, v in loop.build_model(RunDir(run).read_config()).state_dict().items()}
+    tensors = {k: v.contiguous() for k, v in train_state.build_model(RunDir(run).read_config()).state_dict().items()}
     save_file(tensors, str(bare))
     assert main(["eval", str(bare), "--subset", "10", "--json", "-"]) == 1
     assert "--model" in error_line(capsys)

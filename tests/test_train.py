@@ -24,6 +24,7 @@ from odearch.train import (
     NonFiniteLossError,
     RunDir,
     TrainConfig,
+    TrainStep,
     evaluate,
     fit,
     load_state,
@@ -177,14 +178,39 @@ def test_train_one_epoch_and_evaluate_return_dicts() -> None:
     batches = [(torch.randn(8, 3, 16, 16), torch.randint(0, 3, (8,))) for _ in range(3)]
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     lrs = []
-    out = train_one_epoch(model, batches, opt, lr_fn=lambda s: lrs.append(s) or 0.01 * (s + 1), step=5,
-                          autocast=contextlib.nullcontext)  # fmt: skip
+    step = TrainStep(opt, lr_fn=lambda s: lrs.append(s) or 0.01 * (s + 1), autocast=contextlib.nullcontext)
+    out = train_one_epoch(model, batches, step, step=5)
     assert (out["step"], out["batches"], out["n"], out["stopped"]) == (8, 3, 24, False)
     assert lrs == [5, 6, 7] and opt.param_groups[0]["lr"] == pytest.approx(0.08)
     assert isinstance(out["loss_sum"], torch.Tensor) and 0 <= int(out["correct"]) <= 24
     res = evaluate(model, batches, num_classes=3)
     assert set(res) == {"loss", "acc", "n", "per_class_acc", "per_class_n"} and res["n"] == 24
     assert sum(res["per_class_n"]) == 24 and not model.training
+
+
+def test_a_train_step_override_is_the_one_place_to_change_the_update() -> None:
+    """Gradient clipping as the one short override of `TrainStep.update` the docs show: `train_one_epoch` runs it on
+    every batch of an iterator that starts where the epoch resumes, and the on_step hook can end the epoch."""
+    torch.manual_seed(0)
+    model = odearch.create_model("resnet20", num_classes=3)
+    batches = [(torch.randn(4, 3, 16, 16), torch.randint(0, 3, (4,))) for _ in range(4)]
+    norms: list[float] = []
+
+    class ClippedStep(TrainStep):
+        def update(self, loss: torch.Tensor) -> None:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            norms.append(float(torch.nn.utils.clip_grad_norm_(params, max_norm=1e-3)))
+            self.optimizer.step()
+
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    out = train_one_epoch(model, iter(batches[1:]), ClippedStep(opt, lr_fn=lambda s: 1.0), step=1,
+                          on_step=lambda step, sums: step == 3)  # fmt: skip
+    assert (out["step"], out["batches"], out["n"], out["stopped"]) == (3, 2, 8, True) and len(norms) == 2
+    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)]).norm()
+    assert norms[0] > 1e-3 and float(moved) <= 2 * 1e-3 + 1e-6  # two clipped steps of lr 1 move at most 2e-3
 
 
 # ------------------------------------------------------------------------------------------------- fit (real data)

@@ -94,6 +94,24 @@ def _add_models_parser(sub: Any) -> None:
     ls.add_argument("--pattern", help="shell-style filter, e.g. 'lm_*'")
 
 
+def _add_eval_arguments(e: argparse.ArgumentParser) -> None:
+    """The flags of ``odearch eval`` (``--dataset`` choices: the data set table)."""
+    from .data import DATASETS
+
+    e.add_argument("target", help="a run directory or a .safetensors checkpoint")
+    e.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which checkpoint of a run")
+    e.add_argument("--model", help="model of a bare weights file without odearch metadata (e.g. lm_resnet20)")
+    e.add_argument("--dataset", choices=tuple(DATASETS), help="data set of a bare weights file (default: cifar10)")
+    e.add_argument("--data-dir", help="directory holding the data set (default: $ODEARCH_DATA, else the run's)")
+    e.add_argument("--download", action=argparse.BooleanOptionalAction, default=None, help="download if missing")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
+    e.add_argument("--batch-size", type=int, default=1000)
+    e.add_argument("--subset", type=int, help="evaluate on the first N test images")
+    e.add_argument("--json", help="write the JSON here ('-': stdout; default: RUN/eval_<checkpoint>.json, or stdout "
+                                  "for a bare checkpoint)")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand."""
     parser = _Parser(prog="odearch", description="LM-ResNet and friends: train, evaluate, list and analyze models.",
@@ -112,21 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(t)
     _add_model_flags(t)
 
-    e = sub.add_parser("eval", help="test loss and accuracy (overall and per class) of a run or checkpoint",
-                       allow_abbrev=False)  # fmt: skip
-    e.add_argument("target", help="a run directory or a .safetensors checkpoint")
-    e.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which checkpoint of a run")
-    e.add_argument("--model", help="model of a bare weights file without odearch metadata (e.g. lm_resnet20)")
-    e.add_argument("--dataset", choices=("cifar10", "cifar100", "imagenet"), help="data set of a bare weights file "
-                                                                                  "(default: cifar10)")  # fmt: skip
-    e.add_argument("--data-dir", help="directory holding the data set (default: $ODEARCH_DATA, else the run's)")
-    e.add_argument("--download", action=argparse.BooleanOptionalAction, default=None, help="download if missing")
-    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    e.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
-    e.add_argument("--batch-size", type=int, default=1000)
-    e.add_argument("--subset", type=int, help="evaluate on the first N test images")
-    e.add_argument("--json", help="write the JSON here ('-': stdout; default: RUN/eval_<checkpoint>.json, or stdout "
-                                  "for a bare checkpoint)")  # fmt: skip
+    _add_eval_arguments(sub.add_parser("eval", help="test loss and accuracy (overall and per class) of a run or "
+                                                    "checkpoint", allow_abbrev=False))  # fmt: skip
 
     _add_models_parser(sub)
 
@@ -221,29 +226,6 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0 if result.get("status") in ("complete", "stopped", None) else 1
 
 
-def _eval_loader(cfg: Any, batch_size: int, subset: int | None, device: Any) -> tuple[Any, list[str]]:
-    """The test loader of ``cfg``'s data set (CIFAR test batch, or ImageNet ``val/`` single-crop) and class names."""
-    if cfg.dataset == "imagenet":
-        from .data import imagenet_folder, make_imagenet_loader
-        from .train.imagenet import default_workers, evenly_spaced
-
-        indices = evenly_spaced(range(len(imagenet_folder(cfg.data_dir, "val"))), subset) if subset else None
-        loader = make_imagenet_loader(cfg.data_dir, "val", batch_size, train=False, indices=indices, device=device,
-                                      crop=cfg.crop_size, resize=cfg.resize_size, channels_last=cfg.channels_last,
-                                      decode=cfg.decode, workers=default_workers() if cfg.workers is None else
-                                      cfg.workers)  # fmt: skip
-        return loader, list(loader.classes)
-    from .data import CifarLoader, dataset_info, load_cifar, take_first
-
-    images, labels = load_cifar(cfg.data_dir, cfg.dataset, train=False, download=cfg.download)
-    if subset:
-        images, labels = take_first(images, labels, min(subset, len(images)))
-    info = dataset_info(cfg.dataset)
-    loader = CifarLoader(images, labels, batch_size, train=False, mean=info["mean"], std=info["std"], device=device,
-                         channels_last=cfg.channels_last)  # fmt: skip
-    return loader, list(info["classes"])
-
-
 # ------------------------------------------------------------------------------------------------------- eval
 def _run_checkpoint(run: Any, which: str) -> Path:
     """RUN's ``which`` checkpoint; ``last`` falls back to ``best`` when a run has only that (as analyze does)."""
@@ -290,9 +272,10 @@ def _eval_target(args: argparse.Namespace) -> tuple[Any, Path, Path | None, dict
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
+    from .data import make_test_loader
     from .train import build_model, evaluate, generations, resolve_device
     from .train.checkpoint import weights_into
-    from .train.loop import _amp_dtype
+    from .train.numerics import amp_dtype, autocast
 
     cfg, ckpt, json_default, tensors, meta = _eval_target(args)
     if args.batch_size < 1 or (args.subset is not None and args.subset < 1):
@@ -304,10 +287,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model = model.to(device, memory_format=torch.channels_last)
     if args.download is not None:
         cfg = cfg.replace(download=args.download)
-    loader, classes = _eval_loader(cfg, args.batch_size, args.subset, device)
-    amp = _amp_dtype(args.amp, device)
-    res = evaluate(model, loader, autocast=lambda: torch.autocast(device.type, dtype=amp, enabled=amp is not None),
-                   num_classes=cfg.num_classes)  # fmt: skip
+    loader, classes = make_test_loader(cfg, device, args.batch_size, args.subset)
+    amp = amp_dtype(args.amp, device)
+    res = evaluate(model, loader, autocast=lambda: autocast(device, amp), num_classes=cfg.num_classes)
     per_class = dict(zip(classes, res["per_class_acc"]))
     out = {"checkpoint": str(ckpt), "model": cfg.model, "dataset": cfg.dataset, "epoch": meta.get("epoch"),
            "step": meta.get("step"), "test_images": res["n"], "test_loss": res["loss"], "test_acc": res["acc"],

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from ..runfiles import INITIAL_K_FILE
+from ..runfiles import read_metrics as read_metrics_rows
 from ..schemes.lm import lm_k_by_stage
 from .lm_table import KValues, format_table, lm_table, write_csv
 
@@ -166,9 +168,6 @@ def read_lm_k(checkpoint: Path, suffix: str = ".lm_k") -> dict[str, KValues]:
         raise AnalyzeError(f"{checkpoint}: {error}") from error
 
 
-INITIAL_K_FILE = "lm_k_init.json"  # written by odearch.train.loop.write_initial_k (kept in step by a test)
-
-
 def read_initial_k(path: Path) -> dict | None:
     """The ``{"epoch": 0, "lm_k": ...}`` record of k_n before training, or None if the run has none (runs of
     older versions)."""
@@ -184,27 +183,18 @@ def read_initial_k(path: Path) -> dict | None:
 
 
 def read_metrics(path: Path) -> list[dict] | None:
-    """The JSON objects of a metrics.jsonl (blank lines skipped), or None if the file does not exist.
+    """The rows of a metrics.jsonl (:func:`odearch.runfiles.read_metrics`: a torn last line is skipped, as training
+    does), or None if the file does not exist.
 
-    An unterminated last line that is not valid JSON (a run killed while appending) is ignored, as training does.
+    Raises:
+        AnalyzeError: a complete line that is not a metrics row (the message names ``file:line``).
     """
     if not path.is_file():
         return None
-    records = []
-    lines = path.read_text(errors="replace").splitlines(keepends=True)
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            if number == len(lines) and not line.endswith("\n"):
-                break
-            raise AnalyzeError(f"{path}:{number}: not JSON ({error.msg})") from error
-        if not isinstance(record, dict):
-            raise AnalyzeError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        records.append(record)
-    return records
+    try:
+        return read_metrics_rows(path)
+    except ValueError as error:
+        raise AnalyzeError(str(error)) from None
 
 
 def read_model_name(path: Path) -> str | None:

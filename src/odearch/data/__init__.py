@@ -1,5 +1,6 @@
 """CIFAR-10/100 reading (safe unpickling, download, splits) and the on-device augmenting batch loader; ImageNet in
-the ImageFolder layout with the standard ResNet recipe (:mod:`odearch.data.imagenet`)."""
+the ImageFolder layout with the standard ResNet recipe (:mod:`odearch.data.imagenet`); the data set table
+(:mod:`odearch.data.datasets`: recipe, classes, normalisation, loader builders) that config, trainer and CLI read."""
 
 from .cifar import (
     CIFAR10_CLASSES,
@@ -15,6 +16,7 @@ from .cifar import (
     take_first,
     train_val_split,
 )
+from .datasets import DATASETS, DatasetSpec, canonical_name, get_dataset, make_test_loader
 from .imagenet import (
     IMAGENET_MEAN,
     IMAGENET_RECIPE,
@@ -27,6 +29,7 @@ from .imagenet import (
     train_transform,
 )
 from .loader import CifarLoader
+from .splits import VAL_SPLIT_SEED, DatasetError, Splits
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -35,19 +38,27 @@ __all__ = [
     "CIFAR100_CLASSES",
     "CIFAR100_MEAN",
     "CIFAR100_STD",
+    "DATASETS",
     "IMAGENET_MEAN",
     "IMAGENET_RECIPE",
     "IMAGENET_STD",
+    "VAL_SPLIT_SEED",
     "CifarLoader",
+    "DatasetError",
+    "DatasetSpec",
     "ForbiddenGlobalError",
     "ImageNetLoader",
     "RestrictedUnpickler",
+    "Splits",
+    "canonical_name",
     "dataset_info",
     "eval_transform",
+    "get_dataset",
     "imagenet_folder",
     "load_cifar",
     "make_imagenet_loader",
     "make_synthetic_imagefolder",
+    "make_test_loader",
     "take_first",
     "train_transform",
     "train_val_split",

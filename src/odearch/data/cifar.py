@@ -77,7 +77,9 @@ _FULL_SIZE = {True: 50000, False: 10000}
 
 
 def _spec(dataset: str) -> _Spec:
-    key = dataset.lower().replace("-", "").replace("_", "")
+    from .datasets import canonical_name  # the table imports this module
+
+    key = canonical_name(dataset)
     if key not in _SPECS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(_SPECS)}")
     return _SPECS[key]

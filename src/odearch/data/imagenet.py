@@ -253,27 +253,13 @@ class ImageNetLoader:
 
 
 def make_imagenet_loader(
-    root: str | Path,
-    split: Literal["train", "val"] | str = "train",
-    batch_size: int = 256,
-    *,
-    train: bool | None = None,
-    augment: bool | None = None,
-    indices: Sequence[int] | None = None,
-    workers: int = 8,
-    rank: int = 0,
-    world_size: int = 1,
-    seed: int = 0,
-    drop_last: bool | None = None,
-    pin_memory: bool | None = None,
-    persistent_workers: bool | None = None,
-    prefetch_factor: int | None = None,
-    decode: Literal["pil", "device"] = "pil",
-    device: str | torch.device | None = None,
-    crop: int = 224,
-    resize: int = 256,
-    channels_last: bool = False,
-) -> ImageNetLoader:
+    root: str | Path, split: Literal["train", "val"] | str = "train", batch_size: int = 256, *,
+    train: bool | None = None, augment: bool | None = None, indices: Sequence[int] | None = None, workers: int = 8,
+    rank: int = 0, world_size: int = 1, seed: int = 0, drop_last: bool | None = None, pin_memory: bool | None = None,
+    persistent_workers: bool | None = None, prefetch_factor: int | None = None,
+    decode: Literal["pil", "device"] = "pil", device: str | torch.device | None = None, crop: int = 224,
+    resize: int = 256, channels_last: bool = False,
+) -> ImageNetLoader:  # fmt: skip
     """A loader over ``root/split`` with the recipe's augmentation (see the module docstring).
 
     Args:
@@ -302,70 +288,67 @@ def make_imagenet_loader(
         resize: evaluation shorter-side resize before the centre crop.
         channels_last: return images in ``torch.channels_last`` memory format.
     """
+    _check_options(decode, rank, world_size, batch_size)
+    train = split == "train" if train is None else train
+    augment = train if augment is None else augment
+    drop_last = train if drop_last is None else drop_last
+    folder, collate, dev = _folder(root, split, decode, augment, crop, resize, device)
+    dataset: Dataset = folder if indices is None else Subset(folder, list(indices))
+    sampler = _sampler(dataset, train, drop_last, rank, world_size, seed)
+    pin = (torch.cuda.is_available() if pin_memory is None else pin_memory) and decode == "pil"
+    extra: dict[str, Any] = {}
+    if workers > 0:
+        extra["persistent_workers"] = True if persistent_workers is None else persistent_workers
+        if prefetch_factor is not None:
+            extra["prefetch_factor"] = prefetch_factor
+    # Encoded bytes (decode="device") are not worth pinning; the generator seeds the workers.
+    loader = DataLoader(dataset, batch_size=batch_size // world_size, sampler=_SkippableSampler(sampler),
+                        num_workers=workers, collate_fn=collate, drop_last=drop_last, pin_memory=pin,
+                        generator=torch.Generator().manual_seed(seed), **extra)  # fmt: skip
+    out = ImageNetLoader(folder, loader, sampler, train=train, augment=augment, seed=seed, decode=decode, device=dev,
+                         crop=crop, resize=resize, channels_last=channels_last)  # fmt: skip
+    out.set_epoch(0)
+    return out
+
+
+def _check_options(decode: str, rank: int, world_size: int, batch_size: int) -> None:
+    """ValueError for a decode mode, rank or batch size that cannot work."""
     if decode not in ("pil", "device"):
         raise ValueError(f"decode must be 'pil' or 'device', got {decode!r}")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
     if batch_size < world_size or batch_size % world_size:
         raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of world_size ({world_size})")
-    train = split == "train" if train is None else train
-    augment = train if augment is None else augment
-    drop_last = train if drop_last is None else drop_last
+
+
+def _folder(
+    root: str | Path, split: str, decode: str, augment: bool, crop: int, resize: int, device: str | torch.device | None
+) -> tuple[ImageFolder, Any, torch.device | None]:
+    """(ImageFolder, collate function, delivery device) of ``split``: decoded and transformed in the workers
+    (``pil``), or raw bytes decoded on the device (``device``: CUDA if available when ``device`` is None)."""
     dev = None if device is None else torch.device(device)
-    if decode == "device":
-        if dev is None:
-            dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            warnings.warn("decode='device': CUDA is not available, decoding JPEGs on the CPU", stacklevel=2)
-            dev = torch.device("cpu")
-        folder = ImageFolder(str(_split_dir(root, split)), loader=_read_bytes)
-        collate = _collate_encoded
-    else:
-        folder = imagenet_folder(root, split, train_transform(crop) if augment else eval_transform(crop, resize))
-        collate = None
-    dataset: Dataset = folder if indices is None else Subset(folder, list(indices))
+    if decode == "pil":
+        transform = train_transform(crop) if augment else eval_transform(crop, resize)
+        return imagenet_folder(root, split, transform), None, dev
+    if dev is None:
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        warnings.warn("decode='device': CUDA is not available, decoding JPEGs on the CPU", stacklevel=3)
+        dev = torch.device("cpu")
+    return ImageFolder(str(_split_dir(root, split)), loader=_read_bytes), _collate_encoded, dev
+
+
+def _sampler(dataset: Dataset, train: bool, drop_last: bool, rank: int, world_size: int, seed: int) -> Sampler:
+    """Training: shuffled (``DistributedSampler`` over ranks); evaluation: in order (every ``world_size``-th image
+    from ``rank`` over ranks, without padding)."""
     if world_size > 1 and train:
-        sampler: Sampler = DistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=drop_last
-        )
-    elif world_size > 1:
-        sampler = _ShardSampler(len(dataset), rank, world_size)  # type: ignore[arg-type]
-    elif train:
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
-    else:
-        sampler = SequentialSampler(dataset)
-    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
-    extra: dict[str, Any] = {}
-    if workers > 0:
-        extra["persistent_workers"] = True if persistent_workers is None else persistent_workers
-        if prefetch_factor is not None:
-            extra["prefetch_factor"] = prefetch_factor
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size // world_size,
-        sampler=_SkippableSampler(sampler),
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=pin and decode == "pil",  # encoded bytes are not worth pinning
-        drop_last=drop_last,
-        generator=torch.Generator().manual_seed(seed),  # worker seeds
-        **extra,
-    )
-    out = ImageNetLoader(
-        folder,
-        loader,
-        sampler,
-        train=train,
-        augment=augment,
-        seed=seed,
-        decode=decode,
-        device=dev,
-        crop=crop,
-        resize=resize,
-        channels_last=channels_last,
-    )
-    out.set_epoch(0)
-    return out
+        return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
+                                  drop_last=drop_last)  # fmt: skip
+    if world_size > 1:
+        return _ShardSampler(len(dataset), rank, world_size)  # type: ignore[arg-type]
+    if train:
+        return RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    return SequentialSampler(dataset)
 
 
 # ------------------------------------------------------------------------------------------------ synthetic data

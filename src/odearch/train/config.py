@@ -5,7 +5,8 @@ Every field is both a YAML key and a flag (``weight_decay`` <-> ``--weight-decay
 Recipe defaults are the paper's (SGD, momentum 0.9, no Nesterov, batch 128, lr 0.1 divided by 10 at epochs 80 and
 120, 160 epochs, weight decay 1e-4 on CIFAR-10; 300 epochs with steps at 150 and 225 on CIFAR-100; on ImageNet 90
 epochs with steps at 30, 60 and 80, 1000 classes, ``odearch.data.IMAGENET_RECIPE``). Fields left None that depend on
-the data set (``epochs``, ``milestones``, ``num_classes``) are resolved in ``__post_init__``. The LM coefficients are
+the data set (``epochs``, ``milestones``, ``num_classes``) are resolved in ``__post_init__`` from the data set table
+(:data:`odearch.data.DATASETS`), which also gives the ``dataset`` choices. The LM coefficients are
 decayed as in the official code (``lm_weight_decay: kappa``, kappa = 1 - k; see :mod:`odearch.train.optim`).
 """
 
@@ -22,18 +23,13 @@ from typing import Any
 
 import yaml
 
-from ..data import IMAGENET_RECIPE, dataset_info
-from ..data.imagenet import NUM_CLASSES as IMAGENET_CLASSES
+from ..data import DATASETS, canonical_name
 from ..models import is_model, model_entrypoint
 
 __all__ = ["RECIPES", "ConfigError", "TrainConfig", "config_hash", "load_yaml"]
 
-# (epochs, milestones) of the paper's CIFAR recipes and of the ImageNet recipe (He et al. 2015).
-RECIPES: dict[str, tuple[int, tuple[int, ...]]] = {
-    "cifar10": (160, (80, 120)),
-    "cifar100": (300, (150, 225)),
-    "imagenet": (IMAGENET_RECIPE["epochs"], tuple(IMAGENET_RECIPE["milestones"])),
-}
+# (epochs, milestones) of the paper's CIFAR recipes and of the ImageNet recipe (He et al. 2015): the data set table's.
+RECIPES: dict[str, tuple[int, tuple[int, ...]]] = {name: (d.epochs, d.milestones) for name, d in DATASETS.items()}
 
 
 class ConfigError(ValueError):
@@ -53,7 +49,7 @@ class TrainConfig:
     # model
     model: str = _f("", "registered model name (see `odearch models`)")
     dataset: str = _f("cifar10", "data set (imagenet: an ImageFolder with train/ and val/ in --data-dir)",
-                      choices=("cifar10", "cifar100", "imagenet"))  # fmt: skip
+                      choices=tuple(DATASETS))  # fmt: skip
     num_classes: int | None = _f(None, "classifier size (default: from the data set)")
     scheme: str | None = _f(None, "integrator of every stage, e.g. euler, lm, rk2 (default: the model's own)")
     model_kwargs: dict[str, Any] = field(  # a mutable default needs a factory
@@ -68,9 +64,10 @@ class TrainConfig:
                                        "kappa = 1 - k, pulling k toward 1), k (toward 0; runs made before this "
                                        "option), none", choices=("kappa", "k", "none"))  # fmt: skip
     batch_size: int = _f(128, "GLOBAL batch size (split over ranks when distributed)")
-    epochs: int | None = _f(None, "epochs (default: 160 on cifar10, 300 on cifar100, 90 on imagenet)")
-    milestones: tuple[int, ...] | None = _f(None, "step schedule: epochs where lr *= gamma (default: 80 120 / 150 225 "
-                                                  "/ 30 60 80)")  # fmt: skip
+    epochs: int | None = _f(None, "epochs (default: " + ", ".join(f"{d.epochs} on {n}" for n, d in DATASETS.items())
+                            + ")")  # fmt: skip
+    milestones: tuple[int, ...] | None = _f(None, "step schedule: epochs where lr *= gamma (default: " + " / ".join(
+        " ".join(map(str, d.milestones)) for d in DATASETS.values()) + ")")  # fmt: skip
     gamma: float = _f(0.1, "step schedule factor")
     schedule: str = _f("step", "learning-rate schedule", choices=("step", "cosine"))
     warmup_epochs: float = _f(0.0, "linear warm-up length in epochs (per step)")
@@ -127,18 +124,17 @@ class TrainConfig:
         if not isinstance(self.model_kwargs, dict):
             raise ConfigError(f"model_kwargs must be a mapping, got {self.model_kwargs!r}")
         object.__setattr__(self, "model_kwargs", dict(self.model_kwargs))
-        ds = self.dataset.lower().replace("-", "").replace("_", "")
-        if ds not in RECIPES:
-            raise ConfigError(f"unknown dataset {self.dataset!r}; expected one of {sorted(RECIPES)}")
+        ds = canonical_name(self.dataset)
+        if ds not in DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; expected one of {sorted(DATASETS)}")
         object.__setattr__(self, "dataset", ds)
-        epochs, milestones = RECIPES[ds]
+        spec = DATASETS[ds]
         if self.epochs is None:
-            object.__setattr__(self, "epochs", epochs)
+            object.__setattr__(self, "epochs", spec.epochs)
         if self.milestones is None:
-            object.__setattr__(self, "milestones", milestones)
+            object.__setattr__(self, "milestones", spec.milestones)
         if self.num_classes is None:
-            n = IMAGENET_CLASSES if ds == "imagenet" else dataset_info(ds)["num_classes"]
-            object.__setattr__(self, "num_classes", n)
+            object.__setattr__(self, "num_classes", spec.num_classes)
         if self.data_dir is None:
             object.__setattr__(self, "data_dir", os.environ.get("ODEARCH_DATA") or "data")
         self._check()

@@ -34,13 +34,14 @@ from typing import Any
 
 import yaml
 
+from ..runfiles import INITIAL_K_FILE, METRICS_FILE, read_metrics
 from .checkpoint import atomic_write
 from .config import ConfigError, TrainConfig
 
 __all__ = ["LAYOUT", "RunDir", "RunExistsError", "RunLockedError", "default_out", "resolve_data_dir"]
 
 # What a run directory may hold (names a run writes); --overwrite deletes these and nothing else.
-LAYOUT = ("config.yaml", "metrics.jsonl", "result.json", "tb", "checkpoints", "analysis", ".lock", "lm_k_init.json")
+LAYOUT = ("config.yaml", METRICS_FILE, "result.json", "tb", "checkpoints", "analysis", ".lock", INITIAL_K_FILE)
 CHECKPOINT_NAMES = ("last.safetensors", "last.state.pt", "best.safetensors", "current")
 
 
@@ -89,7 +90,7 @@ class RunDir:
 
     @property
     def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
+        return self.root / METRICS_FILE
 
     @property
     def result(self) -> Path:
@@ -222,28 +223,8 @@ class RunDir:
             raise OSError(e.errno, f"cannot write {self.metrics}: {e.strerror}") from None
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """All metric rows (an unterminated last line, from a kill mid-write, is ignored).
-
-        Raises:
-            ValueError: naming the file and line, for a line that is not a JSON object with an integer ``epoch``.
-        """
-        if not self.metrics.is_file():
-            return []
-        rows = []
-        for number, line in enumerate(self.metrics.read_text(errors="replace").splitlines(keepends=True), 1):
-            if not line.endswith("\n") or not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{self.metrics}:{number}: not a JSON line ({e}); remove or repair that "
-                                 "line") from None  # fmt: skip
-            epoch = row.get("epoch") if isinstance(row, dict) else None
-            if not isinstance(epoch, int) or isinstance(epoch, bool):
-                raise ValueError(f"{self.metrics}:{number}: a metrics row needs an integer 'epoch'; remove or repair "
-                                 "that line")  # fmt: skip
-            rows.append(row)
-        return rows
+        """All metric rows (:func:`odearch.runfiles.read_metrics`; none when the file does not exist yet)."""
+        return read_metrics(self.metrics) if self.metrics.is_file() else []
 
     def repair_metrics(self, epochs: int, row: dict[str, Any] | None = None) -> None:
         """Keeps the rows of epochs <= ``epochs`` (rows written after the checkpoint a resume starts from) and adds
@@ -255,10 +236,6 @@ class RunDir:
         text = "".join(json.dumps(r) + "\n" for r in rows)
         if rows != old or (self.metrics.is_file() and self.metrics.read_text(errors="replace") != text):
             atomic_write(self.metrics, text.encode())
-
-    def truncate_metrics(self, epochs: int) -> None:
-        """Keeps only the rows of epochs <= ``epochs`` (rows written after the checkpoint a resume starts from)."""
-        self.repair_metrics(epochs)
 
     def read_result(self) -> dict[str, Any]:
         """The result.json of a finished run."""

@@ -26,8 +26,9 @@ from torch import nn
 from ..models._pretrained import FORMAT, REGISTRY_FILE, file_sha256, read_registry
 from .checkpoint import atomic_write, load_weights, weights_into
 from .config import RECIPES, TrainConfig
-from .loop import build_model, evaluate
+from .epoch import evaluate
 from .rundir import RunDir
+from .state import build_model
 
 __all__ = ["ShipError", "add_ship_arguments", "evaluate_weights", "run_ship", "ship_run"]
 
@@ -44,14 +45,11 @@ def evaluate_weights(model: nn.Module, dataset: str, data_dir: str | Path,
                      subset: int | None = None) -> tuple[int, int]:  # fmt: skip
     """(correct, images) of ``model`` on the first ``subset`` (default: all) test images of ``dataset``, in fp32 on the
     CPU, batches of 1000, channels_last: the one evaluation that ships and the test suite repeat."""
-    from ..data import CifarLoader, dataset_info, load_cifar, take_first
+    from ..data import get_dataset
 
-    images, labels = load_cifar(data_dir, dataset, train=False, download=False)
-    if subset is not None:
-        images, labels = take_first(images, labels, subset)
-    info = dataset_info(dataset)
-    loader = CifarLoader(images, labels, EVAL_BATCH, train=False, mean=info["mean"], std=info["std"], device="cpu",
-                         channels_last=True)  # fmt: skip
+    spec = get_dataset(dataset)
+    loader, _ = spec.test_loader(spec.name, data_dir, EVAL_BATCH, "cpu", subset=subset, download=False,
+                                 channels_last=True)  # fmt: skip
     model = model.to("cpu", torch.float32, memory_format=torch.channels_last)
     res = evaluate(model, loader)
     return round(res["acc"] * res["n"]), res["n"]
@@ -84,17 +82,7 @@ def ship_run(run_dir: str | Path, *, data_dir: str | Path | None = None, tag: st
         overwrite: replace an entry of the same name.
     """
     run = RunDir(Path(run_dir))
-    if not run.result.is_file():
-        raise ShipError(f"{run.root} has no result.json: the run has not finished (or never started)")
-    result, cfg, rows = run.read_result(), run.read_config(), run.read_metrics()
-    if result.get("status") != "complete" or result.get("epochs_done") != cfg.epochs or len(rows) != cfg.epochs:
-        raise ShipError(f"{run.root} is not finished: status {result.get('status')!r}, {len(rows)} of {cfg.epochs} "
-                        f"epochs in metrics.jsonl; resume it with `odearch train --resume {run.root}`")  # fmt: skip
-    if cfg.dataset not in ("cifar10", "cifar100"):
-        raise ShipError(f"{run.root}: only CIFAR runs ship (this one is {cfg.dataset})")
-    problems = _recipe_problems(cfg)
-    if problems and not any_recipe:
-        raise ShipError(f"{run.root} is not the paper's full recipe: {'; '.join(problems)}")
+    result, cfg, rows, problems = _finished_run(run, any_recipe)
     tensors, meta = load_weights(run.last_weights)
     if meta.get("epoch") != cfg.epochs:
         raise ShipError(f"{run.last_weights} holds epoch {meta.get('epoch')}, not the final epoch {cfg.epochs}")
@@ -110,24 +98,46 @@ def ship_run(run_dir: str | Path, *, data_dir: str | Path | None = None, tag: st
     file = f"{name}.safetensors"
     registry.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(registry.parent / file, run.last_weights.read_bytes())
+    entries[name] = _entry(run, cfg, result, rows, file_sha256(registry.parent / file), file, correct, n) | (
+        {"not_the_paper_recipe": problems} if problems else {})  # fmt: skip
+    atomic_write(registry, (json.dumps({"format": FORMAT, "weights": entries}, indent=2) + "\n").encode())
+    return name, entries[name]
+
+
+def _finished_run(run: RunDir, any_recipe: bool) -> tuple[dict[str, Any], TrainConfig, list[dict[str, Any]],
+                                                          list[str]]:  # fmt: skip
+    """(result, config, metrics rows, recipe problems) of a run that may ship: finished, CIFAR, the paper's full
+    recipe unless ``any_recipe``; else ShipError."""
+    if not run.result.is_file():
+        raise ShipError(f"{run.root} has no result.json: the run has not finished (or never started)")
+    result, cfg, rows = run.read_result(), run.read_config(), run.read_metrics()
+    if result.get("status") != "complete" or result.get("epochs_done") != cfg.epochs or len(rows) != cfg.epochs:
+        raise ShipError(f"{run.root} is not finished: status {result.get('status')!r}, {len(rows)} of {cfg.epochs} "
+                        f"epochs in metrics.jsonl; resume it with `odearch train --resume {run.root}`")  # fmt: skip
+    if cfg.dataset not in ("cifar10", "cifar100"):
+        raise ShipError(f"{run.root}: only CIFAR runs ship (this one is {cfg.dataset})")
+    problems = _recipe_problems(cfg)
+    if problems and not any_recipe:
+        raise ShipError(f"{run.root} is not the paper's full recipe: {'; '.join(problems)}")
+    return result, cfg, rows, problems
+
+
+def _entry(run: RunDir, cfg: TrainConfig, result: dict[str, Any], rows: list[dict[str, Any]], sha256: str, file: str,
+           correct: int, n: int) -> dict[str, Any]:  # fmt: skip
+    """The registry entry of the shipped weights: recipe, this evaluation, and the run's provenance."""
     commits = list(dict.fromkeys(r["git_commit"] for r in rows if r.get("git_commit"))) or [result.get("git_commit")]
-    last_acc = rows[-1].get("test_acc")
-    entry = {
-        "file": file, "sha256": file_sha256(registry.parent / file), "model": cfg.model, "scheme": cfg.scheme,
+    return {
+        "file": file, "sha256": sha256, "model": cfg.model, "scheme": cfg.scheme,
         "model_kwargs": cfg.model_kwargs, "num_classes": cfg.num_classes, "dataset": cfg.dataset,
         "recipe": {k: getattr(cfg, k) for k in RECIPE_KEYS} | {"train_images": result.get("train_images")},
         "test_acc": correct / n, "test_correct": correct, "test_images": n,
         "eval": f"checkpoints/last.safetensors, fp32, CPU, channels_last, batch {EVAL_BATCH}, no augmentation",
-        "run_final_test_acc": last_acc, "run": str(run.root), "run_config_hash": result.get("config_hash"),
+        "run_final_test_acc": rows[-1].get("test_acc"), "run": str(run.root),
+        "run_config_hash": result.get("config_hash"),
         "commits": commits, "git_dirty": any(bool(r.get("git_dirty")) for r in rows) or bool(result.get("git_dirty")),
         "wall_seconds": result.get("wall_seconds"), "device_name": result.get("device_name"),
         "torch_version": result.get("torch_version"),
     }  # fmt: skip
-    if problems:
-        entry["not_the_paper_recipe"] = problems
-    entries[name] = entry
-    atomic_write(registry, (json.dumps({"format": FORMAT, "weights": entries}, indent=2) + "\n").encode())
-    return name, entry
 
 
 def add_ship_arguments(p: argparse.ArgumentParser) -> None:
