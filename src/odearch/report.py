@@ -33,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from .runfiles import read_metrics
+
 __all__ = ["PAPER_CIFAR10", "RunSummary", "add_report_arguments", "find_runs", "plot_curves", "render",
            "run_report", "summarize", "twin_rows", "write_report"]  # fmt: skip
 
@@ -114,18 +116,6 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     return runs
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl rows; a torn last line (a run writing right now) is skipped."""
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-    return rows
-
-
 def _count_params(cfg: dict[str, Any]) -> int | None:
     """Parameter count of the config's model, built on the meta device (no memory, no time)."""
     import torch
@@ -161,7 +151,8 @@ def summarize(run_dir: str | Path) -> RunSummary:
     """Reads one run directory into a :class:`RunSummary`."""
     run_dir = Path(run_dir)
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    rows = [r for r in _read_rows(run_dir / "metrics.jsonl") if "epoch" in r]
+    metrics = run_dir / "metrics.jsonl"
+    rows = read_metrics(metrics) if metrics.is_file() else []  # a torn last line (a run writing now) is skipped
     result = None
     if (run_dir / "result.json").is_file():
         try:
