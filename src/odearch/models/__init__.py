@@ -14,7 +14,8 @@ Each family file holds its constructor and a literal table of its registered nam
 from ..nn.stochastic import StochasticDepth
 from . import cifar_resnet, imagenet_resnet, preact_resnet, resnext, shake_resnet  # noqa: F401  (registers the families)
 from ._builders import StageSpec, make_stages
-from ._pretrained import list_pretrained
+from ._pretrained import FORMAT as WEIGHTS_FORMAT
+from ._pretrained import REGISTRY_FILE, file_sha256, list_pretrained, read_registry
 from ._registry import (
     check_model_options,
     create_model,
@@ -34,6 +35,8 @@ from .table import MODEL_OPTIONS, model_table, models_markdown, option_help
 
 __all__ = [
     "MODEL_OPTIONS",
+    "REGISTRY_FILE",
+    "WEIGHTS_FORMAT",
     "StageSpec",
     "StochasticDepth",
     "build_cifar_resnet",
@@ -42,6 +45,7 @@ __all__ = [
     "build_shake_resnet",
     "check_model_options",
     "create_model",
+    "file_sha256",
     "is_model",
     "list_models",
     "list_pretrained",
@@ -52,6 +56,7 @@ __all__ = [
     "models_markdown",
     "models_taking",
     "option_help",
+    "read_registry",
     "register_model",
     "register_table",
 ]

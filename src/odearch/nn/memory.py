@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .stage import Stage, StepFns, StepGate, _axpy, _dropped
+from .stage import Stage, StepFns, StepGate, axpy, is_dropped
 
 __all__ = ["MEMORY_MODES", "default_memory", "get_memory", "set_memory"]
 
@@ -224,11 +224,11 @@ class _RevRun:
         for (f, g), (gate_f, gate_g) in zip(self.fns, self.gates):  # type: ignore[misc]
             x, y = u.chunk(2, dim=self.dim)
             st_f = _rng_get(device)
-            if not _dropped(gate_f):
-                x = _axpy(x, 1.0, f(y), gate_f)
+            if not is_dropped(gate_f):
+                x = axpy(x, 1.0, f(y), gate_f)
             st_g = _rng_get(device)
-            if not _dropped(gate_g):
-                y = _axpy(y, 1.0, g(x), gate_g)
+            if not is_dropped(gate_g):
+                y = axpy(y, 1.0, g(x), gate_g)
             u = torch.cat((x, y), dim=self.dim)
             st_n = _rng_get(device) if self.noisy else None
             u = self.stage._end(u, self.noisy)
@@ -267,9 +267,9 @@ class _RevRun:
                     u = torch.add(u, torch.randn_like(u), alpha=-noise_scale)
                 x, y = u.chunk(2, dim=self.dim)
                 gx, gy = grad.chunk(2, dim=self.dim)
-                if not _dropped(gate_g):  # Y_n = Y_{n+1} - gate G(X_{n+1})
+                if not is_dropped(gate_g):  # Y_n = Y_{n+1} - gate G(X_{n+1})
                     y, gx = self._undo(g, pg, st_g, x, y, gy, gx, gate_g, pgrads, dev_type, amp_on, amp_dtype)
-                if not _dropped(gate_f):  # X_n = X_{n+1} - gate F(Y_n)
+                if not is_dropped(gate_f):  # X_n = X_{n+1} - gate F(Y_n)
                     x, gy = self._undo(f, pf, st_f, y, x, gx, gy, gate_f, pgrads, dev_type, amp_on, amp_dtype)
                 u = torch.cat((x, y), dim=self.dim)
                 grad = torch.cat((gx, gy), dim=self.dim)
@@ -300,7 +300,7 @@ class _RevRun:
         leaf = arg.detach().requires_grad_()
         with torch.enable_grad(), _frozen_norm_stats(fn), torch.autocast(dev_type, dtype=amp_dtype, enabled=amp_on):
             out = fn(leaf)
-        target = _axpy(target, -1.0, out.detach(), gate)
+        target = axpy(target, -1.0, out.detach(), gate)
         g_out = g_target if gate is None else g_target * gate
         grads = torch.autograd.grad(out, [leaf, *params], g_out.to(out.dtype), allow_unused=True)
         for p, gp in zip(params, grads[1:]):

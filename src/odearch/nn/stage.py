@@ -78,7 +78,7 @@ StepFns = ResidualFn | tuple[ResidualFn, ...]
 StepGate = Gate | tuple[Gate, Gate]  # a RevNet step has one stochastic-depth gate for F and one for G
 
 
-def _axpy(u: Tensor, coef: float, v: Tensor, gate: Gate = None) -> Tensor:
+def axpy(u: Tensor, coef: float, v: Tensor, gate: Gate = None) -> Tensor:
     """u + coef * gate * v as one kernel (and no multiply when coef is 1 and there is no gate).
 
     ``gate``: None (1), a float (a per-batch 1 / p) or a (B, 1, ..., 1) tensor (per-sample eta / p).
@@ -90,7 +90,7 @@ def _axpy(u: Tensor, coef: float, v: Tensor, gate: Gate = None) -> Tensor:
     return torch.add(u, v, alpha=coef * gate)
 
 
-def _dropped(gate: Gate) -> bool:
+def is_dropped(gate: Gate) -> bool:
     """True for a block dropped by a per-batch draw: its residual function is not evaluated."""
     return type(gate) is float and gate == 0.0
 
@@ -290,7 +290,7 @@ def step_runner(scheme: str | Scheme) -> StepRunner:
 def _rk_step(tab: ButcherTableau, u: Tensor, fn: StepFns, gate: Gate = None, k1: Tensor | None = None) -> Tensor:
     """k_i = f_i(u + sum_j a_ij k_j); u_{n+1} = u + (eta_n / p_n) sum_i b_i k_i (the gate: 1 without stochastic
     depth; one draw for the whole step). ``k1``: f(u) when already evaluated."""
-    if _dropped(gate):
+    if is_dropped(gate):
         return u
     fs = fn if isinstance(fn, tuple) else (fn,) * tab.stages
     ks: list[Tensor] = []
@@ -301,12 +301,12 @@ def _rk_step(tab: ButcherTableau, u: Tensor, fn: StepFns, gate: Gate = None, k1:
         ui = u
         for j in range(i):
             if tab.a[i][j] != 0.0:
-                ui = _axpy(ui, tab.a[i][j], ks[j])
+                ui = axpy(ui, tab.a[i][j], ks[j])
         ks.append(fs[i](ui))
     out = u
     for b_i, k_i in zip(tab.b, ks):
         if b_i != 0.0:
-            out = _axpy(out, b_i, k_i, gate)
+            out = axpy(out, b_i, k_i, gate)
     return out
 
 
@@ -376,13 +376,13 @@ class LMRunner(StepRunner):
         u, u_prev, first = start.u, start.history, start.first
         if first == 0:  # starter: one forward Euler step, u_{-1} := u_0
             g = _gate(gates, 0)
-            u_prev, u = u, stage._end(u if _dropped(g) else _axpy(u, 1.0, fns[0](u), g), noisy)  # type: ignore[operator]
+            u_prev, u = u, stage._end(u if is_dropped(g) else axpy(u, 1.0, fns[0](u), g), noisy)  # type: ignore[operator]
             first = 1
         assert u_prev is not None
         for m in range(first, len(fns)):
             k = self.coefficient(stage, m)
             g = _gate(gates, m)
-            r = None if _dropped(g) else _scaled(fns[m](u), g)  # type: ignore[operator]
+            r = None if is_dropped(g) else _scaled(fns[m](u), g)  # type: ignore[operator]
             u_prev, u = u, stage._end(_LMCombine.apply(u, u_prev, k, r), noisy)
         return u, u_prev
 
@@ -403,7 +403,7 @@ class MultistepRunner(StepRunner):
         fs = [_scaled(start.residual, start.gate)] if start.first else []  # fs[i] = f(us[i]), but the newest's
         for n in range(start.first, len(fns)):
             g = _gate(gates, n)
-            f_n = None if _dropped(g) else fns[n](u)  # type: ignore[operator]
+            f_n = None if is_dropped(g) else fns[n](u)  # type: ignore[operator]
             fs.append(_scaled(f_n, g))
             if len(us) < s:  # not enough history: a starter step, its first evaluation being f_n
                 u_new = _rk_step(lmm.starter, u, fns[n], gate=g, k1=f_n)
@@ -411,7 +411,7 @@ class MultistepRunner(StepRunner):
                 u_new = u if lmm.alpha[s - 1] == -1.0 else torch.mul(u, -lmm.alpha[s - 1])
                 for coef, v in zip((*(-a for a in lmm.alpha[: s - 1]), *lmm.beta[:s]), (*us[-s:-1], *fs[-s:])):
                     if coef != 0.0 and v is not None:
-                        u_new = _axpy(u_new, coef, v)
+                        u_new = axpy(u_new, coef, v)
             u = stage._end(u_new, noisy)
             us, fs = [*us, u][-s:], fs[-s:]
         return u, None
@@ -423,12 +423,12 @@ class PolyRunner(StepRunner):
     scheme: PolyScheme
 
     def step(self, u: Tensor, fn: StepFns, gate: Gate = None) -> Tensor:
-        if _dropped(gate):
+        if is_dropped(gate):
             return u
         out, term = u, u
         for _ in range(self.scheme.degree):
             term = fn(term)  # type: ignore[operator]
-            out = _axpy(out, 1.0, term, gate)
+            out = axpy(out, 1.0, term, gate)
         return out
 
 
@@ -452,10 +452,10 @@ class RevRunner(StepRunner):
         f, g = fn  # type: ignore[misc]
         gate_f, gate_g = gate or (None, None)
         x, y = u.chunk(2, dim=self.scheme.split_dim)
-        if not _dropped(gate_f):
-            x = _axpy(x, 1.0, f(y), gate_f)
-        if not _dropped(gate_g):
-            y = _axpy(y, 1.0, g(x), gate_g)
+        if not is_dropped(gate_f):
+            x = axpy(x, 1.0, f(y), gate_f)
+        if not is_dropped(gate_g):
+            y = axpy(y, 1.0, g(x), gate_g)
         return torch.cat((x, y), dim=self.scheme.split_dim)
 
     def inverse(self, fns: list[StepFns], u: Tensor) -> Tensor:
@@ -619,9 +619,9 @@ class Stage(nn.Module):
     def _transition(self, u: Tensor, fn: StepFns, gate: Gate, noisy: bool) -> Start:
         """The plain step u_1 = P(u_0) + (eta_0 / p_0) f_0(u_0) (P(u_0) when dropped), history u_0 projected."""
         p = self.shortcut(u)  # type: ignore[misc]
-        r = None if _dropped(gate) else fn(u)  # type: ignore[operator]
+        r = None if is_dropped(gate) else fn(u)  # type: ignore[operator]
         history = p if self.history_shortcut is None else self.history_shortcut(u)  # u_0, one step back
-        u_1 = self._end(p if r is None else _axpy(p, 1.0, r, gate), noisy)  # last: a traced stage ends on u
+        u_1 = self._end(p if r is None else axpy(p, 1.0, r, gate), noisy)  # last: a traced stage ends on u
         return Start(u_1, 1, history, r, gate)
 
     def _end(self, u: Tensor, noisy: bool = False) -> Tensor:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models._pretrained import FORMAT, REGISTRY_FILE, file_sha256, read_registry
+from ..models import REGISTRY_FILE, WEIGHTS_FORMAT, file_sha256, read_registry
 from .checkpoint import atomic_write, load_weights, weights_into
 from .config import RECIPES, TrainConfig
 from .epoch import evaluate
@@ -100,7 +100,7 @@ def ship_run(run_dir: str | Path, *, data_dir: str | Path | None = None, tag: st
     atomic_write(registry.parent / file, run.last_weights.read_bytes())
     entries[name] = _entry(run, cfg, result, rows, file_sha256(registry.parent / file), file, correct, n) | (
         {"not_the_paper_recipe": problems} if problems else {})  # fmt: skip
-    atomic_write(registry, (json.dumps({"format": FORMAT, "weights": entries}, indent=2) + "\n").encode())
+    atomic_write(registry, (json.dumps({"format": WEIGHTS_FORMAT, "weights": entries}, indent=2) + "\n").encode())
     return name, entries[name]
 
 
