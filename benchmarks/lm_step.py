@@ -9,8 +9,9 @@ cross-entropy, backward, SGD momentum 0.9 wd 1e-4; channels_last) on one fixed r
 is timed (`throughput.py` times the data pipeline too). For every precision, each pair's plain and LM model runs
 ``--warmup`` untimed steps, then ``--repeats`` timed windows of ``--steps`` steps, interleaved (plain, LM, old LM,
 next pair, next precision, then again), so drift and other load hit all of them alike. ``old LM`` (eager only) is
-the same LM model with the LM step of commit dbe7c8e swapped in (its ``_LMCombine``, k cast to the state's dtype,
-dk as two dots in the state's dtype), kept below verbatim, so old and new are compared in one process.
+the same LM model with the LM step of commit b2b71ed swapped in (the two-state form (1 - k) u_n + k u_{n-1} + r and
+its hand-written backward; ``odearch`` now steps in velocity form), kept below verbatim, so old and new are compared
+in one process.
 
 Reports the median images/s, the LM / plain ratio of the medians (target >= 0.97), the spread of the per-window
 ratios (window i of LM over window i of its plain twin) and the same ratio by process CPU time (images per CPU
@@ -48,14 +49,48 @@ DEFAULT_PAIRS = ["preact_resnet20:lm_resnet20", "preact_resnet56:lm_resnet56"]
 LM_TARGET = 0.97
 
 
+# The LM step of commit b2b71ed, verbatim: the two-state form (1 - k) u_n + k u_{n-1} + r (lerp, then add) with the
+# hand-written backward g (1 - k), g k, <g, u_{n-1} - u_n>.
+def _old_lm_dk(g: Tensor, u: Tensor, u_prev: Tensor, k: Tensor, scratch: Tensor | None = None) -> Tensor:
+    """dk = sum of g (u_prev - u) over the dimensions k broadcasts along, in k's shape and dtype.
+
+    The difference u_prev - u is taken first, elementwise (exact where the two states are close, by Sterbenz's
+    lemma), and the sum is accumulated in float32 or better: float32 / float64 states reduce with one BLAS dot
+    <g, u_prev - u>; bfloat16 / float16 states (autocast) form g (u_prev - u) in their dtype and sum it in float32.
+    The former dot(g, u_prev) - dot(g, u) rounded each dot to bf16 before the subtraction and lost dk entirely
+    when the two dots nearly cancel. ``scratch``: a tensor like g to hold the difference (overwritten), or None.
+    Under ``torch.compile`` the same sum is written functionally (no views, no ``out=``): inductor fuses it.
+    """
+    acc = torch.promote_types(g.dtype, torch.float32)
+    lead = g.dim() - k.dim()
+    dims = [i for i in range(g.dim()) if i < lead or k.shape[i - lead] == 1]
+    if torch.compiler.is_compiling():
+        return (g * (u_prev - u)).sum(dims, dtype=acc).view(k.shape).to(k.dtype)
+    d = torch.sub(u_prev, u) if scratch is None else torch.sub(u_prev, u, out=scratch)
+    if k.dim() == 0:
+        fg, fd = stage_mod._flat(g), stage_mod._flat(d)
+        if fg is not None and fd is not None and g.stride() == d.stride():
+            if fg.dtype == acc:
+                return torch.dot(fg, fd).to(k.dtype)
+            return fd.mul_(fg).sum(dtype=acc).to(k.dtype)
+    return d.mul_(g).sum(dims, dtype=acc).view(k.shape).to(k.dtype)
+
+
 class _OldLMCombine(torch.autograd.Function):
-    """The LM step of commit dbe7c8e, verbatim: out = lerp(u, u_prev, k) + r; dk = dot(g, u_prev) - dot(g, u)."""
+    """out = (1 - k) u + k u_prev + r, the LM update with its residual r = (eta_n / p_n) f_n(u_n) already evaluated.
+
+    ``k`` keeps its own dtype (the float32 parameter under autocast); the update runs in the states' dtype.
+    Backward: du = g (1 - k), du_prev = g k, dr = g, dk = sum g (u_prev - u) accumulated in float32 or better and
+    returned in k's dtype (:func:`_lm_dk`). Autograd through ``lerp`` would reduce dk with a ``sum`` over a
+    channels_last tensor (4.4 ms per call on a 2-core CPU at 128x16x32x32) and in the states' dtype; a bf16
+    ``torch.dot`` is both slow on CPU (2.4 ms per call) and inexact (each dot rounded before the subtraction).
+    """
 
     @staticmethod
     def forward(ctx: Any, u: Tensor, u_prev: Tensor, k: Tensor, r: Tensor | None) -> Tensor:
         ctx.save_for_backward(u, u_prev, k)
         ctx.has_r = r is not None
-        out = torch.lerp(u, u_prev, k)
+        out = torch.lerp(u, u_prev, k.to(u.dtype))
         return out if r is None else out.add_(r)
 
     @staticmethod
@@ -63,36 +98,43 @@ class _OldLMCombine(torch.autograd.Function):
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         u, u_prev, k = ctx.saved_tensors
         need_u, need_prev, need_k, need_r = ctx.needs_input_grad
-        grad_u = g * (1 - k) if need_u else None
-        grad_prev = g * k if need_prev else None
-        grad_k = None
-        if need_k:
-            flat = [stage_mod._flat(t) for t in (g, u, u_prev)]
-            if k.dim() == 0 and g.stride() == u.stride() == u_prev.stride() and all(f is not None for f in flat):
-                fg, fu, fp = flat
-                grad_k = torch.dot(fg, fp) - torch.dot(fg, fu)  # type: ignore[arg-type]
-            else:
-                grad_k = (g * (u_prev - u)).sum_to_size(k.shape)
+        kc = k.to(g.dtype)
+        grad_u = g * (1 - kc) if need_u else None
+        scratch = None  # eager: holds u_prev - u for dk, then du_prev (one allocation for both)
+        if need_prev and not torch.compiler.is_compiling():
+            scratch = torch.empty_like(g)
+        grad_k = _old_lm_dk(g, u, u_prev, k, scratch) if need_k else None
+        grad_prev = (g * kc if scratch is None else torch.mul(g, kc, out=scratch)) if need_prev else None
         return grad_u, grad_prev, grad_k, (g if need_r and ctx.has_r else None)
 
 
-def _old_lm_coefficient(self: Any, m: int, u: Tensor) -> Tensor:
-    """dbe7c8e's `Stage._lm_coefficient`: k cast to the state's dtype before the LM step."""
-    k = self.lm_k[m - 1].to(u.dtype)
-    if k.dim() == 1:
-        k = k.view(-1, *([1] * (u.dim() - 2)))
-    return k
+def _old_lm_run(
+    self: Any, stage: Any, fns: list[Any], start: Any, gates: list[Any] | None, noisy: bool
+) -> tuple[Tensor, Tensor]:
+    u, u_prev, first = start.u, start.history, start.first
+    if first == 0:  # starter: one forward Euler step, u_{-1} := u_0
+        g = stage_mod._gate(gates, 0)
+        r0 = None if stage_mod.is_dropped(g) else fns[0](u)
+        u_prev, u = u, stage._end(u if r0 is None else stage_mod.axpy(u, 1.0, r0, g), noisy)
+        first = 1
+    assert u_prev is not None
+    for m in range(first, len(fns)):
+        k = self.coefficient(stage, m)
+        g = stage_mod._gate(gates, m)
+        r = None if stage_mod.is_dropped(g) else stage_mod._scaled(fns[m](u), g)  # type: ignore[operator]
+        u_prev, u = u, stage._end(_OldLMCombine.apply(u, u_prev, k, r), noisy)
+    return u, u_prev
 
 
 @contextlib.contextmanager
 def old_lm_step() -> Iterator[None]:
-    """Swap dbe7c8e's LM step into `odearch.nn.stage` (eager models look it up at every call)."""
-    saved = stage_mod._LMCombine, stage_mod.Stage._lm_coefficient
-    stage_mod._LMCombine, stage_mod.Stage._lm_coefficient = _OldLMCombine, _old_lm_coefficient  # type: ignore[misc]
+    """Swap b2b71ed's two-state LM step into ``odearch.nn.stage.LMRunner`` (eager models look it up at every call)."""
+    saved = stage_mod.LMRunner.run
+    stage_mod.LMRunner.run = _old_lm_run  # type: ignore[method-assign]
     try:
         yield
     finally:
-        stage_mod._LMCombine, stage_mod.Stage._lm_coefficient = saved  # type: ignore[misc]
+        stage_mod.LMRunner.run = saved  # type: ignore[method-assign]
 
 
 def parse_args() -> argparse.Namespace:
@@ -102,7 +144,7 @@ def parse_args() -> argparse.Namespace:
                    help="autocast precisions to measure (off: fp32)")  # fmt: skip
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     p.add_argument("--compile", action="store_true", help="torch.compile the models (as `odearch train --compile`)")
-    p.add_argument("--no-old", action="store_true", help="skip the dbe7c8e LM step (always skipped when compiled)")
+    p.add_argument("--no-old", action="store_true", help="skip the b2b71ed LM step (always skipped when compiled)")
     p.add_argument("--steps", type=int, default=8, help="steps per timed window")
     p.add_argument("--repeats", type=int, default=5, help="timed windows per model and precision")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per model and precision first")
@@ -194,11 +236,13 @@ def main() -> None:
                     "plain_img_s": med[amp, plain, "new"], "lm_img_s": med[amp, lm, variant],
                     "ratio": ratio, "window_ratios": per_window,
                     "window_ratio_min": min(per_window), "window_ratio_max": max(per_window),
+                    "window_ratio_median": statistics.median(per_window),
                     "cpu_time_ratio": cpu_ratio, "pass": ratio >= LM_TARGET,
                 })  # fmt: skip
                 print(f"{amp:5s} {lm:14s} ({variant}) / {plain:16s}: {med[amp, lm, variant]:7.1f} / "
                       f"{med[amp, plain, 'new']:7.1f} img/s = {ratio:.3f} (windows {min(per_window):.3f}.."
-                      f"{max(per_window):.3f}), by CPU time {cpu_ratio:.3f} {'PASS' if ratio >= LM_TARGET else 'FAIL'}",
+                      f"{max(per_window):.3f}, median {statistics.median(per_window):.3f}), "
+                      f"by CPU time {cpu_ratio:.3f} {'PASS' if ratio >= LM_TARGET else 'FAIL'}",
                       flush=True)  # fmt: skip
 
     now = datetime.now()
@@ -212,7 +256,7 @@ def main() -> None:
                      "warmup": args.warmup, "compile": args.compile, "amp": args.amp, "channels_last": True,
                      "seed": 0, "seconds": seconds, "warmup_seconds": warm_s,
                      "input": "one fixed random batch (torch.Generator seed 0)",
-                     "old_lm_step": "dbe7c8e _LMCombine and _lm_coefficient" if with_old else None},
+                     "old_lm_step": "b2b71ed two-state _LMCombine and LMRunner.run" if with_old else None},
         "target": LM_TARGET,
         "samples_img_s": {"/".join(key): v for key, v in samples.items()},
         "samples_img_per_cpu_s": {"/".join(key): v for key, v in cpu_samples.items()},
