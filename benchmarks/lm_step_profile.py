@@ -102,7 +102,6 @@ def main() -> None:
             for _ in range(args.rounds):
                 for v, step in steps.items():
                     ev = profiled(step, variants[v][1])
-                    print(v, round(sum(ev.values())), flush=True)
                     block = sum(ms for key, ms in ev.items() if is_block_op(key))
                     groups[v]["block"].append(block)
                     groups[v]["rest"].append(sum(ev.values()) - block)
