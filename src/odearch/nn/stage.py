@@ -392,7 +392,7 @@ class LMRunner(StepRunner):
             r = None if is_dropped(g) else _scaled(fns[m](u), g)  # type: ignore[operator]
             v = _LMVelocity.apply(r, v, k)
             u_prev, u = u, stage._end(u + v, noisy)
-            if not plain_end:
+            if not plain_end and m + 1 < len(fns):  # not after the last step: a traced stage ends on u (fx features)
                 v = u - u_prev
         return u, u_prev
 
