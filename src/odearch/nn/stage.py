@@ -13,7 +13,7 @@ Update of each scheme family (paper Table 1; f absorbs the step):
   reading of rk2); a single function is shared by the inner stages, as an ODE solver does.
 - LM (LM-ResNet): u_{n+1} = (1 - k_n) u_n + k_n u_{n-1} + f_n(u_n), learnable ``lm_k`` (one per block, or one per
   channel), k_n ~ U[-0.1, 0] at initialisation. Computed in velocity form, v_n = u_n - u_{n-1}:
-  v_{n+1} = f_n(u_n) - k_n v_n, u_{n+1} = u_n + v_{n+1} (the same update; half the extra memory traffic).
+  v_{n+1} = f_n(u_n) - k_n v_n, u_{n+1} = u_n + v_{n+1} (the same update, fewer passes over the state).
 - Linear multistep (alpha, beta), e.g. ``ab2``:
   u_{n+s} = -sum_{j<s} alpha_j u_{n+j} + sum_{j<s} beta_j f_{n+j}(u_{n+j}).
 - PolyNet (``poly2``): u_{n+1} = u_n + F(u_n) + F(F(u_n)).
@@ -127,10 +127,10 @@ def _lm_dk(t: Tensor, v: Tensor, k: Tensor) -> Tensor:
     (autocast): the products t v in their dtype, summed per sample (torch accumulates a reduced-precision sum in
     float32 and rounds it once), the per-sample sums added in float32; each rounding is at most 2^-9 of a sum of
     |t v| terms, as the rounding of the products themselves, so dk stays within 2^-8 sum |t v| of the exact sum
-    of the products. Five times faster on a 2-core CPU than ``sum(dtype=float32)`` (which first copies its
-    input to float32); a bf16 ``torch.dot`` is slower still (2.4 ms per call at 128x16x32x32) and rounds the whole
-    sum to bf16. The velocity is the tensor the forward pass multiplied by k: no difference of two nearly equal
-    states is formed. Under ``torch.compile`` the same sum is written functionally: inductor fuses it.
+    of the products. ``sum(dtype=float32)`` would first copy its whole input to float32 (an extra pass); a bf16
+    ``torch.dot`` is slow on CPU and rounds the whole sum to bf16. The velocity is the tensor the forward pass
+    multiplied by k: no difference of two nearly equal states is formed. Under ``torch.compile`` the same sum is
+    written functionally: inductor fuses it.
     """
     acc = torch.promote_types(t.dtype, torch.float32)
     lead = t.dim() - k.dim()
@@ -154,7 +154,8 @@ class _LMVelocity(torch.autograd.Function):
     addition. ``k`` keeps its own dtype (the float32 parameter under autocast); the update runs in the states'
     dtype. Backward: dr = t, dv = -k t, dk = -sum t v accumulated in float32 or better, returned in k's dtype
     (:func:`_lm_dk`). Against the two-state form (1 - k) u_n + k u_{n-1}, whose backward forms g (1 - k), g k,
-    u_{n-1} - u_n and sums three gradients into every u_n, this halves the LM's extra memory traffic.
+    u_{n-1} - u_n and sums three gradients into every u_n, the backward makes 7 extra passes over the state
+    instead of 12 (measured: ``benchmarks/lm_combine.py``, results/README.md "Velocity form").
     """
 
     @staticmethod
