@@ -111,17 +111,18 @@ def _scaled(f: Tensor | None, gate: Gate) -> Tensor | None:
 
 
 def _flat(t: Tensor) -> Tensor | None:
-    """A 1-D view of a dense tensor in its memory order (row-major or channels_last), or None."""
+    """A 1-D view of a dense tensor in its memory order (row-major or channels_last), or None (one view op)."""
     if t.is_contiguous():
         return t.view(-1)
     if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
-        return t.permute(0, 2, 3, 1).view(-1)
+        return t.as_strided((t.numel(),), (1,))  # dense from its storage offset on: its elements in memory order
     return None
 
 
-def _lm_dk(t: Tensor, v: Tensor, k: Tensor) -> Tensor:
-    """dk = -sum of t v over the dimensions k broadcasts along, in k's shape and dtype (t: the gradient of
-    v_{n+1} = r - k v_n, v: the velocity v_n).
+def _lm_dk(t: Tensor, v: Tensor, k: Tensor, dtype: torch.dtype) -> Tensor:
+    """dk = -sum of t v over the dimensions k broadcasts along, in k's shape and in ``dtype`` (k's own dtype: the
+    float32 parameter, also where ``k`` is its autocast copy; t: the gradient of v_{n+1} = r - k v_n, v: the
+    velocity v_n).
 
     Accumulated in float32 or better. float32 / float64 states: one BLAS dot <t, v>. bfloat16 / float16 states
     (autocast): the products t v in their dtype, summed per sample (torch accumulates a reduced-precision sum in
@@ -133,18 +134,18 @@ def _lm_dk(t: Tensor, v: Tensor, k: Tensor) -> Tensor:
     written functionally: inductor fuses it.
     """
     acc = torch.promote_types(t.dtype, torch.float32)
-    lead = t.dim() - k.dim()
-    dims = [i for i in range(t.dim()) if i < lead or k.shape[i - lead] == 1]
-    if torch.compiler.is_compiling():
-        return (t * v).sum(dims, dtype=acc).neg().view(k.shape).to(k.dtype)
-    if k.dim() == 0 and t.stride() == v.stride():
+    compiling = torch.compiler.is_compiling()
+    if k.dim() == 0 and not compiling and t.stride() == v.stride():
         ft, fv = _flat(t), _flat(v)  # 1-D: summing a channels_last tensor over all four dims is 4x slower
         if ft is not None and fv is not None:
             if t.dtype == acc:
-                return torch.dot(ft, fv).neg_().to(k.dtype)
+                return torch.dot(ft, fv).neg_().to(dtype)
             rows = t.shape[0] if t.dim() > 1 else 1
-            return torch.mul(ft, fv).view(rows, -1).sum(1).sum(dtype=acc).neg_().to(k.dtype)
-    return (t * v).sum(dims, dtype=acc).neg_().view(k.shape).to(k.dtype)
+            return torch.mul(ft, fv).view(rows, -1).sum(1).sum(dtype=acc).neg_().to(dtype)
+    lead = t.dim() - k.dim()
+    dims = [i for i in range(t.dim()) if i < lead or k.shape[i - lead] == 1]
+    prod = (t * v).sum(dims, dtype=acc)
+    return (prod.neg() if compiling else prod.neg_()).view(k.shape).to(dtype)
 
 
 class _LMVelocity(torch.autograd.Function):
@@ -160,18 +161,18 @@ class _LMVelocity(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, r: Tensor | None, v: Tensor, k: Tensor) -> Tensor:
-        ctx.save_for_backward(v, k)
-        ctx.has_r = r is not None
-        neg_k = k.to(v.dtype).neg()
-        return torch.mul(v, neg_k) if r is None else torch.addcmul(r, v, neg_k)
+        kc = k.to(v.dtype)  # no copy when the dtypes agree (fp32); cast once, kept for the backward (autocast)
+        ctx.save_for_backward(v, kc)
+        ctx.has_r, ctx.k_dtype = r is not None, k.dtype
+        return torch.mul(v, kc.neg()) if r is None else torch.addcmul(r, v, kc, value=-1.0)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, t: Tensor) -> tuple[Tensor | None, ...]:
-        v, k = ctx.saved_tensors
+        v, kc = ctx.saved_tensors
         need_r, need_v, need_k = ctx.needs_input_grad
-        grad_k = _lm_dk(t, v, k) if need_k else None
-        grad_v = torch.mul(t, k.to(t.dtype).neg()) if need_v else None
+        grad_k = _lm_dk(t, v, kc, ctx.k_dtype) if need_k else None
+        grad_v = torch.mul(t, kc.neg()) if need_v else None
         return (t if need_r and ctx.has_r else None), grad_v, grad_k
 
 
@@ -364,6 +365,14 @@ class LMRunner(StepRunner):
             stage.lm_k = nn.Parameter(torch.empty(shape).uniform_(*scheme.k_init))
 
     @staticmethod
+    def coefficients(stage: Stage) -> Any:
+        """k of LM steps 1..N-1 of ``stage`` (item m - 1: step m), as :meth:`coefficient` shapes them. One ``unbind``
+        per forward pass: its backward stacks the steps' dk into lm_k's gradient at once, where indexing each step
+        would add a ``select_backward`` (a zero tensor of lm_k's shape) and a gradient accumulation per step. A
+        tuple, or an fx Proxy of one when traced (indexable, not iterable)."""
+        return (stage.lm_k[:, :, None, None] if stage._lm_per_channel else stage.lm_k).unbind(0)
+
+    @staticmethod
     def coefficient(stage: Stage, m: int) -> Tensor:
         """k of LM step m (1-based within the stage), shaped to broadcast against the state: a scalar, or (C, 1, 1)
         per channel of a (B, C, H, W) state (decided when the stage is built, so the graph is traceable)."""
@@ -387,11 +396,11 @@ class LMRunner(StepRunner):
         assert u_prev is not None
         if len(fns) > first and (v is None or not plain_end):
             v = u - u_prev  # dropped first step (a zero velocity that still gives k its gradient) or a non-linear _end
+        ks = self.coefficients(stage) if len(fns) > first else ()
         for m in range(first, len(fns)):
-            k = self.coefficient(stage, m)
             g = _gate(gates, m)
             r = None if is_dropped(g) else _scaled(fns[m](u), g)  # type: ignore[operator]
-            v = _LMVelocity.apply(r, v, k)
+            v = _LMVelocity.apply(r, v, ks[m - 1])
             u_prev, u = u, stage._end(u + v, noisy)
             if not plain_end and m + 1 < len(fns):  # not after the last step: a traced stage ends on u (fx features)
                 v = u - u_prev
