@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from odearch.train import TrainConfig, build_model
@@ -84,7 +85,9 @@ def profiled_cuda(step: Callable[[], None], old: bool) -> tuple[dict[str, float]
         torch.cuda.synchronize()
         wall = time.perf_counter() - t0
     events = prof.key_averages()
-    gpu = {e.key: getattr(e, "self_device_time_total", 0.0) / 1e3 for e in events}
+    # GPU-side events only: an op's own self device time repeats its kernels' (the first two records, of
+    # 2026-12-04, summed both and report twice the kernel time; their plain / LM ratios are unaffected)
+    gpu = {e.key: e.self_device_time_total / 1e3 for e in events if e.device_type == DeviceType.CUDA}
     launches = sum(e.count for e in events if "LaunchKernel" in e.key)
     totals = {"host_ms": sum(e.self_cpu_time_total for e in events) / 1e3, "kernel_ms": sum(gpu.values()),
               "launches": float(launches), "wall_ms": wall * 1e3}  # fmt: skip

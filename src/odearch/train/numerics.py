@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .allocator import keep_freed_memory
 from .config import ConfigError, TrainConfig
 
 __all__ = [
@@ -77,7 +78,10 @@ def cpu_has_native_bf16() -> bool:
 
 
 def configure_numerics(cfg: TrainConfig, device: torch.device) -> None:
-    """Deterministic switch, else let cuDNN pick the fastest kernels; TF32 matmuls on CUDA unless deterministic."""
+    """Deterministic switch, else let cuDNN pick the fastest kernels; TF32 matmuls on CUDA unless deterministic.
+    On CPU, the host allocator keeps freed memory (:func:`odearch.train.allocator.keep_freed_memory`)."""
+    if device.type == "cpu":
+        keep_freed_memory()
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
         torch.use_deterministic_algorithms(True)

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from .allocator import allocator_state
+
 __all__ = ["device_name", "git_state", "provenance"]
 
 
@@ -58,6 +60,7 @@ def provenance(device: torch.device) -> dict[str, Any]:
         "device_name": device_name(device),
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda,
+        "cpu_allocator": allocator_state(),
         "python_version": platform.python_version(),
         "platform": platform.platform(),
     }
