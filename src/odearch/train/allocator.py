@@ -3,16 +3,17 @@
 A training step allocates the same activation and gradient tensors every time. glibc's ``malloc`` serves blocks
 above its mmap threshold with fresh ``mmap`` pages and returns them (and the top of its heap, past the trim
 threshold) to the kernel on ``free``, so every step touches new pages again: the kernel zero-fills each one in a
-minor page fault. Measured on a 2-core AMD EPYC (results/README.md, "Host allocator"): the CIFAR ResNet-20 training
-of ``odearch train`` took about 170,000 minor faults a second and spent ~19 % of its CPU time in the kernel. With
-the mmap threshold fixed at its maximum (32 MiB on 64-bit: blocks below it come from the heap) and no trimming, the
-pages stay mapped and are reused from the second step on. The cost: memory freed by the process stays in it (its
-resident size stays at its peak), which is what a training process wants; jemalloc and tcmalloc, which PyTorch's
-CPU performance guides recommend loading with ``LD_PRELOAD``, make the same trade.
+minor page fault. Measured on a 2-core AMD EPYC (results/README.md, "Host allocator on CPU"): the CIFAR
+LM-ResNet-20 training of ``odearch train`` took 107,000-169,000 minor faults a second and spent 13-19 % of its CPU
+time in the kernel. With the mmap threshold fixed at its maximum (32 MiB on 64-bit: blocks below it come from the
+heap) and no trimming, the pages stay mapped and a training step reuses them (a median step: no fault). The cost:
+memory freed by the process stays in it (its resident size stays at its peak), which is what a training process
+wants; jemalloc and tcmalloc, which PyTorch's CPU performance guides recommend loading with ``LD_PRELOAD``, make the
+same trade.
 
-``odearch`` applies it in :func:`odearch.train.numerics.configure_numerics` on CPU (training, ``odearch eval``, the
+``odearch`` applies it in :func:`odearch.train.numerics.configure_numerics` on CPU (``odearch train`` and the
 benchmarks); ``ODEARCH_KEEP_FREED_MEMORY=0`` in the environment leaves the allocator as it is. Nothing happens on a
-C library other than glibc (musl, macOS), or where another allocator was preloaded (no ``mallopt``).
+C library other than glibc (musl, macOS); where another allocator was preloaded, glibc's setting has no effect.
 """
 
 from __future__ import annotations
