@@ -348,3 +348,30 @@ def test_step_runner_answers_what_builders_ask(scheme: str, answers: dict) -> No
     """What make_stage / convert / memory read from the table instead of asking the scheme's type."""
     runner = step_runner(scheme)
     assert {key: getattr(runner, key) for key in answers} == answers
+
+
+@pytest.mark.parametrize("bf16, most", [(False, 63), (True, 87)])
+def test_lm_step_dispatches_few_extra_ops(bf16: bool, most: int) -> None:
+    """aten ops dispatched by a forward + backward pass of lm_resnet20 beyond its plain twin's (6 LM steps): one
+    unbind of lm_k per stage (not a select, select_backward and gradient accumulation per step), addcmul with
+    value=-1 (no negation of k), k cast once. 3d90721 dispatched 90 (fp32) and 120 (bf16 autocast) extra ops."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    def ops(name: str) -> int:
+        torch.manual_seed(0)
+        m = odearch.create_model(name).to(memory_format=torch.channels_last)
+        x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
+        with Count() as c:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = m(x)
+            out.float().sum().backward()
+        return c.n
+
+    assert ops("lm_resnet20") - ops("preact_resnet20") <= most
