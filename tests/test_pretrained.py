@@ -23,8 +23,8 @@ from datapaths import CIFAR_ROOT, HAS_CIFAR, REPO, SKIP_REASON
 from odearch.cli import main
 from odearch.models import _pretrained
 from odearch.models._pretrained import PretrainedError, read_registry
-from odearch.train import TrainConfig, fit
-from odearch.train.ship import ShipError, evaluate_weights, ship_run
+from odearch.train import RunDir, TrainConfig, fit
+from odearch.train.ship import ShipError, evaluate_weights, prune_checkpoints, ship_run
 
 SHIPPED = list(read_registry())
 
@@ -180,3 +180,57 @@ def test_a_real_run_records_and_reports_its_device_and_commit(tiny_run: Path) ->
     s = summarize(tiny_run)
     assert s.devices == [result["device_name"]] and s.commits == [result["git_commit"]] and s.complete
     assert s.recipe_diff and s.params == result["params"] and s.precision == "fp32" and s.wall_exact
+
+
+def test_prune_checkpoints_keeps_the_final_weights_reachable(tiny_run: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """``odearch ship RUN --prune-checkpoints`` deletes the checkpoints only once the final weights ship byte for byte;
+    ``odearch eval RUN`` then evaluates the shipped copy and gets the same numbers, and asks for the history for the
+    best-epoch weights."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, symlinks=True)
+    reg = tmp_path / "weights" / "registry.json"
+    monkeypatch.setattr(_pretrained, "REGISTRY_FILE", reg)
+    final = (run / "checkpoints" / "last.safetensors").read_bytes()
+    ev = ["eval", str(run), "--data-dir", str(CIFAR_ROOT), "--subset", "300", "--json", str(tmp_path / "e.json")]
+    assert main(ev) == 0
+    before = json.loads((tmp_path / "e.json").read_text())
+    with pytest.raises(ShipError, match="ship the run before pruning"):
+        prune_checkpoints(run, reg)
+    assert (run / "checkpoints" / "last.safetensors").is_file()
+
+    ship = ["ship", str(run), "--registry", str(reg), "--any-recipe", "--test-subset", "100", "--prune-checkpoints"]
+    assert main(ship) == 0
+    out = capsys.readouterr().out
+    assert "shipped resnet20.cifar10_s0" in out and "deleted" in out
+    assert not (run / "checkpoints").exists()
+    record = json.loads((run / "shipped.json").read_text())
+    assert record["weights"] == "resnet20.cifar10_s0"
+    assert "checkpoints/current/last.safetensors" not in record["deleted"]  # symlinks are not files of their own
+    assert any(k.endswith("last.state.pt") for k in record["deleted"]) and len(record["deleted"]) >= 3
+    assert (reg.parent / "resnet20.cifar10_s0.safetensors").read_bytes() == final
+    assert RunDir(run).foreign() == []
+
+    assert main(ev) == 0
+    after = json.loads((tmp_path / "e.json").read_text())
+    assert "pruned after shipping" in capsys.readouterr().err
+    assert {k: after[k] for k in ("test_acc", "test_loss", "per_class_acc", "epoch")} == {
+        k: before[k] for k in ("test_acc", "test_loss", "per_class_acc", "epoch")}
+    assert main([*ev[:2], "--checkpoint", "best", *ev[2:]]) == 1
+    assert "git log" in capsys.readouterr().err
+    assert main(ship) == 1 and "already shipped and pruned" in capsys.readouterr().err
+
+    (reg.parent / "resnet20.cifar10_s0.safetensors").write_bytes(final[:-4] + b"\0\0\0\0")  # a damaged shipped copy
+    assert main(ev) == 1 and "differs" in capsys.readouterr().err
+
+
+def test_prune_of_an_already_shipped_run_does_not_ship_again(tiny_run: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, symlinks=True)
+    reg = tmp_path / "w" / "registry.json"
+    ship_run(run, registry=reg, any_recipe=True, test_subset=100, tag="tiny")
+    assert main(["ship", str(run), "--registry", str(reg), "--prune-checkpoints"]) == 0  # no --any-recipe needed
+    assert "already shipped as resnet20.tiny" in capsys.readouterr().out
+    assert list(read_registry(reg)) == ["resnet20.tiny"] and not (run / "checkpoints").exists()

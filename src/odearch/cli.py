@@ -228,12 +228,34 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 # ------------------------------------------------------------------------------------------------------- eval
 def _run_checkpoint(run: Any, which: str) -> Path:
-    """RUN's ``which`` checkpoint; ``last`` falls back to ``best`` when a run has only that (as analyze does)."""
+    """RUN's ``which`` checkpoint; ``last`` falls back to ``best`` when a run has only that (as analyze does), and
+    to the package's copy of the final weights when ``odearch ship --prune-checkpoints`` deleted the checkpoints."""
     ckpt = run.checkpoints / f"{which}.safetensors"
+    if not run.checkpoints.exists() and run.shipped.is_file():
+        return _shipped_checkpoint(run, which)
     if which == "last" and not ckpt.exists() and run.best_weights.exists():
         print(f"odearch: {run.root} has no last checkpoint; evaluating {run.best_weights}", file=sys.stderr)
         return run.best_weights
     return ckpt
+
+
+def _shipped_checkpoint(run: Any, which: str) -> Path:
+    """The shipped file holding a pruned run's final weights (checked against the sha256 its shipped.json records)."""
+    from .models import _pretrained
+    from .train.checkpoint import CheckpointError
+
+    record = json.loads(run.shipped.read_text())
+    if which != "last":
+        raise CheckpointError(f"the checkpoints of {run.root} were deleted after shipping ({run.shipped}); only "
+                         f"the final weights remain, as {record['weights']}: evaluate --checkpoint last, or restore "
+                         f"the rest from the repository history (git log -- {run.checkpoints})")  # fmt: skip
+    _, entry = _pretrained.pretrained_entry(record["weights"])
+    path = _pretrained.REGISTRY_FILE.parent / entry["file"]
+    if not path.is_file() or _pretrained.file_sha256(path) != record["sha256"]:
+        raise CheckpointError(f"{run.shipped} names {record['weights']} (sha256 {record['sha256']}), but {path} "
+                         f"is missing or differs; reinstall odearch")  # fmt: skip
+    print(f"odearch: {run.root} was pruned after shipping; evaluating its final weights {path}", file=sys.stderr)
+    return path
 
 
 def _eval_target(args: argparse.Namespace) -> tuple[Any, Path, Path | None, dict[str, Any], dict[str, Any]]:

@@ -12,6 +12,8 @@
     RUN/checkpoints/current, gen-*/      the generation those three paths lead to (odearch.train.generations)
     RUN/result.json                      summary and provenance, written when the run ends or stops cleanly
     RUN/eval_*.json, RUN/analysis/       written by ``odearch eval`` and ``odearch analyze``
+    RUN/shipped.json                     ``odearch ship --prune-checkpoints``: the checkpoints were deleted, the final
+                                         weights ship inside the package under the name recorded here
 
 A process writing a run holds an exclusive ``flock`` on the directory (released by the kernel when it exits, so a
 lock of a dead process never blocks). ``--overwrite`` deletes only the names above and refuses a directory that
@@ -38,10 +40,12 @@ from ..runfiles import INITIAL_K_FILE, METRICS_FILE, read_metrics
 from .checkpoint import atomic_write
 from .config import ConfigError, TrainConfig
 
-__all__ = ["LAYOUT", "RunDir", "RunExistsError", "RunLockedError", "default_out", "resolve_data_dir"]
+__all__ = ["LAYOUT", "SHIPPED_FILE", "RunDir", "RunExistsError", "RunLockedError", "default_out", "resolve_data_dir"]
 
 # What a run directory may hold (names a run writes); --overwrite deletes these and nothing else.
-LAYOUT = ("config.yaml", METRICS_FILE, "result.json", "tb", "checkpoints", "analysis", ".lock", INITIAL_K_FILE)
+SHIPPED_FILE = "shipped.json"
+LAYOUT = ("config.yaml", METRICS_FILE, "result.json", "tb", "checkpoints", "analysis", ".lock", INITIAL_K_FILE,
+          SHIPPED_FILE)  # fmt: skip
 CHECKPOINT_NAMES = ("last.safetensors", "last.state.pt", "best.safetensors", "current")
 
 
@@ -115,6 +119,10 @@ class RunDir:
     @property
     def best_weights(self) -> Path:
         return self.checkpoints / "best.safetensors"
+
+    @property
+    def shipped(self) -> Path:
+        return self.root / SHIPPED_FILE
 
     def foreign(self) -> list[str]:
         """Entries that no odearch run writes (in RUN and RUN/checkpoints)."""

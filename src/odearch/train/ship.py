@@ -8,6 +8,11 @@ sha256, with data set, recipe, test accuracy and the commits that trained it, in
 (:mod:`odearch.models._pretrained` reads it). The test suite re-evaluates every shipped file the same way
 (:func:`evaluate_weights`) and checks the recorded count exactly.
 
+``--prune-checkpoints`` then deletes the run's ``checkpoints/`` (the final weights are the shipped file, byte for byte;
+the best-epoch weights and the optimizer state stay in the repository's history) and writes ``RUN/shipped.json``
+naming the shipped weights, which ``odearch eval RUN`` then reads: a finished campaign run keeps ~1 MB in the
+package instead of ~3.3 MB of checkpoints in the tracked tree. A run already shipped is pruned without shipping again.
+
 Run it from a source checkout (``pip install -e .`` or ``PYTHONPATH=src``): it writes into the package's source
 tree, ``src/odearch/weights/``; commit the new ``.safetensors`` and ``registry.json`` (pyproject's package-data puts
 them into the wheel). ResNet-20 weights are ~1.1 MB each in fp32.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +33,11 @@ from ..models import REGISTRY_FILE, WEIGHTS_FORMAT, file_sha256, read_registry
 from .checkpoint import atomic_write, load_weights, weights_into
 from .config import RECIPES, TrainConfig
 from .epoch import evaluate
-from .rundir import RunDir
+from .rundir import SHIPPED_FILE, RunDir
 from .state import build_model
 
-__all__ = ["ShipError", "add_ship_arguments", "evaluate_weights", "run_ship", "ship_run"]
+__all__ = ["ShipError", "add_ship_arguments", "evaluate_weights", "prune_checkpoints", "run_ship", "ship_run",
+           "shipped_name"]
 
 EVAL_BATCH = 1000
 RECIPE_KEYS = ("epochs", "milestones", "gamma", "schedule", "lr", "momentum", "nesterov", "weight_decay", "batch_size",
@@ -104,10 +111,48 @@ def ship_run(run_dir: str | Path, *, data_dir: str | Path | None = None, tag: st
     return name, entries[name]
 
 
+def shipped_name(run_dir: str | Path, registry: str | Path | None = None) -> str | None:
+    """The registry name whose file is byte for byte the run's final weights (None: not shipped)."""
+    run = RunDir(Path(run_dir))
+    if not run.last_weights.is_file():
+        return None
+    digest = file_sha256(run.last_weights)
+    entries = read_registry(Path(registry) if registry is not None else REGISTRY_FILE)
+    return next((name for name, entry in entries.items() if entry["sha256"] == digest), None)
+
+
+def prune_checkpoints(run_dir: str | Path, registry: str | Path | None = None) -> dict[str, Any]:
+    """Deletes ``RUN/checkpoints`` of a finished run whose final weights ship byte for byte (checked against the
+    shipped file's sha256 and the registry's), after writing ``RUN/shipped.json``: the weights' registry name, sha256,
+    and the files deleted with their sha256. Returns that record.
+
+    Raises:
+        ShipError: the run is not finished or its final weights are not shipped (ship them first).
+    """
+    run, reg = RunDir(Path(run_dir)), Path(registry) if registry is not None else REGISTRY_FILE
+    _finished_run(run, any_recipe=True)
+    name = shipped_name(run.root, reg)
+    if name is None:
+        raise ShipError(f"{run.last_weights} is not in {reg} byte for byte: ship the run before pruning it")
+    entry = read_registry(reg)[name]
+    if file_sha256(reg.parent / entry["file"]) != entry["sha256"]:
+        raise ShipError(f"{reg.parent / entry['file']} does not match its registry sha256; not pruning {run.root}")
+    files = sorted(p for p in run.checkpoints.rglob("*") if p.is_file() and not p.is_symlink())
+    record = {"weights": name, "sha256": entry["sha256"], "test_acc": entry["test_acc"],
+              "deleted": {str(p.relative_to(run.root)): file_sha256(p) for p in files},
+              "note": "checkpoints deleted after shipping: the final weights are the shipped file (odearch eval RUN "
+                      "reads it); the rest is in the repository history (git log -- RUN/checkpoints)"}  # fmt: skip
+    atomic_write(run.shipped, (json.dumps(record, indent=2) + "\n").encode())
+    shutil.rmtree(run.checkpoints)
+    return record
+
+
 def _finished_run(run: RunDir, any_recipe: bool) -> tuple[dict[str, Any], TrainConfig, list[dict[str, Any]],
                                                           list[str]]:  # fmt: skip
-    """(result, config, metrics rows, recipe problems) of a run that may ship: finished, CIFAR, the paper's full
-    recipe unless ``any_recipe``; else ShipError."""
+    """(result, config, metrics rows, recipe problems) of a run that may ship (not yet pruned): finished, CIFAR, the
+    paper's full recipe unless ``any_recipe``; else ShipError."""
+    if run.shipped.is_file() and not run.checkpoints.exists():
+        raise ShipError(f"{run.root} is already shipped and pruned: {run.shipped} names its weights")
     if not run.result.is_file():
         raise ShipError(f"{run.root} has no result.json: the run has not finished (or never started)")
     result, cfg, rows = run.read_result(), run.read_config(), run.read_metrics()
@@ -149,10 +194,26 @@ def add_ship_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--any-recipe", action="store_true", help="ship a run that is not the paper's full recipe")
     p.add_argument("--test-subset", type=int, help="evaluate on the first N test images only (for tests)")
     p.add_argument("--overwrite", action="store_true", help="replace an entry of the same name")
+    p.add_argument("--prune-checkpoints", action="store_true",
+                   help=f"then delete RUN/checkpoints and write RUN/{SHIPPED_FILE} (a run already shipped byte for "
+                        "byte is only pruned)")  # fmt: skip
 
 
 def run_ship(args: argparse.Namespace) -> int:
-    """``odearch ship``: ships the run and prints the entry."""
+    """``odearch ship``: ships the run and prints the entry; with ``--prune-checkpoints`` deletes its checkpoints."""
+    already = shipped_name(args.run, args.registry) if args.prune_checkpoints and not args.overwrite else None
+    if already is None:
+        _ship_and_print(args)
+    else:
+        print(f"{args.run}: final weights already shipped as {already}")
+    if args.prune_checkpoints:
+        record = prune_checkpoints(args.run, args.registry)
+        print(f"deleted {len(record['deleted'])} checkpoint files of {args.run}; {Path(args.run) / SHIPPED_FILE} "
+              f"names the shipped weights {record['weights']}")  # fmt: skip
+    return 0
+
+
+def _ship_and_print(args: argparse.Namespace) -> None:
     name, entry = ship_run(args.run, data_dir=args.data_dir, tag=args.tag, registry=args.registry,
                            any_recipe=args.any_recipe, test_subset=args.test_subset,
                            overwrite=args.overwrite)  # fmt: skip
@@ -161,4 +222,3 @@ def run_ship(args: argparse.Namespace) -> int:
     if entry["run_final_test_acc"] is not None and abs(entry["run_final_test_acc"] - entry["test_acc"]) > 0:
         print(f"note: the run's own last-epoch evaluation read {100 * entry['run_final_test_acc']:.2f}% (another "
               f"machine or evaluation order); the registry records this evaluation")  # fmt: skip
-    return 0
