@@ -3,6 +3,7 @@
     python benchmarks/lm_step.py                                   # fp32 and bf16 autocast, eager, with the old LM
     python benchmarks/lm_step.py --compile                         # the same, torch.compile'd (no old variant)
     python benchmarks/lm_step.py --amp off --steps 2 --repeats 2 --warmup 1 --pairs preact_resnet20:lm_resnet20
+    python benchmarks/lm_step.py --no-old --fused                  # eager, plus the LM update as one fused kernel
 
 What runs: the training step of ``odearch train`` (`train_one_epoch`: forward under the autocast of ``--amp``,
 cross-entropy, backward, SGD momentum 0.9 wd 1e-4; channels_last) on one fixed random batch, so that only the model
@@ -11,7 +12,11 @@ is timed (`throughput.py` times the data pipeline too). For every precision, eac
 next pair, next precision, then again), so drift and other load hit all of them alike. ``old LM`` (eager only) is
 the same LM model with the LM step of commit b2b71ed swapped in (the two-state form (1 - k) u_n + k u_{n-1} + r and
 its hand-written backward; ``odearch`` now steps in velocity form), kept below verbatim, so old and new are compared
-in one process.
+in one process. ``fused LM`` (``--fused``, eager only) is the LM model with each step's update v_{n+1} = r - k v_n,
+u_{n+1} = u_n + v_{n+1} compiled by Inductor into one fused kernel per direction (the rest of the model eager): the
+memory traffic a hand-fused LM kernel would have (forward: read u, r, v, write u', v'; backward: read the two
+incoming gradients and v, write dr and dv, sum dk in the same pass), to say how much of the LM's cost a fused kernel
+could remove.
 
 Reports the median images/s, the LM / plain ratio of the medians (target >= 0.97), the spread of the per-window
 ratios (window i of LM over window i of its plain twin) and the same ratio by process CPU time (images per CPU
@@ -137,6 +142,46 @@ def old_lm_step() -> Iterator[None]:
         stage_mod.LMRunner.run = saved  # type: ignore[method-assign]
 
 
+def _fused_update(u: Tensor, r: Tensor, v: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    """(u + v', v') with v' = r - k v: the LM velocity step and its addition, for Inductor to fuse."""
+    v_new = torch.addcmul(r, v, k.to(v.dtype), value=-1.0)
+    return u + v_new, v_new
+
+
+_FUSED = torch.compile(_fused_update, dynamic=False, fullgraph=True)
+
+
+def _fused_lm_run(
+    self: Any, stage: Any, fns: list[Any], start: Any, gates: list[Any] | None, noisy: bool
+) -> tuple[Tensor, Tensor]:
+    """``LMRunner.run`` of the plain path (no stochastic depth, no noise, identity stage end) with the update fused;
+    anything else is refused rather than measured wrongly."""
+    if gates is not None or start.gate is not None or noisy or stage.post_act is not None:
+        raise NotImplementedError("--fused measures the plain LM path only")
+    if start.first == 0:  # starter: one forward Euler step, u_{-1} := u_0, so v_1 = f_0(u_0)
+        v = fns[0](start.u)
+        u_prev, u = start.u, start.u + v
+    else:  # after a transition u_1 = P(u_0) + f_0(u_0) with history P(u_0) (or Q(u_0))
+        u, u_prev = start.u, start.history
+        plain_history = stage.history_shortcut is None and start.residual is not None
+        v = start.residual if plain_history else u - u_prev
+    ks = self.coefficients(stage)
+    for m in range(1, len(fns)):
+        u_prev, (u, v) = u, _FUSED(u, fns[m](u), v, ks[m - 1])
+    return u, u_prev
+
+
+@contextlib.contextmanager
+def fused_lm_step() -> Iterator[None]:
+    """Swap the fused LM update into ``odearch.nn.stage.LMRunner`` (eager models look it up at every call)."""
+    saved = stage_mod.LMRunner.run
+    stage_mod.LMRunner.run = _fused_lm_run  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        stage_mod.LMRunner.run = saved  # type: ignore[method-assign]
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", nargs="+", default=DEFAULT_PAIRS, metavar="PLAIN:LM")
@@ -145,6 +190,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     p.add_argument("--compile", action="store_true", help="torch.compile the models (as `odearch train --compile`)")
     p.add_argument("--no-old", action="store_true", help="skip the b2b71ed LM step (always skipped when compiled)")
+    p.add_argument("--fused", action="store_true", help="add the LM with its update fused by Inductor (eager only)")
     p.add_argument("--steps", type=int, default=8, help="steps per timed window")
     p.add_argument("--repeats", type=int, default=5, help="timed windows per model and precision")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per model and precision first")
@@ -197,6 +243,13 @@ def main() -> None:
                         return run(k)
 
                 jobs[amp, name, "old"] = run_old
+            if args.fused and not args.compile and name.startswith("lm_"):
+
+                def run_fused(k: int, run: Callable[[int], Any] = run) -> Any:
+                    with fused_lm_step():
+                        return run(k)
+
+                jobs[amp, name, "fused"] = run_fused
 
     threads = torch.get_num_threads()
     prov = provenance(device)
@@ -225,7 +278,7 @@ def main() -> None:
     results = []
     for amp in args.amp:
         for plain, lm in args.pairs:
-            for variant in ("new", "old"):
+            for variant in ("new", "old", "fused"):
                 if (amp, lm, variant) not in jobs:
                     continue
                 per_window = [a / b for a, b in zip(samples[amp, lm, variant], samples[amp, plain, "new"])]
@@ -256,7 +309,9 @@ def main() -> None:
                      "warmup": args.warmup, "compile": args.compile, "amp": args.amp, "channels_last": True,
                      "seed": 0, "seconds": seconds, "warmup_seconds": warm_s,
                      "input": "one fixed random batch (torch.Generator seed 0)",
-                     "old_lm_step": "b2b71ed two-state _LMCombine and LMRunner.run" if with_old else None},
+                     "old_lm_step": "b2b71ed two-state _LMCombine and LMRunner.run" if with_old else None,
+                     "fused_lm_step": "velocity update + addition compiled by Inductor (fullgraph, static shapes), "
+                                      "rest eager" if args.fused and not args.compile else None},
         "target": LM_TARGET,
         "samples_img_s": {"/".join(key): v for key, v in samples.items()},
         "samples_img_per_cpu_s": {"/".join(key): v for key, v in cpu_samples.items()},
