@@ -206,3 +206,24 @@ def test_no_module_imports_from_a_higher_layer() -> None:
                     upward.append(f"{path}:{node.lineno}: {unit} (layer {RANK.get(unit)}) imports {target} "
                                   f"(layer {RANK.get(target)}): {ast.unparse(node)}")  # fmt: skip
     assert not upward, "imports against the layering " + " -> ".join(map("/".join, LAYERS)) + ":\n" + "\n".join(upward)
+
+
+TRACKED_TREE_LIMIT = 15_000_000  # bytes: the tracked tree travels with every call to the GPU machine
+
+
+def test_tracked_tree_stays_small() -> None:
+    """The files git tracks (at HEAD, or in the index while committing) sum to under 15 MB: a finished campaign run
+    ships its weights and gives up its checkpoints (``odearch ship --prune-checkpoints``) rather than growing it."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    listing = subprocess.run(["git", "ls-files", "-s", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    blobs = [entry.split(b" ")[1].decode() for entry in listing.split(b"\0") if entry]
+    sizes = subprocess.run(["git", "cat-file", "--batch-check=%(objectsize)"], cwd=REPO, check=True,
+                           input="\n".join(blobs).encode(), capture_output=True).stdout.split()  # fmt: skip
+    total = sum(int(s) for s in sizes if s.isdigit())
+    assert total < TRACKED_TREE_LIMIT, f"the tracked tree is {total / 1e6:.1f} MB (limit 15 MB): prune checkpoints"
