@@ -132,14 +132,19 @@ def _old_lm_run(
 
 
 @contextlib.contextmanager
-def old_lm_step() -> Iterator[None]:
-    """Swap b2b71ed's two-state LM step into ``odearch.nn.stage.LMRunner`` (eager models look it up at every call)."""
+def lm_run_swapped(run: Callable[..., tuple[Tensor, Any]]) -> Iterator[None]:
+    """Swap ``run`` in for ``odearch.nn.stage.LMRunner.run`` (eager models look it up at every call)."""
     saved = stage_mod.LMRunner.run
-    stage_mod.LMRunner.run = _old_lm_run  # type: ignore[method-assign]
+    stage_mod.LMRunner.run = run  # type: ignore[method-assign]
     try:
         yield
     finally:
         stage_mod.LMRunner.run = saved  # type: ignore[method-assign]
+
+
+def old_lm_step() -> contextlib.AbstractContextManager[None]:
+    """b2b71ed's two-state LM step swapped in."""
+    return lm_run_swapped(_old_lm_run)
 
 
 def _fused_update(u: Tensor, r: Tensor, v: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
@@ -171,15 +176,9 @@ def _fused_lm_run(
     return u, u_prev
 
 
-@contextlib.contextmanager
-def fused_lm_step() -> Iterator[None]:
-    """Swap the fused LM update into ``odearch.nn.stage.LMRunner`` (eager models look it up at every call)."""
-    saved = stage_mod.LMRunner.run
-    stage_mod.LMRunner.run = _fused_lm_run  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        stage_mod.LMRunner.run = saved  # type: ignore[method-assign]
+def fused_lm_step() -> contextlib.AbstractContextManager[None]:
+    """The LM step with its update fused by Inductor swapped in."""
+    return lm_run_swapped(_fused_lm_run)
 
 
 def parse_args() -> argparse.Namespace:
