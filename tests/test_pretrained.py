@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 import odearch
 from conftest import needs_cifar
 from datapaths import CIFAR_ROOT, HAS_CIFAR, REPO, SKIP_REASON
+from odearch.analysis.command import resolve_checkpoint
 from odearch.cli import main
 from odearch.models import _pretrained
 from odearch.models._pretrained import PretrainedError, read_registry
@@ -212,6 +213,7 @@ def test_prune_checkpoints_keeps_the_final_weights_reachable(tiny_run: Path, tmp
     assert (reg.parent / "resnet20.cifar10_s0.safetensors").read_bytes() == final
     assert RunDir(run).foreign() == []
 
+    assert resolve_checkpoint(run) == (reg.parent / "resnet20.cifar10_s0.safetensors", run)  # odearch analyze RUN
     assert main(ev) == 0
     after = json.loads((tmp_path / "e.json").read_text())
     assert "pruned after shipping" in capsys.readouterr().err

@@ -241,19 +241,15 @@ def _run_checkpoint(run: Any, which: str) -> Path:
 
 def _shipped_checkpoint(run: Any, which: str) -> Path:
     """The shipped file holding a pruned run's final weights (checked against the sha256 its shipped.json records)."""
-    from .models import _pretrained
+    from .models._pretrained import shipped_run_weights
     from .train.checkpoint import CheckpointError
 
-    record = json.loads(run.shipped.read_text())
+    path = shipped_run_weights(run.root)
+    assert path is not None  # the caller saw shipped.json
     if which != "last":
-        raise CheckpointError(f"the checkpoints of {run.root} were deleted after shipping ({run.shipped}); only "
-                         f"the final weights remain, as {record['weights']}: evaluate --checkpoint last, or restore "
-                         f"the rest from the repository history (git log -- {run.checkpoints})")  # fmt: skip
-    _, entry = _pretrained.pretrained_entry(record["weights"])
-    path = _pretrained.REGISTRY_FILE.parent / entry["file"]
-    if not path.is_file() or _pretrained.file_sha256(path) != record["sha256"]:
-        raise CheckpointError(f"{run.shipped} names {record['weights']} (sha256 {record['sha256']}), but {path} "
-                         f"is missing or differs; reinstall odearch")  # fmt: skip
+        raise CheckpointError(f"the checkpoints of {run.root} were deleted after shipping ({run.shipped}); only the "
+                              f"final weights remain, as {path.name}: evaluate --checkpoint last, or restore the rest "
+                              f"from the repository history (git log -- {run.checkpoints})")  # fmt: skip
     print(f"odearch: {run.root} was pruned after shipping; evaluating its final weights {path}", file=sys.stderr)
     return path
 

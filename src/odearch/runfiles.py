@@ -10,10 +10,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["INITIAL_K_FILE", "METRICS_FILE", "read_metrics"]
+__all__ = ["INITIAL_K_FILE", "METRICS_FILE", "SHIPPED_FILE", "read_metrics"]
 
 METRICS_FILE = "metrics.jsonl"
 INITIAL_K_FILE = "lm_k_init.json"
+SHIPPED_FILE = "shipped.json"  # a run whose checkpoints were deleted once its final weights shipped
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -3,7 +3,8 @@
 The CLI module registers the subcommand with :func:`add_analyze_arguments` and calls :func:`run_analyze`.
 
 Inputs (the ``odearch train`` run-directory contract): a run directory ``RUN`` (its checkpoint is
-``RUN/checkpoints/best.safetensors`` if present, else ``last.safetensors``) or a ``.safetensors`` file (its run
+``RUN/checkpoints/best.safetensors`` if present, else ``last.safetensors``, else for a run pruned after shipping
+the package's copy of its final weights) or a ``.safetensors`` file (its run
 directory, if any, is two levels up: ``RUN/checkpoints/x.safetensors``). The k values are read from the state-dict
 keys ``<stage>.lm_k`` alone (shape (n,) or (n, C)), so no model is rebuilt and any checkpoint of an LM network
 works; ``RUN/metrics.jsonl`` (one JSON object per epoch with ``epoch`` and ``lm_k``) gives k over training, and
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from ..models._pretrained import shipped_run_weights
 from ..runfiles import INITIAL_K_FILE
 from ..runfiles import read_metrics as read_metrics_rows
 from ..schemes.lm import lm_k_by_stage
@@ -130,6 +132,9 @@ def resolve_checkpoint(path: Path) -> tuple[Path, Path | None]:
         for name in ("best.safetensors", "last.safetensors"):
             if (path / "checkpoints" / name).is_file():
                 return path / "checkpoints" / name, path
+        shipped = shipped_run_weights(path)  # pruned after shipping: the package holds its final weights
+        if shipped is not None:
+            return shipped, path
         raise AnalyzeError(f"{path}: no checkpoints/best.safetensors or checkpoints/last.safetensors")
     parent = Path(os.path.abspath(path)).parent  # not resolve(): checkpoints/last.safetensors is a link into a
     if parent.name.startswith("gen-") and parent.parent.name == "checkpoints":  # generation; a generation's file

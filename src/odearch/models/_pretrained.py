@@ -18,8 +18,10 @@ import torch
 from safetensors.torch import load as st_load
 from torch import nn
 
+from ..runfiles import SHIPPED_FILE
+
 __all__ = ["REGISTRY_FILE", "PretrainedError", "file_sha256", "list_pretrained", "load_pretrained",
-           "pretrained_entry", "read_registry"]  # fmt: skip
+           "pretrained_entry", "read_registry", "shipped_run_weights"]  # fmt: skip
 
 REGISTRY_FILE = Path(__file__).resolve().parents[1] / "weights" / "registry.json"
 FORMAT = "odearch-weights/1"
@@ -68,6 +70,21 @@ def pretrained_entry(name: str) -> tuple[str, dict[str, Any]]:
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def shipped_run_weights(run_dir: str | Path) -> Path | None:
+    """The package's copy of the final weights of a run pruned by ``odearch ship --prune-checkpoints`` (its
+    ``shipped.json`` names them), checked against the sha256 recorded there; None for a run that was not pruned."""
+    record_file = Path(run_dir) / SHIPPED_FILE
+    if not record_file.is_file():
+        return None
+    record = json.loads(record_file.read_text())
+    _, entry = pretrained_entry(record["weights"])
+    path = REGISTRY_FILE.parent / entry["file"]
+    if not path.is_file() or file_sha256(path) != record["sha256"]:
+        raise PretrainedError(f"{record_file} names {record['weights']} (sha256 {record['sha256']}), but {path} is "
+                              f"missing or differs; reinstall odearch")  # fmt: skip
+    return path
 
 
 def _classifier(model: nn.Module) -> str | None:
