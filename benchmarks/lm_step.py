@@ -13,10 +13,8 @@ next pair, next precision, then again), so drift and other load hit all of them 
 the same LM model with the LM step of commit b2b71ed swapped in (the two-state form (1 - k) u_n + k u_{n-1} + r and
 its hand-written backward; ``odearch`` now steps in velocity form), kept below verbatim, so old and new are compared
 in one process. ``fused LM`` (``--fused``, eager only) is the LM model with each step's update v_{n+1} = r - k v_n,
-u_{n+1} = u_n + v_{n+1} compiled by Inductor into one fused kernel per direction (the rest of the model eager): the
-memory traffic a hand-fused LM kernel would have (forward: read u, r, v, write u', v'; backward: read the two
-incoming gradients and v, write dr and dv, sum dk in the same pass), to say how much of the LM's cost a fused kernel
-could remove.
+u_{n+1} = u_n + v_{n+1} compiled by Inductor (``fullgraph``, static shapes; the rest of the model eager), for it to
+fuse into as few kernels per direction as it can: whether a per-step fused update pays in an eager model.
 
 Reports the median images/s, the LM / plain ratio of the medians (target >= 0.97), the spread of the per-window
 ratios (window i of LM over window i of its plain twin) and the same ratio by process CPU time (images per CPU

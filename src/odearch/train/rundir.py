@@ -40,7 +40,7 @@ from ..runfiles import INITIAL_K_FILE, METRICS_FILE, SHIPPED_FILE, read_metrics
 from .checkpoint import atomic_write
 from .config import ConfigError, TrainConfig
 
-__all__ = ["LAYOUT", "SHIPPED_FILE", "RunDir", "RunExistsError", "RunLockedError", "default_out", "resolve_data_dir"]
+__all__ = ["LAYOUT", "RunDir", "RunExistsError", "RunLockedError", "default_out", "resolve_data_dir"]
 
 # What a run directory may hold (names a run writes); --overwrite deletes these and nothing else.
 LAYOUT = ("config.yaml", METRICS_FILE, "result.json", "tb", "checkpoints", "analysis", ".lock", INITIAL_K_FILE,

@@ -30,10 +30,11 @@ import torch
 from torch import nn
 
 from ..models import REGISTRY_FILE, WEIGHTS_FORMAT, file_sha256, read_registry
+from ..runfiles import SHIPPED_FILE
 from .checkpoint import atomic_write, load_weights, weights_into
 from .config import RECIPES, TrainConfig
 from .epoch import evaluate
-from .rundir import SHIPPED_FILE, RunDir
+from .rundir import RunDir
 from .state import build_model
 
 __all__ = ["ShipError", "add_ship_arguments", "evaluate_weights", "prune_checkpoints", "run_ship", "ship_run",
