@@ -1,0 +1,79 @@
+"""The benchmark scripts still run against the current package: each, at the smallest settings, writes one JSON
+record with its command line and provenance. Timings are not checked (CI's machine is shared); only that the
+scripts do not rot while the library under them changes. ``compile_sd.py`` is left out: compiling a network
+takes minutes on 2 cores, and ``odearch train --compile`` is tested in test_train.py. ``OUT`` in a case's arguments
+stands for the record's folder; a case without it gets ``--out`` that folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import needs_cifar
+from datapaths import CIFAR_ROOT, REPO
+
+TINY = ["--batch-size", "4"]
+PAIR = ["--pairs", "preact_resnet20:lm_resnet20"]
+# fmt: off
+CASES = {
+    "forward_backward": ["--models", "lm_resnet20", "--repeats", "1", *TINY],
+    "host_allocator": ["--models", "lm_resnet20", "--rounds", "1", "--steps", "1", "--warmup", "1", "--threads", "1",
+                       *TINY],
+    "lm_combine": ["--steps", "2", "--repeats", "2", "--threads", "1"],
+    "lm_step_profile": ["OUT/lm_step_profile.json", *PAIR, "--amp", "off", "--rounds", "1", "--threads", "1",
+                        "--no-old", *TINY],
+    "lm_step": [*PAIR, "--amp", "off", "--steps", "1", "--repeats", "2", "--warmup", "1", "--threads", "1", *TINY],
+    "lm_update_cost": ["--models", "lm_resnet20", "--amp", "off", "--reps", "2", "--steps", "2", "--threads", "1",
+                       *TINY],
+    "memory": ["--configs", "lm20:store", "rev20:reversible", "--repeats", "1", *TINY],
+    "throughput": ["--models", "preact_resnet20", "lm_resnet20", "--device", "cpu", "--steps", "1", "--repeats", "1",
+                   "--warmup", "1", "--workers", "1", "--data-dir", str(CIFAR_ROOT), *TINY],
+}
+# fmt: on
+
+
+def run_benchmark(name: str, args: list[str], out: Path) -> dict:
+    """Run ``benchmarks/<name>.py`` with `args`, its record going to `out`; the one JSON record it wrote."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    args = [a.replace("OUT", str(out)) for a in args] if "OUT" in " ".join(args) else [*args, "--out", str(out)]
+    cmd = [sys.executable, str(REPO / "benchmarks" / f"{name}.py"), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=out.parent)
+    assert proc.returncode == 0, f"{name}.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    records = sorted(out.glob(f"{name}*.json"))
+    assert len(records) == 1, f"{name}.py wrote {records} in {out}"
+    return json.loads(records[0].read_text())
+
+
+def assert_provenance(record: dict) -> None:
+    """The record says which code and torch produced it (nested under ``provenance`` or at its top level)."""
+    prov = record.get("provenance", record)
+    assert prov["torch_version"] == torch.__version__
+    assert len(prov["git_commit"]) >= 7 and isinstance(prov["git_dirty"], bool)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in CASES if n != "throughput"])
+def test_benchmark_writes_a_record_with_provenance(name: str, tmp_path: Path) -> None:
+    record = run_benchmark(name, CASES[name], tmp_path / "bench")
+    assert f"benchmarks/{name}.py" in record["command"]
+    assert_provenance(record)
+
+
+@pytest.mark.slow
+@needs_cifar
+def test_throughput_benchmark_writes_a_record_with_provenance(tmp_path: Path) -> None:
+    record = run_benchmark("throughput", CASES["throughput"], tmp_path / "bench")
+    assert "benchmarks/throughput.py" in record["command"]
+    assert_provenance(record)
+
+
+def test_every_benchmark_script_is_covered_or_named_as_left_out() -> None:
+    scripts = {p.stem for p in (REPO / "benchmarks").glob("*.py")}
+    assert scripts - set(CASES) == {"compile_sd"}, scripts - set(CASES)
