@@ -55,7 +55,7 @@ def campaign(tmp_path: Path) -> Path:
     rows = [_row(e, 1 - _err(e) / 100, git_commit=A if e <= 100 else B, git_dirty=False,
                  device_name=EPYC if e <= 100 else XEON) for e in range(1, 161)]  # fmt: skip
     rows[149]["test_acc"], rows[159]["test_acc"] = 0.9185, 0.9170
-    _make_run(root, "lm_resnet20_s0", {"model": "lm_resnet20"}, rows,
+    _make_run(root, "lm_resnet20_s0", {"model": "lm_resnet20", "lm_weight_decay": "kappa"}, rows,
               {"status": "complete", "epochs_done": 160, "params": 272384, "wall_seconds": 12000.0,
                "device": "cpu", "device_name": XEON, "git_commit": B, "git_dirty": False})  # fmt: skip
     # in progress: result.json written at the end of a stretch (epoch 40); metrics.jsonl already at epoch 57
@@ -69,7 +69,8 @@ def campaign(tmp_path: Path) -> Path:
     rows[0]["device_name"] = EPYC
     _make_run(root, "resnet20_s0", {"model": "resnet20", "amp": "auto", "device": "cpu"}, rows, None)
     # a short run: not the paper's recipe, listed apart
-    _make_run(root, "lm_resnet20_short", {"model": "lm_resnet20", "epochs": 8, "milestones": [5, 7], "subset": 10000},
+    _make_run(root, "lm_resnet20_short", {"model": "lm_resnet20", "lm_weight_decay": "kappa", "epochs": 8,
+                                          "milestones": [5, 7], "subset": 10000},
               [_row(e, 0.6) for e in range(1, 9)],
               {"status": "complete", "epochs_done": 8, "params": 272384, "wall_seconds": 600.0, "device": "cpu",
                "device_name": XEON, "git_commit": A, "git_dirty": True})  # fmt: skip
@@ -165,3 +166,23 @@ def test_twin_difference_once_both_finished(campaign: Path) -> None:
     other_seed = dataclasses.replace(plain, seed=1)
     assert twin_rows([plain, lm, other_seed]) == [
         ["`lm_resnet20` vs `preact_resnet20`", "0", "8.72", "8.30", "-0.42", "-0.42 (?)"]]
+
+
+@pytest.mark.parametrize("decay", ["k", "none", None])
+def test_lm_run_without_the_official_decay_on_kappa_is_not_the_papers_recipe(campaign: Path, decay: str | None) -> None:
+    cfg = yaml.safe_load((campaign / "lm_resnet20_s0" / "config.yaml").read_text())
+    cfg.pop("lm_weight_decay")
+    if decay is not None:  # None: a run made before the option existed, whose decay pulled k toward 0
+        cfg["lm_weight_decay"] = decay
+    (campaign / "lm_resnet20_s0" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert summarize(campaign / "lm_resnet20_s0").recipe_diff == [
+        f"lm_weight_decay {decay or 'k'!r} (official code 'kappa')"]
+    plain = summarize(campaign / "resnet20_s0")  # the option is meaningless without k: never a difference
+    assert plain.recipe_diff == []
+    out, _ = write_report([campaign], campaign.parent / "results.md", "odearch report", plots=False)
+    md = out.read_text()
+    main_table, other = _tables(md)
+    assert [r[0].split("]")[0] for r in main_table] == ["[preact_resnet20_s0", "[resnet20_s0"]
+    assert "## The LM step" not in md  # no twin row: the LM run is not the paper's recipe
+    assert [r[3] for r in other if r[0].startswith("[lm_resnet20_s0]")] == [
+        f"lm_weight_decay {decay or 'k'!r} (official code 'kappa')"]

@@ -60,6 +60,7 @@ PAPER_CIFAR10: dict[str, tuple[float, bool]] = {
 PAPER_RECIPE: dict[str, Any] = {"dataset": "cifar10", "epochs": 160, "milestones": [80, 120], "lr": 0.1,
                                 "momentum": 0.9, "gamma": 0.1, "batch_size": 128, "weight_decay": 1e-4, "subset": None,
                                 "val_split": 0, "augment": True, "schedule": "step", "label_smoothing": 0.0}
+PAPER_LM_WEIGHT_DECAY = "kappa"  # the official code decays kappa = 1 - k (odearch.train.optim); LM runs only
 _COLORS = {"resnet": "tab:blue", "preact": "tab:orange", "lm": "tab:green"}
 _STYLES = ("-", "--", ":", "-.")
 _TICKS = (2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 15, 20, 25, 30, 40, 50, 60, 70, 80, 100)  # test error %, log axis
@@ -176,6 +177,9 @@ def summarize(run_dir: str | Path) -> RunSummary:
     diff = [f"{k} {cfg.get(k)!r} (paper {v!r})" for k, v in PAPER_RECIPE.items()
             if k in cfg and _norm(cfg.get(k)) != _norm(v)]  # fmt: skip
     diff += [f"{k} {cfg[k]!r}" for k in ("scheme", "model_kwargs") if cfg.get(k)]  # another net than the name's
+    lm_decay = cfg.get("lm_weight_decay", "k")  # absent: a run made before the option, whose decay pulled k to 0
+    if str(cfg.get("model", "")).startswith("lm_") and lm_decay != PAPER_LM_WEIGHT_DECAY:
+        diff.append(f"lm_weight_decay {lm_decay!r} (official code {PAPER_LM_WEIGHT_DECAY!r})")
     return RunSummary(
         name=run_dir.name, path=run_dir, model=cfg.get("model", "?"), dataset=cfg.get("dataset", "?"),
         seed=int(cfg.get("seed", 0)), epochs=epochs, epochs_done=done, complete=complete,
