@@ -186,3 +186,18 @@ def test_lm_run_without_the_official_decay_on_kappa_is_not_the_papers_recipe(cam
     assert "## The LM step" not in md  # no twin row: the LM run is not the paper's recipe
     assert [r[3] for r in other if r[0].startswith("[lm_resnet20_s0]")] == [
         f"lm_weight_decay {decay or 'k'!r} (official code 'kappa')"]
+
+
+def test_learned_k_after_the_last_epoch_listed_per_stage(campaign: Path, tmp_path: Path) -> None:
+    metrics = campaign / "lm_resnet20_s0" / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    rows[-2]["lm_k"] = {"stages.0": [0.5, 0.5]}  # an earlier epoch's values must not be the ones shown
+    rows[-1]["lm_k"] = {"stages.0": [-0.0917, 0.0096], "stages.1": [0.334, -0.9]}
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out, _ = write_report([campaign], tmp_path / "docs" / "results.md", "odearch report", plots=False)
+    md = out.read_text()
+    section = md.split("## Learned LM coefficients k_n")[1]
+    assert _tables(section)[0] == [
+        ["[lm_resnet20_s0](../results/campaign/lm_resnet20_s0)", "160",
+         "stages.0: -0.092, +0.010; stages.1: +0.334, -0.900", "0.900", "on 1 - k (toward 1)"]]  # fmt: skip
+    assert md.count("[lm_resnet20_short]") == 1  # its k are all empty: no row (linked once, under other runs)

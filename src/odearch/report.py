@@ -91,6 +91,8 @@ class RunSummary:
     precision: str
     recipe_diff: list[str] = field(default_factory=list)
     curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, test error %)
+    lm_k: dict[str, list[float]] = field(default_factory=dict)  # learned k_n per stage after the last epoch done
+    lm_weight_decay: str | None = None  # LM runs: where weight decay pulls k_n (kappa: toward 1, k: toward 0)
 
     @property
     def paper(self) -> tuple[float, bool] | None:
@@ -188,7 +190,8 @@ def summarize(run_dir: str | Path) -> RunSummary:
         wall_s=res["wall_seconds"] if up_to_date else (seconds or None), wall_exact=up_to_date,
         img_s=images / seconds if seconds else None, devices=devices, commits=commits,
         dirty=any(bool(r.get("git_dirty")) for r in rows) or bool(res.get("git_dirty")),
-        precision=_precision(cfg, result), recipe_diff=diff, curve=curve,
+        precision=_precision(cfg, result), recipe_diff=diff, curve=curve, lm_k=(rows[-1].get("lm_k") or {}) if rows
+        else {}, lm_weight_decay=lm_decay if str(cfg.get("model", "")).startswith("lm_") else None,
     )  # fmt: skip
 
 
@@ -291,6 +294,28 @@ def twin_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
             rows.append([f"`{lm.model}` vs `{plain.model}`", str(lm.seed), _final_cell(plain), _final_cell(lm), diff,
                          paper])  # fmt: skip
     return rows
+
+
+LM_K_HEADER = "| run | after epoch | k_n per stage (its LM blocks in order) | max abs k_n | weight decay |"
+_DECAY_ON_K = {"kappa": "on 1 - k (toward 1)", "k": "on k (toward 0)", "none": "none"}
+
+
+def _lm_k_row(s: RunSummary, base: Path) -> list[str]:
+    ks = [k for stage in s.lm_k.values() for k in stage]
+    return [_link(s, base), str(s.epochs_done) + ("" if s.complete else ", in progress"),
+            "; ".join(f"{stage}: " + ", ".join(f"{k:+.3f}" for k in stage_ks) for stage, stage_ks in s.lm_k.items()),
+            f"{max(map(abs, ks)):.3f}", _DECAY_ON_K.get(str(s.lm_weight_decay), "?")]  # fmt: skip
+
+
+def lm_k_section(runs: Sequence[RunSummary], base: Path) -> list[str]:
+    """The learned k_n of every LM run after its last epoch done, per stage, with where weight decay pulls them."""
+    rows = [_lm_k_row(s, base) for s in runs if any(s.lm_k.values())]
+    if not rows:
+        return []
+    return ["", "## Learned LM coefficients k_n", "", *_table(LM_K_HEADER, rows), "",
+            "The first block of each stage is a plain residual step and has no k_n. The LM step is zero-stable while "
+            "every abs k_n <= 1; `odearch analyze RUN` gives the modified equation each k_n implies and plots k_n "
+            "over the epochs."]  # fmt: skip
 
 
 def _table(header: str, rows: list[list[str]]) -> list[str]:
@@ -399,6 +424,7 @@ def render(runs: Sequence[RunSummary], out: Path, command: str, curves: Sequence
         lines += ["", "The paper's comparison is LM-ResNet (pre-activation) against the post-activation ResNet of "
                   "He et al.; ours isolates the LM coupling. One seed: a difference under ~0.3 points is within "
                   "seed noise."]  # fmt: skip
+    lines += lm_k_section(runs, base)
     if curves:
         lines += ["", "## Learning curves", ""]
         for c in curves:
