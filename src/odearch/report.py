@@ -404,7 +404,7 @@ def render(runs: Sequence[RunSummary], out: Path, command: str, curves: Sequence
     lines += _table(MAIN_HEADER, [main_row(s, base) for s in main]) if main else ["No run at the paper's recipe."]
     lines += ["",
               "- Headline: ours = test error after the last epoch done, as the paper reports. For a run in progress "
-              "it is the error after its current epoch (shown in brackets), not a result.",
+              "it is the error after its current epoch (named in parentheses), not a result.",
               "- Best epoch: the lowest test error over all epochs, chosen on the test set itself (no validation "
               "split, as in the paper): optimistic, for reference only.",
               "- Paper: the paper's CIFAR-10 table; (?) marks a number recalled, not confirmed against the PDF "
