@@ -2,6 +2,7 @@
 
     python scripts/campaign.py --max-minutes 140                  # results/campaign/queue.yaml, runs beside it
     python scripts/campaign.py --max-minutes 140 --dry-run        # say what would run
+    python scripts/campaign.py --save-log campaign.log            # after a stretch: each run's part -> stretchN.log
 
 The queue (YAML) lists runs in order, each ``name`` (its directory under ``--runs-dir``), ``config`` (a YAML of
 ``configs/``), ``seed`` and optionally ``requires`` (a `TrainConfig` field that must exist before the run may start,
@@ -9,6 +10,10 @@ e.g. an option another issue adds) and ``args`` (extra ``odearch train`` flags).
 status ``complete``) is skipped; a started one is resumed with ``odearch train --resume``; a new one is started. Every
 ``odearch train`` gets what is left of ``--max-minutes``, so the whole call stops cleanly, with a resumable
 checkpoint, by then. Each epoch's row in ``metrics.jsonl`` records the commit (and dirty flag) that trained it.
+
+``--save-log LOG`` files a stretch's console log (what the campaign printed, redirected to LOG) with its runs: each
+run's part, from the ``campaign: NAME (...)`` line that started it, without the per-step progress lines, becomes
+``RUN/stretchN.log`` (N one past the run's last); a part identical to the run's last stretch log is not filed again.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 import time
@@ -40,6 +46,33 @@ def run_state(run_dir: Path) -> str:
     return "started" if (run_dir / "config.yaml").is_file() else "new"
 
 
+STEP_LINE = re.compile(r"^epoch +\d+ step \d+/\d+ ")  # per-step progress of `odearch train`
+START_LINE = re.compile(r"^campaign: (\S+) \((?:new|started)\): ")
+
+
+def save_stretch_logs(log: Path, runs_dir: Path) -> list[Path]:
+    """Files each run's part of the campaign log ``log`` as ``runs_dir/NAME/stretchN.log``; the paths written."""
+    parts: dict[str, list[str]] = {}
+    name = None
+    for line in log.read_text(errors="replace").splitlines():
+        if m := START_LINE.match(line):
+            name = m.group(1)
+            parts.setdefault(name, [])
+        if name is not None and not STEP_LINE.match(line):
+            parts[name].append(line)
+    written = []
+    for name, lines in parts.items():
+        old = {int(n): f for f in (runs_dir / name).glob("stretch*.log")
+               if (n := f.stem.removeprefix("stretch")).isdigit()}  # fmt: skip
+        text = "\n".join(lines) + "\n"
+        if old and old[max(old)].read_text() == text:
+            continue
+        path = runs_dir / name / f"stretch{max(old, default=0) + 1}.log"
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
 def train_command(entry: dict[str, Any], run_dir: Path, state: str, minutes: float, data_dir: str | None) -> list[str]:
     """The ``odearch train`` command line that starts or resumes `entry` for `minutes`."""
     cmd = [sys.executable, "-m", "odearch", "train"]
@@ -57,15 +90,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--queue", type=Path, default=REPO / "results" / "campaign" / "queue.yaml")
     p.add_argument("--runs-dir", type=Path, help="where the run directories live (default: beside the queue)")
-    p.add_argument("--max-minutes", type=float, required=True, help="stop cleanly after this many minutes in all")
+    p.add_argument("--max-minutes", type=float, help="stop cleanly after this many minutes in all (required to run)")
     p.add_argument("--data-dir", help="overrides the queue's data_dir")
     p.add_argument("--dry-run", action="store_true", help="print the command that would run, run nothing")
+    p.add_argument("--save-log", type=Path, metavar="LOG", help="file a stretch's log with its runs; run nothing")
     args = p.parse_args(argv)
+    runs_dir = args.runs_dir or args.queue.parent
+    if args.save_log:
+        for path in save_stretch_logs(args.save_log, runs_dir):
+            print(f"campaign: wrote {path}")
+        return 0
+    if args.max_minutes is None:
+        p.error("--max-minutes is required to run the queue")
 
     from odearch.train import TrainConfig
 
     queue = yaml.safe_load(args.queue.read_text())
-    runs_dir = args.runs_dir or args.queue.parent
     data_dir = args.data_dir or queue.get("data_dir")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     deadline = time.monotonic() + 60 * args.max_minutes
