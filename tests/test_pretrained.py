@@ -6,6 +6,7 @@ mechanism is also tested end to end on a tiny run trained here and shipped into 
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -115,6 +116,49 @@ def test_pretrained_without_weights_lists_the_models_that_have_them(registry: tu
     with pytest.raises(ValueError, match=r"no pretrained weights for 'resnet20\.other'"):
         odearch.create_model("resnet20.other", pretrained=True)
     assert odearch.list_pretrained() == ["resnet20.cifar10_s0"] and odearch.list_pretrained("lm_*") == []
+
+
+def test_eval_and_analyze_take_a_shipped_weights_name(registry: tuple[Path, dict], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """``odearch eval NAME`` evaluates shipped weights as their file would be; a tag that does not exist, a model
+    without weights and a damaged file each fail with a message naming what there is."""
+    reg, entry = registry
+    out = tmp_path / "e.json"
+    flags = ["--data-dir", str(CIFAR_ROOT), "--subset", "300", "--json", str(out)]
+    assert main(["eval", str(reg.parent / entry["file"]), *flags]) == 0
+    by_file = json.loads(out.read_text())
+    monkeypatch.chdir(tmp_path)  # relative names: nothing of the kind here
+    for name in ("resnet20.cifar10_s0", "resnet20"):
+        out.unlink()
+        assert main(["eval", name, *flags]) == 0
+        assert json.loads(out.read_text()) == by_file
+    assert resolve_checkpoint(Path("resnet20")) == (reg.parent / entry["file"], None)  # odearch analyze NAME
+    capsys.readouterr()
+    assert main(["eval", "resnet20.other", *flags]) == 1
+    err = capsys.readouterr().err
+    assert "no pretrained weights for 'resnet20.other'; models with weights: resnet20.cifar10_s0" in err
+    assert main(["eval", "lm_resnet20", *flags]) == 1
+    assert "nor the name of shipped weights (resnet20.cifar10_s0)" in capsys.readouterr().err
+    assert main(["analyze", "lm_resnet20"]) == 2
+    assert "nor the name of shipped weights: lm_resnet20" in capsys.readouterr().err
+    (reg.parent / entry["file"]).write_bytes(b"damaged")
+    assert main(["eval", "resnet20", *flags]) == 1 and "sha256 mismatch" in capsys.readouterr().err
+    assert main(["analyze", "resnet20"]) == 2 and "sha256 mismatch" in capsys.readouterr().err
+
+
+@pytest.mark.skipif("lm_resnet20.cifar10_s0" not in SHIPPED, reason="lm_resnet20 weights not shipped")
+def test_analyze_a_shipped_lm_net_by_name_writes_beside_the_caller(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["analyze", "lm_resnet20.cifar10_s0"]) == 0
+    with open(tmp_path / "analysis" / "lm_resnet20.cifar10_s0" / "lm_table.csv") as f:
+        rows = list(csv.DictReader(f))
+    weights = load_file(_pretrained.pretrained_file("lm_resnet20.cifar10_s0"))
+    k = [float(v) for stage in ("stages.0", "stages.1", "stages.2") for v in weights[f"{stage}.lm_k"].flatten()]
+    assert len(k) == 6 and [float(r["k"]) for r in rows] == pytest.approx(k, rel=1e-7)
+    assert {r["run"] for r in rows} == {"lm_resnet20.cifar10_s0"}
+    assert not (_pretrained.REGISTRY_FILE.parent / "analysis").exists()
 
 
 def test_empty_registry_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

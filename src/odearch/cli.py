@@ -98,7 +98,8 @@ def _add_eval_arguments(e: argparse.ArgumentParser) -> None:
     """The flags of ``odearch eval`` (``--dataset`` choices: the data set table)."""
     from .data import DATASETS
 
-    e.add_argument("target", help="a run directory or a .safetensors checkpoint")
+    e.add_argument("target", help="a run directory, a .safetensors checkpoint, or the name of shipped weights "
+                   "(lm_resnet20.cifar10_s0, or lm_resnet20 for its first)")
     e.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which checkpoint of a run")
     e.add_argument("--model", help="model of a bare weights file without odearch metadata (e.g. lm_resnet20)")
     e.add_argument("--dataset", choices=tuple(DATASETS), help="data set of a bare weights file (default: cifar10)")
@@ -254,6 +255,21 @@ def _shipped_checkpoint(run: Any, which: str) -> Path:
     return path
 
 
+def _shipped_or_path(target: str) -> Path:
+    """``target`` as a path, or, when no such file or folder exists, as the name of weights shipped in the package
+    (``lm_resnet20.cifar10_s0``, or ``lm_resnet20`` for its first): that file, its sha256 checked."""
+    from .models._pretrained import list_pretrained, shipped_weights_named
+
+    path = Path(target)
+    if path.exists():
+        return path
+    shipped = shipped_weights_named(target)
+    if shipped is None:
+        raise FileNotFoundError(f"{target}: no such run directory or checkpoint file, nor the name of shipped weights "
+                                f"({', '.join(list_pretrained()) or 'none shipped'})")  # fmt: skip
+    return shipped
+
+
 def _eval_target(args: argparse.Namespace) -> tuple[Any, Path, Path | None, dict[str, Any], dict[str, Any]]:
     """(config, checkpoint, default JSON path, tensors, metadata) of ``odearch eval TARGET``: a run directory, an
     odearch checkpoint, or a bare weights file with ``--model``; the data directory is resolved (--data-dir, then
@@ -262,7 +278,7 @@ def _eval_target(args: argparse.Namespace) -> tuple[Any, Path, Path | None, dict
     from .train.checkpoint import CheckpointError
     from .train.rundir import resolve_data_dir
 
-    target = Path(args.target)
+    target = _shipped_or_path(args.target)
     if target.is_dir():
         run = RunDir(target)
         cfg, ckpt = run.read_config(), _run_checkpoint(run, args.checkpoint)

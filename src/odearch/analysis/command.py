@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from ..models._pretrained import shipped_run_weights
+from ..models._pretrained import REGISTRY_FILE, PretrainedError, shipped_run_weights, shipped_weights_named
 from ..runfiles import INITIAL_K_FILE
 from ..runfiles import read_metrics as read_metrics_rows
 from ..schemes.lm import lm_k_by_stage
@@ -68,8 +68,8 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         type=Path,
         metavar="RUN_OR_CHECKPOINT",
-        help="a run directory (uses checkpoints/best.safetensors, else last.safetensors) or a .safetensors file; "
-        "several are overlaid",
+        help="a run directory (uses checkpoints/best.safetensors, else last.safetensors), a .safetensors file, or "
+        "the name of shipped weights (lm_resnet20.cifar10_s0; default output ./analysis/NAME); several are overlaid",
     )
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: RUN/analysis of the first)")
     parser.add_argument(
@@ -127,7 +127,13 @@ def load_source(path: Path) -> RunSource:
 def resolve_checkpoint(path: Path) -> tuple[Path, Path | None]:
     """(checkpoint file, run directory or None) for a run directory or a checkpoint file."""
     if not path.exists():
-        raise AnalyzeError(f"no such file or directory: {path}")
+        try:
+            shipped = shipped_weights_named(str(path))
+        except PretrainedError as error:
+            raise AnalyzeError(str(error)) from error
+        if shipped is None:
+            raise AnalyzeError(f"no such file or directory, nor the name of shipped weights: {path}")
+        return shipped, None
     if path.is_dir():
         for name in ("best.safetensors", "last.safetensors"):
             if (path / "checkpoints" / name).is_file():
@@ -214,7 +220,11 @@ def read_model_name(path: Path) -> str | None:
 
 
 def _default_out(source: RunSource) -> Path:
-    return (source.run_dir if source.run_dir else source.checkpoint.parent) / "analysis"
+    if source.run_dir:
+        return source.run_dir / "analysis"
+    if source.checkpoint.parent == REGISTRY_FILE.parent:  # shipped weights: never write into the installed package
+        return Path("analysis") / source.name
+    return source.checkpoint.parent / "analysis"
 
 
 def _unique_names(sources: list[RunSource]) -> list[RunSource]:

@@ -21,7 +21,8 @@ from torch import nn
 from ..runfiles import SHIPPED_FILE
 
 __all__ = ["REGISTRY_FILE", "PretrainedError", "file_sha256", "list_pretrained", "load_pretrained",
-           "pretrained_entry", "read_registry", "shipped_run_weights"]  # fmt: skip
+           "pretrained_entry", "pretrained_file", "read_registry", "shipped_run_weights",
+           "shipped_weights_named"]  # fmt: skip
 
 REGISTRY_FILE = Path(__file__).resolve().parents[1] / "weights" / "registry.json"
 FORMAT = "odearch-weights/1"
@@ -87,6 +88,38 @@ def shipped_run_weights(run_dir: str | Path) -> Path | None:
     return path
 
 
+def _read_verified(name: str) -> tuple[str, dict[str, Any], bytes]:
+    """(full name, entry, file bytes) of a shipped weights name, the bytes checked against the pinned sha256."""
+    full, entry = pretrained_entry(name)
+    path = REGISTRY_FILE.parent / entry["file"]
+    if not path.is_file():
+        raise PretrainedError(f"weights file of {full!r} is missing: {path}; reinstall odearch")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != entry["sha256"]:
+        raise PretrainedError(f"sha256 mismatch for {full!r}: {path} hashes to {digest}, the registry pins "
+                              f"{entry['sha256']}; the file is damaged or was replaced, reinstall odearch")  # fmt: skip
+    return full, entry, data
+
+
+def pretrained_file(name: str) -> Path:
+    """The shipped safetensors file of ``"<model>"`` (its first entry) or ``"<model>.<tag>"``, checked against the
+    sha256 the registry pins; :class:`PretrainedError` for a name without weights or a missing or damaged file."""
+    _, entry, _ = _read_verified(name)
+    return REGISTRY_FILE.parent / entry["file"]
+
+
+def shipped_weights_named(target: str) -> Path | None:
+    """The shipped file (sha256 checked) when ``target`` names shipped weights rather than a path: ``"<model>.<tag>"``
+    or ``"<model>"`` (its first); None when its model has no shipped weights. :class:`PretrainedError` when the model
+    has weights but not that tag, or its file is missing or damaged."""
+    if "/" in target or "\\" in target:
+        return None
+    if target.partition(".")[0] not in {n.partition(".")[0] for n in read_registry()}:
+        return None
+    return pretrained_file(target)
+
+
 def _classifier(model: nn.Module) -> str | None:
     """Name of the last ``nn.Linear`` of ``model`` (the classifier), None if it has none."""
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
@@ -100,15 +133,7 @@ def load_pretrained(model: nn.Module, name: str, num_classes: int | None = None)
     If ``num_classes`` differs from the weights' (a new head, e.g. fine-tuning on CIFAR-100, or 0 for no head), every
     tensor but the classifier's is loaded and the model keeps its freshly initialised head, as timm does.
     """
-    full, entry = pretrained_entry(name)
-    path = REGISTRY_FILE.parent / entry["file"]
-    if not path.is_file():
-        raise PretrainedError(f"weights file of {full!r} is missing: {path}; reinstall odearch")
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != entry["sha256"]:
-        raise PretrainedError(f"sha256 mismatch for {full!r}: {path} hashes to {digest}, the registry pins "
-                              f"{entry['sha256']}; the file is damaged or was replaced, reinstall odearch")  # fmt: skip
+    full, entry, data = _read_verified(name)
     tensors = st_load(data)
     drop: set[str] = set()
     if num_classes is not None and num_classes != entry["num_classes"]:
