@@ -107,7 +107,11 @@ def test_report_table_cells(campaign: Path, tmp_path: Path) -> None:
         ["[resnet20_s0](../results/campaign/resnet20_s0)", "`resnet20`", "0", "8.75", "39.99 (epoch 3)", "",
          "37.57 (epoch 2)", "3/160, in progress", "0.270M", "≥ 0.06 h", "666", EPYC, "?", "fp32"],
     ]  # fmt: skip
-    assert twins == [["`lm_resnet20` vs `preact_resnet20`", "0", "17.66 (epoch 57)", "8.30", "", "-0.42 (?)"]]
+    assert twins == [
+        ["`lm_resnet20` vs `preact_resnet20` (exact twin)", "0", "17.66 (epoch 57)", "8.30", "", "-0.42 (?)"],
+        ["`lm_resnet20` vs `resnet20` (post-activation, the paper's pairing)", "0", "39.99 (epoch 3)", "8.30", "",
+         "-0.42 (?)"],
+    ]  # fmt: skip
     assert other == [
         ["[lm_resnet20_short](../results/campaign/lm_resnet20_short)", "`lm_resnet20`", "0",
          "epochs 8 (paper 160); milestones [5, 7] (paper [80, 120]); subset 10000 (paper None)", "40.00", "8/8",
@@ -163,9 +167,18 @@ def test_report_cli(campaign: Path, tmp_path: Path) -> None:
 def test_twin_difference_once_both_finished(campaign: Path) -> None:
     lm = summarize(campaign / "lm_resnet20_s0")
     plain = dataclasses.replace(lm, model="preact_resnet20", final_err=8.72, name="preact_resnet20_s0")
+    post = dataclasses.replace(lm, model="resnet20", final_err=8.51, name="resnet20_s0")
     other_seed = dataclasses.replace(plain, seed=1)
-    assert twin_rows([plain, lm, other_seed]) == [
-        ["`lm_resnet20` vs `preact_resnet20`", "0", "8.72", "8.30", "-0.42", "-0.42 (?)"]]
+    unfinished = dataclasses.replace(post, seed=1, complete=False)
+    lm1 = dataclasses.replace(lm, seed=1)
+    assert twin_rows([post, plain, lm, other_seed, unfinished, lm1]) == [
+        ["`lm_resnet20` vs `preact_resnet20` (exact twin)", "0", "8.72", "8.30", "-0.42", "-0.42 (?)"],
+        ["`lm_resnet20` vs `resnet20` (post-activation, the paper's pairing)", "0", "8.51", "8.30", "-0.21",
+         "-0.42 (?)"],
+        ["`lm_resnet20` vs `preact_resnet20` (exact twin)", "1", "8.72", "8.30", "-0.42", "-0.42 (?)"],
+        ["`lm_resnet20` vs `resnet20` (post-activation, the paper's pairing)", "1", "8.51 (epoch 160)", "8.30", "",
+         "-0.42 (?)"],
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("decay", ["k", "none", None])
@@ -183,7 +196,7 @@ def test_lm_run_without_the_official_decay_on_kappa_is_not_the_papers_recipe(cam
     md = out.read_text()
     main_table, other = _tables(md)
     assert [r[0].split("]")[0] for r in main_table] == ["[preact_resnet20_s0", "[resnet20_s0"]
-    assert "## The LM step" not in md  # no twin row: the LM run is not the paper's recipe
+    assert "## The LM nets against" not in md  # no twin row: the LM run is not the paper's recipe
     assert [r[3] for r in other if r[0].startswith("[lm_resnet20_s0]")] == [
         f"lm_weight_decay {decay or 'k'!r} (official code 'kappa')"]
 

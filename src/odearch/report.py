@@ -273,26 +273,25 @@ TWIN_HEADER = ("| twins | seed | plain: error % | LM: error % | LM − plain (po
 
 
 def twin_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
-    """One row per ``lm_X`` run whose plain twin ``preact_X`` (same data set and seed) is among ``runs``: both final
-    errors and their difference once both have finished; the paper's LM-ResNet minus ResNet difference beside it
-    (its ResNet row is the post-activation net, not the exact twin)."""
+    """One row per ``lm_X`` run and plain run of the same data set and seed among ``runs``: its exact twin
+    ``preact_X``, then ``X``, the post-activation net the paper compares with (where the paper has one); both final
+    errors and their difference once both have finished; the paper's LM-ResNet minus ResNet difference beside it."""
     rows = []
     for lm in runs:
         if not lm.model.startswith("lm_"):
             continue
-        plain_name = "preact_" + lm.model.removeprefix("lm_")
-        for plain in runs:
-            if (plain.model, plain.dataset, plain.seed) != (plain_name, lm.dataset, lm.seed):
-                continue
-            both = lm.complete and plain.complete and lm.final_err is not None and plain.final_err is not None
-            diff = f"{lm.final_err - plain.final_err:+.2f}" if both else ""  # type: ignore[operator]
-            p_lm = PAPER_CIFAR10.get(lm.model) if lm.dataset == "cifar10" else None
-            p_plain = PAPER_CIFAR10.get(lm.model.removeprefix("lm_")) if lm.dataset == "cifar10" else None
-            paper = ""
-            if p_lm and p_plain:
-                paper = f"{p_lm[0] - p_plain[0]:+.2f}" + ("" if p_lm[1] and p_plain[1] else " (?)")
-            rows.append([f"`{lm.model}` vs `{plain.model}`", str(lm.seed), _final_cell(plain), _final_cell(lm), diff,
-                         paper])  # fmt: skip
+        base = lm.model.removeprefix("lm_")
+        p_lm = PAPER_CIFAR10.get(lm.model) if lm.dataset == "cifar10" else None
+        p_plain = PAPER_CIFAR10.get(base) if lm.dataset == "cifar10" else None
+        paper = f"{p_lm[0] - p_plain[0]:+.2f}" + ("" if p_lm[1] and p_plain[1] else " (?)") if p_lm and p_plain else ""
+        for plain_name, label in (("preact_" + base, "exact twin"), (base, "post-activation, the paper's pairing")):
+            for plain in runs:
+                if (plain.model, plain.dataset, plain.seed) != (plain_name, lm.dataset, lm.seed):
+                    continue
+                both = lm.complete and plain.complete and lm.final_err is not None and plain.final_err is not None
+                diff = f"{lm.final_err - plain.final_err:+.2f}" if both else ""  # type: ignore[operator]
+                rows.append([f"`{lm.model}` vs `{plain.model}` ({label})", str(lm.seed), _final_cell(plain),
+                             _final_cell(lm), diff, paper])  # fmt: skip
     return rows
 
 
@@ -419,11 +418,12 @@ def render(runs: Sequence[RunSummary], out: Path, command: str, curves: Sequence
               "tree)."]  # fmt: skip
     twins = twin_rows(main)
     if twins:
-        lines += ["", "## The LM step against its exact plain twin (same backbone, seed and recipe)", ""]
+        lines += ["", "## The LM nets against their plain twins (same seed and recipe)", ""]
         lines += _table(TWIN_HEADER, twins)
-        lines += ["", "The paper's comparison is LM-ResNet (pre-activation) against the post-activation ResNet of "
-                  "He et al.; ours isolates the LM coupling. One seed: a difference under ~0.3 points is within "
-                  "seed noise."]  # fmt: skip
+        lines += ["", "The exact twin (`preact_*`: the same pre-activation backbone with k_n = 0) isolates the LM "
+                  "coupling; the paper compares LM-ResNet (pre-activation) with the post-activation ResNet of He et "
+                  "al. (`resnet*`), which also differs in block layout. One seed: a difference under ~0.3 points is "
+                  "within seed noise."]  # fmt: skip
     lines += lm_k_section(runs, base)
     if curves:
         lines += ["", "## Learning curves", ""]
