@@ -179,8 +179,9 @@ def summarize(run_dir: str | Path) -> RunSummary:
     diff = [f"{k} {cfg.get(k)!r} (paper {v!r})" for k, v in PAPER_RECIPE.items()
             if k in cfg and _norm(cfg.get(k)) != _norm(v)]  # fmt: skip
     diff += [f"{k} {cfg[k]!r}" for k in ("scheme", "model_kwargs") if cfg.get(k)]  # another net than the name's
+    is_lm = str(cfg.get("model", "")).startswith("lm_")
     lm_decay = cfg.get("lm_weight_decay", "k")  # absent: a run made before the option, whose decay pulled k to 0
-    if str(cfg.get("model", "")).startswith("lm_") and lm_decay != PAPER_LM_WEIGHT_DECAY:
+    if is_lm and lm_decay != PAPER_LM_WEIGHT_DECAY:
         diff.append(f"lm_weight_decay {lm_decay!r} (official code {PAPER_LM_WEIGHT_DECAY!r})")
     return RunSummary(
         name=run_dir.name, path=run_dir, model=cfg.get("model", "?"), dataset=cfg.get("dataset", "?"),
@@ -190,8 +191,8 @@ def summarize(run_dir: str | Path) -> RunSummary:
         wall_s=res["wall_seconds"] if up_to_date else (seconds or None), wall_exact=up_to_date,
         img_s=images / seconds if seconds else None, devices=devices, commits=commits,
         dirty=any(bool(r.get("git_dirty")) for r in rows) or bool(res.get("git_dirty")),
-        precision=_precision(cfg, result), recipe_diff=diff, curve=curve, lm_k=(rows[-1].get("lm_k") or {}) if rows
-        else {}, lm_weight_decay=lm_decay if str(cfg.get("model", "")).startswith("lm_") else None,
+        precision=_precision(cfg, result), recipe_diff=diff, curve=curve,
+        lm_k=(rows[-1].get("lm_k") or {}) if rows else {}, lm_weight_decay=lm_decay if is_lm else None,
     )  # fmt: skip
 
 
