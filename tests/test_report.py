@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from odearch.cli import main
-from odearch.report import PAPER_CIFAR10, find_runs, summarize, twin_rows, write_report
+from odearch.report import PAPER_CIFAR10, find_runs, last_phase_mean, summarize, twin_rows, write_report
 
 RECIPE = {"dataset": "cifar10", "num_classes": 10, "scheme": None, "model_kwargs": {}, "lr": 0.1, "momentum": 0.9,
           "nesterov": False, "weight_decay": 0.0001, "batch_size": 128, "epochs": 160, "milestones": [80, 120],
@@ -108,8 +108,8 @@ def test_report_table_cells(campaign: Path, tmp_path: Path) -> None:
          "37.57 (epoch 2)", "3/160, in progress", "0.270M", "≥ 0.06 h", "666", EPYC, "?", "fp32"],
     ]  # fmt: skip
     assert twins == [
-        ["`lm_resnet20` vs `preact_resnet20` (exact twin)", "0", "17.66 (epoch 57)", "8.30", "", "-0.42 (?)"],
-        ["`lm_resnet20` vs `resnet20` (post-activation, the paper's pairing)", "0", "39.99 (epoch 3)", "8.30", "",
+        ["`lm_resnet20` vs `preact_resnet20` (exact twin)", "0", "17.66 (epoch 57)", "8.30", "", "", "-0.42 (?)"],
+        ["`lm_resnet20` vs `resnet20` (post-activation, the paper's pairing)", "0", "39.99 (epoch 3)", "8.30", "", "",
          "-0.42 (?)"],
     ]  # fmt: skip
     assert other == [
@@ -164,19 +164,32 @@ def test_report_cli(campaign: Path, tmp_path: Path) -> None:
     assert main(["report", str(tmp_path / "nothing"), "--out", str(out)]) == 1  # a missing folder: one-line error
 
 
+def test_last_phase_mean_is_the_mean_error_after_the_last_lr_drop(campaign: Path) -> None:
+    lm = summarize(campaign / "lm_resnet20_s0")
+    errs = [_err(e) for e in range(121, 161)]
+    errs[150 - 121], errs[160 - 121] = 8.15, 8.30  # the fixture's epochs 150 and 160
+    assert lm.last_phase == 121 and last_phase_mean(lm) == pytest.approx(sum(errs) / 40, abs=1e-9)
+    assert last_phase_mean(summarize(campaign / "preact_resnet20_s0")) is None  # in progress: no mean yet
+    assert last_phase_mean(dataclasses.replace(lm, last_phase=None)) is None  # cosine: no last step phase
+
+
 def test_twin_difference_once_both_finished(campaign: Path) -> None:
     lm = summarize(campaign / "lm_resnet20_s0")
-    plain = dataclasses.replace(lm, model="preact_resnet20", final_err=8.72, name="preact_resnet20_s0")
+    phase = f"{last_phase_mean(lm):.2f}"
+    plain = dataclasses.replace(lm, model="preact_resnet20", final_err=8.72, name="preact_resnet20_s0",
+                                curve=[(e, err + 0.25) for e, err in lm.curve])  # fmt: skip
     post = dataclasses.replace(lm, model="resnet20", final_err=8.51, name="resnet20_s0")
     other_seed = dataclasses.replace(plain, seed=1)
     unfinished = dataclasses.replace(post, seed=1, complete=False)
     lm1 = dataclasses.replace(lm, seed=1)
     assert twin_rows([post, plain, lm, other_seed, unfinished, lm1]) == [
-        ["`lm_resnet20` vs `preact_resnet20` (exact twin)", "0", "8.72", "8.30", "-0.42", "-0.42 (?)"],
+        ["`lm_resnet20` vs `preact_resnet20` (exact twin)", "0", "8.72", "8.30", "-0.42",
+         f"-0.25 ({float(phase) + 0.25:.2f} vs {phase}, epochs 121-160)", "-0.42 (?)"],
         ["`lm_resnet20` vs `resnet20` (post-activation, the paper's pairing)", "0", "8.51", "8.30", "-0.21",
-         "-0.42 (?)"],
-        ["`lm_resnet20` vs `preact_resnet20` (exact twin)", "1", "8.72", "8.30", "-0.42", "-0.42 (?)"],
-        ["`lm_resnet20` vs `resnet20` (post-activation, the paper's pairing)", "1", "8.51 (epoch 160)", "8.30", "",
+         f"+0.00 ({phase} vs {phase}, epochs 121-160)", "-0.42 (?)"],
+        ["`lm_resnet20` vs `preact_resnet20` (exact twin)", "1", "8.72", "8.30", "-0.42",
+         f"-0.25 ({float(phase) + 0.25:.2f} vs {phase}, epochs 121-160)", "-0.42 (?)"],
+        ["`lm_resnet20` vs `resnet20` (post-activation, the paper's pairing)", "1", "8.51 (epoch 160)", "8.30", "", "",
          "-0.42 (?)"],
     ]  # fmt: skip
 

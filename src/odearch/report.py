@@ -35,8 +35,8 @@ import yaml
 
 from .runfiles import read_metrics
 
-__all__ = ["PAPER_CIFAR10", "RunSummary", "add_report_arguments", "find_runs", "plot_curves", "render",
-           "run_report", "summarize", "twin_rows", "write_report"]  # fmt: skip
+__all__ = ["PAPER_CIFAR10", "RunSummary", "add_report_arguments", "find_runs", "last_phase_mean", "plot_curves",
+           "render", "run_report", "summarize", "twin_rows", "write_report"]  # fmt: skip
 
 # The paper's CIFAR-10 test errors (%) for the recipe of 160 epochs, from ../shared/PAPER.md ("Results to
 # reproduce"): (error, confirmed). False = marked (?) there: recalled, not confirmed against the PDF. ResNet-20..56
@@ -93,6 +93,7 @@ class RunSummary:
     curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, test error %)
     lm_k: dict[str, list[float]] = field(default_factory=dict)  # learned k_n per stage after the last epoch done
     lm_weight_decay: str | None = None  # LM runs: where weight decay pulls k_n (kappa: toward 1, k: toward 0)
+    last_phase: int | None = None  # first epoch of the last lr phase (a step schedule's last milestone + 1)
 
     @property
     def paper(self) -> tuple[float, bool] | None:
@@ -180,6 +181,7 @@ def summarize(run_dir: str | Path) -> RunSummary:
             if k in cfg and _norm(cfg.get(k)) != _norm(v)]  # fmt: skip
     diff += [f"{k} {cfg[k]!r}" for k in ("scheme", "model_kwargs") if cfg.get(k)]  # another net than the name's
     is_lm = str(cfg.get("model", "")).startswith("lm_")
+    milestones = [int(m) for m in cfg.get("milestones") or []]
     lm_decay = cfg.get("lm_weight_decay", "k")  # absent: a run made before the option, whose decay pulled k to 0
     if is_lm and lm_decay != PAPER_LM_WEIGHT_DECAY:
         diff.append(f"lm_weight_decay {lm_decay!r} (official code {PAPER_LM_WEIGHT_DECAY!r})")
@@ -193,7 +195,17 @@ def summarize(run_dir: str | Path) -> RunSummary:
         dirty=any(bool(r.get("git_dirty")) for r in rows) or bool(res.get("git_dirty")),
         precision=_precision(cfg, result), recipe_diff=diff, curve=curve,
         lm_k=(rows[-1].get("lm_k") or {}) if rows else {}, lm_weight_decay=lm_decay if is_lm else None,
+        last_phase=max(milestones) + 1 if milestones and cfg.get("schedule", "step") == "step" else None,
     )  # fmt: skip
+
+
+def last_phase_mean(s: RunSummary) -> float | None:
+    """Mean test error (%) over the epochs of a finished run's last lr phase (121-160 in the paper's recipe): the
+    final epoch's number without its epoch-to-epoch jitter (not seed noise: one seed is one curve)."""
+    if not s.complete or s.last_phase is None:
+        return None
+    errs = [e for epoch, e in s.curve if epoch >= s.last_phase]
+    return sum(errs) / len(errs) if errs else None
 
 
 def _norm(v: Any) -> Any:
@@ -269,14 +281,15 @@ def other_row(s: RunSummary, base: Path) -> list[str]:
             _wall_cell(s), " + ".join(s.devices) or "?", _commit_cell(s), s.precision]  # fmt: skip
 
 
-TWIN_HEADER = ("| twins | seed | plain: error % | LM: error % | LM − plain (points) | paper: LM-ResNet − ResNet "
-               "(points) |")  # fmt: skip
+TWIN_HEADER = ("| twins | seed | plain: error % | LM: error % | LM − plain (points) | LM − plain, mean over the "
+               "last lr phase (points) | paper: LM-ResNet − ResNet (points) |")  # fmt: skip
 
 
 def twin_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
     """One row per ``lm_X`` run and plain run of the same data set and seed among ``runs``: its exact twin
     ``preact_X``, then ``X``, the post-activation net the paper compares with (where the paper has one); both final
-    errors and their difference once both have finished; the paper's LM-ResNet minus ResNet difference beside it."""
+    errors and their difference once both have finished, the difference of their :func:`last_phase_mean` beside it;
+    the paper's LM-ResNet minus ResNet difference last."""
     rows = []
     for lm in runs:
         if not lm.model.startswith("lm_"):
@@ -292,8 +305,15 @@ def twin_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
                 both = lm.complete and plain.complete and lm.final_err is not None and plain.final_err is not None
                 diff = f"{lm.final_err - plain.final_err:+.2f}" if both else ""  # type: ignore[operator]
                 rows.append([f"`{lm.model}` vs `{plain.model}` ({label})", str(lm.seed), _final_cell(plain),
-                             _final_cell(lm), diff, paper])  # fmt: skip
+                             _final_cell(lm), diff, _phase_diff_cell(lm, plain), paper])  # fmt: skip
     return rows
+
+
+def _phase_diff_cell(lm: RunSummary, plain: RunSummary) -> str:
+    m_lm, m_plain = last_phase_mean(lm), last_phase_mean(plain)
+    if m_lm is None or m_plain is None or lm.last_phase != plain.last_phase:
+        return ""
+    return f"{m_lm - m_plain:+.2f} ({m_plain:.2f} vs {m_lm:.2f}, epochs {lm.last_phase}-{lm.epochs})"
 
 
 LM_K_HEADER = "| run | after epoch | k_n per stage (its LM blocks in order) | max abs k_n | weight decay |"
@@ -424,7 +444,8 @@ def render(runs: Sequence[RunSummary], out: Path, command: str, curves: Sequence
         lines += ["", "The exact twin (`preact_*`: the same pre-activation backbone with k_n = 0) isolates the LM "
                   "coupling; the paper compares LM-ResNet (pre-activation) with the post-activation ResNet of He et "
                   "al. (`resnet*`), which also differs in block layout. One seed: a difference under ~0.3 points is "
-                  "within seed noise."]  # fmt: skip
+                  "within seed noise. The mean over the last lr phase (every epoch after the last lr drop) takes "
+                  "out the epoch-to-epoch jitter of a single final epoch, not the noise between seeds."]  # fmt: skip
     lines += lm_k_section(runs, base)
     if curves:
         lines += ["", "## Learning curves", ""]
