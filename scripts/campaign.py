@@ -5,11 +5,19 @@
     python scripts/campaign.py --save-log campaign.log            # after a stretch: each run's part -> stretchN.log
 
 The queue (YAML) lists runs in order, each ``name`` (its directory under ``--runs-dir``), ``config`` (a YAML of
-``configs/``), ``seed`` and optionally ``requires`` (a `TrainConfig` field that must exist before the run may start,
-e.g. an option another issue adds) and ``args`` (extra ``odearch train`` flags). A finished run (``result.json``
-status ``complete``) is skipped; a started one is resumed with ``odearch train --resume``; a new one is started. Every
-``odearch train`` gets what is left of ``--max-minutes``, so the whole call stops cleanly, with a resumable
-checkpoint, by then. Each epoch's row in ``metrics.jsonl`` records the commit (and dirty flag) that trained it.
+``configs/``), ``seed`` and optionally ``amp`` (``off``, the default: fp32; or ``bf16``), ``requires`` (a
+`TrainConfig` field that must exist before the run may start, e.g. an option another issue adds) and ``args`` (extra
+``odearch train`` flags). A finished run (``result.json`` status ``complete``) is skipped; a started one is resumed
+with ``odearch train --resume`` (in the precision it started in); a new one is started. Every ``odearch train`` gets
+what is left of ``--max-minutes``, so the whole call stops cleanly, with a resumable checkpoint, by then. Each
+epoch's row in ``metrics.jsonl`` records the commit (and dirty flag) that trained it.
+
+Precision: a bf16 run (new, or started in bf16) is passed over on a machine without CUDA whose CPU lacks
+``avx512_bf16`` and ``amx_bf16`` (there bf16 autocast is emulated, several times slower than fp32); the campaign says
+so and takes the next fp32 run, if any.
+
+Data: ``--data-dir``, else ``$ODEARCH_DATA``, else the queue's ``data_dir`` (relative to the repository), else
+``odearch train``'s own default.
 
 ``--save-log LOG`` files a stretch's console log (what the campaign printed, redirected to LOG) with its runs: each
 run's part, from the ``campaign: NAME (...)`` line that started it, without the per-step progress lines, becomes
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
@@ -44,6 +53,46 @@ def run_state(run_dir: Path) -> str:
         except (OSError, ValueError):
             pass
     return "started" if (run_dir / "config.yaml").is_file() else "new"
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU's feature flags (empty where ``/proc/cpuinfo`` cannot be read)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+def fast_bf16() -> bool:
+    """Whether bf16 autocast runs natively here: a CUDA device, or a CPU with AVX512-BF16 or AMX-BF16."""
+    import torch
+
+    return torch.cuda.is_available() or bool(cpu_flags() & set(BF16_CPU_FLAGS))
+
+
+def run_amp(entry: dict[str, Any], run_dir: Path, state: str) -> str:
+    """The precision of a queue entry: a started run's own (its config.yaml), else the entry's ``amp`` (fp32)."""
+    if state != "new":
+        try:
+            return str((yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("amp", "off"))
+        except (OSError, yaml.YAMLError):
+            pass
+    return str(entry.get("amp", "off"))
+
+
+def resolve_data_dir(flag: str | None, queue_value: str | None) -> str | None:
+    """``--data-dir``, else ``$ODEARCH_DATA``, else the queue's ``data_dir`` (a relative one from the repository)."""
+    if flag:
+        return flag
+    if os.environ.get("ODEARCH_DATA"):
+        return os.environ["ODEARCH_DATA"]
+    if queue_value:
+        return str(REPO / queue_value) if not Path(queue_value).is_absolute() else queue_value
+    return None
 
 
 STEP_LINE = re.compile(r"^epoch +\d+ step \d+/\d+ ")  # per-step progress of `odearch train`
@@ -80,7 +129,7 @@ def train_command(entry: dict[str, Any], run_dir: Path, state: str, minutes: flo
         cmd += ["--resume", str(run_dir)]
     else:
         cmd += ["--config", str(REPO / entry["config"]), "--seed", str(entry.get("seed", 0)), "--out", str(run_dir),
-                "--amp", "off", *map(str, entry.get("args", []))]  # fmt: skip
+                "--amp", str(entry.get("amp", "off")), *map(str, entry.get("args", []))]  # fmt: skip
     if data_dir:
         cmd += ["--data-dir", data_dir]
     return [*cmd, "--max-minutes", f"{minutes:.1f}"]
@@ -91,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queue", type=Path, default=REPO / "results" / "campaign" / "queue.yaml")
     p.add_argument("--runs-dir", type=Path, help="where the run directories live (default: beside the queue)")
     p.add_argument("--max-minutes", type=float, help="stop cleanly after this many minutes in all (required to run)")
-    p.add_argument("--data-dir", help="overrides the queue's data_dir")
+    p.add_argument("--data-dir", help="overrides $ODEARCH_DATA and the queue's data_dir")
     p.add_argument("--dry-run", action="store_true", help="print the command that would run, run nothing")
     p.add_argument("--save-log", type=Path, metavar="LOG", help="file a stretch's log with its runs; run nothing")
     args = p.parse_args(argv)
@@ -106,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     from odearch.train import TrainConfig
 
     queue = yaml.safe_load(args.queue.read_text())
-    data_dir = args.data_dir or queue.get("data_dir")
+    data_dir = resolve_data_dir(args.data_dir, queue.get("data_dir"))
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    bf16_ok = fast_bf16()
     deadline = time.monotonic() + 60 * args.max_minutes
     for entry in queue["runs"]:
         run_dir = runs_dir / entry["name"]
@@ -117,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if state == "new" and entry.get("requires") and entry["requires"] not in fields:
             print(f"campaign: {entry['name']}: waits for TrainConfig.{entry['requires']}; next run", flush=True)
+            continue
+        if run_amp(entry, run_dir, state) == "bf16" and not bf16_ok:
+            print(f"campaign: {entry['name']}: bf16, but this CPU has none of {', '.join(BF16_CPU_FLAGS)} and there "
+                  "is no CUDA device (bf16 would be emulated, slower than fp32); next run", flush=True)  # fmt: skip
             continue
         minutes = (deadline - time.monotonic()) / 60
         if minutes < MIN_MINUTES:

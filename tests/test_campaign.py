@@ -32,7 +32,9 @@ def _run(queue: Path, name: str, status: str | None) -> None:
         (d / "result.json").write_text(json.dumps({"status": status}))
 
 
-def test_next_run_skips_complete_and_waiting_runs_and_resumes_a_started_one(tmp_path: Path, capsys) -> None:
+def test_next_run_skips_complete_and_waiting_runs_and_resumes_a_started_one(tmp_path: Path, capsys,
+                                                                            monkeypatch) -> None:  # fmt: skip
+    monkeypatch.delenv("ODEARCH_DATA", raising=False)
     queue = _queue(tmp_path, [
         {"name": "done", "config": "configs/cifar10/resnet20.yaml"},
         {"name": "waits", "config": "configs/cifar10/lm_resnet20.yaml", "requires": "no_such_option"},
@@ -57,6 +59,49 @@ def test_a_new_run_starts_from_its_config_seed_and_extra_args_in_fp32(tmp_path: 
     config = str(REPO / "configs/cifar10/lm_resnet20.yaml")
     assert cmd[4:] == ["--config", config, "--seed", "1", "--out", str(tmp_path / "x"), "--amp", "off",
                        "--lm-weight-decay", "k", "--max-minutes", "12.3"]  # fmt: skip
+
+
+def test_a_bf16_run_is_passed_over_without_native_bf16_and_the_next_fp32_run_taken(tmp_path: Path, capsys,
+                                                                                 monkeypatch) -> None:  # fmt: skip
+    queue = _queue(tmp_path, [
+        {"name": "fast", "config": "configs/cifar10/resnet20.yaml", "amp": "bf16"},
+        {"name": "was_bf16", "config": "configs/cifar10/resnet20.yaml"},
+        {"name": "fp32", "config": "configs/cifar10/resnet20.yaml", "seed": 4}])  # fmt: skip
+    _run(queue, "was_bf16", "stopped")
+    (queue.parent / "was_bf16" / "config.yaml").write_text("model: resnet20\namp: bf16\n")  # its own precision
+    monkeypatch.setattr(campaign, "fast_bf16", lambda: False)
+    assert campaign.main(["--queue", str(queue), "--max-minutes", "60", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("campaign: fast: bf16, but this CPU has none of avx512_bf16, amx_bf16")
+    assert lines[1].startswith("campaign: was_bf16: bf16, but")
+    assert lines[2].startswith("campaign: fp32 (new): ") and "--amp off" in lines[2] and len(lines) == 3
+    monkeypatch.setattr(campaign, "fast_bf16", lambda: True)
+    assert campaign.main(["--queue", str(queue), "--max-minutes", "60", "--dry-run"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("campaign: fast (new): ") and "--amp bf16" in line
+
+
+def test_cpu_flags_and_data_dir_resolution(tmp_path: Path, monkeypatch) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512_bf16\n\nprocessor\t: 1\nflags\t: fpu amx_tile\n")
+    assert campaign.cpu_flags(info) == {"fpu", "sse", "avx512_bf16", "amx_tile"}
+    assert campaign.cpu_flags(tmp_path / "none") == set()
+    monkeypatch.delenv("ODEARCH_DATA", raising=False)
+    assert campaign.resolve_data_dir(None, "data") == str(REPO / "data")  # relative to the repository
+    assert campaign.resolve_data_dir(None, "/abs") == "/abs"
+    assert campaign.resolve_data_dir(None, None) is None
+    monkeypatch.setenv("ODEARCH_DATA", "/env")
+    assert campaign.resolve_data_dir(None, "data") == "/env"
+    assert campaign.resolve_data_dir("/flag", "data") == "/flag"
+
+
+def test_the_queue_runs_from_a_fresh_clone(monkeypatch) -> None:
+    """The committed queue names no machine's path, and every config it names exists."""
+    queue = yaml.safe_load((REPO / "results" / "campaign" / "queue.yaml").read_text())
+    assert not Path(queue["data_dir"]).is_absolute()
+    for entry in queue["runs"]:
+        assert (REPO / entry["config"]).is_file(), entry
+        assert entry.get("amp", "off") in ("off", "bf16")
 
 
 def test_run_state(tmp_path: Path) -> None:

@@ -15,10 +15,11 @@ from .drop import drop_path, linear_survival
 from .memory import get_memory, set_memory
 from .network import ResidualNetwork, init_weights
 from .shake import ShakeBranch, ShakeShake, ShakeShortcut, shake_block, shake_shake
-from .stage import Stage, StepRunner, lm_coefficients, register_step_runner, step_runner
+from .stage import LM_K_DRAWS, Stage, StepRunner, lm_coefficients, lm_k_draw, register_step_runner, step_runner
 from .stochastic import StochasticDepth
 
 __all__ = [
+    "LM_K_DRAWS",
     "BasicBlock",
     "PreActBasicBlock",
     "PreActBottleneck",
@@ -40,6 +41,7 @@ __all__ = [
     "init_weights",
     "linear_survival",
     "lm_coefficients",
+    "lm_k_draw",
     "register_step_runner",
     "set_memory",
     "shake_block",

@@ -12,8 +12,10 @@ Update of each scheme family (paper Table 1; f absorbs the step):
   u_{n+1} = u_n + f_n(u_n). A tuple of functions for a step gives one function per inner stage (the FractalNet
   reading of rk2); a single function is shared by the inner stages, as an ODE solver does.
 - LM (LM-ResNet): u_{n+1} = (1 - k_n) u_n + k_n u_{n-1} + f_n(u_n), learnable ``lm_k`` (one per block, or one per
-  channel), k_n ~ U[-0.1, 0] at initialisation. Computed in velocity form, v_n = u_n - u_{n-1}:
-  v_{n+1} = f_n(u_n) - k_n v_n, u_{n+1} = u_n + v_{n+1} (the same update, fewer passes over the state).
+  channel), k_n ~ U[-0.1, 0] at initialisation, drawn from a copy of the global RNG (:func:`lm_k_draw`), so an LM
+  network shares every other initial weight with its plain twin built after the same seed. Computed in velocity
+  form, v_n = u_n - u_{n-1}: v_{n+1} = f_n(u_n) - k_n v_n, u_{n+1} = u_n + v_{n+1} (the same update, fewer passes
+  over the state).
 - Linear multistep (alpha, beta), e.g. ``ab2``:
   u_{n+s} = -sum_{j<s} alpha_j u_{n+j} + sum_{j<s} beta_j f_{n+j}(u_{n+j}).
 - PolyNet (``poly2``): u_{n+1} = u_n + F(u_n) + F(F(u_n)).
@@ -61,7 +63,8 @@ Stochastic training (options; in evaluation, and with no option set, the updates
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -77,6 +80,36 @@ from .stochastic import check_noise_sigma
 ResidualFn = Callable[[Tensor], Tensor]
 StepFns = ResidualFn | tuple[ResidualFn, ...]
 StepGate = Gate | tuple[Gate, Gate]  # a RevNet step has one stochastic-depth gate for F and one for G
+
+LM_K_DRAWS = ("paired", "global")
+_lm_k_draw = "paired"
+
+
+@contextmanager
+def lm_k_draw(kind: str) -> Iterator[None]:
+    """How LM stages built inside the block draw their initial k_n.
+
+    ``paired`` (the default): from a copy of the global CPU RNG, which is left where it was, so the LM net's every
+    other parameter (and every later draw) equals its plain twin's after the same ``torch.manual_seed``.
+    ``global``: from the global RNG itself, as before paired init existed (the k draws shift every later weight).
+    """
+    global _lm_k_draw
+    if kind not in LM_K_DRAWS:
+        raise ValueError(f"lm_k_draw: kind must be one of {LM_K_DRAWS}, got {kind!r}")
+    old, _lm_k_draw = _lm_k_draw, kind
+    try:
+        yield
+    finally:
+        _lm_k_draw = old
+
+
+def _draw_lm_k(shape: tuple[int, ...], low: float, high: float) -> Tensor:
+    """k ~ U[low, high] of ``shape``, from the global RNG or a copy of it (:func:`lm_k_draw`)."""
+    if _lm_k_draw == "global":
+        return torch.empty(shape).uniform_(low, high)
+    gen = torch.Generator()
+    gen.set_state(torch.get_rng_state())
+    return torch.empty(shape, device="cpu").uniform_(low, high, generator=gen).to(torch.get_default_device())
 
 
 def axpy(u: Tensor, coef: float, v: Tensor, gate: Gate = None) -> Tensor:
@@ -362,7 +395,7 @@ class LMRunner(StepRunner):
         if scheme.fixed_k is not None:
             stage.register_buffer("lm_k", torch.full(shape, float(scheme.fixed_k)))
         else:
-            stage.lm_k = nn.Parameter(torch.empty(shape).uniform_(*scheme.k_init))
+            stage.lm_k = nn.Parameter(_draw_lm_k(shape, *scheme.k_init))
 
     @staticmethod
     def coefficients(stage: Stage) -> Any:

@@ -63,6 +63,10 @@ class TrainConfig:
     lm_weight_decay: str = _f("kappa", "weight decay on the LM coefficients k_n: kappa (the official code: decay "
                                        "kappa = 1 - k, pulling k toward 1), k (toward 0; runs made before this "
                                        "option), none", choices=("kappa", "k", "none"))  # fmt: skip
+    lm_init: str = _f("paired", "how the LM coefficients k_n are drawn at initialisation: paired (from a copy of the "
+                                "RNG: every other weight equals the plain twin's at the same seed), global (from the "
+                                "global RNG, shifting later draws; runs made before this option)",
+                      choices=("paired", "global"))  # fmt: skip
     batch_size: int = _f(128, "GLOBAL batch size (split over ranks when distributed)")
     epochs: int | None = _f(None, "epochs (default: " + ", ".join(f"{d.epochs} on {n}" for n, d in DATASETS.items())
                             + ")")  # fmt: skip
@@ -265,4 +269,6 @@ def config_hash(cfg: TrainConfig) -> str:
     d = {k: v for k, v in cfg.to_dict().items() if k not in volatile}
     if d.get("lm_weight_decay") == "k":  # the only behaviour before the option existed: keep those runs' hashes
         del d["lm_weight_decay"]
+    if d.get("lm_init") == "global":  # likewise the only LM init before paired init
+        del d["lm_init"]
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -219,6 +219,7 @@ class RunDir:
         # Written before the option existed: k_n was decayed like every weight (odearch.train.optim).
         values.setdefault("lm_weight_decay", "k")
         values.setdefault("memory", "store")  # written before the memory option: it stored every activation
+        values.setdefault("lm_init", "global")  # written before paired init: k_n drawn from the global RNG
         return TrainConfig.from_dict(values, source=str(self.config))
 
     def append_metrics(self, row: dict[str, Any]) -> None:

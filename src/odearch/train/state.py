@@ -20,7 +20,7 @@ from torch import nn
 
 from ..data import DatasetError, Splits, get_dataset
 from ..models import create_model
-from ..nn import set_memory
+from ..nn import lm_k_draw, set_memory
 from . import generations
 from .checkpoint import (
     CheckpointError,
@@ -168,7 +168,8 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     """``create_model`` from the config; options the constructor rejects become a ConfigError naming them."""
     kwargs = {"scheme": cfg.scheme, **cfg.model_kwargs}
     try:
-        model = create_model(cfg.model, num_classes=cfg.num_classes, **kwargs)
+        with lm_k_draw(cfg.lm_init):
+            model = create_model(cfg.model, num_classes=cfg.num_classes, **kwargs)
         return model if cfg.memory == "auto" else set_memory(model, cfg.memory)
     except (TypeError, ValueError) as e:
         given = {k: v for k, v in kwargs.items() if v is not None}
