@@ -58,20 +58,13 @@ def run_state(run_dir: Path) -> str:
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
-    """The CPU's feature flags (empty where ``/proc/cpuinfo`` cannot be read)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return set()
-    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
-
-
 def fast_bf16() -> bool:
-    """Whether bf16 autocast runs natively here: a CUDA device, or a CPU with AVX512-BF16 or AMX-BF16."""
+    """Whether bf16 autocast runs natively here: a CUDA device, or a CPU with AVX512-BF16 or AMX (torch's checks)."""
     import torch
 
-    return torch.cuda.is_available() or bool(cpu_flags() & set(BF16_CPU_FLAGS))
+    from odearch.train.numerics import cpu_has_native_bf16
+
+    return torch.cuda.is_available() or cpu_has_native_bf16()
 
 
 def run_amp(entry: dict[str, Any], run_dir: Path, state: str) -> str:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributed import DistEnv, all_reduce_sum
+from .kforces import KForces
 
 __all__ = ["NonFiniteLossError", "TrainStep", "batches_from", "evaluate", "new_sums", "train_one_epoch"]
 
@@ -94,12 +95,14 @@ def new_sums() -> dict[str, Any]:
 def train_one_epoch(
     model: nn.Module, batches: Iterable[Batch], train_step: TrainStep, *, step: int,
     sums: dict[str, Any] | None = None, on_step: Callable[[int, dict[str, Any]], bool | None] | None = None,
+    kforces: KForces | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Trains on ``batches`` (an epoch, or its rest after a resume), one ``train_step`` per batch from ``step`` on.
 
     Args:
         sums: the running sums to continue (a resumed partial epoch's), default :func:`new_sums`.
         on_step: called after each step with (global step, sums); returning True ends the epoch there.
+        kforces: adds each step's LM-coefficient gradient and value to the sums (:class:`KForces`).
 
     Returns:
         ``step`` (global step after the last batch), ``batches`` (batches trained by this call), ``loss_sum`` and
@@ -109,7 +112,10 @@ def train_one_epoch(
     model.train()
     sums, first, stopped = sums or new_sums(), step, False
     for x, y in batches:
+        k_before = kforces.before_step() if kforces else None
         loss, logits = train_step(model, x, y, step)
+        if kforces and k_before is not None:
+            kforces.after_step(sums, k_before)
         step += 1
         sums["loss_sum"] = sums["loss_sum"].to(loss.device) + loss.detach().float() * len(y)  # no sync
         sums["correct"] = sums["correct"].to(y.device) + (logits.argmax(1) == y).sum()

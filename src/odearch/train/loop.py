@@ -57,6 +57,7 @@ from .distributed import (
     world_size_from_env,
 )
 from .epoch import NonFiniteLossError, batches_from, evaluate, train_one_epoch
+from .kforces import KFORCE_SUMS, KForces
 from .numerics import configure_numerics, cpu_has_native_bf16, resolve_device
 from .provenance import provenance
 from .rundir import RunDir, RunExistsError, default_out
@@ -153,12 +154,16 @@ def _train_epoch(s: TrainState, epoch: int) -> dict[str, Any]:
     if s.prog.batch:
         p = s.prog.partial
         sums = {"loss_sum": p["loss_sum"].to(s.device), "correct": p["correct"].to(s.device), "n": p["n"]}
+        sums |= {k: p[k] for k in KFORCE_SUMS if k in p}  # the LM force sums of a partial epoch (on the CPU)
         prev_seconds = p.get("seconds", 0.0)
     t0 = time.perf_counter()
     show = progress_hook(bar, s.cfg.log_every, epoch, t0, s.env, Eta(s.prog.step, steps, s.cfg.epochs))
     should_stop = _stopper(s)
+    forces = KForces(s.raw, s.optimizer)
     out = train_one_epoch(s.model, batches_from(s.data.train, s.prog.batch), s.train_step, step=s.prog.step,
-                          sums=sums, on_step=lambda step, sums: show(step, sums) or should_stop())  # fmt: skip
+                          sums=sums, on_step=lambda step, sums: show(step, sums) or should_stop(),
+                          kforces=forces)  # fmt: skip
+    out["lm_forces"] = forces.row(out)
     totals = all_reduce_sum(torch.stack([out["loss_sum"].double(), out["correct"].double(),
                                          torch.tensor(float(out["n"]), device=s.device)]), s.env).cpu()  # fmt: skip
     seconds = prev_seconds + time.perf_counter() - t0
@@ -176,6 +181,7 @@ def _save_partial_epoch(s: TrainState, out: dict[str, Any]) -> None:
     s.prog.batch += out["batches"]
     s.prog.partial = {"loss_sum": out["loss_sum"].cpu(), "correct": out["correct"].cpu(), "n": out["n"],
                       "seconds": out["seconds"]}  # fmt: skip
+    s.prog.partial |= {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in out.items() if k in KFORCE_SUMS}
     s.add_wall_time()
     if s.env.is_main:
         save_checkpoint(s.run, s.cfg, s.raw, s.optimizer, s.scaler, s.prog)
@@ -195,8 +201,9 @@ def _evaluate_row(s: TrainState, epoch: int, out: dict[str, Any]) -> dict[str, A
             row[f"{k}_loss"], row[f"{k}_acc"] = evals[k]["loss"], evals[k]["acc"]
     prov = s.prov
     return row | {"lr": s.lr(s.prog.step - 1), "seconds": seconds, "images_per_s": totals[2].item() / seconds,
-                  "lm_k": lm_coefficients(s.raw), "amp_dtype": s.prog.amp_dtype, "git_commit": prov["git_commit"],
-                  "git_dirty": prov["git_dirty"], "device_name": prov["device_name"]}  # fmt: skip
+                  "lm_k": lm_coefficients(s.raw), **out["lm_forces"], "amp_dtype": s.prog.amp_dtype,
+                  "git_commit": prov["git_commit"], "git_dirty": prov["git_dirty"],
+                  "device_name": prov["device_name"]}  # fmt: skip
 
 
 def _end_epoch(s: TrainState, row: dict[str, Any]) -> None:
