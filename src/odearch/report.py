@@ -410,8 +410,11 @@ def plot_curves(runs: Sequence[RunSummary], out_dir: str | Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------------- report
-def render(runs: Sequence[RunSummary], out: Path, command: str, curves: Sequence[Path] = ()) -> str:
+def render(runs: Sequence[RunSummary], out: Path, command: str, curves: Sequence[Path] = (),
+           arm_curves: Sequence[Path] = ()) -> str:  # fmt: skip
     """The Markdown text of the report written to ``out`` (links are relative to its folder)."""
+    from .arms import arm_section
+
     base = out.parent
     main = [s for s in runs if not s.recipe_diff]
     other = [s for s in runs if s.recipe_diff]
@@ -446,6 +449,7 @@ def render(runs: Sequence[RunSummary], out: Path, command: str, curves: Sequence
                   "al. (`resnet*`), which also differs in block layout. One seed: a difference under ~0.3 points is "
                   "within seed noise. The mean over the last lr phase (every epoch after the last lr drop) takes "
                   "out the epoch-to-epoch jitter of a single final epoch, not the noise between seeds."]  # fmt: skip
+    lines += arm_section(runs, base, arm_curves)
     lines += lm_k_section(runs, base)
     if curves:
         lines += ["", "## Learning curves", ""]
@@ -463,10 +467,13 @@ def write_report(paths: Sequence[str | Path], out: str | Path, command: str, plo
     """Summarises every run under ``paths``, writes the curves beside ``out`` and the Markdown to ``out``."""
     out = Path(out)
     runs = [summarize(p) for p in find_runs(paths)]
+    from .arms import plot_arm_curves
+
     curves = plot_curves([s for s in runs if not s.recipe_diff], out.parent) if plots else []
+    arm_curves = plot_arm_curves(runs, out.parent) if plots else []
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(runs, out, command, curves))
-    return out, curves
+    out.write_text(render(runs, out, command, curves, arm_curves))
+    return out, curves + arm_curves
 
 
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
