@@ -17,15 +17,22 @@ ours from the files. Per run:
 
 Runs that are not the paper's full recipe (fewer epochs, a subset of the training set) go to a separate table,
 without the paper's numbers, so that a short run never reads as a reproduction.
+
+A damaged run (a file that is not JSON / YAML, a value of the wrong type, a NaN or an accuracy outside [0, 1]) is
+left out with a warning on stderr naming it and what is wrong (:class:`RunFileError`); a number the report prints is
+never NaN. A malformed ``queue.yaml`` is ignored with a warning (the runs then follow their names); a results path
+that does not exist is a one-line error (exit code 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shlex
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +42,9 @@ import yaml
 
 from .runfiles import read_metrics
 
-__all__ = ["PAPER_CIFAR10", "RunSummary", "add_report_arguments", "find_runs", "last_phase_mean", "plot_curves",
-           "render", "run_report", "summarize", "twin_rows", "write_report"]  # fmt: skip
+__all__ = ["PAPER_CIFAR10", "ReportInputError", "RunFileError", "RunSummary", "add_report_arguments", "find_runs",
+           "last_phase_mean", "plot_curves", "render", "run_report", "summarize", "twin_rows",
+           "write_report"]  # fmt: skip
 
 # The paper's CIFAR-10 test errors (%) for the recipe of 160 epochs, from ../shared/PAPER.md ("Results to
 # reproduce"): (error, confirmed). False = marked (?) there: recalled, not confirmed against the PDF. ResNet-20..56
@@ -101,23 +109,151 @@ class RunSummary:
 
 
 # ------------------------------------------------------------------------------------------------- reading
+class RunFileError(ValueError):
+    """A file of a run directory that the report cannot use; the report leaves the run out with a warning."""
+
+
+class ReportInputError(FileNotFoundError):
+    """A results path given to the report that is neither a run nor a folder (``odearch report`` exits with 2)."""
+
+
+_MAX_SECONDS = 1e12  # bounds wall times and rates far beyond any real run, so that their sums stay finite
+
+
+def _warn(message: str) -> None:
+    print(f"odearch: warning: {message}", file=sys.stderr)
+
+
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     """Run directories (holding ``config.yaml``) among ``paths`` and their direct subfolders, in the order given;
-    within a folder, in the order of its ``queue.yaml`` (the campaign's) if it has one, else by name."""
+    within a folder, in the order of its ``queue.yaml`` (the campaign's) if it has one, else by name.
+
+    Raises:
+        ReportInputError: a path that is neither a run directory nor a folder.
+    """
     runs: list[Path] = []
     for p in map(Path, paths):
         if (p / "config.yaml").is_file():
             runs.append(p)
             continue
         if not p.is_dir():
-            raise FileNotFoundError(f"{p}: no such results directory")
+            what = "is not a run directory (no config.yaml) nor a folder" if p.exists() else "no such results directory"
+            raise ReportInputError(f"{p}: {what}")
         subs = sorted(d for d in p.iterdir() if (d / "config.yaml").is_file())
-        queue = p / "queue.yaml"
-        if queue.is_file():
-            order = [r["name"] for r in (yaml.safe_load(queue.read_text()) or {}).get("runs", [])]
-            subs.sort(key=lambda d: (order.index(d.name) if d.name in order else len(order), d.name))
+        order = _queue_order(p / "queue.yaml")
+        subs.sort(key=lambda d: (order.index(d.name) if d.name in order else len(order), d.name))
         runs += subs
     return runs
+
+
+def _queue_order(queue: Path) -> list[str]:
+    """The run names of a campaign's ``queue.yaml`` in its order (``runs: [{name: ...}, ...]``); none when there is
+    no queue, and none with a warning when it is malformed (the runs then follow their names)."""
+    if not queue.is_file():
+        return []
+    try:
+        data = yaml.safe_load(queue.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        _warn(f"ignoring {queue} (runs listed by name): not readable YAML ({_first_line(e)})")
+        return []
+    runs = data.get("runs") if isinstance(data, dict) else None
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and isinstance(r.get("name"), str) for r in runs):
+        _warn(f"ignoring {queue} (runs listed by name): expected a mapping with `runs:`, a list of entries each "
+              "with a `name:`")  # fmt: skip
+        return []
+    return [r["name"] for r in runs]
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_number(v: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_fields(where: str, d: dict[str, Any], strings: Sequence[str] = (), ints: dict[str, int] | None = None,
+                  numbers: dict[str, tuple[float, float]] | None = None) -> None:  # fmt: skip
+    """Raises :class:`RunFileError` for the first value of ``d`` the report cannot use: each key of ``strings`` a
+    string, of ``ints`` an integer at least its minimum, of ``numbers`` a finite number within its (low, high); an
+    absent key or a null passes."""
+    for k in strings:
+        if d.get(k) is not None and not isinstance(d[k], str):
+            raise RunFileError(f"{where}: {k} must be a string, got {_short(d[k])}")
+    for k, lo in (ints or {}).items():
+        v = d.get(k)
+        if v is not None and not (_is_int(v) and v >= lo):
+            raise RunFileError(f"{where}: {k} must be an integer >= {lo}, got {_short(v)}")
+    for k, (lo, hi) in (numbers or {}).items():
+        v = d.get(k)
+        if v is not None and not (_is_number(v) and lo <= v <= hi):
+            span = f"a finite number >= {lo:g}" if hi == math.inf else f"a number in [{lo:g}, {hi:g}]"
+            raise RunFileError(f"{where}: {k} must be {span}, got {_short(v)}")
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    """``config.yaml`` as a mapping whose values the report reads are of the types it expects."""
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise RunFileError(f"config.yaml is not readable YAML ({_first_line(e)})") from None
+    cfg = {} if cfg is None else cfg
+    if not isinstance(cfg, dict):
+        raise RunFileError(f"config.yaml holds a {type(cfg).__name__}, not a mapping of config keys")
+    _check_fields("config.yaml", cfg, strings=("model", "dataset", "scheme", "schedule", "amp", "device",
+                                               "lm_weight_decay"), ints={"epochs": 1, "seed": 0, "num_classes": 0})
+    ms = cfg.get("milestones")
+    if ms is not None and not (isinstance(ms, list) and all(map(_is_int, ms))):
+        raise RunFileError(f"config.yaml: milestones must be a list of epochs, got {_short(ms)}")
+    if cfg.get("model_kwargs") is not None and not isinstance(cfg["model_kwargs"], dict):
+        raise RunFileError(f"config.yaml: model_kwargs must be a mapping, got {_short(cfg['model_kwargs'])}")
+    return cfg
+
+
+def _read_result(run_dir: Path) -> dict[str, Any] | None:
+    """``result.json`` (None while there is none) as an object whose values the report reads are usable."""
+    path = run_dir / "result.json"
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunFileError(f"result.json is not JSON ({_first_line(e)})") from None
+    if not isinstance(result, dict):
+        raise RunFileError(f"result.json holds a {type(result).__name__}, not an object")
+    _check_fields("result.json", result, strings=("status", "device", "device_name", "git_commit", "precision"),
+                  ints={"epochs_done": 0, "params": 0}, numbers={"wall_seconds": (0.0, _MAX_SECONDS)})  # fmt: skip
+    return result
+
+
+def _read_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of ``metrics.jsonl`` (none while there is none; a torn last line, a run writing now, is skipped),
+    each with the values the report reads usable: accuracies in [0, 1], finite seconds, ``lm_k`` per stage."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        rows = read_metrics(path) if path.is_file() else []
+    except (OSError, ValueError) as e:
+        raise RunFileError(_first_line(e).replace(str(run_dir) + os.sep, "")) from None
+    for r in rows:
+        where = f"metrics.jsonl, epoch {r['epoch']}"
+        _check_fields(where, r, strings=("device_name", "git_commit"),
+                      numbers={"test_acc": (0.0, 1.0), "seconds": (0.0, _MAX_SECONDS),
+                               "images_per_s": (0.0, _MAX_SECONDS)})  # fmt: skip
+        lm_k = r.get("lm_k")
+        if lm_k is not None and not (isinstance(lm_k, dict) and all(
+                isinstance(ks, list) and all(map(_is_number, ks)) for ks in lm_k.values())):  # fmt: skip
+            raise RunFileError(f"{where}: lm_k must map each stage to a list of finite numbers, got {_short(lm_k)}")
+    return rows
 
 
 def _count_params(cfg: dict[str, Any]) -> int | None:
@@ -130,7 +266,7 @@ def _count_params(cfg: dict[str, Any]) -> int | None:
         with torch.device("meta"):
             model = create_model(cfg["model"], num_classes=cfg.get("num_classes"), scheme=cfg.get("scheme"),
                                  **(cfg.get("model_kwargs") or {}))  # fmt: skip
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RuntimeError):  # a config this version cannot build: no count
         return None
     return sum(p.numel() for p in model.parameters())
 
@@ -152,17 +288,13 @@ def _precision(cfg: dict[str, Any], result: dict[str, Any] | None) -> str:
 
 
 def summarize(run_dir: str | Path) -> RunSummary:
-    """Reads one run directory into a :class:`RunSummary`."""
+    """Reads one run directory into a :class:`RunSummary`.
+
+    Raises:
+        RunFileError: a file of the run the report cannot use (the message names the file and what is wrong).
+    """
     run_dir = Path(run_dir)
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    metrics = run_dir / "metrics.jsonl"
-    rows = read_metrics(metrics) if metrics.is_file() else []  # a torn last line (a run writing now) is skipped
-    result = None
-    if (run_dir / "result.json").is_file():
-        try:
-            result = json.loads((run_dir / "result.json").read_text())
-        except ValueError:
-            result = None
+    cfg, rows, result = _read_config(run_dir), _read_rows(run_dir), _read_result(run_dir)
     epochs = int(cfg.get("epochs") or PAPER_RECIPE["epochs"])
     done = rows[-1]["epoch"] if rows else 0
     complete = bool(result and result.get("status") == "complete" and result.get("epochs_done") == epochs == done)
@@ -186,8 +318,8 @@ def summarize(run_dir: str | Path) -> RunSummary:
     if is_lm and lm_decay != PAPER_LM_WEIGHT_DECAY:
         diff.append(f"lm_weight_decay {lm_decay!r} (official code {PAPER_LM_WEIGHT_DECAY!r})")
     return RunSummary(
-        name=run_dir.name, path=run_dir, model=cfg.get("model", "?"), dataset=cfg.get("dataset", "?"),
-        seed=int(cfg.get("seed", 0)), epochs=epochs, epochs_done=done, complete=complete,
+        name=run_dir.name, path=run_dir, model=cfg.get("model") or "?", dataset=cfg.get("dataset") or "?",
+        seed=int(cfg.get("seed") or 0), epochs=epochs, epochs_done=done, complete=complete,
         final_err=curve[-1][1] if curve else None, best_err=best[1] if best else None,
         best_epoch=best[0] if best else None, params=res.get("params") or _count_params(cfg),
         wall_s=res["wall_seconds"] if up_to_date else (seconds or None), wall_exact=up_to_date,
@@ -466,7 +598,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path, command: str, plo
                                                                                                         list[Path]]:
     """Summarises every run under ``paths``, writes the curves beside ``out`` and the Markdown to ``out``."""
     out = Path(out)
-    runs = [summarize(p) for p in find_runs(paths)]
+    runs = _summaries(find_runs(paths))
     from .arms import plot_arm_curves
 
     curves = plot_curves([s for s in runs if not s.recipe_diff], out.parent) if plots else []
@@ -474,6 +606,17 @@ def write_report(paths: Sequence[str | Path], out: str | Path, command: str, plo
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(runs, out, command, curves, arm_curves))
     return out, curves + arm_curves
+
+
+def _summaries(run_dirs: Sequence[Path]) -> list[RunSummary]:
+    """The runs the report can read; each damaged one is left out with a warning naming it and what is wrong."""
+    runs = []
+    for d in run_dirs:
+        try:
+            runs.append(summarize(d))
+        except RunFileError as e:
+            _warn(f"skipping run {d}: {e}")
+    return runs
 
 
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
@@ -486,6 +629,10 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
 def run_report(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     """``odearch report``: writes the report and says where."""
     command = shlex.join(["odearch", *argv]) if argv is not None else "odearch report"
-    out, curves = write_report(args.results, args.out, command, plots=not args.no_plots)
+    try:
+        out, curves = write_report(args.results, args.out, command, plots=not args.no_plots)
+    except ReportInputError as e:  # a path the user gave: usage, not a failure
+        print(f"odearch: error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {out}" + (f" and {', '.join(map(str, curves))}" if curves else ""))
     return 0

@@ -2,8 +2,8 @@
 the test loader that ``odearch eval`` and ``odearch ship`` read.
 
 A builder takes the run's options as any object with the attributes of :class:`SplitOptions` (a ``TrainConfig``)
-and the rank layout, and returns :class:`Splits`. Options the data cannot serve (a subset larger than the set, no
-full batch) raise :class:`DatasetError`, which the trainer reports as a ``ConfigError``.
+and the rank layout, and returns :class:`Splits`. Options the data cannot serve (a subset or an eval subset larger than
+the set, no full batch) raise :class:`DatasetError`, which the trainer reports as a ``ConfigError``.
 
 The validation split is a seeded random choice of ``val_split`` training images with the seed fixed at
 :data:`VAL_SPLIT_SEED`, so runs of different training seeds hold out the same images. ``subset`` takes the first N
@@ -94,7 +94,8 @@ def cifar_splits(opts: SplitOptions, device: torch.device, rank: int = 0, world_
                                "(or no --subset)")  # fmt: skip
         images, labels = take_first(images, labels, opts.subset)
     test = load_cifar(opts.data_dir, opts.dataset, train=False, download=opts.download)
-    evals_raw["test"] = take_first(*test, min(opts.eval_subset, len(test[0]))) if opts.eval_subset else test
+    _check_eval_subset(opts, len(test[0]))
+    evals_raw["test"] = take_first(*test, opts.eval_subset) if opts.eval_subset else test
     common = {"mean": info["mean"], "std": info["std"], "device": device, "channels_last": opts.channels_last,
               "rank": rank, "world_size": world_size}  # fmt: skip
     if len(images) < opts.batch_size:
@@ -103,6 +104,13 @@ def cifar_splits(opts: SplitOptions, device: torch.device, rank: int = 0, world_
     eval_bs = opts.batch_size * max(1, EVAL_BATCH // opts.batch_size)  # a multiple of the world size, like batch_size
     evals = {k: CifarLoader(*v, eval_bs, train=False, **common) for k, v in evals_raw.items()}
     return Splits(train=train, evals=evals, num_train=len(images))
+
+
+def _check_eval_subset(opts: SplitOptions, n: int) -> None:
+    """Refuses an ``eval_subset`` larger than the ``n`` test images (it would silently evaluate on all of them)."""
+    if opts.eval_subset is not None and opts.eval_subset > n:
+        raise DatasetError(f"--eval-subset {opts.eval_subset} exceeds the {n} test images of {opts.dataset}; use at "
+                           f"most {n} (or no --eval-subset)")  # fmt: skip
 
 
 def cifar_test_loader(dataset: str, data_dir: str | Path | None, batch_size: int, device: torch.device | str, *,
@@ -173,7 +181,9 @@ def imagenet_splits(opts: SplitOptions, device: torch.device, rank: int = 0, wor
     train_idx, val_idx = _imagenet_indices(opts)
     test_idx = None
     if opts.eval_subset is not None:
-        test_idx = evenly_spaced(range(len(imagenet_folder(root, "val"))), opts.eval_subset)
+        n_val = len(imagenet_folder(root, "val"))
+        _check_eval_subset(opts, n_val)
+        test_idx = evenly_spaced(range(n_val), opts.eval_subset)
     common = {"rank": rank, "world_size": world_size, "seed": opts.seed, **_imagenet_common(opts, device)}
     train = make_imagenet_loader(root, "train", bs, train=True, augment=opts.augment, indices=train_idx, **common)
     if train.num_images < bs:

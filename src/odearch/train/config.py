@@ -30,6 +30,11 @@ __all__ = ["RECIPES", "ConfigError", "TrainConfig", "config_hash", "load_yaml"]
 
 # (epochs, milestones) of the paper's CIFAR recipes and of the ImageNet recipe (He et al. 2015): the data set table's.
 RECIPES: dict[str, tuple[int, tuple[int, ...]]] = {name: (d.epochs, d.milestones) for name, d in DATASETS.items()}
+# Data sets whose labels are fixed (0..n-1 in the files): num_classes must be the table's n (fewer: labels outside the
+# classifier; more: logits never trained). ImageNet's classes are its folders' (odearch.data.splits checks those).
+FIXED_LABELS = ("cifar10", "cifar100")
+MAX_LR = 3.4028234663852886e38  # the largest float32: the optimizer's arithmetic is float32 (larger: an overflow error)
+MAX_WEIGHT_DECAY = 1.0  # L2 decay above 1 shrinks every weight by more than lr per step: never a working setting
 
 
 class ConfigError(ValueError):
@@ -171,26 +176,41 @@ class TrainConfig:
             raise ConfigError(f"val_split must be a non-negative integer, got {self.val_split!r}")
         if self.select_on == "val" and not self.val_split:
             raise ConfigError("select_on=val needs a validation split: add --val-split 5000")
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
-        if self.lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0 or not 0 < self.gamma <= 1:
-            raise ConfigError("need lr > 0, 0 <= momentum < 1, weight_decay >= 0, 0 < gamma <= 1")
-        if not 0 <= self.label_smoothing < 1 or self.warmup_epochs < 0:
-            raise ConfigError("need 0 <= label_smoothing < 1 and warmup_epochs >= 0")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ConfigError(f"max_minutes must be positive, got {self.max_minutes}")
+        self._check_numbers()
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed (--seed) must be in [0, 2**63), got {self.seed}")
         if self.log_every < 0:
             raise ConfigError("log_every must be non-negative")
         if self.dist_timeout <= 0:
             raise ConfigError(f"dist_timeout must be positive (seconds), got {self.dist_timeout}")
-        if list(self.milestones) != sorted(self.milestones):
-            raise ConfigError(f"milestones must be increasing, got {list(self.milestones)}")
+        if list(self.milestones) != sorted(self.milestones) or any(m < 1 for m in self.milestones):
+            raise ConfigError(f"milestones (--milestones) must be increasing positive epochs, got "
+                              f"{list(self.milestones)}")  # fmt: skip
+        n = DATASETS[self.dataset].num_classes
+        if self.dataset in FIXED_LABELS and self.num_classes != n:
+            raise ConfigError(f"num_classes (--num-classes) must be {n} on {self.dataset} (its labels are "
+                              f"0..{n - 1}), got {self.num_classes}")  # fmt: skip
         if not all(isinstance(k, str) and k.isidentifier() for k in self.model_kwargs):
             raise ConfigError(f"model_kwargs keys must be identifiers, got {list(self.model_kwargs)}")
+
+    def _check_numbers(self) -> None:
+        """The optimisation numbers: finite, in range, and small enough for the optimizer's float32 arithmetic."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
+        if self.lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0 or not 0 < self.gamma <= 1:
+            raise ConfigError("need lr > 0, 0 <= momentum < 1, weight_decay >= 0, 0 < gamma <= 1")
+        if self.lr > MAX_LR:
+            raise ConfigError(f"lr (--lr) must be at most {MAX_LR:.4g} (the largest float32: the optimizer computes in "
+                              f"float32), got {self.lr:g}")  # fmt: skip
+        if self.weight_decay > MAX_WEIGHT_DECAY:
+            raise ConfigError(f"weight_decay (--weight-decay) must be at most {MAX_WEIGHT_DECAY:g} (paper: 1e-4), got "
+                              f"{self.weight_decay:g}")  # fmt: skip
+        if not 0 <= self.label_smoothing < 1 or self.warmup_epochs < 0:
+            raise ConfigError("need 0 <= label_smoothing < 1 and warmup_epochs >= 0")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"max_minutes must be positive, got {self.max_minutes}")
 
     # --------------------------------------------------------------------------------------------- conversions
     @classmethod
