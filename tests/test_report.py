@@ -103,7 +103,7 @@ def test_report_table_cells(campaign: Path, tmp_path: Path) -> None:
          XEON, "`ccccccc` +dirty", "fp32"],
         ["[lm_resnet20_s0](../results/campaign/lm_resnet20_s0)", "`lm_resnet20`", "0", "8.33 (?)", "8.30",
          "-0.03 (?)", "8.15 (epoch 150)", "160/160", "0.272M", "3.33 h", "666", f"{EPYC} + {XEON}",
-         "`aaaaaaa`..`bbbbbbb` (2 commits)", "fp32"],
+         "`aaaaaaa`..`bbbbbbb` (2 commits)", "fp32, global init"],
         ["[resnet20_s0](../results/campaign/resnet20_s0)", "`resnet20`", "0", "8.75", "39.99 (epoch 3)", "",
          "37.57 (epoch 2)", "3/160, in progress", "0.270M", "≥ 0.06 h", "666", EPYC, "?", "fp32"],
     ]  # fmt: skip
@@ -115,8 +115,26 @@ def test_report_table_cells(campaign: Path, tmp_path: Path) -> None:
     assert other == [
         ["[lm_resnet20_short](../results/campaign/lm_resnet20_short)", "`lm_resnet20`", "0",
          "epochs 8 (paper 160); milestones [5, 7] (paper [80, 120]); subset 10000 (paper None)", "40.00", "8/8",
-         "0.17 h", XEON, "`aaaaaaa` +dirty", "fp32"],
+         "0.17 h", XEON, "`aaaaaaa` +dirty", "fp32, global init"],
     ]  # fmt: skip
+
+
+def test_a_superseded_run_is_listed_apart_and_counts_nowhere(campaign: Path, tmp_path: Path) -> None:
+    rows = [_row(e, 0.9) for e in range(1, 34)]
+    _make_run(campaign, "lm_resnet20_s1", {"model": "lm_resnet20", "lm_weight_decay": "kappa", "seed": 1}, rows,
+              {"status": "stopped", "epochs_done": 33})  # fmt: skip
+    _make_run(campaign, "lm_resnet20_bf16_s1", {"model": "lm_resnet20", "lm_weight_decay": "kappa", "seed": 1,
+                                                "amp": "bf16", "lm_init": "paired"}, rows[:5], None)  # fmt: skip
+    (campaign / "lm_resnet20_s1" / "superseded.txt").write_text("Replaced by\nthe paired run.\n")
+    out = tmp_path / "results.md"
+    write_report([campaign], out, "odearch report", plots=False)
+    text = out.read_text()
+    main_table = _tables(text)[0]
+    assert [r[0].split("]")[0] for r in main_table] == [
+        "[preact_resnet20_s0", "[lm_resnet20_s0", "[resnet20_s0", "[lm_resnet20_bf16_s1"]
+    assert main_table[-1][-1] == "bf16 autocast, paired init"
+    assert _tables(text)[-1] == [["[lm_resnet20_s1](results/campaign/lm_resnet20_s1)", "`lm_resnet20`", "1", "33/160",
+                                  "Replaced by the paired run."]]  # fmt: skip
 
 
 def test_paper_numbers_keep_the_recalled_marks() -> None:

@@ -102,6 +102,8 @@ class RunSummary:
     lm_k: dict[str, list[float]] = field(default_factory=dict)  # learned k_n per stage after the last epoch done
     lm_weight_decay: str | None = None  # LM runs: where weight decay pulls k_n (kappa: toward 1, k: toward 0)
     last_phase: int | None = None  # first epoch of the last lr phase (a step schedule's last milestone + 1)
+    lm_init: str | None = None  # LM runs: paired (k drawn from a copy of the RNG) or global (before paired init)
+    superseded: str | None = None  # why the run no longer counts (RUN/superseded.txt), listed apart
 
     @property
     def paper(self) -> tuple[float, bool] | None:
@@ -328,7 +330,19 @@ def summarize(run_dir: str | Path) -> RunSummary:
         precision=_precision(cfg, result), recipe_diff=diff, curve=curve,
         lm_k=(rows[-1].get("lm_k") or {}) if rows else {}, lm_weight_decay=lm_decay if is_lm else None,
         last_phase=max(milestones) + 1 if milestones and cfg.get("schedule", "step") == "step" else None,
+        lm_init=str(cfg.get("lm_init", "global")) if is_lm else None, superseded=_superseded(run_dir),
     )  # fmt: skip
+
+
+SUPERSEDED_FILE = "superseded.txt"
+"""A run directory holding this file (its text says why) is kept as it is but no longer counted in any table."""
+
+
+def _superseded(run_dir: Path) -> str | None:
+    path = run_dir / SUPERSEDED_FILE
+    if not path.is_file():
+        return None
+    return " ".join(path.read_text(errors="replace").split()) or "superseded"
 
 
 def last_phase_mean(s: RunSummary) -> float | None:
@@ -387,6 +401,11 @@ def _commit_cell(s: RunSummary) -> str:
     return text + (" +dirty" if s.dirty else "")
 
 
+def _precision_cell(s: RunSummary) -> str:
+    """The precision, and for an LM run how its k_n were drawn (paired: the plain twin's every other weight)."""
+    return s.precision + (f", {s.lm_init} init" if s.lm_init else "")
+
+
 def _link(s: RunSummary, base: Path) -> str:
     rel = os.path.relpath(s.path.resolve(), base.resolve())
     return f"[{s.name}]({Path(rel).as_posix()})"
@@ -404,13 +423,13 @@ def main_row(s: RunSummary, base: Path) -> list[str]:
     return [_link(s, base), f"`{s.model}`", str(s.seed), _paper_cell(s), _final_cell(s), _delta_cell(s),
             _best_cell(s), _epochs_cell(s), "—" if s.params is None else f"{s.params / 1e6:.3f}M", _wall_cell(s),
             "—" if s.img_s is None else f"{s.img_s:.0f}", " + ".join(s.devices) or "?", _commit_cell(s),
-            s.precision]  # fmt: skip
+            _precision_cell(s)]  # fmt: skip
 
 
 def other_row(s: RunSummary, base: Path) -> list[str]:
     """The cells of ``s`` in the table of runs that are not the paper's recipe."""
     return [_link(s, base), f"`{s.model}`", str(s.seed), "; ".join(s.recipe_diff), _final_cell(s), _epochs_cell(s),
-            _wall_cell(s), " + ".join(s.devices) or "?", _commit_cell(s), s.precision]  # fmt: skip
+            _wall_cell(s), " + ".join(s.devices) or "?", _commit_cell(s), _precision_cell(s)]  # fmt: skip
 
 
 TWIN_HEADER = ("| twins | seed | plain: error % | LM: error % | LM − plain (points) | LM − plain, mean over the "
@@ -548,6 +567,8 @@ def render(runs: Sequence[RunSummary], out: Path, command: str, curves: Sequence
     from .arms import arm_section
 
     base = out.parent
+    superseded = [s for s in runs if s.superseded]
+    runs = [s for s in runs if not s.superseded]
     main = [s for s in runs if not s.recipe_diff]
     other = [s for s in runs if s.recipe_diff]
     lines = ["# Results", "",
@@ -591,6 +612,10 @@ def render(runs: Sequence[RunSummary], out: Path, command: str, curves: Sequence
     if other:
         lines += ["", "## Other runs (not the paper's recipe: not comparable to its numbers)", ""]
         lines += _table(OTHER_HEADER, [other_row(s, base) for s in other])
+    if superseded:
+        lines += ["", "## Superseded runs (kept as they stopped, not counted)", ""]
+        lines += _table("| run | model | seed | epochs | why |", [[_link(s, base), f"`{s.model}`", str(s.seed),
+                        f"{s.epochs_done}/{s.epochs}", s.superseded or ""] for s in superseded])  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -601,8 +626,9 @@ def write_report(paths: Sequence[str | Path], out: str | Path, command: str, plo
     runs = _summaries(find_runs(paths))
     from .arms import plot_arm_curves
 
-    curves = plot_curves([s for s in runs if not s.recipe_diff], out.parent) if plots else []
-    arm_curves = plot_arm_curves(runs, out.parent) if plots else []
+    counted = [s for s in runs if not s.superseded]
+    curves = plot_curves([s for s in counted if not s.recipe_diff], out.parent) if plots else []
+    arm_curves = plot_arm_curves(counted, out.parent) if plots else []
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(runs, out, command, curves, arm_curves))
     return out, curves + arm_curves
