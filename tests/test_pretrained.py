@@ -245,7 +245,8 @@ def test_prune_checkpoints_keeps_the_final_weights_reachable(tiny_run: Path, tmp
         prune_checkpoints(run, reg)
     assert (run / "checkpoints" / "last.safetensors").is_file()
 
-    ship = ["ship", str(run), "--registry", str(reg), "--any-recipe", "--test-subset", "100", "--prune-checkpoints"]
+    ship = ["ship", str(run), "--registry", str(reg), "--any-recipe", "--test-subset", "100", "--prune-checkpoints",
+            "--force"]  # a temp folder: no git history holds the checkpoints (tests/test_ship.py tests that refusal)
     assert main(ship) == 0
     out = capsys.readouterr().out
     assert "shipped resnet20.cifar10_s0" in out and "deleted" in out
@@ -265,7 +266,8 @@ def test_prune_checkpoints_keeps_the_final_weights_reachable(tiny_run: Path, tmp
         k: before[k] for k in ("test_acc", "test_loss", "per_class_acc", "epoch")}
     assert main([*ev[:2], "--checkpoint", "best", *ev[2:]]) == 1
     assert "git log" in capsys.readouterr().err
-    assert main(ship) == 1 and "already shipped and pruned" in capsys.readouterr().err
+    assert main(ship) == 0 and "already shipped as resnet20.cifar10_s0 and pruned" in capsys.readouterr().out
+    assert main(ship[:-2]) == 1 and "already shipped and pruned" in capsys.readouterr().err  # shipping again
 
     (reg.parent / "resnet20.cifar10_s0.safetensors").write_bytes(final[:-4] + b"\0\0\0\0")  # a damaged shipped copy
     assert main(ev) == 1 and "differs" in capsys.readouterr().err
@@ -277,6 +279,6 @@ def test_prune_of_an_already_shipped_run_does_not_ship_again(tiny_run: Path, tmp
     shutil.copytree(tiny_run, run, symlinks=True)
     reg = tmp_path / "w" / "registry.json"
     ship_run(run, registry=reg, any_recipe=True, test_subset=100, tag="tiny")
-    assert main(["ship", str(run), "--registry", str(reg), "--prune-checkpoints"]) == 0  # no --any-recipe needed
+    assert main(["ship", str(run), "--registry", str(reg), "--prune-checkpoints", "--force"]) == 0  # no --any-recipe
     assert "already shipped as resnet20.tiny" in capsys.readouterr().out
     assert list(read_registry(reg)) == ["resnet20.tiny"] and not (run / "checkpoints").exists()

@@ -204,7 +204,12 @@ def _config_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
         raise ConfigError(f"{source}: model_kwargs must be a mapping")
     values["model_kwargs"] = {**(values.get("model_kwargs") or {}), **model_kw}
     values.update(flags)
-    return TrainConfig.from_dict(values, source=source), False
+    cfg = TrainConfig.from_dict(values, source=source)
+    late = [m for m in cfg.milestones if m >= cfg.epochs] if "milestones" in flags else []
+    if late:  # a milestone m divides the lr from epoch m + 1 on (a YAML recipe shortened by --epochs keeps its own)
+        raise UsageError(f"--milestones {' '.join(map(str, late))} not below the {cfg.epochs} epochs: the lr would "
+                         "never drop there; give milestones below --epochs")  # fmt: skip
+    return cfg, False
 
 
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -232,7 +237,7 @@ def _run_checkpoint(run: Any, which: str) -> Path:
     """RUN's ``which`` checkpoint; ``last`` falls back to ``best`` when a run has only that (as analyze does), and
     to the package's copy of the final weights when ``odearch ship --prune-checkpoints`` deleted the checkpoints."""
     ckpt = run.checkpoints / f"{which}.safetensors"
-    if not run.checkpoints.exists() and run.shipped.is_file():
+    if run.shipped.is_file():  # pruned, or a prune cut short (what is left of checkpoints/ is being deleted)
         return _shipped_checkpoint(run, which)
     if which == "last" and not ckpt.exists() and run.best_weights.exists():
         print(f"odearch: {run.root} has no last checkpoint; evaluating {run.best_weights}", file=sys.stderr)
@@ -248,7 +253,7 @@ def _shipped_checkpoint(run: Any, which: str) -> Path:
     path = shipped_run_weights(run.root)
     assert path is not None  # the caller saw shipped.json
     if which != "last":
-        raise CheckpointError(f"the checkpoints of {run.root} were deleted after shipping ({run.shipped}); only the "
+        raise CheckpointError(f"the checkpoints of {run.root} were pruned after shipping ({run.shipped}); only the "
                               f"final weights remain, as {path.name}: evaluate --checkpoint last, or restore the rest "
                               f"from the repository history (git log -- {run.checkpoints})")  # fmt: skip
     print(f"odearch: {run.root} was pruned after shipping; evaluating its final weights {path}", file=sys.stderr)
@@ -281,26 +286,49 @@ def _eval_target(args: argparse.Namespace) -> tuple[Any, Path, Path | None, dict
     target = _shipped_or_path(args.target)
     if target.is_dir():
         run = RunDir(target)
-        cfg, ckpt = run.read_config(), _run_checkpoint(run, args.checkpoint)
+        cfg = run.read_config()
+        for flag, given, own in (("--model", args.model, cfg.model), ("--dataset", args.dataset, cfg.dataset)):
+            if given is not None and given != own:
+                raise UsageError(f"{flag} {given}: {run.root} is a run of {cfg.model} on {cfg.dataset}, and a run is "
+                                 f"evaluated as what it trained; drop {flag}")  # fmt: skip
+        ckpt = _run_checkpoint(run, args.checkpoint)
         json_default: Path | None = run.root / f"eval_{ckpt.stem}.json"
         tensors, meta = load_weights(ckpt)
+        if meta.get("model", cfg.model) != cfg.model:
+            raise CheckpointError(f"{ckpt} holds weights of model {meta['model']!r} (its metadata), but {run.root} "
+                                  f"is a run of {cfg.model!r}; refusing to evaluate them as that")  # fmt: skip
         cfg = cfg.replace(data_dir=resolve_data_dir(cfg.data_dir, run.root, args.data_dir))
     elif target.is_file():
         ckpt, json_default = target, None
         tensors, meta = load_weights(ckpt)
-        if args.model:  # a bare weights file: the flags say what it is
-            meta = {**meta, "model": args.model}
-            if args.dataset:
-                meta = {k: v for k, v in meta.items() if k != "num_classes"} | {"dataset": args.dataset}
-        if "model" not in meta:
-            raise CheckpointError(f"{ckpt} has no odearch metadata (model name): give --model NAME (and --dataset), "
-                                  "or evaluate its run directory")  # fmt: skip
-        values = {k: meta[k] for k in ("model", "num_classes", "dataset", "scheme", "model_kwargs") if k in meta}
-        cfg = TrainConfig.from_dict({**values, "data_dir": resolve_data_dir(None, ckpt.parent, args.data_dir)},
+        cfg = TrainConfig.from_dict({**_file_model(args, ckpt, meta),
+                                     "data_dir": resolve_data_dir(None, ckpt.parent, args.data_dir)},
                                     source=str(ckpt))  # fmt: skip
     else:
         raise FileNotFoundError(f"{target}: no such run directory or checkpoint file")
     return cfg, ckpt, json_default, tensors, meta
+
+
+def _file_model(args: argparse.Namespace, ckpt: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The model, classes, data set, scheme and options of a weights file: its odearch metadata, or, for a bare file
+    without it, ``--model`` (and ``--dataset``). Flags that contradict the metadata are refused, naming what it is."""
+    from .train.checkpoint import CheckpointError
+
+    if "model" in meta:
+        if args.model is not None and args.model != meta["model"]:
+            raise UsageError(f"--model {args.model}: {ckpt} holds weights of model {meta['model']!r} (its metadata); "
+                             "--model only names the model of a bare weights file without it: drop --model")
+        if args.dataset is not None and meta.get("dataset", args.dataset) != args.dataset:
+            raise UsageError(f"--dataset {args.dataset}: {ckpt} holds {meta['model']} weights trained on "
+                             f"{meta['dataset']} (its metadata); drop --dataset")  # fmt: skip
+        if args.dataset is not None and "dataset" not in meta:
+            meta = {k: v for k, v in meta.items() if k != "num_classes"} | {"dataset": args.dataset}
+    elif args.model:  # a bare weights file: the flags say what it is
+        meta = {**meta, "model": args.model} | ({"dataset": args.dataset} if args.dataset else {})
+    else:
+        raise CheckpointError(f"{ckpt} has no odearch metadata (model name): give --model NAME (and --dataset), "
+                              "or evaluate its run directory")  # fmt: skip
+    return {k: meta[k] for k in ("model", "num_classes", "dataset", "scheme", "model_kwargs") if k in meta}
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -365,6 +393,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------- models
 def _cmd_models(args: argparse.Namespace) -> int:
     """Print the registry (:func:`odearch.models.model_table`), or its Markdown table with ``--markdown``."""
+    from .models._pretrained import registry_problems
+
+    for problem in registry_problems():  # the models are listed all the same, without the weights it cannot read
+        print(f"odearch: warning: {problem}", file=sys.stderr)
     if args.markdown:
         print(models_markdown(args.pattern))
         return 0

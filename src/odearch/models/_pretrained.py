@@ -5,6 +5,11 @@ The registry is ``odearch/weights/registry.json``: one entry per ``"<model>.<tag
 from (data set, recipe, test accuracy, commits). ``odearch ship RUN`` (:mod:`odearch.train.ship`) writes entries
 from finished runs; nobody edits the file by hand. ``create_model("lm_resnet20", pretrained=True)`` takes the first
 entry of that model; ``create_model("lm_resnet20.cifar10_s1", pretrained=True)`` a given one.
+
+A registry file that is not one (a list, no ``weights`` mapping, bad JSON) is a one-line :class:`PretrainedError`
+naming the file; a malformed entry (no ``sha256``, ...) is left out of the listings, and only using that name fails
+(:func:`registry_problems` says what is wrong). A weights file whose metadata names another model than its entry is
+refused.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from torch import nn
 from ..runfiles import SHIPPED_FILE
 
 __all__ = ["REGISTRY_FILE", "PretrainedError", "file_sha256", "list_pretrained", "load_pretrained",
-           "pretrained_entry", "pretrained_file", "read_registry", "shipped_run_weights",
-           "shipped_weights_named"]  # fmt: skip
+           "pretrained_entry", "pretrained_file", "read_registry", "read_shipped_record", "registry_problems",
+           "shipped_run_weights", "shipped_weights_named"]  # fmt: skip
 
 REGISTRY_FILE = Path(__file__).resolve().parents[1] / "weights" / "registry.json"
 FORMAT = "odearch-weights/1"
@@ -32,16 +37,69 @@ class PretrainedError(ValueError):
     """No weights for a name, or a shipped weights file that is missing or fails its sha256 check."""
 
 
-def read_registry(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
-    """The entries of the registry file (default :data:`REGISTRY_FILE`), ``{"<model>.<tag>": entry}``, in file
-    order; an absent file is an empty registry."""
-    path = Path(path) if path is not None else REGISTRY_FILE
+ENTRY_KEYS: dict[str, type] = {"file": str, "sha256": str, "model": str, "num_classes": int}
+
+
+def _entry_problem(name: Any, entry: Any) -> str | None:
+    """Why a registry entry cannot be used (None: it can)."""
+    if not isinstance(name, str) or "." not in name:
+        return "its name is not <model>.<tag>"
+    if not isinstance(entry, dict):
+        return f"the entry is a {type(entry).__name__}, not a mapping"
+    for key, kind in ENTRY_KEYS.items():
+        if not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool):
+            return f"no {key!r}" if key not in entry else f"{key!r} is not a {kind.__name__}"
+    if Path(entry["file"]).name != entry["file"]:
+        return f"'file' {entry['file']!r} is not a file name beside the registry"
+    return None
+
+
+def _load_registry(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """(usable entries, {name: problem} of the malformed ones) of a registry file; an absent file is empty."""
     if not path.is_file():
-        return {}
-    data = json.loads(path.read_text())
-    if data.get("format") != FORMAT:
-        raise PretrainedError(f"{path}: not an odearch weights registry (format {data.get('format')!r})")
-    return dict(data["weights"])
+        return {}, {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise PretrainedError(f"{path}: unreadable weights registry ({_one_line(e)})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        got = data.get("format") if isinstance(data, dict) else f"a JSON {type(data).__name__}"
+        raise PretrainedError(f"{path}: not an odearch weights registry (format {got!r}, expected {FORMAT!r})")
+    if not isinstance(data.get("weights"), dict):
+        raise PretrainedError(f"{path}: the weights registry has no 'weights' mapping; restore the file (odearch "
+                              "ship writes it)")  # fmt: skip
+    good, bad = {}, {}
+    for name, entry in data["weights"].items():
+        problem = _entry_problem(name, entry)
+        if problem is None:
+            good[name] = entry
+        else:
+            bad[name] = problem
+    return good, bad
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def read_registry(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """The usable entries of the registry file (default :data:`REGISTRY_FILE`), ``{"<model>.<tag>": entry}``, in
+    file order; an absent file is an empty registry, a malformed entry is left out (:func:`registry_problems`).
+
+    Raises:
+        PretrainedError: naming the file, when it is not a weights registry at all.
+    """
+    return _load_registry(Path(path) if path is not None else REGISTRY_FILE)[0]
+
+
+def registry_problems(path: str | Path | None = None) -> list[str]:
+    """One line per problem of the registry file: the whole file, or each malformed entry (empty: none)."""
+    path = Path(path) if path is not None else REGISTRY_FILE
+    try:
+        bad = _load_registry(path)[1]
+    except PretrainedError as e:
+        return [str(e)]
+    return [f"{path}: entry {name!r} is malformed ({problem}) and is ignored" for name, problem in bad.items()]
 
 
 def list_pretrained(pattern: str | None = None) -> list[str]:
@@ -53,10 +111,12 @@ def list_pretrained(pattern: str | None = None) -> list[str]:
     return [n for n in names if pattern is None or fnmatch.fnmatch(n.partition(".")[0], pattern)]
 
 
-def pretrained_entry(name: str) -> tuple[str, dict[str, Any]]:
-    """(full name, entry) of ``"<model>"`` (its first entry) or ``"<model>.<tag>"``; a name without weights raises
-    :class:`PretrainedError` listing the names that have them."""
-    reg = read_registry()
+def pretrained_entry(name: str, registry: str | Path | None = None) -> tuple[str, dict[str, Any]]:
+    """(full name, entry) of ``"<model>"`` (its first entry) or ``"<model>.<tag>"`` in ``registry`` (default: the
+    package's); a name without weights raises :class:`PretrainedError` listing the names that have them, a malformed
+    entry one naming the registry file."""
+    path = Path(registry) if registry is not None else REGISTRY_FILE
+    reg, bad = _load_registry(path)
     if "." in name:
         if name in reg:
             return name, reg[name]
@@ -64,6 +124,9 @@ def pretrained_entry(name: str) -> tuple[str, dict[str, Any]]:
         for full, entry in reg.items():
             if full.partition(".")[0] == name:
                 return full, entry
+    broken = [n for n in bad if n == name or n.partition(".")[0] == name]
+    if broken:
+        raise PretrainedError(f"{path}: the entry {broken[0]!r} is malformed ({bad[broken[0]]}); restore the registry")
     have = ", ".join(reg) if reg else "none (no weights have been shipped yet)"
     raise PretrainedError(f"no pretrained weights for {name!r}; models with weights: {have}")
 
@@ -73,23 +136,66 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def shipped_run_weights(run_dir: str | Path) -> Path | None:
-    """The package's copy of the final weights of a run pruned by ``odearch ship --prune-checkpoints`` (its
-    ``shipped.json`` names them), checked against the sha256 recorded there; None for a run that was not pruned."""
-    record_file = Path(run_dir) / SHIPPED_FILE
-    if not record_file.is_file():
+def read_shipped_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """The ``shipped.json`` of a run pruned (or being pruned) by ``odearch ship --prune-checkpoints``: ``weights``
+    (registry name), ``sha256``, ``registry`` (the registry file used; absent: the package's), ``deleted``; None
+    when the run has none. A damaged record raises :class:`PretrainedError` naming it."""
+    path = Path(run_dir) / SHIPPED_FILE
+    if not path.is_file():
         return None
-    record = json.loads(record_file.read_text())
-    _, entry = pretrained_entry(record["weights"])
-    path = REGISTRY_FILE.parent / entry["file"]
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise PretrainedError(f"{path}: unreadable ({_one_line(e)})") from None
+    if not _record_ok(record):
+        raise PretrainedError(f"{path}: not a record of shipped weights (needs 'weights' and 'sha256')")
+    return record
+
+
+def _record_ok(record: Any) -> bool:
+    """A shipped.json's shape: ``weights`` and ``sha256`` strings, ``registry`` a string if any, ``deleted`` a map."""
+    if not isinstance(record, dict):
+        return False
+    return (isinstance(record.get("weights"), str) and isinstance(record.get("sha256"), str)
+            and isinstance(record.get("registry") or "", str) and isinstance(record.get("deleted", {}), dict))
+
+
+def shipped_run_weights(run_dir: str | Path) -> Path | None:
+    """The shipped copy of the final weights of a run pruned by ``odearch ship --prune-checkpoints`` (its
+    ``shipped.json`` names them and the registry they went to), checked against the sha256 recorded there; None for
+    a run that was not pruned."""
+    record = read_shipped_record(run_dir)
+    if record is None:
+        return None
+    record_file = Path(run_dir) / SHIPPED_FILE
+    registry = Path(record["registry"]) if record.get("registry") else REGISTRY_FILE
+    if not registry.is_absolute():
+        registry = Path(run_dir) / registry
+    fix = "reinstall odearch" if registry == REGISTRY_FILE else f"restore {registry} and the weights beside it"
+    entry = _load_registry(registry)[0].get(record["weights"])
+    if entry is None:
+        raise PretrainedError(f"{record_file} names {record['weights']}, which {registry} does not list; {fix}")
+    path = registry.parent / entry["file"]
     if not path.is_file() or file_sha256(path) != record["sha256"]:
         raise PretrainedError(f"{record_file} names {record['weights']} (sha256 {record['sha256']}), but {path} is "
-                              f"missing or differs; reinstall odearch")  # fmt: skip
+                              f"missing or differs; {fix}")  # fmt: skip
     return path
 
 
+def _file_model(data: bytes) -> str | None:
+    """The model named in a safetensors file's odearch metadata (None: none)."""
+    try:
+        n = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8 : 8 + n]).get("__metadata__") or {}
+        model = json.loads(meta["model"]) if "model" in meta else None
+    except (ValueError, AttributeError, TypeError):
+        return None
+    return model if isinstance(model, str) else None
+
+
 def _read_verified(name: str) -> tuple[str, dict[str, Any], bytes]:
-    """(full name, entry, file bytes) of a shipped weights name, the bytes checked against the pinned sha256."""
+    """(full name, entry, file bytes) of a shipped weights name, the bytes checked against the pinned sha256 and the
+    model their metadata names against the entry's."""
     full, entry = pretrained_entry(name)
     path = REGISTRY_FILE.parent / entry["file"]
     if not path.is_file():
@@ -99,6 +205,10 @@ def _read_verified(name: str) -> tuple[str, dict[str, Any], bytes]:
     if digest != entry["sha256"]:
         raise PretrainedError(f"sha256 mismatch for {full!r}: {path} hashes to {digest}, the registry pins "
                               f"{entry['sha256']}; the file is damaged or was replaced, reinstall odearch")  # fmt: skip
+    saved = _file_model(data)
+    if saved is not None and saved != entry["model"]:
+        raise PretrainedError(f"{path} holds weights of model {saved!r} (its metadata), but {REGISTRY_FILE} lists "
+                              f"{full!r} as model {entry['model']!r}; refusing them")  # fmt: skip
     return full, entry, data
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..nn.stage import Stage
 from ..nn.stochastic import STOCHASTIC_KEYWORDS, fold_stochastic
 
 ModelFn = Callable[..., nn.Module]
@@ -104,6 +105,7 @@ def create_model(
     out_indices: Sequence[int] | None = None,
     in_chans: int | None = None,
     drop_path_rate: float | None = None,
+    allow_scheme_change: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a registered model (timm's ``create_model`` options). Keyword arguments that are None are dropped, so
@@ -124,6 +126,10 @@ def create_model(
         drop_path_rate: timm's name for stochastic depth: the drop probability of the last block,
             p_last = 1 - drop_path_rate, decaying linearly from 0 at the first block (timm's rule, and the
             paper's). Giving ``p_last`` too is refused unless the two agree.
+        allow_scheme_change: with ``pretrained``, load the weights although ``scheme=`` makes a network that
+            integrates with another scheme than the one they were trained in (the same tensors, another function:
+            e.g. euler-trained preact_resnet20 weights under rk2 lose most of their accuracy); refused without it.
+            ``model.pretrained_cfg["scheme_change"]`` then records both schemes.
         **kwargs: constructor options, e.g. ``scheme="rk2"``, ``p_last=0.8``, ``drop_mode="sample"``.
     """
     base_name = name.partition(".")[0]
@@ -133,9 +139,11 @@ def create_model(
     if out_indices is not None and not features_only:
         raise ValueError("out_indices selects the stages of features_only=True: set features_only=True")
     check_model_options(base_name, {k: v for k, v in kwargs.items() if v is not None})
+    if allow_scheme_change and not pretrained:
+        raise ValueError("allow_scheme_change concerns loading shipped weights: give pretrained=True too")
     pooled = num_classes == 0  # build the entry's classifier (and weights), then remove it, as timm does
     if pretrained:
-        model = _create_pretrained(fn, name, None if pooled else num_classes, kwargs)
+        model = _create_pretrained(fn, name, None if pooled else num_classes, kwargs, allow_scheme_change)
     else:
         kwargs = {k: v for k, v in {"num_classes": None if pooled else num_classes, **kwargs}.items() if v is not None}
         model = fn(**kwargs)
@@ -171,16 +179,42 @@ def _p_last_of(drop_path_rate: float, p_last: float | None) -> float:
     return implied
 
 
-def _create_pretrained(fn: ModelFn, name: str, num_classes: int | None, kwargs: dict[str, Any]) -> nn.Module:
+def _create_pretrained(fn: ModelFn, name: str, num_classes: int | None, kwargs: dict[str, Any],
+                       allow_scheme_change: bool = False) -> nn.Module:  # fmt: skip
     """The model of the shipped weights ``name`` (their scheme and options unless ``kwargs`` say otherwise), loaded;
-    a ``num_classes`` other than the weights' keeps a fresh classifier."""
-    from ._pretrained import load_pretrained, pretrained_entry
+    a ``num_classes`` other than the weights' keeps a fresh classifier. A ``scheme`` other than the one the weights
+    were trained in is refused unless ``allow_scheme_change``."""
+    from ._pretrained import PretrainedError, load_pretrained, pretrained_entry
 
-    entry = pretrained_entry(name)[1]  # before building: a name without weights fails fast
+    full, entry = pretrained_entry(name)  # before building: a name without weights fails fast
     base = {"scheme": entry.get("scheme"), **entry.get("model_kwargs", {})}
     classes = entry["num_classes"] if num_classes is None else num_classes
-    kwargs = {k: v for k, v in {**base, "num_classes": classes, **kwargs}.items() if v is not None}
-    return load_pretrained(fn(**kwargs), name, num_classes)
+    model = fn(**{k: v for k, v in {**base, "num_classes": classes, **kwargs}.items() if v is not None})
+    change = None
+    if kwargs.get("scheme") is not None:
+        trained, now = _trained_schemes(entry), _schemes(model)
+        if trained != now:
+            if not allow_scheme_change:
+                raise PretrainedError(f"the weights {full!r} were trained with scheme {', '.join(trained)}; scheme="
+                                      f"{kwargs['scheme']!r} makes another network of them ({', '.join(now)}), which "
+                                      "they were not trained for: pass allow_scheme_change=True to load them anyway")
+            change = {"trained": ",".join(trained), "loaded_as": ",".join(now)}
+    model = load_pretrained(model, name, num_classes)
+    if change is not None:
+        model.pretrained_cfg = {**model.pretrained_cfg, "scheme_change": change}  # type: ignore[operator]
+    return model
+
+
+def _schemes(model: nn.Module) -> list[str]:
+    """The names of the schemes the stages of ``model`` integrate with, sorted."""
+    return sorted({m.scheme.name for m in model.modules() if isinstance(m, Stage)})
+
+
+def _trained_schemes(entry: dict[str, Any]) -> list[str]:
+    """The schemes of the network shipped weights were trained in (built from their entry on the meta device)."""
+    kwargs = {**entry.get("model_kwargs", {}), **({"scheme": entry["scheme"]} if entry.get("scheme") else {})}
+    with torch.device("meta"):
+        return _schemes(model_entrypoint(entry["model"])(num_classes=entry["num_classes"], **kwargs))
 
 
 def adapt_input_conv(model: nn.Module, in_chans: int) -> None:

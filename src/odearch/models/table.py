@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..nn import Stage
-from ._pretrained import list_pretrained
+from ._pretrained import PretrainedError, list_pretrained
 from ._registry import create_model, list_models, model_entrypoint, models_taking
 
 __all__ = ["MODEL_OPTIONS", "model_table", "models_markdown", "option_help"]
@@ -33,9 +33,13 @@ def option_help(option: str) -> str:
 def model_table(pattern: str | None = None) -> list[dict[str, Any]]:
     """Name, parameter count (with the entry's own classifier: 10 classes for CIFAR models, 1000 for ImageNet
     ones), classes, family, scheme and shipped weights tags of every registered model (built on the meta device:
-    no memory)."""
+    no memory); a registry file that cannot be read lists no weights (``registry_problems`` says why)."""
     weights: dict[str, list[str]] = {}  # model -> tags of its shipped weights (create_model(..., pretrained=True))
-    for full in list_pretrained():
+    try:
+        shipped = list_pretrained()
+    except PretrainedError:
+        shipped = []
+    for full in shipped:
         weights.setdefault(full.partition(".")[0], []).append(full.partition(".")[2])
     rows = []
     for name in list_models(pattern):

@@ -38,6 +38,7 @@ __all__ = [
     "save_weights",
     "state_bytes",
     "weights_bytes",
+    "weights_from_bytes",
     "weights_into",
     "write_fsync",
 ]
@@ -141,6 +142,11 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         data = path.read_bytes()
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
+    return weights_from_bytes(data, path)
+
+
+def weights_from_bytes(data: bytes, path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """:func:`load_weights` of bytes already read from ``path`` (e.g. verified against a manifest first)."""
     try:
         tensors = st_load(data)
         n = int.from_bytes(data[:8], "little")

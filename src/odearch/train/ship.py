@@ -2,16 +2,26 @@
 
 Refuses a run that has not finished all its epochs (``result.json`` status ``complete``, one ``metrics.jsonl`` row
 per epoch) or that is not the paper's full recipe (all epochs of the data set's schedule, the whole training set);
-evaluates the final weights (``checkpoints/last.safetensors``) on the test set in fp32 on the CPU and records the
-number of correct images; copies the file byte for byte to ``odearch/weights/<model>.<tag>.safetensors`` and pins its
-sha256, with data set, recipe, test accuracy and the commits that trained it, in ``odearch/weights/registry.json``
+verifies the final weights (``checkpoints/last.safetensors``) against the sha256 of their checkpoint manifest, as
+``eval`` and ``--resume`` do; evaluates them on the test set in fp32 on the CPU and records the number of correct
+images; copies the verified bytes to ``odearch/weights/<model>.<tag>.safetensors`` and pins their sha256, with data
+set, recipe, test accuracy, the run and the commits that trained it, in ``odearch/weights/registry.json``
 (:mod:`odearch.models._pretrained` reads it). The test suite re-evaluates every shipped file the same way
 (:func:`evaluate_weights`) and checks the recorded count exactly.
 
-``--prune-checkpoints`` then deletes the run's ``checkpoints/`` (the final weights are the shipped file, byte for byte;
-the best-epoch weights and the optimizer state stay in the repository's history) and writes ``RUN/shipped.json``
-naming the shipped weights, which ``odearch eval RUN`` then reads: a finished campaign run keeps ~1 MB in the
-package instead of ~3.3 MB of checkpoints in the tracked tree. A run already shipped is pruned without shipping again.
+Tags (:func:`default_tag`): ``<dataset>_s<seed>`` for the paper's recipe in fp32, with a suffix for each thing that
+sets a run apart from it, before the seed: ``bf16`` / ``fp16`` (trained under autocast), and for nets with LM
+coefficients ``nokdecay`` (``lm_weight_decay none``) or ``kdecay`` (``k``), e.g. ``cifar10_nokdecay_bf16_s1``. A
+name already in the registry is never replaced by the weights of another run unless that run still holds them in its
+checkpoints (``--overwrite``); a run pruned after shipping (its ``shipped.json`` names the entry) keeps it always.
+
+``--prune-checkpoints`` then deletes the run's ``checkpoints/`` (the final weights are the shipped file, byte for
+byte), which ``odearch eval RUN`` then reads: a finished campaign run keeps ~1 MB in the package instead of ~3.3 MB of
+checkpoints in the tracked tree. It refuses unless git's ``HEAD`` holds every file to be deleted unchanged (the
+best-epoch weights and the optimizer state then stay in the repository's history), or ``--force`` is given. It is
+crash-safe: ``RUN/shipped.json`` (the weights' name, sha256, the registry used, the files to delete) is written
+atomically first, ``eval`` reads the shipped copy from then on, and a second ``--prune-checkpoints`` finishes a prune
+that a kill cut short. A run already shipped is pruned without shipping again.
 
 Run it from a source checkout (``pip install -e .`` or ``PYTHONPATH=src``): it writes into the package's source
 tree, ``src/odearch/weights/``; commit the new ``.safetensors`` and ``registry.json`` (pyproject's package-data puts
@@ -22,23 +32,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..models import REGISTRY_FILE, WEIGHTS_FORMAT, file_sha256, read_registry
+from ..models import WEIGHTS_FORMAT, _pretrained, file_sha256, read_registry
+from ..models._pretrained import PretrainedError, read_shipped_record, registry_problems, shipped_run_weights
 from ..runfiles import SHIPPED_FILE
-from .checkpoint import atomic_write, load_weights, weights_into
+from . import generations
+from .checkpoint import CheckpointError, atomic_write, weights_from_bytes, weights_into
 from .config import RECIPES, TrainConfig
 from .epoch import evaluate
 from .rundir import RunDir
 from .state import build_model
 
-__all__ = ["ShipError", "add_ship_arguments", "evaluate_weights", "prune_checkpoints", "run_ship", "ship_run",
-           "shipped_name"]
+__all__ = ["ShipError", "add_ship_arguments", "default_tag", "evaluate_weights", "prune_checkpoints", "run_ship",
+           "ship_run", "shipped_name"]
 
 EVAL_BATCH = 1000
 RECIPE_KEYS = ("epochs", "milestones", "gamma", "schedule", "lr", "momentum", "nesterov", "weight_decay", "batch_size",
@@ -46,7 +61,7 @@ RECIPE_KEYS = ("epochs", "milestones", "gamma", "schedule", "lr", "momentum", "n
 
 
 class ShipError(ValueError):
-    """A run that may not ship (unfinished, not the full recipe) or a name already in the registry."""
+    """A run that may not ship (unfinished, not the full recipe, damaged) or a name already in the registry."""
 
 
 def evaluate_weights(model: nn.Module, dataset: str, data_dir: str | Path,
@@ -83,33 +98,112 @@ def ship_run(run_dir: str | Path, *, data_dir: str | Path | None = None, tag: st
     Args:
         run_dir: an ``odearch train`` run directory.
         data_dir: where the test set is (default: the run's ``data_dir``).
-        tag: the weights' tag (default ``<dataset>_s<seed>``).
+        tag: the weights' tag (default :func:`default_tag`).
         registry: the registry file to write (default: the package's); the weights go beside it.
         any_recipe: ship a run that is not the paper's full recipe (tests only).
-        test_subset: evaluate on the first N test images only (tests only).
-        overwrite: replace an entry of the same name.
+        test_subset: evaluate on the first N >= 1 test images only (tests only).
+        overwrite: replace an entry of the same name shipped from this run, or from another run that still holds
+            those weights in its checkpoints.
     """
+    if test_subset is not None and test_subset < 1:
+        raise ShipError(f"test_subset must be a positive number of test images, got {test_subset} (leave it out to "
+                        "evaluate the whole test set)")  # fmt: skip
     run = RunDir(Path(run_dir))
+    registry = Path(registry) if registry is not None else _pretrained.REGISTRY_FILE
     result, cfg, rows, problems = _finished_run(run, any_recipe)
-    tensors, meta = load_weights(run.last_weights)
+    data, tensors, meta = _verified_final(run)
     if meta.get("epoch") != cfg.epochs:
         raise ShipError(f"{run.last_weights} holds epoch {meta.get('epoch')}, not the final epoch {cfg.epochs}")
+    damaged = registry_problems(registry)
+    if damaged:
+        raise ShipError(f"not shipping into a damaged registry: {damaged[0]}; repair it first (a ship rewrites it)")
+    name = f"{cfg.model}.{tag or default_tag(cfg, result, rows, tensors)}"
+    entries = read_registry(registry)
+    _check_name(name, entries, run, result, registry, overwrite)
     model = build_model(cfg)
     weights_into(model, tensors, meta, run.last_weights, cfg.model)
     correct, n = evaluate_weights(model, cfg.dataset, data_dir or cfg.data_dir, test_subset)
-
-    registry = Path(registry) if registry is not None else REGISTRY_FILE
-    name = f"{cfg.model}.{tag or f'{cfg.dataset}_s{cfg.seed}'}"
-    entries = read_registry(registry)
-    if name in entries and not overwrite:
-        raise ShipError(f"{name!r} is already in {registry}; pass --overwrite to replace it")
     file = f"{name}.safetensors"
     registry.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(registry.parent / file, run.last_weights.read_bytes())
-    entries[name] = _entry(run, cfg, result, rows, file_sha256(registry.parent / file), file, correct, n) | (
+    atomic_write(registry.parent / file, data)
+    entries[name] = _entry(run, cfg, result, rows, generations.sha256(data), file, correct, n) | (
         {"not_the_paper_recipe": problems} if problems else {})  # fmt: skip
     atomic_write(registry, (json.dumps({"format": WEIGHTS_FORMAT, "weights": entries}, indent=2) + "\n").encode())
     return name, entries[name]
+
+
+def _verified_final(run: RunDir) -> tuple[bytes, dict[str, torch.Tensor], dict[str, Any]]:
+    """(bytes, tensors, metadata) of the run's final weights, the bytes checked against their checkpoint manifest
+    (:func:`odearch.train.generations.read_verified`, as eval and resume do); damage is a ShipError."""
+    try:
+        data = generations.read_verified(run.last_weights)
+        return (data, *weights_from_bytes(data, run.last_weights))
+    except CheckpointError as e:
+        raise ShipError(f"not shipping {run.root}: {e}") from None
+
+
+LM_DECAY_TAGS = {"kappa": "", "k": "kdecay", "none": "nokdecay"}  # kappa: the official code's, the default
+PRECISION_TAGS = {"bfloat16": "bf16", "float16": "fp16"}
+
+
+def default_tag(cfg: TrainConfig, result: dict[str, Any], rows: list[dict[str, Any]],
+                tensors: dict[str, torch.Tensor]) -> str:  # fmt: skip
+    """``<dataset>[_<lm decay>][_<precision>]_s<seed>``: the paper's recipe in fp32 has no suffix; a net with LM
+    coefficients trained with ``lm_weight_decay`` none or k gets ``nokdecay`` / ``kdecay``; autocast ``bf16`` /
+    ``fp16`` (the precision recorded per epoch, else in result.json, else implied by ``amp`` and the device)."""
+    parts = [cfg.dataset]
+    if any(k.rpartition(".")[2] == "lm_k" for k in tensors):
+        parts.append(LM_DECAY_TAGS.get(cfg.lm_weight_decay, f"{cfg.lm_weight_decay}decay"))
+    dtypes = {r.get("amp_dtype") for r in rows} | {result.get("amp_dtype")}
+    dtypes.discard(None)
+    if not dtypes:  # a run from before the precision was recorded
+        cuda = str(result.get("device", "")).startswith("cuda")
+        dtypes = {{"bf16": "bfloat16", "fp16": "float16", "auto": "bfloat16" if cuda else ""}.get(cfg.amp, "")}
+    parts += sorted(PRECISION_TAGS[d] for d in dtypes if d in PRECISION_TAGS)
+    return "_".join([p for p in parts if p] + [f"s{cfg.seed}"])
+
+
+def _check_name(name: str, entries: dict[str, dict[str, Any]], run: RunDir, result: dict[str, Any], registry: Path,
+                overwrite: bool) -> None:  # fmt: skip
+    """ShipError unless ``name`` may take the run's weights: a new name, or (``overwrite``) one shipped from this run
+    or from another that still holds those weights in its checkpoints. Never one a pruned run's shipped.json names."""
+    old = entries.get(name)
+    if old is None:
+        return
+    other = _entry_run(old, registry)
+    if other is not None and other.resolve() == run.root.resolve() and \
+            old.get("run_config_hash") == result.get("config_hash"):  # fmt: skip
+        if not overwrite:
+            raise ShipError(f"{name!r} is already in {registry}, shipped from this run; pass --overwrite to replace it")
+        return
+    where = f"another run, {old.get('run') or '(not recorded)'}"
+    try:
+        record = read_shipped_record(other) if other is not None else None
+    except PretrainedError:
+        record = {"weights": name}  # a damaged record: assume the worst
+    if record is not None and record["weights"] == name:
+        raise ShipError(f"{name!r} in {registry} holds the final weights of {where}, whose checkpoints were pruned "
+                        f"({other / SHIPPED_FILE} names it): that file is their only copy, never replaced; ship this "
+                        "run with another --tag")  # fmt: skip
+    if not overwrite:
+        raise ShipError(f"{name!r} is already in {registry}, shipped from {where}; ship this run with another --tag "
+                        "(the default tag sets runs apart only by data set, LM decay, precision and seed)")
+    theirs = RunDir(other).last_weights if other is not None else None
+    if theirs is None or not theirs.is_file() or file_sha256(theirs) != old.get("sha256"):
+        raise ShipError(f"--overwrite refused: {name!r} in {registry} was shipped from {where}, which does not hold "
+                        "those weights any more (pruned, moved or changed): the shipped file may be their only copy; "
+                        "ship this run with another --tag")  # fmt: skip
+
+
+def _entry_run(entry: dict[str, Any], registry: Path) -> Path | None:
+    """The run directory a registry entry was shipped from, looked for as recorded (relative paths: from here, then
+    from each folder above the registry); None when it is not found."""
+    recorded = entry.get("run")
+    if not isinstance(recorded, str) or not recorded:
+        return None
+    path = Path(recorded)
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path, *(d / path for d in registry.resolve().parents)]
+    return next((c for c in candidates if (c / "config.yaml").is_file() or (c / SHIPPED_FILE).is_file()), None)
 
 
 def shipped_name(run_dir: str | Path, registry: str | Path | None = None) -> str | None:
@@ -118,42 +212,115 @@ def shipped_name(run_dir: str | Path, registry: str | Path | None = None) -> str
     if not run.last_weights.is_file():
         return None
     digest = file_sha256(run.last_weights)
-    entries = read_registry(Path(registry) if registry is not None else REGISTRY_FILE)
+    entries = read_registry(Path(registry) if registry is not None else _pretrained.REGISTRY_FILE)
     return next((name for name, entry in entries.items() if entry["sha256"] == digest), None)
 
 
-def prune_checkpoints(run_dir: str | Path, registry: str | Path | None = None) -> dict[str, Any]:
-    """Deletes ``RUN/checkpoints`` of a finished run whose final weights ship byte for byte (checked against the
-    shipped file's sha256 and the registry's), after writing ``RUN/shipped.json``: the weights' registry name, sha256,
-    and the files deleted with their sha256. Returns that record.
+def prune_checkpoints(run_dir: str | Path, registry: str | Path | None = None, *,
+                      force: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Deletes ``RUN/checkpoints`` of a finished run whose final weights ship byte for byte (verified against their
+    manifest, the shipped file's sha256 and the registry's), after writing ``RUN/shipped.json`` atomically: the
+    weights' registry name, sha256, the registry file (when not the package's), and the files to delete with their
+    sha256. Returns that record; ``already_pruned`` / ``completed`` set when it found shipped.json (a prune done, or
+    one cut short by a kill, which it completes).
 
     Raises:
-        ShipError: the run is not finished or its final weights are not shipped (ship them first).
+        ShipError: the run is not finished, its final weights are damaged or not shipped (ship them first), or git's
+            HEAD does not hold every file to delete unchanged and not ``force``.
     """
-    run, reg = RunDir(Path(run_dir)), Path(registry) if registry is not None else REGISTRY_FILE
+    run = RunDir(Path(run_dir))
+    try:
+        record = read_shipped_record(run.root)
+    except PretrainedError as e:
+        raise ShipError(str(e)) from None
+    if record is not None:
+        return _complete_prune(run, record)
+    reg = Path(registry) if registry is not None else _pretrained.REGISTRY_FILE
     _finished_run(run, any_recipe=True)
-    name = shipped_name(run.root, reg)
+    digest = generations.sha256(_verified_final(run)[0])
+    name = next((n for n, e in read_registry(reg).items() if e["sha256"] == digest), None)
     if name is None:
         raise ShipError(f"{run.last_weights} is not in {reg} byte for byte: ship the run before pruning it")
     entry = read_registry(reg)[name]
     if file_sha256(reg.parent / entry["file"]) != entry["sha256"]:
         raise ShipError(f"{reg.parent / entry['file']} does not match its registry sha256; not pruning {run.root}")
     files = sorted(p for p in run.checkpoints.rglob("*") if p.is_file() and not p.is_symlink())
+    lost = _not_in_git(run.root, files)
+    if lost and not force:
+        raise ShipError(f"not pruning {run.root}: git's HEAD does not hold {len(lost)} of its {len(files)} checkpoint "
+                        f"files unchanged ({_listed(run, lost)}), so deleting them would lose them (best-epoch "
+                        "weights, optimizer state); commit them first, or pass --force to delete them anyway")
     record = {"weights": name, "sha256": entry["sha256"], "test_acc": entry["test_acc"],
+              **({} if _is_package_registry(reg) else {"registry": str(reg.resolve())}),
               "deleted": {str(p.relative_to(run.root)): file_sha256(p) for p in files},
+              **({"not_in_git": [str(p.relative_to(run.root)) for p in lost]} if lost else {}),
               "note": "checkpoints deleted after shipping: the final weights are the shipped file (odearch eval RUN "
                       "reads it); the rest is in the repository history (git log -- RUN/checkpoints)"}  # fmt: skip
-    atomic_write(run.shipped, (json.dumps(record, indent=2) + "\n").encode())
+    atomic_write(run.shipped, (json.dumps(record, indent=2) + "\n").encode())  # first: a kill from here on is resumable
     shutil.rmtree(run.checkpoints)
     return record
+
+
+def _is_package_registry(reg: Path) -> bool:
+    return reg.resolve() == _pretrained.REGISTRY_FILE.resolve()
+
+
+def _listed(run: RunDir, files: list[Path], most: int = 3) -> str:
+    """``files`` relative to the run, the first ``most`` of them."""
+    names = [str(p.relative_to(run.root)) for p in files]
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _complete_prune(run: RunDir, record: dict[str, Any]) -> dict[str, Any]:
+    """The prune of a run that has a shipped.json: nothing to do (``already_pruned``), or the deletion a kill cut
+    short finished (``completed``) once the shipped copy checks out and every file left is one the record lists."""
+    if not run.checkpoints.exists() and not run.checkpoints.is_symlink():
+        return {**record, "already_pruned": True}
+    try:
+        shipped_run_weights(run.root)
+    except PretrainedError as e:
+        raise ShipError(f"not completing the prune of {run.root}: {e}") from None
+    listed = record.get("deleted", {})
+    left = sorted(p for p in run.checkpoints.rglob("*") if p.is_file() and not p.is_symlink())
+    strange = [p for p in left if listed.get(str(p.relative_to(run.root))) != file_sha256(p)]
+    if strange:
+        raise ShipError(f"{run.shipped} records a prune of {run.checkpoints}, but it holds files that the record "
+                        f"does not list as deleted ({_listed(run, strange)}); move them out, then prune again")
+    shutil.rmtree(run.checkpoints)
+    return {**record, "completed": True, "deleted_now": len(left)}
+
+
+def _not_in_git(root: Path, files: list[Path]) -> list[Path]:
+    """The ``files`` that git's HEAD does not hold byte for byte (``git ls-tree`` against ``git hash-object``): all
+    of them outside a repository, without git, or where git fails."""
+    if not files:
+        return []
+    try:
+        top = os.path.realpath(_git(["rev-parse", "--show-toplevel"], root).decode().strip())
+        rels = {f: Path(os.path.realpath(f)).relative_to(top).as_posix() for f in files}
+        tree = _git(["ls-tree", "-r", "-z", "--full-tree", "HEAD", "--", *sorted(set(rels.values()))], Path(top))
+        hashes = _git(["hash-object", "--", *map(str, files)], root).decode().split()
+    except (OSError, ValueError, subprocess.CalledProcessError):
+        return list(files)
+    blobs = {}
+    for item in tree.split(b"\0"):
+        info, _, path = item.partition(b"\t")
+        if len(info.split()) == 3 and info.split()[1] == b"blob":
+            blobs[path.decode(errors="replace")] = info.split()[2].decode()
+    return [f for f, h in zip(files, hashes, strict=True) if blobs.get(rels[f]) != h]
+
+
+def _git(args: list[str], cwd: Path) -> bytes:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=True, timeout=120).stdout
 
 
 def _finished_run(run: RunDir, any_recipe: bool) -> tuple[dict[str, Any], TrainConfig, list[dict[str, Any]],
                                                           list[str]]:  # fmt: skip
     """(result, config, metrics rows, recipe problems) of a run that may ship (not yet pruned): finished, CIFAR, the
     paper's full recipe unless ``any_recipe``; else ShipError."""
-    if run.shipped.is_file() and not run.checkpoints.exists():
-        raise ShipError(f"{run.root} is already shipped and pruned: {run.shipped} names its weights")
+    if run.shipped.is_file():
+        raise ShipError(f"{run.root} is already shipped and pruned: {run.shipped} names its weights (a prune cut short "
+                        "is finished by `odearch ship RUN --prune-checkpoints`)")  # fmt: skip
     if not run.result.is_file():
         raise ShipError(f"{run.root} has no result.json: the run has not finished (or never started)")
     result, cfg, rows = run.read_result(), run.read_config(), run.read_metrics()
@@ -186,32 +353,68 @@ def _entry(run: RunDir, cfg: TrainConfig, result: dict[str, Any], rows: list[dic
     }  # fmt: skip
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of test images, got {value} (leave the flag out "
+                                         "to evaluate the whole test set)")  # fmt: skip
+    return value
+
+
 def add_ship_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of ``odearch ship``."""
     p.add_argument("run", help="a finished run directory (result.json status complete)")
     p.add_argument("--data-dir", help="directory holding the test set (default: the run's)")
-    p.add_argument("--tag", help="weights tag after the dot (default: <dataset>_s<seed>)")
+    p.add_argument("--tag", help="weights tag after the dot (default: <dataset>_s<seed> for the paper's recipe in "
+                                 "fp32; what sets a run apart from it goes before the seed: nokdecay / kdecay for an "
+                                 "LM net with --lm-weight-decay none / k, bf16 / fp16 for autocast, e.g. "
+                                 "cifar10_nokdecay_bf16_s1; a run that differs otherwise from one already shipped "
+                                 "under its default tag is refused: give it a --tag)")  # fmt: skip
     p.add_argument("--registry", help="registry file to write (default: the package's odearch/weights/registry.json)")
     p.add_argument("--any-recipe", action="store_true", help="ship a run that is not the paper's full recipe")
-    p.add_argument("--test-subset", type=int, help="evaluate on the first N test images only (for tests)")
-    p.add_argument("--overwrite", action="store_true", help="replace an entry of the same name")
+    p.add_argument("--test-subset", type=_positive, metavar="N",
+                   help="evaluate on the first N >= 1 test images only (for tests)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an entry of the same name shipped from this run (or from another run that still "
+                        f"holds those weights in its checkpoints; never one a pruned run's {SHIPPED_FILE} names)")
     p.add_argument("--prune-checkpoints", action="store_true",
-                   help=f"then delete RUN/checkpoints and write RUN/{SHIPPED_FILE} (a run already shipped byte for "
-                        "byte is only pruned)")  # fmt: skip
+                   help=f"then delete RUN/checkpoints, after writing RUN/{SHIPPED_FILE} (a run already shipped byte "
+                        "for byte is only pruned; a prune cut short is completed); refused unless git's HEAD holds "
+                        "every file to delete unchanged")  # fmt: skip
+    p.add_argument("--force", action="store_true",
+                   help="with --prune-checkpoints: delete checkpoint files that git does not hold (they are lost)")
 
 
 def run_ship(args: argparse.Namespace) -> int:
     """``odearch ship``: ships the run and prints the entry; with ``--prune-checkpoints`` deletes its checkpoints."""
-    already = shipped_name(args.run, args.registry) if args.prune_checkpoints and not args.overwrite else None
-    if already is None:
-        _ship_and_print(args)
-    else:
-        print(f"{args.run}: final weights already shipped as {already}")
+    if args.force and not args.prune_checkpoints:
+        raise ShipError("--force only applies to --prune-checkpoints")
+    if not (args.prune_checkpoints and Path(args.run, SHIPPED_FILE).is_file()):  # else: pruned, or being pruned
+        already = shipped_name(args.run, args.registry) if args.prune_checkpoints and not args.overwrite else None
+        if already is None:
+            _ship_and_print(args)
+        else:
+            print(f"{args.run}: final weights already shipped as {already}")
     if args.prune_checkpoints:
-        record = prune_checkpoints(args.run, args.registry)
-        print(f"deleted {len(record['deleted'])} checkpoint files of {args.run}; {Path(args.run) / SHIPPED_FILE} "
-              f"names the shipped weights {record['weights']}")  # fmt: skip
+        _prune_and_print(args)
     return 0
+
+
+def _prune_and_print(args: argparse.Namespace) -> None:
+    record = prune_checkpoints(args.run, args.registry, force=args.force)
+    shipped = Path(args.run) / SHIPPED_FILE
+    if record.get("already_pruned"):
+        print(f"{args.run}: already shipped as {record['weights']} and pruned ({shipped}); nothing to do")
+    elif record.get("completed"):
+        print(f"{args.run}: completed a prune that was cut short: deleted the {record['deleted_now']} checkpoint "
+              f"files left; {shipped} names the shipped weights {record['weights']}")  # fmt: skip
+    else:
+        print(f"deleted {len(record['deleted'])} checkpoint files of {args.run}; {shipped} names the shipped weights "
+              f"{record['weights']}")  # fmt: skip
+        if record.get("not_in_git"):
+            print(f"odearch: warning: --force: {len(record['not_in_git'])} of them were not in git's HEAD and are "
+                  f"lost: {', '.join(record['not_in_git'])}", file=sys.stderr)  # fmt: skip
 
 
 def _ship_and_print(args: argparse.Namespace) -> None:
