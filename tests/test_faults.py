@@ -226,6 +226,7 @@ def test_flipped_bytes_are_refused_naming_the_file(name: str, ref: Path, tmp_pat
 def test_second_writer_is_refused_and_a_dead_holders_lock_is_reclaimed(ref: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(ref, run, symlinks=True)
+    (run / "result.json").unlink()  # unfinished, so that --overwrite would be allowed but for the lock
     holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
                                f"fd = os.open({str(run)!r}, os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX)\n"
                                "print('locked', flush=True); time.sleep(60)"],
@@ -270,9 +271,14 @@ def test_overwrite_refuses_a_directory_with_foreign_files(ref: Path, tmp_path: P
     flags = [x for k, v in BASE.items() if k not in ("download", "tensorboard") for x in ("--" + k.replace("_", "-"),
                                                                                          str(v))]  # fmt: skip
     assert main(["train", *flags, "--out", str(d), "--overwrite"]) == 1
-    run = tmp_path / "run"  # a genuine run (plus eval output) is replaced
+    run = tmp_path / "run"  # a genuine unfinished run (plus eval output) is replaced; a finished one never
     shutil.copytree(ref, run, symlinks=True)
     (run / "eval_last.json").write_text("{}")
+    with pytest.raises(RunExistsError, match=r"finished run; replacing it would delete result\.json \(complete"):
+        fit(cfg_for(run, epochs=1), overwrite=True)
+    assert (run / "result.json").is_file() and len(rows(run)) == 2
+    result = json.loads((run / "result.json").read_text())
+    (run / "result.json").write_text(json.dumps({**result, "status": "stopped"}))
     fit(cfg_for(run, epochs=1), overwrite=True)
     assert [r["epoch"] for r in rows(run)] == [1] and not (run / "eval_last.json").exists()
 

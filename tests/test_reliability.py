@@ -217,12 +217,87 @@ def test_huge_seed_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
 @needs_cifar
 def test_resume_before_the_first_checkpoint_says_start_again(run1: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
-    run = copy(run1, tmp_path)
-    shutil.rmtree(run / "checkpoints")
+    run = copy(run1, tmp_path)  # as a kill during the first epoch leaves it: no checkpoint, no metrics, no result
+    for name in ("checkpoints", "metrics.jsonl", "result.json"):
+        shutil.rmtree(run / name) if (run / name).is_dir() else (run / name).unlink()
     (run / "checkpoints").mkdir()
     assert main(["train", "--resume", str(run)]) == 1
     line = error_line(capsys)
     assert "no checkpoint yet" in line and "--overwrite" in line
+    assert RunDir(run).never_trained()
+    RunDir(run).check_new(overwrite=True)  # the advice is taken: nothing to lose
+
+
+# ------------------------------------------------------------------- issue 30: finished runs are never lost
+def snapshot(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def _finished(run1: Path, tmp_path: Path, how: str) -> Path:
+    """A copy of the finished run1: as it is, without its checkpoints, or shipped and pruned."""
+    run = copy(run1, tmp_path)
+    if how != "as is":
+        shutil.rmtree(run / "checkpoints")
+    if how == "shipped":
+        (run / "shipped.json").write_text(json.dumps({"weights": "resnet20.cifar10_s9", "sha256": "0" * 64}))
+    return run
+
+
+@needs_cifar
+@pytest.mark.parametrize("how", ["shipped", "no checkpoints"])
+def test_resume_of_a_finished_run_without_checkpoints_says_what_it_is(
+    how: str, run1: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _finished(run1, tmp_path, how)
+    before = snapshot(run)
+    assert main(["train", "--resume", str(run)]) == 1
+    line = error_line(capsys)
+    assert "is a finished run" in line and "nothing to resume" in line
+    if how == "shipped":
+        assert "shipped as resnet20.cifar10_s9" in line and "pruned" in line and f"odearch eval {run}" in line
+    else:
+        assert "result.json (complete, 1 epochs" in line
+    assert "--overwrite" not in line and "no checkpoint yet" not in line  # no destructive advice
+    assert snapshot(run) == before
+
+
+@needs_cifar
+@pytest.mark.parametrize("how", ["as is", "shipped"])
+def test_overwrite_refuses_a_finished_run_naming_what_would_be_lost(
+    how: str, run1: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _finished(run1, tmp_path, how)
+    before = snapshot(run)
+    assert main(["train", *FLAGS, "--out", str(run), "--overwrite"]) == 1
+    line = error_line(capsys)
+    assert "--overwrite refused" in line and "is a finished run" in line
+    assert "result.json (complete, 1 epochs, final test acc" in line and "metrics.jsonl (1 epochs)" in line
+    assert ("shipped as resnet20.cifar10_s9" in line) == (how == "shipped")
+    assert main(["train", *FLAGS, "--out", str(run)]) == 1  # without --overwrite: not suggested
+    assert "--overwrite" not in error_line(capsys)
+    assert snapshot(run) == before
+
+
+@needs_cifar
+def test_resume_of_a_run_killed_after_its_last_checkpoint_finishes_it(
+    run1: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A SIGKILL right after the final generation became current leaves the result.json of an earlier stop."""
+    run = copy(run1, tmp_path)
+    done = json.loads((run / "result.json").read_text())
+    stale = {**done, "status": "stopped", "stop_reason": "SIGTERM", "epochs_done": 0, "final_test_acc": None,
+             "resume_with": f"odearch train --resume {run}"}  # fmt: skip
+    (run / "result.json").write_text(json.dumps(stale))
+    metrics, config = (run / "metrics.jsonl").read_bytes(), (run / "config.yaml").read_bytes()
+    assert main(["train", "--resume", str(run)]) == 0  # was: "nothing to do", exit 143
+    assert "writing its result as complete" in capsys.readouterr().out
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "complete" and result["stop_reason"] is None and result["resume_with"] is None
+    assert result["epochs_done"] == 1 and result["final_test_acc"] == done["final_test_acc"]
+    assert result["config_hash"] == done["config_hash"]
+    assert (run / "metrics.jsonl").read_bytes() == metrics and (run / "config.yaml").read_bytes() == config
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "already finished its 1 epochs; nothing to do" in capsys.readouterr().out
 
 
 def test_dist_timeout_reaches_the_process_group(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -276,11 +276,15 @@ def relaunch(nproc: int, args: Sequence[str], batch_size: int) -> int:
     return wait_forwarding(proc)
 
 
-def wait_forwarding(proc: Any, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> int:
+def wait_forwarding(proc: Any, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
+                    on_signal: Callable[[int], None] | None = None) -> int:  # fmt: skip
     """Waits for ``proc``, forwarding SIGTERM/SIGINT received meanwhile to it (torchrun passes them to its workers,
-    which stop with a resumable checkpoint); returns its exit code (128 + signal for a killed child)."""
+    which stop with a resumable checkpoint); returns its exit code (128 + signal for a killed child). ``on_signal``
+    is called with each signal's number first (a caller that must know whether a stop was asked)."""
 
     def forward(signum: int, frame: Any) -> None:
+        if on_signal is not None:
+            on_signal(signum)
         if proc.poll() is None:
             proc.send_signal(signum)
 

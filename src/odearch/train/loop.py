@@ -117,8 +117,7 @@ def fit(
 def _train(s: TrainState, resume: bool, overwrite: bool) -> dict[str, Any]:
     """The epochs from where the run stands (train, evaluate and log, checkpoint), then the summary."""
     if not _begin(s, resume, overwrite):
-        log(s.env, f"odearch: {s.run.root} already finished its {s.cfg.epochs} epochs; nothing to do")
-        return s.run.read_result() if s.run.result.is_file() else _summarise(s, False)  # killed before result.json
+        return _nothing_to_do(s)
     if s.env.is_main and not resume:
         write_initial_k(s.run.root, s.raw)  # k_n before the first epoch (epoch 0 of the analysis plots)
     if s.env.is_main and s.cfg.tensorboard:
@@ -257,10 +256,13 @@ def _open_run(stack: contextlib.ExitStack, cfg: TrainConfig, env: DistEnv, devic
 
 
 def _check_target(run: RunDir, resume: bool, overwrite: bool) -> None:
-    """A resume needs a run; a new run needs a free directory (or ``overwrite`` of a run)."""
+    """A resume needs a run with a checkpoint; a new run needs a free directory (or ``overwrite`` of an unfinished
+    run)."""
     if resume:
         if not run.is_run():
             raise CheckpointError(f"nothing to resume in {run.root}: not an odearch run")
+        if not run.last_state.is_file() and not run.last_weights.is_file():
+            raise CheckpointError(run.no_checkpoint_message())  # before any work (a pruned run: no model, no data)
     else:
         run.check_new(overwrite)
 
@@ -300,6 +302,25 @@ def _begin(s: TrainState, resume: bool, overwrite: bool) -> bool:
             s.run.create(s.cfg, overwrite)
     barrier(s.env)
     return todo
+
+
+def _nothing_to_do(s: TrainState) -> dict[str, Any]:
+    """The result of a resumed run with no epoch left to train. A run at the last epoch of its own config.yaml is
+    finished: a result.json that a kill after the last checkpoint left missing or ``stopped`` is rewritten as
+    ``complete``. A run that only reached a lower ``--epochs`` keeps its result."""
+    own_epochs = s.run.read_config().epochs
+    old = s.run.complete_result()
+    if old is not None:
+        log(s.env, f"odearch: {s.run.root} already finished its {old.get('epochs', own_epochs)} epochs; nothing to do")
+        return old
+    if s.prog.epoch >= own_epochs:
+        log(s.env, f"odearch: {s.run.root} trained its {own_epochs} epochs but was stopped before it recorded that "
+                   "(result.json missing or 'stopped'): writing its result as complete")  # fmt: skip
+        s.cfg = s.cfg.replace(epochs=own_epochs)
+        return _summarise(s, False)
+    log(s.env, f"odearch: {s.run.root} has {s.prog.epoch} of its {own_epochs} epochs, at least the {s.cfg.epochs} "
+               "asked; nothing to do")  # fmt: skip
+    return s.run.read_result() if s.run.result.is_file() else _summarise(s, False)
 
 
 def _start(s: TrainState) -> None:

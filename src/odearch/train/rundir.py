@@ -17,7 +17,9 @@
 
 A process writing a run holds an exclusive ``flock`` on the directory (released by the kernel when it exits, so a
 lock of a dead process never blocks). ``--overwrite`` deletes only the names above and refuses a directory that
-holds anything else.
+holds anything else, or a finished run (a ``complete`` result.json, or a shipped.json): what would be lost cannot be
+made again by a command. A run with a config.yaml but no checkpoint, no metrics row and no such record was stopped
+before its first checkpoint (:meth:`RunDir.never_trained`); starting it again loses nothing.
 """
 
 from __future__ import annotations
@@ -176,7 +178,8 @@ class RunDir:
         return self.config.exists() or self.checkpoints.exists() or self.metrics.exists()
 
     def check_new(self, overwrite: bool) -> None:
-        """Raises RunExistsError unless the directory is absent, empty, or ``overwrite`` allows replacing a run."""
+        """Raises RunExistsError unless the directory is absent, empty, or ``overwrite`` allows replacing a run (one
+        that is not finished: :meth:`finished_record` empty)."""
         if not self.root.exists() or (self.root.is_dir() and all(p.name == ".lock" for p in self.root.iterdir())):
             return
         if not self.root.is_dir():
@@ -184,15 +187,85 @@ class RunDir:
         if not self.is_run():
             raise RunExistsError(f"--out {self.root} is a non-empty directory that is not an odearch run; "
                                  "choose another --out")  # fmt: skip
-        foreign = self.foreign()
+        foreign, record = self.foreign(), self.finished_record()
         if foreign and overwrite:
             raise RunExistsError(f"--overwrite refused: {self.root} holds files that are not part of an odearch run "
                                  f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); move them or "
                                  "choose another --out")  # fmt: skip
+        if record and overwrite:
+            raise RunExistsError(f"--overwrite refused: {self.root} is a finished run; replacing it would delete "
+                                 f"{', '.join(record)}. Choose another --out (or move the run away first)")  # fmt: skip
         if not overwrite:
-            hint = "--overwrite to replace it, " if not foreign else ""
+            hint = "--overwrite to replace it, " if not foreign and not record else ""
             raise RunExistsError(f"{self.root} already holds a run: use --resume {self.root} to continue it, "
                                  f"{hint}or another --out")  # fmt: skip
+
+    def has_checkpoint(self) -> bool:
+        """Whether ``checkpoints/`` holds any trace of a checkpoint: ``current`` or a stable path, even a dangling
+        link (a generation directory without ``current`` is the garbage of a killed first save)."""
+        return any(os.path.lexists(self.checkpoints / name) for name in CHECKPOINT_NAMES)
+
+    def shipped_as(self) -> str | None:
+        """The name of the shipped weights that shipped.json records (``?`` when unreadable); None if not shipped."""
+        if not self.shipped.is_file():
+            return None
+        try:
+            record = json.loads(self.shipped.read_text())
+        except (OSError, ValueError):
+            return "?"
+        return str(record.get("weights", "?")) if isinstance(record, dict) else "?"
+
+    def complete_result(self) -> dict[str, Any] | None:
+        """result.json when it says ``status: complete``, else None (absent, unreadable, or another status)."""
+        try:
+            result = self.read_result()
+        except (OSError, ValueError):
+            return None
+        return result if isinstance(result, dict) and result.get("status") == "complete" else None
+
+    def finished_record(self) -> list[str]:
+        """What marks a finished run (a complete result.json, shipped.json) and its metrics: what deleting it would
+        lose, e.g. ``["result.json (complete, 160 epochs, final test acc 91.00%)", ...]``; empty when not finished."""
+        record = []
+        if (result := self.complete_result()) is not None:
+            acc = result.get("final_test_acc")
+            acc_text = f", final test acc {100 * acc:.2f}%" if isinstance(acc, int | float) else ""
+            record.append(f"result.json (complete, {result.get('epochs_done', '?')} epochs{acc_text})")
+        if (name := self.shipped_as()) is not None:
+            record.append(f"shipped.json (shipped as {name}, checkpoints pruned)")
+        if record:
+            record.append(f"metrics.jsonl ({self._metric_rows()} epochs)")
+        return record
+
+    def never_trained(self) -> bool:
+        """config.yaml, but no checkpoint (:meth:`has_checkpoint`), no metrics row, no complete result.json and no
+        shipped.json: a run stopped before its first checkpoint, which starting again loses nothing."""
+        return (self.config.is_file() and not self.has_checkpoint() and self.complete_result() is None
+                and not self.shipped.exists() and self._metric_rows() == 0)  # fmt: skip
+
+    def _metric_rows(self) -> int | str:
+        """The number of rows in metrics.jsonl (``?`` when a line is unreadable)."""
+        try:
+            return len(self.read_metrics())
+        except (OSError, ValueError):
+            return "?"
+
+    def no_checkpoint_message(self) -> str:
+        """Why a run without a checkpoint cannot be resumed, and what to do; ``--overwrite`` is suggested only for a
+        run that never trained (nothing would be lost)."""
+        if (name := self.shipped_as()) is not None:
+            return (f"{self.root} is a finished run, shipped as {name}, whose checkpoints were pruned after shipping "
+                    f"({self.shipped}): there is nothing to resume. Evaluate it with: odearch eval {self.root}; the "
+                    f"deleted checkpoints are in the repository history (git log -- {self.checkpoints})")  # fmt: skip
+        if record := self.finished_record():
+            return (f"{self.root} is a finished run ({', '.join(record)}) without checkpoints: there is nothing to "
+                    f"resume; restore {self.checkpoints} (e.g. from the repository history) to extend it")  # fmt: skip
+        if (rows := self._metric_rows()) != 0:
+            return (f"{self.root} has no checkpoint, but metrics.jsonl records {rows} epochs: its checkpoints were "
+                    f"deleted or lost and it cannot be resumed; restore {self.checkpoints}, or train it again with "
+                    "another --out")  # fmt: skip
+        return (f"{self.root} has no checkpoint yet (it was stopped before its first one was saved); start it again "
+                f"with: odearch train --config {self.config} --out {self.root} --overwrite")  # fmt: skip
 
     def create(self, cfg: TrainConfig, overwrite: bool) -> None:
         """Creates the directory for a new run (replacing an old run if ``overwrite``: only the run's own files are

@@ -240,9 +240,7 @@ def restore_checkpoint(
     """Loads the last checkpoint of ``run`` into model and optimizer (checksums verified); returns the progress,
     the RNG states and the metrics row of the checkpoint's epoch (None in checkpoints older than the row)."""
     if not run.last_state.is_file() and not run.last_weights.is_file():
-        raise CheckpointError(f"{run.root} has no checkpoint yet (it was stopped before its first one was saved); "
-                              f"start it again with: odearch train --config {run.config} --out {run.root} "
-                              "--overwrite")  # fmt: skip
+        raise CheckpointError(run.no_checkpoint_message())
     state = load_state(run.last_state)
     check_state(state, run.last_state)
     if state.get("model") != cfg.model:
