@@ -28,6 +28,7 @@ FAMILIES = {
     "ab2_resnet20": (lambda **kw: odearch.create_model("ab2_resnet20", **kw), 32),
     "poly2_resnet20": (lambda **kw: odearch.create_model("poly2_resnet20", **kw), 32),
     "rev_resnet20": (lambda **kw: odearch.create_model("rev_resnet20", **kw), 32),
+    "dense_resnet20": (lambda **kw: odearch.create_model("dense_resnet20", **kw), 32),
     "fractal_resnet20": (lambda **kw: odearch.create_model("fractal_resnet20", **kw), 32),
     "lm_channel": (lambda **kw: build_preact_resnet(layers=(2, 2, 2), scheme="lm_channel", **kw), 32),
     "lm_resnext": (lambda **kw: build_cifar_resnext(2, 4, scheme="lm", depth=11, history_projection=True, **kw), 32),

@@ -342,6 +342,7 @@ def test_a_scheme_family_without_a_runner_is_refused() -> None:
         ("lm_channel", {"has_k": True, "needs_channels": True}),
         ("ab2", {"has_k": False, "branches": 1, "accepts_tuple": False, "is_euler": False}),
         ("poly2", {"has_k": False, "split": 1, "gates_per_step": 1, "accepts_tuple": False}),
+        ("dense", {"has_k": False, "branches": 1, "accepts_tuple": False, "invertible": False}),
     ],
 )
 def test_step_runner_answers_what_builders_ask(scheme: str, answers: dict) -> None:

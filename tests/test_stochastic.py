@@ -80,7 +80,7 @@ def test_models_decay_over_the_whole_network(name: str, n: int, p_last: float) -
 
 
 # -------------------------------------------------------------------------------- Monte-Carlo mean == evaluation
-SCHEMES = ["euler", "lm", "lm_transition", "rk2", "ab2", "poly2", "rev"]
+SCHEMES = ["euler", "lm", "lm_transition", "rk2", "ab2", "poly2", "rev", "dense"]
 
 
 def _sd_stage(kind: str, drop_mode: str) -> Stage:
@@ -217,7 +217,7 @@ def test_lm_noise_is_the_same_additive_term() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- gradients
-@pytest.mark.parametrize("scheme", ["euler", "lm", "rk2", "poly2", "rev"])
+@pytest.mark.parametrize("scheme", ["euler", "lm", "rk2", "poly2", "rev", "dense"])
 def test_per_batch_dropped_blocks_get_no_gradient(scheme: str) -> None:
     def block() -> nn.Module | tuple[nn.Module, nn.Module]:
         return (nn.Linear(D // 2, D // 2), nn.Linear(D // 2, D // 2)) if scheme == "rev" else nn.Linear(D, D)

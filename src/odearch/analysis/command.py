@@ -6,12 +6,15 @@ Inputs (the ``odearch train`` run-directory contract): a run directory ``RUN`` (
 ``RUN/checkpoints/best.safetensors`` if present, else ``last.safetensors``, else for a run pruned after shipping
 the package's copy of its final weights) or a ``.safetensors`` file (its run
 directory, if any, is two levels up: ``RUN/checkpoints/x.safetensors``). The k values are read from the state-dict
-keys ``<stage>.lm_k`` alone (shape (n,) or (n, C)), so no model is rebuilt and any checkpoint of an LM network
-works; ``RUN/metrics.jsonl`` (one JSON object per epoch with ``epoch`` and ``lm_k``) gives k over training, and
-``RUN/config.yaml`` the model name for the report.
+keys ``<stage>.lm_k`` alone (shape (n,) or (n, C)), or for a DenseResNet ``<stage>.dense_k`` (one flat vector), so
+no model is rebuilt and any checkpoint of an LM or dense network works; ``RUN/metrics.jsonl`` (one JSON object per
+epoch with ``epoch`` and ``lm_k``) gives k over training, and ``RUN/config.yaml`` the model name for the report.
 
 Outputs in ``--out`` (default ``RUN/analysis/`` of the first input): ``lm_table.csv``, ``lm_table.txt`` (also
-printed), ``k_vs_depth.png`` and, when a run has metrics, ``k_over_epochs.png``; several inputs are overlaid.
+printed), ``k_vs_depth.png`` and, when a run has metrics, ``k_over_epochs.png``; several inputs are overlaid. For
+dense inputs: ``dense_table.csv`` / ``dense_table.txt`` (also printed: the weight matrices, then each step's frozen
+multistep method, its consistency, order and zero-stability), ``dense_weights.csv`` and ``dense_weights.png`` (the
+weight matrices as a heatmap per stage; :mod:`.dense_table`).
 Errors (missing path, not a safetensors file, no LM coefficients, bad metrics) are one line on stderr, exit code 2.
 """
 
@@ -22,7 +25,7 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -30,7 +33,9 @@ import yaml
 from ..models._pretrained import REGISTRY_FILE, PretrainedError, shipped_run_weights, shipped_weights_named
 from ..runfiles import INITIAL_K_FILE
 from ..runfiles import read_metrics as read_metrics_rows
+from ..schemes.dense import DenseRows, dense_k_by_stage
 from ..schemes.lm import lm_k_by_stage
+from .dense_table import write_dense_report
 from .lm_table import KValues, format_table, lm_table, write_csv
 
 EXIT_ERROR = 2
@@ -48,9 +53,10 @@ class RunSource:
         name: the label in tables and legends (the run directory's name, or the checkpoint's stem).
         checkpoint: the safetensors file the k values were read from.
         run_dir: the run directory, if the checkpoint belongs to one.
-        k_by_stage: stage name -> k of its blocks 1..N-1.
+        k_by_stage: stage name -> k of its blocks 1..N-1 (empty for a dense network).
         metrics: the records of ``metrics.jsonl``, or None if there is none.
         model: the model name from ``config.yaml``, if known.
+        dense_k: stage name -> the k rows of its steps 1..N-1 of a dense network (empty for an LM network).
     """
 
     name: str
@@ -59,6 +65,7 @@ class RunSource:
     k_by_stage: dict[str, KValues]
     metrics: list[dict] | None
     model: str | None
+    dense_k: dict[str, DenseRows] = field(default_factory=dict)
 
 
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,14 +99,29 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 
 def write_report(sources: list[RunSource], out: Path, dt: float = 1.0) -> str:
+    """Write the LM report of the LM inputs (:func:`write_lm_report`) and the dense report of the dense ones
+    (``dense_table.txt`` and :func:`.dense_table.write_dense_report`'s files); returns the text."""
+    out.mkdir(parents=True, exist_ok=True)
+    lm, dense = [s for s in sources if s.k_by_stage], [s for s in sources if s.dense_k]
+    texts = [write_lm_report(lm, out, dt)] if lm else []
+    if dense:
+        text = "\n".join([*_header(dense), "", write_dense_report({s.name: s.dense_k for s in dense}, out, dt)])
+        (out / "dense_table.txt").write_text(text + "\n")
+        texts.append(text)
+    return "\n\n".join(texts)
+
+
+def _header(sources: list[RunSource]) -> list[str]:
+    return [f"run {s.name}: {s.checkpoint}" + (f" (model {s.model})" if s.model else "") for s in sources]
+
+
+def write_lm_report(sources: list[RunSource], out: Path, dt: float = 1.0) -> str:
     """Write lm_table.csv, lm_table.txt, k_vs_depth.png and (with metrics) k_over_epochs.png; returns the text."""
     from .plots import plot_k_over_epochs, plot_k_vs_depth  # matplotlib only when plotting
 
-    out.mkdir(parents=True, exist_ok=True)
     rows = [{"run": s.name} | row for s in sources for row in lm_table(s.k_by_stage, dt)]
     write_csv(rows, out / "lm_table.csv")
-    header = [f"run {s.name}: {s.checkpoint}" + (f" (model {s.model})" if s.model else "") for s in sources]
-    text = "\n".join([*header, "", format_table(rows)])
+    text = "\n".join([*_header(sources), "", format_table(rows)])
     (out / "lm_table.txt").write_text(text + "\n")
     plot_k_vs_depth({s.name: s.k_by_stage for s in sources}, out / "k_vs_depth.png")
     with_metrics = {s.name: s.metrics for s in sources if s.metrics and any(r.get("lm_k") for r in s.metrics)}
@@ -114,14 +136,15 @@ def write_report(sources: list[RunSource], out: Path, dt: float = 1.0) -> str:
 def load_source(path: Path) -> RunSource:
     """Resolve a run directory or a checkpoint and read its k values, metrics and model name."""
     checkpoint, run_dir = resolve_checkpoint(path)
-    k_by_stage = read_lm_k(checkpoint)
+    dense_k = read_dense_k(checkpoint)
+    k_by_stage = {} if dense_k else read_lm_k(checkpoint)
     metrics = read_metrics(run_dir / "metrics.jsonl") if run_dir else None
     initial = read_initial_k(run_dir / INITIAL_K_FILE) if run_dir else None
     if metrics is not None and initial is not None:
         metrics = [initial, *metrics]  # k_n before the first epoch: epoch 0 of k over epochs
     model = read_model_name(run_dir / "config.yaml") if run_dir else None
     name = run_dir.name if run_dir else checkpoint.stem
-    return RunSource(name, checkpoint, run_dir, k_by_stage, metrics, model)
+    return RunSource(name, checkpoint, run_dir, k_by_stage, metrics, model, dense_k)
 
 
 def resolve_checkpoint(path: Path) -> tuple[Path, Path | None]:
@@ -135,12 +158,15 @@ def resolve_checkpoint(path: Path) -> tuple[Path, Path | None]:
             raise AnalyzeError(f"no such file or directory, nor the name of shipped weights: {path}")
         return shipped, None
     if path.is_dir():
+        try:  # pruned after shipping (or a prune cut short): the shipped copy holds its final weights
+            shipped = shipped_run_weights(path)
+        except PretrainedError as error:
+            raise AnalyzeError(str(error)) from error
+        if shipped is not None:
+            return shipped, path
         for name in ("best.safetensors", "last.safetensors"):
             if (path / "checkpoints" / name).is_file():
                 return path / "checkpoints" / name, path
-        shipped = shipped_run_weights(path)  # pruned after shipping: the package holds its final weights
-        if shipped is not None:
-            return shipped, path
         raise AnalyzeError(f"{path}: no checkpoints/best.safetensors or checkpoints/last.safetensors")
     parent = Path(os.path.abspath(path)).parent  # not resolve(): checkpoints/last.safetensors is a link into a
     if parent.name.startswith("gen-") and parent.parent.name == "checkpoints":  # generation; a generation's file
@@ -157,24 +183,44 @@ def _natural_key(text: str) -> list[int | str]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
+def _arrays_ending(checkpoint: Path, suffix: str) -> dict:
+    """The arrays of a safetensors file whose keys end in ``suffix``, keys in natural order (AnalyzeError if the
+    file cannot be read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(checkpoint), framework="numpy") as handle:
+            keys = sorted((key for key in handle.keys() if key.endswith(suffix)), key=_natural_key)
+            return {key: handle.get_tensor(key) for key in keys}
+    except Exception as error:  # safetensors raises its own error types (and OSError / ValueError) for bad files
+        raise AnalyzeError(f"{checkpoint}: not a readable safetensors file ({error})") from error
+
+
 def read_lm_k(checkpoint: Path, suffix: str = ".lm_k") -> dict[str, KValues]:
     """k_by_stage from the ``<stage>.lm_k`` tensors of a safetensors file, stages in natural order.
 
     Raises:
         AnalyzeError: not a safetensors file, or no ``.lm_k`` key (not an LM network), or a bad shape.
     """
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(checkpoint), framework="numpy") as handle:
-            keys = sorted((key for key in handle.keys() if key.endswith(suffix)), key=_natural_key)
-            arrays = {key: handle.get_tensor(key) for key in keys}
-    except Exception as error:  # safetensors raises its own error types (and OSError / ValueError) for bad files
-        raise AnalyzeError(f"{checkpoint}: not a readable safetensors file ({error})") from error
+    arrays = _arrays_ending(checkpoint, suffix)
     if not arrays:
-        raise AnalyzeError(f"{checkpoint}: no LM coefficients (no '*{suffix}' key; not an LM-architecture network)")
+        raise AnalyzeError(f"{checkpoint}: no LM coefficients (no '*{suffix}' key; not an LM-architecture network) "
+                           "and no dense coefficients (no '*.dense_k' key)")  # fmt: skip
     try:
         return lm_k_by_stage(arrays.items(), suffix)
+    except ValueError as error:
+        raise AnalyzeError(f"{checkpoint}: {error}") from error
+
+
+def read_dense_k(checkpoint: Path, suffix: str = ".dense_k") -> dict[str, DenseRows]:
+    """The k rows of every dense stage (``<stage>.dense_k`` keys) of a safetensors file, stages in natural order;
+    {} when it has none (an LM or plain network).
+
+    Raises:
+        AnalyzeError: not a safetensors file, or a ``dense_k`` that is not one vector of N(N + 1)/2 - 1 values.
+    """
+    try:
+        return dense_k_by_stage(_arrays_ending(checkpoint, suffix).items(), suffix)
     except ValueError as error:
         raise AnalyzeError(f"{checkpoint}: {error}") from error
 

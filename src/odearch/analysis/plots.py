@@ -1,4 +1,4 @@
-"""Plots of learned LM coefficients k_n (matplotlib, PNG files).
+"""Plots of learned LM coefficients k_n and DenseResNet weights (matplotlib, PNG files).
 
 * :func:`plot_k_vs_depth`: k_n against the global block index, stages separated by vertical lines, several runs
   overlaid; per-channel k is drawn as the channel mean with a min-max band.
@@ -6,6 +6,7 @@
   ``metrics.jsonl``, epoch 0 (before training) from ``lm_k_init.json`` when the run has it; a point per
   epoch, integer epoch ticks. One run: a line per LM block, coloured by depth. Several runs: per run the stage mean over
   blocks with a min-max band, so that the panels stay readable.
+* :func:`plot_dense_weights`: the weight matrices w_{nj} of DenseResNet stages as heatmaps.
 
 Reference lines: k = 0 (ResNet, forward Euler) and k = -1 (the zero-stability limit: double root xi = 1).
 
@@ -177,3 +178,48 @@ def _stage_band(ax: Axes, epochs: np.ndarray, k: np.ndarray | None, color: objec
         return
     ax.plot(epochs, k.mean(axis=1), color=color, lw=1.4, marker="o", ms=3, label=f"{run} (mean)")
     ax.fill_between(epochs, k.min(axis=1), k.max(axis=1), color=color, alpha=0.2, lw=0)
+
+
+def plot_dense_weights(runs: Mapping[str, Mapping[str, Sequence[Sequence[float]]]], path: str | Path,
+                       title: str | None = None) -> Path:  # fmt: skip
+    """DenseResNet's weight matrices w_{nj} as heatmaps: a row of panels per run, one panel per stage.
+
+    Args:
+        runs: run name -> stage name -> the stage's N x N weight matrix (row n: step n, column j: state u_j, NaN
+            above the diagonal; :func:`odearch.analysis.dense_table.weight_matrix`).
+        path: the PNG to write.
+        title: figure title (default: a description).
+
+    Returns:
+        The path written.
+    """
+    from matplotlib.colors import Normalize
+
+    if not runs:
+        raise ValueError("plot_dense_weights: no runs")
+    stages = list(dict.fromkeys(stage for by_stage in runs.values() for stage in by_stage))
+    values = np.concatenate([np.asarray(m, dtype=float).ravel() for r in runs.values() for m in r.values()])
+    values = values[np.isfinite(values)]
+    limit = max(1.0, float(np.abs(values).max()))  # symmetric: w = 0 is white, w = 1 (Euler's) dark red
+    norm = Normalize(vmin=-limit, vmax=limit)
+    fig = Figure(figsize=(3.6 * len(stages), 3.4 * len(runs)))
+    axes = fig.subplots(len(runs), len(stages), squeeze=False)
+    image = None
+    for row, (run, by_stage) in zip(axes, runs.items(), strict=True):
+        for ax, stage in zip(row, stages, strict=True):
+            matrix = np.asarray(by_stage.get(stage, [[np.nan]]), dtype=float)
+            image = ax.imshow(np.ma.masked_invalid(matrix), cmap="RdBu_r", norm=norm)
+            if len(matrix) <= 6:  # small stages: the values in the cells
+                for (n, j), w in np.ndenumerate(matrix):
+                    if np.isfinite(w):
+                        color = "white" if abs(w) > 0.6 * limit else "black"  # readable on dark cells
+                        ax.text(j, n, f"{w:.2f}", ha="center", va="center", fontsize=7, color=color)
+            ax.set_title(stage if len(runs) == 1 else f"{run}: {stage}", fontsize=9)
+            ax.set_xlabel("state j (u_j; u_0 = P(u_0) after a transition)", fontsize=8)
+            ax.set_ylabel("step n", fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="w_nj")
+    fig.suptitle(title or "DenseResNet weights w_nj = k_nj / sum_j k_nj (u_{n+1} = sum_j w_nj u_j + f_n(u_n))",
+                 fontsize=10)  # fmt: skip
+    return _save(fig, path)

@@ -11,6 +11,7 @@ Prefix legend (the scheme integrating every stage; the backbone is the same):
 | ``ab2_`` | Adams-Bashforth 2 | u_{n+2} = u_{n+1} + (3/2) f(u_{n+1}) - (1/2) f(u_n) |
 | ``poly2_`` | PolyNet | u_{n+1} = u_n + F(u_n) + F(F(u_n)) |
 | ``rev_`` | RevNet | X_{n+1} = X_n + F(Y_n), Y_{n+1} = Y_n + G(X_{n+1}), half-width F, G; reversible backprop |
+| ``dense_`` | DenseResNet | u_{n+1} = (sum_{j<=n} k_{nj} u_j) / (sum_{j<=n} k_{nj}) + f_n(u_n), learned k (official) |
 
 Layout (the paper and its official code ``MResNet``): stem conv3x3(3, 16) without BN; 3 stages of widths
 16 / 32 / 64 (x4 for bottlenecks), strides 1 / 2 / 2; each down-sampling stage starts with a plain step whose
@@ -197,6 +198,18 @@ _ROWS: dict[str, tuple[dict[str, Any], str]] = {
         "Pre-activation ResNet-164 backbone (bottleneck blocks) integrated by RevNet's coupled forward Euler on "
         "channel halves, half-width F and G; trains with reversible backpropagation (activation memory independent of"
         " depth; Gomez et al. 2017).",
+    ),
+    "dense_resnet20": (
+        dict(layers=(3, 3, 3), bottleneck=False, scheme="dense"),
+        "DenseResNet-20 of the official code (DenseResNet20: basic blocks, 0.27M + 5 k_{nj} per stage): u_{n+1} = "
+        "(sum_{j<=n} k_{nj} u_j) / (sum_{j<=n} k_{nj}) + f_n(u_n), k_{nj} ~ U[-0.1, 0], u_0 of a down-sampling stage "
+        "replaced by P(u_0); the plain twin is preact_resnet20 (Lu et al. 2018, https://arxiv.org/abs/1710.10121).",
+    ),
+    "dense_resnet110": (
+        dict(layers=(18, 18, 18), bottleneck=False, scheme="dense"),
+        "DenseResNet-110 of the official code (DenseResNet110: basic blocks, 1.7M + 170 k_{nj} per stage): u_{n+1} = "
+        "(sum_{j<=n} k_{nj} u_j) / (sum_{j<=n} k_{nj}) + f_n(u_n), k_{nj} ~ U[-0.1, 0], u_0 of a down-sampling stage "
+        "replaced by P(u_0); the plain twin is preact_resnet110 (Lu et al. 2018, https://arxiv.org/abs/1710.10121).",
     ),
     "preact_resnet56_sd": (
         dict(layers=(9, 9, 9), bottleneck=False, stochastic=StochasticDepth(p_last=0.8)),

@@ -11,6 +11,7 @@ from .blocks import (
     conv1x1,
     conv3x3,
 )
+from .dense import DenseRunner, dense_coefficients
 from .drop import drop_path, linear_survival
 from .memory import get_memory, set_memory
 from .network import ResidualNetwork, init_weights
@@ -21,6 +22,7 @@ from .stochastic import StochasticDepth
 __all__ = [
     "LM_K_DRAWS",
     "BasicBlock",
+    "DenseRunner",
     "PreActBasicBlock",
     "PreActBottleneck",
     "PreActProjection",
@@ -36,6 +38,7 @@ __all__ = [
     "ZeroPadShortcut",
     "conv1x1",
     "conv3x3",
+    "dense_coefficients",
     "drop_path",
     "get_memory",
     "init_weights",

@@ -21,11 +21,14 @@ Update of each scheme family (paper Table 1; f absorbs the step):
 - PolyNet (``poly2``): u_{n+1} = u_n + F(u_n) + F(F(u_n)).
 - RevNet (``rev``), u = (X, Y) split along channels, a pair (F, G) per step:
   X_{n+1} = X_n + F(Y_n), Y_{n+1} = Y_n + G(X_{n+1}); :meth:`Stage.inverse` undoes it exactly.
+- DenseResNet (``dense``, the official code's ``DenseBlock``; :mod:`odearch.nn.dense`):
+  u_{n+1} = (sum_{j<=n} k_{nj} u_j) / (sum_{j<=n} k_{nj}) + f_n(u_n), learnable ``dense_k`` (the k_{nj} of steps
+  1..N-1), k_{nj} ~ U[-0.1, 0] drawn like ``lm_k``; the history u_0 of a transition is P(u_0).
 
 Dispatch: :data:`STEP_RUNNERS` maps each scheme type to its :class:`StepRunner`, whose ``step`` (one-step
-families) or ``run`` (LM, linear multistep) is the update above; a new family is a scheme dataclass, a runner and
-one :func:`register_step_runner` entry. The Stage owns what all families share: the transition step, stochastic
-depth, noise, the post-activation and the memory mode.
+families) or ``run`` (LM, linear multistep, dense) is the update above; a new family is a scheme dataclass, a
+runner and one :func:`register_step_runner` entry. The Stage owns what all families share: the transition step,
+stochastic depth, noise, the post-activation and the memory mode.
 
 First step and transitions (the paper's official code, ``MResNet``): multistep schemes have no history at step 0,
 so step 0 is a one-step starter (forward Euler for LM, which sets u_{-1} := u_0; the scheme's ``starter`` tableau

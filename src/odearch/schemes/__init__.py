@@ -1,5 +1,6 @@
 """Numerical schemes as data: Butcher tableaux, linear multistep coefficients, and the paper's LM, PolyNet and
-RevNet schemes. Nothing here imports ``torch.nn``; :class:`odearch.nn.Stage` interprets these objects.
+RevNet schemes and the official code's DenseResNet scheme. Nothing here imports ``torch.nn``;
+:class:`odearch.nn.Stage` interprets these objects.
 
 ``SCHEMES`` maps a name to a scheme object; :func:`get_scheme` accepts a name or an object.
 """
@@ -9,14 +10,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 
+from .dense import DenseScheme
 from .lm import MRESNETC_K_INIT, LMScheme
 from .multistep import AB2, LinearMultistep
 from .poly import PolyScheme
 from .rev import RevScheme
 from .tableau import EULER, HEUN, MIDPOINT, RK4, ButcherTableau
 
-Scheme = ButcherTableau | LinearMultistep | LMScheme | PolyScheme | RevScheme
-_FAMILIES = ("ButcherTableau", "LinearMultistep", "LMScheme", "PolyScheme", "RevScheme")
+Scheme = ButcherTableau | LinearMultistep | LMScheme | PolyScheme | RevScheme | DenseScheme
+_FAMILIES = ("ButcherTableau", "LinearMultistep", "LMScheme", "PolyScheme", "RevScheme", "DenseScheme")
 
 SCHEMES: dict[str, Scheme] = {
     "euler": EULER,  # ResNet / ResNeXt: u_{n+1} = u_n + f(u_n)
@@ -30,13 +32,15 @@ SCHEMES: dict[str, Scheme] = {
     "lm_channel_mresnetc": LMScheme(name="lm_channel_mresnetc", k_init=MRESNETC_K_INIT, per_channel=True),
     "poly2": PolyScheme(),  # PolyNet: u + F(u) + F(F(u))
     "rev": RevScheme(),  # RevNet: coupled forward Euler
+    # DenseResNet (official code): u_{n+1} = (sum_{j<=n} k_{nj} u_j) / (sum_{j<=n} k_{nj}) + f_n(u_n)
+    "dense": DenseScheme(),
 }
 
 
 def get_scheme(scheme: str | Scheme) -> Scheme:
     """Return the scheme object for a name in :data:`SCHEMES`, or ``scheme`` itself if it is already one.
 
-    A scheme object is an instance of a (frozen) dataclass: the five families above, or a new family's, which
+    A scheme object is an instance of a (frozen) dataclass: the six families above, or a new family's, which
     :func:`odearch.nn.stage.register_step_runner` teaches the Stage to integrate.
     """
     if dataclasses.is_dataclass(scheme) and not isinstance(scheme, type):
@@ -61,6 +65,7 @@ __all__ = [
     "RK4",
     "SCHEMES",
     "ButcherTableau",
+    "DenseScheme",
     "LMScheme",
     "LinearMultistep",
     "PolyScheme",
