@@ -37,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .lm import coefficient_arrays
 from .multistep import multistep_order, root_condition_violation
 
 DenseRows = list[list[float]]
@@ -154,19 +155,12 @@ def dense_k_by_stage(items: Iterable[tuple[str, Any]], suffix: str = "") -> dict
     Raises:
         ValueError: a ``k`` that is not one flat vector of N(N + 1)/2 - 1 values.
     """
-    import numpy as np
-
     out: dict[str, DenseRows] = {}
-    for key, value in items:
-        if not key.endswith(suffix):
-            continue
-        if hasattr(value, "detach"):
-            value = value.detach().cpu().float()
-        array = np.asarray(value, dtype=np.float64)
+    for key, stage, array in coefficient_arrays(items, suffix):
         if array.ndim != 1:
             raise ValueError(f"{key}: expected one flat vector of dense coefficients, got shape {array.shape}")
         try:
-            out[key[: len(key) - len(suffix)]] = dense_rows(array.tolist())
+            out[stage] = dense_rows(array.tolist())
         except ValueError as error:
             raise ValueError(f"{key}: {error}") from None
     return out

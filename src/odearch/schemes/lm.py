@@ -18,7 +18,7 @@ Per-channel coefficients (``per_channel=True``, one k_n per channel of the state
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,16 +68,22 @@ def lm_k_by_stage(items: Iterable[tuple[str, Any]], suffix: str = "") -> dict[st
     Raises:
         ValueError: a ``k`` whose shape is not (n,) or (n, C).
     """
+    out: dict[str, KValues] = {}
+    for key, stage, array in coefficient_arrays(items, suffix):
+        if array.ndim not in (1, 2):
+            raise ValueError(f"{key}: expected shape (n,) or (n, C), got {array.shape}")
+        out[stage] = array.tolist()
+    return out
+
+
+def coefficient_arrays(items: Iterable[tuple[str, Any]], suffix: str = "") -> Iterator[tuple[str, str, Any]]:
+    """(key, stage name, float64 numpy array) for each ``(key, value)`` whose key ends in ``suffix`` (the stage name
+    is the key without it), in order; a tensor value is detached, moved to the CPU and read as float32 first."""
     import numpy as np
 
-    out: dict[str, KValues] = {}
     for key, value in items:
         if not key.endswith(suffix):
             continue
         if hasattr(value, "detach"):
             value = value.detach().cpu().float()
-        array = np.asarray(value, dtype=np.float64)
-        if array.ndim not in (1, 2):
-            raise ValueError(f"{key}: expected shape (n,) or (n, C), got {array.shape}")
-        out[key[: len(key) - len(suffix)]] = array.tolist()
-    return out
+        yield key, key[: len(key) - len(suffix)], np.asarray(value, dtype=np.float64)
