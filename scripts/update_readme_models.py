@@ -1,7 +1,7 @@
-"""Regenerates README.md's model table (between the model-table markers) from the registry.
+"""Regenerates the model table of docs/models.md (between the model-table markers) from the registry.
 
-    python scripts/update_readme_models.py          # rewrite README.md in place
-    python scripts/update_readme_models.py --check  # exit 1 if README.md is out of date (tests/test_readme.py)
+    python scripts/update_readme_models.py          # rewrite docs/models.md in place
+    python scripts/update_readme_models.py --check  # exit 1 if it is out of date (tests/test_readme.py)
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from odearch.models import models_markdown
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "models.md"  # the page that holds the table
 START, END = "<!-- model-table:start -->", "<!-- model-table:end -->"
 
 
@@ -21,22 +21,22 @@ def render(text: str) -> str:
     head, sep, rest = text.partition(START)
     _, sep2, tail = rest.partition(END)
     if not (sep and sep2):
-        raise SystemExit(f"{README}: markers {START} / {END} not found")
+        raise SystemExit(f"{PAGE}: markers {START} / {END} not found")
     return f"{head}{START}\n{models_markdown()}\n{END}{tail}"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only check; exit 1 if README.md is out of date")
+    parser.add_argument("--check", action="store_true", help="only check; exit 1 if docs/models.md is out of date")
     args = parser.parse_args()
-    text = README.read_text()
+    text = PAGE.read_text()
     new = render(text)
     if args.check:
         if new != text:
-            print("README.md's model table is out of date: run python scripts/update_readme_models.py")
+            print("docs/models.md's model table is out of date: run python scripts/update_readme_models.py")
             return 1
         return 0
-    README.write_text(new)
+    PAGE.write_text(new)
     return 0
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import sympy as sp
 
+from doctext import doc_text
 from odearch.analysis import (
     DT,
     G,
@@ -274,7 +274,7 @@ def test_drift_ratio_is_modified_against_unmodified_not_lm_against_euler() -> No
         modified = (-1 + math.sqrt(1 + 2 * dt * lam_)) / dt  # the root of (dt/2) r^2 + r - lam near lam
         euler.append(round(abs(measured - lam_) / abs(measured - modified)))
     assert lm == [64, 142, 298] and euler == [55, 115, 235]
-    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    readme = doc_text()
     assert "64 / 142 / 298 times more accurately than the unmodified" in readme
     assert "not LM with forward Euler (the same ratio for forward Euler" in readme and "is 55 / 115 / 235" in readme
 

@@ -233,7 +233,7 @@ def test_checkpoint_of_another_model(run_dir: Path, tmp_path: Path, capsys: pyte
     assert "saved from model 'lm_resnet20'" in error_line(capsys)
     assert main(["eval", str(run), "--data-dir", str(DATA)]) == 1
     line = error_line(capsys)
-    assert "saved from model 'lm_resnet20'" in line and "does not fit 'resnet20'" in line
+    assert "holds weights of model 'lm_resnet20'" in line and "is a run of 'resnet20'" in line
     assert snapshot(run) == before
 
 

@@ -16,6 +16,7 @@ from torch import nn
 import odearch
 from conftest import needs_cifar
 from datapaths import CIFAR_ROOT, REPO
+from doctext import doc_text
 from odearch.models import build_cifar_resnext, build_preact_resnet, build_shake_resnet
 from odearch.models.imagenet_resnet import imagenet_resnet
 
@@ -174,8 +175,9 @@ def test_timm_registration_and_data_config() -> None:
     assert timm.models.get_pretrained_cfg("odearch_resnet20").mean == data.CIFAR10_MEAN
     feats = timm.create_model("odearch_lm_resnet50", features_only=True, out_indices=(3,))
     assert feats.feature_info.channels() == [2048]
-    with pytest.raises(ValueError, match="drop_rate"):
-        timm.create_model("odearch_resnet20", drop_rate=0.5)
+    assert timm.create_model("odearch_resnet20", drop_rate=0.5).drop_rate == 0.5  # dropout before the classifier
+    with pytest.raises(ValueError, match="drop_block_rate"):
+        timm.create_model("odearch_resnet20", drop_block_rate=0.5)
 
 
 def test_timm_scripts_and_import_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -277,7 +279,7 @@ def test_jit_trace_is_the_torchscript_route_and_readme_says_so() -> None:
     torch.testing.assert_close(traced(x), model(x))
     with pytest.raises(Exception):  # noqa: B017  (whatever TorchScript's compiler raises)
         torch.jit.script(model)
-    readme = " ".join((REPO / "README.md").read_text().split())
+    readme = doc_text()
     assert "`torch.jit.script` is not supported" in readme and "`torch.jit.trace`" in readme
 
 
@@ -387,7 +389,7 @@ def test_initial_k_file_name_is_the_one_analyze_reads() -> None:
 
 # ------------------------------------------------------------------------------------------------ README examples
 def _readme_examples() -> list[str]:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "models.md").read_text()
     section = text.split("<!-- examples:start -->", 1)[1].split("<!-- examples:end -->", 1)[0]
     return re.findall(r"```python\n(.*?)```", section, re.S)
 
@@ -411,6 +413,6 @@ def test_readme_ecosystem_examples_run_as_written(tmp_path: Path, monkeypatch: p
     for block in blocks:
         if re.search(r"^import .*\btimm\b|^from timm", block, re.M) and not has_timm:
             continue
-        exec(compile(block, "README.md", "exec"), {})
+        exec(compile(block, "docs/models.md", "exec"), {})
         ran += 1
     assert ran >= 5

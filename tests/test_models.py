@@ -1,6 +1,5 @@
 """The model zoo: every registered model builds, runs forward and backward, and has the paper's parameter count."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +7,7 @@ from torch import nn
 
 import odearch
 from conftest import n_params
+from doctext import doc_text
 from odearch.models import create_model, list_models
 
 
@@ -59,7 +59,7 @@ def test_preact_resnet1001_count() -> None:
     model = create_model("preact_resnet1001")
     assert n_params(model) == 10_328_122
     assert n_weight_params(model) == 10_178_490 and round(n_weight_params(model) / 1e6, 1) == 10.2
-    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    readme = doc_text()
     assert "pre-act ResNet-1001 10.33M in all, 10.18M (10,178,490) without BatchNorm's affine parameters" in readme
 
 

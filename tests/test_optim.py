@@ -12,6 +12,7 @@ from torch import nn
 
 import odearch
 from datapaths import REPO
+from doctext import doc_text
 from odearch.train import RunDir, TrainConfig, build_model, config_hash
 from odearch.train.optim import CenteredSGD, build_optimizer, lm_parameters
 
@@ -153,7 +154,7 @@ def test_decay_alone_over_the_160_epoch_recipe_matches_the_readme() -> None:
     optimizer follows the recurrence (checked here over 1000 steps; 62,560 torch steps would be slow)."""
     lrs = [0.1 * 0.1 ** ((e >= 80) + (e >= 120)) for e in range(160) for _ in range(391)]
     assert round(_decay_only(-0.05, 1.0, lrs), 2) == 0.96 and round(_decay_only(-0.05, 0.0, lrs), 3) == -0.002
-    readme = " ".join((ROOT / "README.md").read_text().split())
+    readme = doc_text()
     assert "-0.05 to about 0.96 with `kappa` and to about -0.002 with `k`" in readme
     for option, center in (("kappa", 1.0), ("k", 0.0)):
         model = nn.Sequential(odearch.Stage("lm", [nn.Identity()] * 2)).double()

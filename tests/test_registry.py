@@ -26,6 +26,8 @@ from odearch.nn import BasicBlock, Projection, Stage
 # must keep both (the list is `odearch models` before issue 17's restructuring).
 PINNED = {
     "ab2_resnet20": 272_378,
+    "dense_resnet110": 1_731_128,
+    "dense_resnet20": 272_393,
     "fractal_resnet20": 471_482,
     "lm_resnet1001": 10_328_452,
     "lm_resnet101": 44_549_189,

@@ -6,12 +6,12 @@ the observed order is log2(err(N) / err(2N)).
 
 import itertools
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from doctext import doc_text
 from odearch import Stage
 from odearch.schemes import AB2, EULER, HEUN, MIDPOINT, RK4, ButcherTableau, LinearMultistep, LMScheme, get_scheme
 from odearch.schemes.lm import lm_k_by_stage
@@ -218,7 +218,7 @@ def test_poly2_is_consistent_only_where_g_of_0_is_0() -> None:
         errs.append(abs(u - shifted))
         assert abs(u - true) > 0.3
     assert all(1.8 < e0 / e1 < 2.2 for e0, e1 in itertools.pairwise(errs)), errs  # first order
-    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    readme = doc_text()
     assert "poly2's first order needs g(0) = 0" in readme and "u' = cos u + 1" in readme
 
 

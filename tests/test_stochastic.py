@@ -342,7 +342,8 @@ def test_per_batch_training_step_of_an_sd_model() -> None:
     model(torch.randn(2, 3, 32, 32)).square().mean().backward()
     assert 0 < len(ran) < len(blocks)
     for b in blocks:
-        assert (b.conv1.weight.grad is not None) == (b in ran)
+        grad = b.conv1.weight.grad  # a skipped block gets zeros (every parameter has a gradient: DDP, timm)
+        assert grad is not None and bool(grad.any()) == (b in ran)
     model.eval()
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(model(x), model(x))

@@ -90,7 +90,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_models_parser(sub: Any) -> None:
     ls = sub.add_parser("models", help="registered models with parameter counts", allow_abbrev=False)
-    ls.add_argument("--markdown", action="store_true", help="a Markdown table (for the README)")
+    ls.add_argument("--markdown", action="store_true", help="a Markdown table (for docs/models.md)")
     ls.add_argument("--pattern", help="shell-style filter, e.g. 'lm_*'")
 
 

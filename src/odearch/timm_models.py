@@ -9,8 +9,10 @@ Every odearch model ``NAME`` is registered with timm as ``odearch_NAME`` (the pr
     python -m odearch.timm_models path/to/timm/train.py --model odearch_lm_resnet20 --num-classes 10 ...
 
 The entry points accept timm's factory arguments: ``pretrained``, ``num_classes`` (0: pooled features),
-``features_only`` / ``out_indices``, ``in_chans``, ``drop_path_rate``, ``device``, ``dtype``; ``pretrained_cfg``
-and ``pretrained_cfg_overlay`` update the model's ``pretrained_cfg``; ``drop_rate`` (classifier dropout) must be 0.
+``features_only`` / ``out_indices``, ``in_chans``, ``drop_path_rate``, ``drop_rate`` (classifier dropout),
+``global_pool`` (``"avg"`` or ``""``), ``device``, ``dtype``; ``pretrained_cfg`` and ``pretrained_cfg_overlay``
+update the model's ``pretrained_cfg``; ``drop_block_rate`` must be 0 and ``scriptable`` False (odearch models are
+not TorchScript-scriptable: trace, export or compile them).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .nn.cfg import data_cfg
 PREFIX = "odearch_"
 
 # timm's factory arguments that odearch models do not take: refused unless left at their "off" value
-_UNSUPPORTED_OFF = {"drop_rate": 0.0, "drop_block_rate": 0.0, "global_pool": "avg", "scriptable": False}
+_UNSUPPORTED_OFF = {"drop_block_rate": 0.0, "scriptable": False}
 _IGNORED = ("cache_dir", "exportable", "no_jit", "bn_momentum", "bn_eps")
 
 

@@ -105,6 +105,8 @@ def create_model(
     out_indices: Sequence[int] | None = None,
     in_chans: int | None = None,
     drop_path_rate: float | None = None,
+    drop_rate: float | None = None,
+    global_pool: str | None = None,
     allow_scheme_change: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
@@ -126,6 +128,9 @@ def create_model(
         drop_path_rate: timm's name for stochastic depth: the drop probability of the last block,
             p_last = 1 - drop_path_rate, decaying linearly from 0 at the first block (timm's rule, and the
             paper's). Giving ``p_last`` too is refused unless the two agree.
+        drop_rate: timm's classifier dropout: the probability of dropping a pooled feature in training (default 0).
+        global_pool: timm's pooling: ``"avg"`` (default) or ``""`` (none; needs ``num_classes=0``: the model then
+            returns the last stage's map through the head's norm and activation, (B, num_features, H, W)).
         allow_scheme_change: with ``pretrained``, load the weights although ``scheme=`` makes a network that
             integrates with another scheme than the one they were trained in (the same tensors, another function:
             e.g. euler-trained preact_resnet20 weights under rk2 lose most of their accuracy); refused without it.
@@ -147,9 +152,18 @@ def create_model(
     else:
         kwargs = {k: v for k, v in {"num_classes": None if pooled else num_classes, **kwargs}.items() if v is not None}
         model = fn(**kwargs)
-    if pooled:
-        model.reset_classifier(0)  # type: ignore[operator]
+    _set_head_options(model, pooled, global_pool, drop_rate)
     return _adapt(model, name, in_chans, features_only, out_indices)
+
+
+def _set_head_options(model: nn.Module, pooled: bool, global_pool: str | None, drop_rate: float | None) -> None:
+    """timm's head options: no classifier (``pooled``), ``global_pool`` ("avg" / ""), ``drop_rate``."""
+    if pooled or global_pool not in (None, "avg"):  # "" or a bad value with a classifier raises here
+        model.reset_classifier(0 if pooled else model.num_classes, global_pool)  # type: ignore[operator]
+    if drop_rate is not None:
+        if not 0.0 <= float(drop_rate) < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1) (dropout before the classifier), got {drop_rate}")
+        model.drop_rate = float(drop_rate)
 
 
 def _adapt(

@@ -93,8 +93,8 @@ class ImageNetResNet(TimmInterface, nn.Module):
 
     @property
     def stages(self) -> list[Stage]:
-        """layer1..layer4, as ``ResidualNetwork.stages``."""
-        return [getattr(self, name) for name in LAYER_NAMES]
+        """layer1..layer4, as ``ResidualNetwork.stages`` (those kept by ``prune_intermediate_layers``)."""
+        return [getattr(self, name) for name in LAYER_NAMES if isinstance(getattr(self, name), Stage)]
 
     def _stem(self, x: Tensor) -> Tensor:
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -111,9 +111,17 @@ class ImageNetResNet(TimmInterface, nn.Module):
     def _remove_head(self) -> None:
         self.fc = nn.Identity()
 
+    def _prune_stages(self, n: int) -> None:
+        for name in LAYER_NAMES[n:]:
+            setattr(self, name, nn.Identity())
+
+    def _group_patterns(self) -> tuple[str, str]:
+        return r"^(conv1|bn1)\.", r"^layer(\d+)"
+
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Pool and classify layer4's state; with ``pre_logits`` the pooled features (B, num_features)."""
-        x = self.avgpool(x).flatten(1)
+        """Pool and classify layer4's state; with ``pre_logits`` the pooled features (B, num_features)
+        (with ``global_pool=""`` the unpooled map)."""
+        x = self._head_dropout(self.avgpool(x).flatten(1) if self.global_pool else x)
         return x if pre_logits else self.fc(x)
 
 

@@ -1,5 +1,5 @@
-"""The registry as a table: what ``odearch models`` prints and README.md's model table, and the model keywords that
-the command line offers as flags (:data:`MODEL_OPTIONS`), each with the models that take it."""
+"""The registry as a table: what ``odearch models`` prints and the model table of docs/models.md, and the model
+keywords that the command line offers as flags (:data:`MODEL_OPTIONS`), each with the models that take it."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def model_table(pattern: str | None = None) -> list[dict[str, Any]]:
 
 
 def models_markdown(pattern: str | None = None) -> str:
-    """The model table as Markdown (README.md's model table is this text, checked by tests/test_readme.py)."""
+    """The model table as Markdown (docs/models.md's model table is this text, checked by tests/test_readme.py)."""
     lines = ["| model | params | classes | family | scheme |", "|---|--:|--:|---|---|"]
     for r in model_table(pattern):
         lines.append(f"| `{r['name']}` | {r['params']:,} | {r['classes']} | {r['family']} | {r['scheme']} |")

@@ -326,7 +326,9 @@ class _RevFunction(torch.autograd.Function):
         (out,) = ctx.saved_tensors
         grad_u, pgrads = ctx.run.backward(out.detach(), grad)
         ctx.run = None  # free the recorded states
-        return (None, grad_u if ctx.needs_input_grad[1] else None, *(pgrads.get(id(p)) for p in ctx.params))
+        # a block skipped by stochastic depth gets zeros, not None: every parameter has a gradient (DDP, timm)
+        zeros = torch.zeros_like
+        return (None, grad_u if ctx.needs_input_grad[1] else None, *(pgrads.get(id(p), zeros(p)) for p in ctx.params))
 
 
 def reversible_forward(stage: Stage, u: Tensor) -> Tensor:
@@ -337,6 +339,7 @@ def reversible_forward(stage: Stage, u: Tensor) -> Tensor:
     first = 0
     if stage.shortcut is not None:  # the transition step u_1 = P(u_0) + f_0(u_0): not invertible, stored
         u, first = stage._transition(u, fns[0], None if gates is None else gates[0], noisy)[:2]
+        u = stage._zero_grads_of_dropped(u, None if gates is None else gates[:1])
     if first == len(fns):
         return u
     run = _RevRun(stage, fns[first:], None if gates is None else gates[first:], noisy)

@@ -670,7 +670,19 @@ class Stage(nn.Module):
             fns = memory.recompute_fns(fns)
         gates, noisy = self._draw_stochastic(u)
         start = Start(u) if self.shortcut is None else self._transition(u, fns[0], _gate(gates, 0), noisy)
-        return self.runner.run(self, fns, start, gates, noisy)
+        u_n, history = self.runner.run(self, fns, start, gates, noisy)
+        return self._zero_grads_of_dropped(u_n, gates), history
+
+    def _zero_grads_of_dropped(self, u: Tensor, gates: list[StepGate] | None) -> Tensor:
+        """u, tied to the parameters of the blocks this pass skipped, so their gradient is zeros, not None.
+
+        Every parameter then gets a gradient on every step (timm's test of a model's backward; DDP without
+        ``find_unused_parameters``); the skipped blocks are still not evaluated.
+        """
+        if gates is None or not torch.is_grad_enabled() or self._plain_fns is not None:
+            return u
+        params = [p for g, m in zip(gates, self.blocks) for p in _dropped_params(g, m) if p.requires_grad]
+        return _ZeroGradTie.apply(u, *params) if params else u
 
     def _transition(self, u: Tensor, fn: StepFns, gate: Gate, noisy: bool) -> Start:
         """The plain step u_1 = P(u_0) + (eta_0 / p_0) f_0(u_0) (P(u_0) when dropped), history u_0 projected."""
@@ -726,6 +738,27 @@ class Stage(nn.Module):
         if self.noise_sigma is not None:
             out += f", noise_sigma={self.noise_sigma:g}"
         return out
+
+
+def _dropped_params(gate: StepGate, module: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the residual function(s) of one step that ``gate`` dropped (RevNet: per F / G)."""
+    if isinstance(gate, tuple):
+        parts = list(module) if isinstance(module, nn.ModuleList) else [module]
+        return [p for g, part in zip(gate, parts) if is_dropped(g) for p in part.parameters()]
+    return list(module.parameters()) if is_dropped(gate) else []
+
+
+class _ZeroGradTie(torch.autograd.Function):
+    """Identity on u whose backward also gives zero gradients to the tied parameters (no NaN from 0 * inf)."""
+
+    @staticmethod
+    def forward(ctx: Any, u: Tensor, *params: Tensor) -> Tensor:
+        ctx.shapes = [(p.shape, p.dtype, p.device) for p in params]
+        return u.clone()  # a fresh tensor: later in-place ops (ReLU(inplace=True)) stay legal
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, ...]:
+        return (grad, *(torch.zeros(s, dtype=d, device=dev) for s, d, dev in ctx.shapes))
 
 
 def lm_coefficients(model: nn.Module) -> dict[str, list[float] | list[list[float]]]:
