@@ -181,8 +181,8 @@ def _git(repo: Path, *args: str) -> None:
 
 
 @needs_cifar
-def test_prune_refuses_checkpoints_that_git_does_not_hold(tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_prune_refuses_checkpoints_that_git_does_not_hold(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """The README promises the deleted checkpoints stay in the repository history: without a commit of every one
     of them, unchanged, the prune is refused (``--force`` deletes them, saying which are lost)."""
     repo = tmp_path / "repo"
@@ -202,7 +202,8 @@ def test_prune_refuses_checkpoints_that_git_does_not_hold(tmp_path: Path,
     with pytest.raises(ShipError, match=r"does not hold 1 of its 4 checkpoint files unchanged \(checkpoints/gen-"):
         prune_checkpoints(run, reg)
     _git(repo, "checkout", "--", "runs")
-    assert main(ship(run, reg, "--prune-checkpoints")) == 0
+    monkeypatch.chdir(repo)  # the run named relative to the working directory, as `odearch ship results/...` does
+    assert main(ship(Path("runs/a"), reg, "--prune-checkpoints")) == 0
     assert "deleted 4 checkpoint files" in capsys.readouterr().out
     assert "not_in_git" not in json.loads((run / "shipped.json").read_text())
 

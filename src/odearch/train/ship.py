@@ -299,7 +299,7 @@ def _not_in_git(root: Path, files: list[Path]) -> list[Path]:
         top = os.path.realpath(_git(["rev-parse", "--show-toplevel"], root).decode().strip())
         rels = {f: Path(os.path.realpath(f)).relative_to(top).as_posix() for f in files}
         tree = _git(["ls-tree", "-r", "-z", "--full-tree", "HEAD", "--", *sorted(set(rels.values()))], Path(top))
-        hashes = _git(["hash-object", "--", *map(str, files)], root).decode().split()
+        hashes = _git(["hash-object", "--", *(os.path.realpath(f) for f in files)], Path(top)).decode().split()
     except (OSError, ValueError, subprocess.CalledProcessError):
         return list(files)
     blobs = {}
