@@ -25,7 +25,7 @@ LAYERS = (
     ("schemes", "data", "runfiles"),
     ("nn",),
     ("models",),
-    ("convert", "timm_models", "train", "analysis", "report", "arms"),
+    ("convert", "mesh", "timm_models", "train", "analysis", "report", "arms"),
     ("__init__",),  # the public facade, ``import odearch``
     ("cli",),
     ("__main__",),

@@ -12,6 +12,7 @@ import sys
 
 from . import schemes
 from .convert import from_lm, to_lm
+from .mesh import coarsen, refine
 from .models import create_model, list_models, list_pretrained, register_model
 from .nn import Stage, lm_coefficients, set_memory
 from .schemes import SCHEMES, ButcherTableau, LinearMultistep, get_scheme
@@ -28,12 +29,14 @@ __all__ = [
     "ButcherTableau",
     "LinearMultistep",
     "Stage",
+    "coarsen",
     "create_model",
     "from_lm",
     "get_scheme",
     "list_models",
     "list_pretrained",
     "lm_coefficients",
+    "refine",
     "register_model",
     "schemes",
     "set_memory",
