@@ -64,7 +64,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         kw: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata["help"]}
         if ann == "bool":
             kw["action"] = argparse.BooleanOptionalAction
-        elif f.name == "milestones":
+        elif f.name in ("milestones", "refine_at"):
             kw |= {"type": int, "nargs": "*", "metavar": "EPOCH"}
         else:
             kw |= {"type": types[ann], "metavar": f.name.upper()}
@@ -328,7 +328,8 @@ def _file_model(args: argparse.Namespace, ckpt: Path, meta: dict[str, Any]) -> d
     else:
         raise CheckpointError(f"{ckpt} has no odearch metadata (model name): give --model NAME (and --dataset), "
                               "or evaluate its run directory")  # fmt: skip
-    return {k: meta[k] for k in ("model", "num_classes", "dataset", "scheme", "model_kwargs") if k in meta}
+    return {k: meta[k] for k in ("model", "num_classes", "dataset", "scheme", "model_kwargs", "refine_factor")
+            if k in meta}  # fmt: skip
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -343,7 +344,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or (args.subset is not None and args.subset < 1):
         raise UsageError("--batch-size and --subset must be positive")
     device = resolve_device(args.device)
-    model = build_model(cfg)
+    model = build_model(cfg, int(meta.get("mesh_level", 0)))  # a multi-level run's weights: the refined model
     weights_into(model, tensors, meta, ckpt, cfg.model)
     generations.read_verified(ckpt)  # sha256 against the run's manifest (after the clearer model-mismatch check)
     model = model.to(device, memory_format=torch.channels_last)

@@ -78,6 +78,10 @@ class TrainConfig:
     milestones: tuple[int, ...] | None = _f(None, "step schedule: epochs where lr *= gamma (default: " + " / ".join(
         " ".join(map(str, d.milestones)) for d in DATASETS.values()) + ")")  # fmt: skip
     gamma: float = _f(0.1, "step schedule factor")
+    refine_at: tuple[int, ...] = _f((), "multi-level training: after each of these epochs, refine every stage's mesh "
+                                        "(odearch.refine: more, smaller steps; momentum carried over) before the next "
+                                        "epoch trains")  # fmt: skip
+    refine_factor: int = _f(2, "multi-level training: steps per old step at each --refine-at epoch")
     schedule: str = _f("step", "learning-rate schedule", choices=("step", "cosine"))
     warmup_epochs: float = _f(0.0, "linear warm-up length in epochs (per step)")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing")
@@ -128,6 +132,10 @@ class TrainConfig:
             if not isinstance(ms, (list, tuple)) or not all(isinstance(m, int) and not isinstance(m, bool) for m in ms):
                 raise ConfigError(f"milestones must be a list of epochs (integers), got {ms!r}")
             object.__setattr__(self, "milestones", tuple(ms))
+        ra = self.refine_at
+        if not isinstance(ra, (list, tuple)) or not all(isinstance(e, int) and not isinstance(e, bool) for e in ra):
+            raise ConfigError(f"refine_at must be a list of epochs (integers), got {ra!r}")
+        object.__setattr__(self, "refine_at", tuple(ra))
         if self.model_kwargs is None:  # an empty `model_kwargs:` in YAML
             object.__setattr__(self, "model_kwargs", {})
         if not isinstance(self.model_kwargs, dict):
@@ -186,12 +194,22 @@ class TrainConfig:
         if list(self.milestones) != sorted(self.milestones) or any(m < 1 for m in self.milestones):
             raise ConfigError(f"milestones (--milestones) must be increasing positive epochs, got "
                               f"{list(self.milestones)}")  # fmt: skip
+        self._check_refine()
         n = DATASETS[self.dataset].num_classes
         if self.dataset in FIXED_LABELS and self.num_classes != n:
             raise ConfigError(f"num_classes (--num-classes) must be {n} on {self.dataset} (its labels are "
                               f"0..{n - 1}), got {self.num_classes}")  # fmt: skip
         if not all(isinstance(k, str) and k.isidentifier() for k in self.model_kwargs):
             raise ConfigError(f"model_kwargs keys must be identifiers, got {list(self.model_kwargs)}")
+
+    def _check_refine(self) -> None:
+        """Refinement epochs strictly increasing inside the run (a refinement after the last epoch trains nothing)."""
+        ra = list(self.refine_at)
+        if ra and (ra != sorted(set(ra)) or ra[0] < 1 or ra[-1] >= self.epochs):
+            raise ConfigError(f"refine_at (--refine-at) must be strictly increasing epochs in 1..{self.epochs - 1} "
+                              f"(the model is refined after each, before the next trains), got {ra}")  # fmt: skip
+        if isinstance(self.refine_factor, bool) or self.refine_factor < 2:
+            raise ConfigError(f"refine_factor (--refine-factor) must be an integer >= 2, got {self.refine_factor!r}")
 
     def _check_numbers(self) -> None:
         """The optimisation numbers: finite, in range, and small enough for the optimizer's float32 arithmetic."""
@@ -238,6 +256,7 @@ class TrainConfig:
         """Plain-YAML-safe dict (tuples become lists)."""
         d = dataclasses.asdict(self)
         d["milestones"] = list(self.milestones or ())
+        d["refine_at"] = list(self.refine_at)
         return d
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -291,4 +310,7 @@ def config_hash(cfg: TrainConfig) -> str:
         del d["lm_weight_decay"]
     if d.get("lm_init") == "global":  # likewise the only LM init before paired init
         del d["lm_init"]
+    if not d.get("refine_at"):  # single-level runs (all runs before multi-level training) keep their hashes
+        d.pop("refine_at", None)
+        d.pop("refine_factor", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

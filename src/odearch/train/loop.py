@@ -58,11 +58,12 @@ from .distributed import (
 )
 from .epoch import NonFiniteLossError, batches_from, evaluate, train_one_epoch
 from .kforces import KFORCE_SUMS, KForces
+from .multilevel import carry_momentum, mesh_level, refined_model
 from .numerics import configure_numerics, cpu_has_native_bf16, resolve_device
 from .provenance import provenance
 from .rundir import RunDir, RunExistsError, default_out
 from .signals import StopSignals
-from .state import RunControl, TrainState, build_state, save_checkpoint
+from .state import RunControl, TrainState, build_state, make_optimizer, save_checkpoint, wrap_model
 from .tensorboard import TensorBoard
 
 __all__ = ["INITIAL_K_FILE", "fit", "write_initial_k"]
@@ -125,6 +126,8 @@ def _train(s: TrainState, resume: bool, overwrite: bool) -> dict[str, Any]:
     _start(s)
     stopped = False
     for epoch in range(s.prog.epoch, s.cfg.epochs):
+        if s.prog.batch == 0 and epoch in s.cfg.refine_at:
+            _refine(s, epoch)
         out = _train_epoch(s, epoch)
         if out["stopped"]:  # --max-minutes or a signal hit mid-epoch: save the partial epoch exactly and stop
             _save_partial_epoch(s, out)
@@ -142,6 +145,19 @@ def _train(s: TrainState, resume: bool, overwrite: bool) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- the epoch's steps
+def _refine(s: TrainState, epoch: int) -> None:
+    """Multi-level training, after epoch ``epoch``: the model refined (:mod:`odearch.train.multilevel`), the
+    optimizer rebuilt over it with the momentum buffers carried through the parameter map, the wrappers renewed."""
+    raw, maps = refined_model(s.raw, s.cfg.refine_factor)
+    optimizer = make_optimizer(raw, s.cfg)
+    carry_momentum(s.optimizer.state, optimizer.state, maps)
+    s.raw, s.optimizer, s.train_step.optimizer = raw, optimizer, optimizer
+    s.model, s.eval_model = wrap_model(raw, s.cfg, s.env, s.device)
+    level = mesh_level(s.cfg, epoch, 1)
+    log(s.env, f"odearch: refined by {s.cfg.refine_factor} after epoch {epoch} (mesh level {level}): "
+               f"{sum(p.numel() for p in raw.parameters()) / 1e6:.3f}M params")  # fmt: skip
+
+
 def _train_epoch(s: TrainState, epoch: int) -> dict[str, Any]:
     """Trains epoch ``epoch`` from the batch where the run stands (its sums continued); returns ``train_one_epoch``'s
     dict with ``totals`` (loss sum, correct, n over all ranks, on the CPU), ``seconds`` and ``stopped`` (ended before
@@ -201,8 +217,16 @@ def _evaluate_row(s: TrainState, epoch: int, out: dict[str, Any]) -> dict[str, A
     prov = s.prov
     return row | {"lr": s.lr(s.prog.step - 1), "seconds": seconds, "images_per_s": totals[2].item() / seconds,
                   "lm_k": lm_coefficients(s.raw), **out["lm_forces"], "amp_dtype": s.prog.amp_dtype,
+                  **_mesh_row(s, epoch),
                   "git_commit": prov["git_commit"], "git_dirty": prov["git_dirty"],
                   "device_name": prov["device_name"]}  # fmt: skip
+
+
+def _mesh_row(s: TrainState, epoch: int) -> dict[str, Any]:
+    """A multi-level run's row records the mesh level the epoch trained at and the parameter count (else nothing)."""
+    if not s.cfg.refine_at:
+        return {}
+    return {"mesh_level": mesh_level(s.cfg, epoch, 1), "params": sum(p.numel() for p in s.raw.parameters())}
 
 
 def _end_epoch(s: TrainState, row: dict[str, Any]) -> None:
@@ -350,6 +374,7 @@ def _summarise(s: TrainState, stopped: bool, reason: str | None = None) -> dict[
         "command": s.ctl.command or "odearch.train.fit (Python API)",
         "model": cfg.model, "dataset": cfg.dataset, "num_classes": cfg.num_classes, "model_kwargs": cfg.model_kwargs,
         "weight_decay": cfg.weight_decay, "lm_weight_decay": cfg.lm_weight_decay,
+        **({"refine_at": list(cfg.refine_at), "refine_factor": cfg.refine_factor} if cfg.refine_at else {}),
         "params": sum(p.numel() for p in s.raw.parameters()), "amp": cfg.amp, "amp_dtype": prog.amp_dtype,
         "seed": cfg.seed, "epochs": cfg.epochs, "epochs_done": prog.epoch, "step": prog.step,
         "final_test_acc": last.get("test_acc"),

@@ -329,6 +329,10 @@ def _finished_run(run: RunDir, any_recipe: bool) -> tuple[dict[str, Any], TrainC
                         f"epochs in metrics.jsonl; resume it with `odearch train --resume {run.root}`")  # fmt: skip
     if cfg.dataset not in ("cifar10", "cifar100"):
         raise ShipError(f"{run.root}: only CIFAR runs ship (this one is {cfg.dataset})")
+    if cfg.refine_at:
+        raise ShipError(f"{run.root} is a multi-level run (refined after epochs {list(cfg.refine_at)}): its weights "
+                        f"are not {cfg.model}'s shape, and the registry names weights by the model they load into; "
+                        "evaluate it with `odearch eval RUN`")  # fmt: skip
     problems = _recipe_problems(cfg)
     if problems and not any_recipe:
         raise ShipError(f"{run.root} is not the paper's full recipe: {'; '.join(problems)}")

@@ -35,6 +35,7 @@ from .checkpoint import (
 from .config import ConfigError, TrainConfig, config_hash
 from .distributed import DistEnv, barrier, convert_sync_batchnorm
 from .epoch import NonFiniteLossError, TrainStep
+from .multilevel import mesh_level, refine_times
 from .numerics import DTYPE_NAMES, amp_dtype, autocast, dtype_from_name, dtype_name, seed_everything
 from .optim import build_optimizer
 from .rundir import RunDir
@@ -50,8 +51,10 @@ __all__ = [
     "build_model",
     "build_state",
     "checkpoint_metadata",
+    "make_optimizer",
     "restore_checkpoint",
     "save_checkpoint",
+    "wrap_model",
 ]
 
 
@@ -137,12 +140,12 @@ def build_state(cfg: TrainConfig, run: RunDir, env: DistEnv, device: torch.devic
     checkpoint on ``resume``), the DDP and compile wrappers, and the step rule. The order is the RNG's: model
     initialisation draws from the seeded global RNG first; a resume restores the RNG states before the first step."""
     seed_everything(cfg.seed)
-    raw = build_model(cfg).to(device, memory_format=torch.channels_last if cfg.channels_last else None)
+    level = _saved_mesh_level(run, cfg) if resume else 0
+    raw = build_model(cfg, level).to(device, memory_format=torch.channels_last if cfg.channels_last else None)
     data = build_data(cfg, device, env)
     if env.enabled and cfg.sync_bn:
         raw = convert_sync_batchnorm(raw, device)
-    optimizer = build_optimizer(raw, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                weight_decay=cfg.weight_decay, lm_weight_decay=cfg.lm_weight_decay)  # fmt: skip
+    optimizer = make_optimizer(raw, cfg)
     amp = amp_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     prog, rng, saved_row = Progress(), None, None
@@ -151,12 +154,7 @@ def build_state(cfg: TrainConfig, run: RunDir, env: DistEnv, device: torch.devic
         if prog.amp_dtype is not None:  # keep the precision the run started in (auto may resolve otherwise now)
             amp = dtype_from_name(prog.amp_dtype)
     prog.amp_dtype = dtype_name(amp)
-    model: nn.Module = raw
-    if env.enabled:
-        model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
-    eval_model = raw
-    if cfg.compile:
-        model, eval_model = torch.compile(model), torch.compile(raw)
+    model, eval_model = wrap_model(raw, cfg, env, device)
     step = TrainStep(optimizer, lr_schedule(cfg, len(data.train)), lambda: autocast(device, amp), scaler,
                      cfg.label_smoothing)  # fmt: skip
     select = "val" if cfg.select_on == "val" or (cfg.select_on == "auto" and cfg.val_split) else "test"
@@ -164,12 +162,39 @@ def build_state(cfg: TrainConfig, run: RunDir, env: DistEnv, device: torch.devic
                       select, rng, saved_row)  # fmt: skip
 
 
-def build_model(cfg: TrainConfig) -> nn.Module:
-    """``create_model`` from the config; options the constructor rejects become a ConfigError naming them."""
+def make_optimizer(raw: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The run's SGD over the bare model's parameters (:func:`odearch.train.optim.build_optimizer`)."""
+    return build_optimizer(raw, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay, lm_weight_decay=cfg.lm_weight_decay)  # fmt: skip
+
+
+def wrap_model(raw: nn.Module, cfg: TrainConfig, env: DistEnv, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """(the model that trains: ``raw``, DDP-wrapped when distributed, compiled with ``compile``; the model that
+    evaluates: ``raw``, compiled or not)."""
+    model: nn.Module = raw
+    if env.enabled:
+        model = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        return torch.compile(model), torch.compile(raw)
+    return model, raw
+
+
+def _saved_mesh_level(run: RunDir, cfg: TrainConfig) -> int:
+    """The mesh level of the checkpoint a multi-level run resumes from (0 for a single-level run)."""
+    if not cfg.refine_at or not run.last_state.is_file():
+        return 0
+    state = load_state(run.last_state)
+    return mesh_level(cfg, int(state.get("epoch", 0)), int(state.get("batch", 0)))
+
+
+def build_model(cfg: TrainConfig, level: int = 0) -> nn.Module:
+    """``create_model`` from the config, refined ``level`` times by ``cfg.refine_factor`` (multi-level
+    training); options the constructor rejects become a ConfigError naming them."""
     kwargs = {"scheme": cfg.scheme, **cfg.model_kwargs}
     try:
         with lm_k_draw(cfg.lm_init):
-            model = create_model(cfg.model, num_classes=cfg.num_classes, **kwargs)
+            model = refine_times(create_model(cfg.model, num_classes=cfg.num_classes, **kwargs), cfg.refine_factor,
+                                 level)  # fmt: skip
         return model if cfg.memory == "auto" else set_memory(model, cfg.memory)
     except (TypeError, ValueError) as e:
         given = {k: v for k, v in kwargs.items() if v is not None}
@@ -194,9 +219,12 @@ def build_data(cfg: TrainConfig, device: torch.device, env: DistEnv) -> Splits:
 # -------------------------------------------------------------------------------------------------- checkpoint
 def checkpoint_metadata(cfg: TrainConfig, progress: Progress) -> dict[str, Any]:
     """The safetensors metadata of a run's weights (what ``odearch eval`` rebuilds the model from)."""
-    return {"model": cfg.model, "num_classes": cfg.num_classes, "dataset": cfg.dataset, "scheme": cfg.scheme,
+    meta = {"model": cfg.model, "num_classes": cfg.num_classes, "dataset": cfg.dataset, "scheme": cfg.scheme,
             "model_kwargs": cfg.model_kwargs, "step": progress.step, "epoch": progress.epoch,
             "config_hash": config_hash(cfg), "format": "odearch/1"}  # fmt: skip
+    if cfg.refine_at:  # a multi-level run: the model is cfg.model refined this many times
+        meta |= {"mesh_level": mesh_level(cfg, progress.epoch, progress.batch), "refine_factor": cfg.refine_factor}
+    return meta
 
 
 def save_checkpoint(run: RunDir, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
