@@ -9,6 +9,8 @@
   unaugmented images give other statistics, 12.5 % instead of 9.0 % for the unchanged shipped LM-ResNet-20), beside
   the unchanged net with and without the same recalibration: how much the trained net relies on its LM coupling.
 - :func:`precision_eval`: test error in float32 and under bf16 autocast, so that fp32- and bf16-trained runs compare.
+- :func:`mesh_sweep`: test error of the net refined and coarsened in depth (:mod:`odearch.mesh`), before any
+  fine-tuning, with and without BatchNorm recalibration (issue 34).
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from torch import nn
 
 from ..data.cifar import dataset_info
 from ..data.loader import CifarLoader
-from ..nn import lm_coefficients
+from ..mesh import coarsen, mesh_steps, refine
+from ..nn import Stage, lm_coefficients
 from ..train.optim import LM_WEIGHT_DECAY, lm_parameters
 
-__all__ = ["evaluate_error", "force_balance", "k_ablation", "precision_eval", "recalibrate_bn"]
+__all__ = ["calibration_images", "evaluate_error", "force_balance", "k_ablation", "mesh_sweep", "precision_eval",
+           "recalibrate_bn"]
 
 
 def _loader(images: torch.Tensor, labels: torch.Tensor, dataset: str, *, train: bool, batch_size: int,
@@ -93,16 +97,58 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor) -> None:
     model.eval()
 
 
+def calibration_images(train: tuple[torch.Tensor, torch.Tensor], dataset: str, calib: int) -> torch.Tensor:
+    """The first ``calib`` training images, normalised, randomly cropped and flipped as in training (seed 0): what
+    :func:`recalibrate_bn` re-estimates BatchNorm statistics on."""
+    info = dataset_info(dataset)
+    images, labels = train[0][:calib], train[1][:calib]
+    loader = CifarLoader(
+        images, labels, 500, train=True, mean=info["mean"], std=info["std"], shuffle=False, drop_last=False
+    )
+    loader.set_epoch(0)
+    return torch.cat([x for x, _ in loader])
+
+
+def mesh_sweep(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    *,
+    dataset: str,
+    factors: tuple[int, ...] = (2, 4, 8),
+    calib: int = 2000,
+) -> list[dict[str, Any]]:
+    """Test error (%) of a trained net at other depth meshes, before any fine-tuning (issue 34): the net itself,
+    :func:`odearch.refine` by each of ``factors``, and :func:`odearch.coarsen` by every factor that divides
+    each stage's mesh; each as it comes and with BatchNorm recalibrated on ``calib`` augmented training images.
+    One row per mesh: ``kind``, ``factor``, ``steps_per_stage``, ``params``, ``error``, ``error_recalibrated``."""
+    meshes = [mesh_steps(m) for m in model.modules() if isinstance(m, Stage)]
+    divisors = [f for f in range(2, max(meshes) + 1) if all(n % f == 0 for n in meshes)]
+    nets = [("trained", 1, model)] + [("refine", f, refine(model, f)) for f in factors]
+    nets += [("coarsen", f, coarsen(model, f)) for f in divisors]
+    calib_x = calibration_images(train, dataset, calib)
+    test_batches = list(_loader(*test, dataset, train=False, batch_size=1000))
+    rows = []
+    for kind, factor, net in nets:
+        net = net.to(memory_format=torch.channels_last).eval()
+        row = {
+            "kind": kind,
+            "factor": factor,
+            "params": sum(p.numel() for p in net.parameters()),
+            "steps_per_stage": [len(m) for m in net.modules() if isinstance(m, Stage)],
+            "error": evaluate_error(net, test_batches),
+        }
+        recalibrate_bn(net, calib_x)
+        rows.append(row | {"error_recalibrated": evaluate_error(net, test_batches), "calib_images": calib})
+    return rows
+
+
 def k_ablation(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
                *, dataset: str, calib: int = 2000) -> dict[str, Any]:  # fmt: skip
     """Test error (%) of the trained net; recalibrated (BatchNorm on the first ``calib`` training images, randomly
     cropped and flipped as in training, seed 0); and with each k_n, then all of them, set to 0 and recalibrated.
     Keys: ``trained``, ``recalibrated``, ``k_zero`` (per stage and block), ``all_zero``."""
-    info = dataset_info(dataset)
-    calib_loader = CifarLoader(train[0][:calib], train[1][:calib], 500, train=True, mean=info["mean"],
-                               std=info["std"], shuffle=False, drop_last=False)  # fmt: skip
-    calib_loader.set_epoch(0)
-    calib_x = torch.cat([x for x, _ in calib_loader])
+    calib_x = calibration_images(train, dataset, calib)
     test_batches = list(_loader(*test, dataset, train=False, batch_size=1000))
 
     def error_with(zero: list[tuple[nn.Parameter, int]] | None) -> float:
