@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from odearch.nn.stage import _LMVelocity
+from odearch.nn.lm_combine import LMVelocity
 from odearch.train.provenance import provenance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,7 +54,7 @@ def chain(kind: str, u: Tensor, cs: list[Tensor], ks: list[Tensor]) -> Tensor:
     v = u * cs[0]
     u = u + v
     for c, k in zip(cs[1:], ks):
-        v = _LMVelocity.apply(u * c, v, k)
+        v = LMVelocity.apply(u * c, v, k)
         u = u + v
     return u
 

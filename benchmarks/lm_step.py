@@ -84,7 +84,8 @@ class _OldLMCombine(torch.autograd.Function):
 
     ``k`` keeps its own dtype (the float32 parameter under autocast); the update runs in the states' dtype.
     Backward: du = g (1 - k), du_prev = g k, dr = g, dk = sum g (u_prev - u) accumulated in float32 or better and
-    returned in k's dtype (:func:`_lm_dk`). Autograd through ``lerp`` would reduce dk with a ``sum`` over a
+    returned in k's dtype (:func:`odearch.nn.lm_combine.lm_dk`). Autograd through ``lerp`` would reduce dk with a
+    ``sum`` over a
     channels_last tensor (4.4 ms per call on a 2-core CPU at 128x16x32x32) and in the states' dtype; a bf16
     ``torch.dot`` is both slow on CPU (2.4 ms per call) and inexact (each dot rounded before the subtraction).
     """
@@ -122,7 +123,7 @@ def _old_lm_run(
         first = 1
     assert u_prev is not None
     for m in range(first, len(fns)):
-        k = self.coefficient(stage, m)
+        k = self.coefficients(stage)[m - 1]
         g = stage_mod._gate(gates, m)
         r = None if stage_mod.is_dropped(g) else stage_mod._scaled(fns[m](u), g)  # type: ignore[operator]
         u_prev, u = u, stage._end(_OldLMCombine.apply(u, u_prev, k, r), noisy)

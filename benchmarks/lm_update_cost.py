@@ -11,7 +11,7 @@ and dtypes of every LM step of one forward pass of the model (batch ``--batch-si
 
 - forward: ``v' = addcmul(r, v, k, value=-1)`` and ``u' = u + v'`` in place of the plain ``u' = u + r``;
 - backward: the gradient accumulation of v' (it feeds u' and the next step: ``gu' + gv'``), ``dv = -k t`` and
-  ``dk = -<t, v>`` (:func:`odearch.nn.stage._lm_dk`); the plain twin's backward of ``u + r`` makes no pass.
+  ``dk = -<t, v>`` (:func:`odearch.nn.lm_combine.lm_dk`); the plain twin's backward of ``u + r`` makes no pass.
 
 It then sets them against three floors, in memory passes over the state beyond the plain step (now: 10, forward
 ``addcmul`` 3, backward gradient sum 3, -k t 2, dk 2), each priced at this machine's cost of one pass (a third of
@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from odearch.nn import stage as stage_mod
+from odearch.nn import lm_combine
 from odearch.train import TrainConfig, TrainStep, build_model, train_one_epoch
 from odearch.train.allocator import keep_freed_memory
 from odearch.train.numerics import amp_dtype, configure_numerics
@@ -66,7 +66,7 @@ BOUNDS = {"eager_best": 8, "step_kernels": 7, "stage_kernels": 4}  # extra memor
 @contextlib.contextmanager
 def recorded_lm_steps(out: list[tuple[torch.Size, torch.dtype]]) -> Iterator[None]:
     """Appends (state shape, state dtype) of every LM velocity step run inside the block."""
-    velocity = stage_mod._LMVelocity
+    velocity = lm_combine.LMVelocity
     apply = velocity.apply
 
     def recording(r: Tensor | None, v: Tensor, k: Tensor) -> Tensor:
@@ -113,7 +113,7 @@ def op_costs(steps: list[tuple[torch.Size, torch.dtype]], reps: int) -> dict[str
         "fwd_add": each(lambda u, r, v, g, kc: u + v),
         "bwd_grad_sum": each(lambda u, r, v, g, kc: g + r),
         "bwd_dv": each(lambda u, r, v, g, kc: torch.mul(g, kc.neg())),
-        "bwd_dk": each(lambda u, r, v, g, kc: stage_mod._lm_dk(g, v, k, torch.float32)),
+        "bwd_dk": each(lambda u, r, v, g, kc: lm_combine.lm_dk(g, v, k, torch.float32)),
         "copy": each(lambda u, r, v, g, kc: u.clone()),
     }
     return interleaved_ms(costs, reps)

@@ -136,7 +136,7 @@ def _to_memcnn(model: Any) -> None:
                 for f, g in fns[first:]
             )  # fmt: skip
 
-        def forward_with_history(self, u: Any, u_prev: Any = None) -> tuple[Any, None]:
+        def forward_with_history(self, u: Any) -> tuple[Any, None]:
             if self.shortcut is not None:
                 u = self.shortcut(u) + self.f0(u)
             for m in self.revs:

@@ -46,12 +46,10 @@ def test_history_shortcut_projects_the_one_step_back_state() -> None:
     p, q = (lambda u: 2.0 * u), (lambda u: -3.0 * u)
     f0, f1 = _f(0.3), _f(0.1)
     stage = Stage(LMScheme(fixed_k=-0.5), [f0, f1], shortcut=p, history_shortcut=q)
-    u0, u_prev = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    u0 = torch.randn(3, dtype=torch.float64)
     u1 = p(u0) + f0(u0)
-    expected = 1.5 * u1 - 0.5 * q(u0) + f1(u1)
-    for given in (u_prev, None):
-        out, _ = stage.forward_with_history(u0, given)
-        assert torch.allclose(out, expected, atol=1e-15)
+    out, _ = stage.forward_with_history(u0)
+    assert torch.allclose(out, 1.5 * u1 - 0.5 * q(u0) + f1(u1), atol=1e-15)
 
 
 def test_post_activation_follows_each_update() -> None:
@@ -123,7 +121,7 @@ def test_transition_stage_with_modules() -> None:
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_lm_velocity_backward_matches_autograd_of_the_formula(k_shape: tuple, channels_last: bool) -> None:
     """The hand-written LM backward (t, -k t, -<t, v>) is the derivative of the velocity update r - k v."""
-    from odearch.nn.stage import _LMVelocity
+    from odearch.nn.lm_combine import LMVelocity
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     gen = torch.Generator().manual_seed(0)
@@ -134,10 +132,10 @@ def test_lm_velocity_backward_matches_autograd_of_the_formula(k_shape: tuple, ch
 
     r, v = leaf(2, 6, 3, 3), leaf(2, 6, 3, 3)
     k = leaf(*k_shape) if k_shape else torch.randn((), generator=gen, dtype=torch.float64).requires_grad_()
-    assert torch.autograd.gradcheck(_LMVelocity.apply, (r, v, k))
-    assert torch.autograd.gradcheck(lambda a, b: _LMVelocity.apply(None, a, b), (v, k))
+    assert torch.autograd.gradcheck(LMVelocity.apply, (r, v, k))
+    assert torch.autograd.gradcheck(lambda a, b: LMVelocity.apply(None, a, b), (v, k))
     g = torch.randn(2, 6, 3, 3, generator=gen, dtype=torch.float64).contiguous(memory_format=fmt)
-    ours = torch.autograd.grad(_LMVelocity.apply(r, v, k), (r, v, k), g)
+    ours = torch.autograd.grad(LMVelocity.apply(r, v, k), (r, v, k), g)
     ref = torch.autograd.grad(r - k * v, (r, v, k), g)
     for a, b in zip(ours, ref):
         assert torch.allclose(a, b, atol=1e-12)
@@ -176,6 +174,47 @@ def test_lm_velocity_form_is_the_two_state_update(transition: str, post_act: boo
         assert torch.allclose(a, b, atol=1e-10)
 
 
+@pytest.mark.parametrize(
+    "case",
+    ["plain", "transition P", "transition P and Q", "post-act", "noise", "stochastic depth", "per channel",
+     "first step dropped"],
+)  # fmt: skip
+def test_the_fused_lm_path_agrees_with_the_reference_update(case: str) -> None:
+    """LMRunner.run (velocity form, odearch.nn.lm_combine) against LMRunner.run_reference (the paper's update as
+    written): float64 outputs, history and every gradient, dk included, to 1e-12, with the same random draws."""
+    from odearch.nn.stage import LMRunner
+
+    torch.manual_seed(0)
+    transition = case.startswith("transition")
+    c_in, c = (4, 6) if transition else (6, 6)
+    blocks = [nn.Sequential(nn.Tanh(), nn.Conv2d(c_in if i == 0 else c, c, 3, padding=1)) for i in range(4)]
+    kwargs: dict = {"shortcut": nn.Conv2d(c_in, c, 1)} if transition else {}
+    if case == "transition P and Q":
+        kwargs["history_shortcut"] = nn.Conv2d(c_in, c, 1)
+    kwargs |= {"post-act": {"post_act": nn.Tanh()}, "noise": {"noise_sigma": 0.1},
+               "stochastic depth": {"survival": (0.9, 0.5, 0.7, 0.5)}, "per channel": {"channels": c},
+               "first step dropped": {"survival": (0.5, 1.0, 1.0, 1.0)}}.get(case, {})  # fmt: skip
+    scheme = LMScheme(name="lm_channel", per_channel=True) if case == "per channel" else "lm"
+    stage = Stage(scheme, blocks, **kwargs).double()
+    with torch.no_grad():
+        stage.lm_k.uniform_(-0.6, 0.4)
+    x = torch.randn(2, c_in, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, c, 5, 5, dtype=torch.float64)
+
+    def run(fused: bool, seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(seed)  # the same stochastic-depth and noise draws on both paths
+        old, LMRunner.fused = LMRunner.fused, fused
+        try:
+            out, hist = stage(x, return_history=True)
+        finally:
+            LMRunner.fused = old
+        return [out, hist, *torch.autograd.grad((out * w).sum() + hist.sum(), [x, *stage.parameters()])]
+
+    for seed in range(3 if case in ("stochastic depth", "first step dropped", "noise") else 1):
+        for a, b in zip(run(True, seed), run(False, seed), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
 def test_lm_network_gradients_match_the_formula_in_channels_last() -> None:
     """A whole LM stage of real blocks: the k_n gradient equals that of the update written out with autograd."""
     torch.manual_seed(0)
@@ -210,7 +249,7 @@ def test_per_channel_init_is_ours_or_the_official_mresnetc() -> None:
 def test_lm_velocity_dk_sums_bf16_terms_without_bf16_accumulation(k_dtype: torch.dtype) -> None:
     """dk = -<t, v> over 4096 bf16 terms: a bf16 running sum stalls at 256 (256 + 1 rounds back to 256); ours is
     within 2^-8 sum |t v| of the exact sum of the products (the bound of their own bf16 rounding), in k's dtype."""
-    from odearch.nn.stage import _LMVelocity
+    from odearch.nn.lm_combine import LMVelocity
 
     v = torch.ones(2, 8, 16, 16, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
     t = torch.ones_like(v)
@@ -218,7 +257,7 @@ def test_lm_velocity_dk_sums_bf16_terms_without_bf16_accumulation(k_dtype: torch
     assert v.numel() == 4096
     terms = -(t.double() * v.double())
     k = torch.tensor(-0.05, dtype=k_dtype, requires_grad=True)
-    (dk,) = torch.autograd.grad(_LMVelocity.apply(None, v.requires_grad_(), k), (k,), t)
+    (dk,) = torch.autograd.grad(LMVelocity.apply(None, v.requires_grad_(), k), (k,), t)
     assert dk.dtype == k_dtype
     bound = 2**-8 * terms.abs().sum() + (abs(terms.sum()) * 2**-8 if k_dtype == torch.bfloat16 else 0)
     assert abs(dk.double() - terms.sum()) <= bound, (dk.item(), terms.sum().item())
@@ -230,7 +269,7 @@ def test_lm_velocity_dk_bf16_matches_float64(k_shape: tuple) -> None:
     """Random bf16 states (channels_last, as under CPU autocast): dk agrees with a float64 reduction of the same
     values to float32 accuracy of the accumulation (bf16 rounding of each product only), and comes back in k's
     float32, not rounded to bf16."""
-    from odearch.nn.stage import _LMVelocity
+    from odearch.nn.lm_combine import LMVelocity
 
     gen = torch.Generator().manual_seed(0)
 
@@ -240,7 +279,7 @@ def test_lm_velocity_dk_bf16_matches_float64(k_shape: tuple) -> None:
 
     v, r, t = bf(16, 8, 16, 16), bf(16, 8, 16, 16), bf(16, 8, 16, 16)
     k = torch.full(k_shape, -0.05, requires_grad=True)
-    dk = torch.autograd.grad(_LMVelocity.apply(r, v.requires_grad_(), k), (k,), t)[0]
+    dk = torch.autograd.grad(LMVelocity.apply(r, v.requires_grad_(), k), (k,), t)[0]
     terms = -(t.double() * v.double())
     ref = terms.sum_to_size(k_shape) if k_shape else terms.sum()
     scale = terms.abs().sum_to_size(k_shape) if k_shape else terms.abs().sum()

@@ -86,10 +86,10 @@ class TimmInterface:
     # ------------------------------------------------------------------------------------------------ features
     def stage_outputs(self, x: Tensor, last_only: bool = False) -> list[Tensor]:
         """The state after each stage, [u^(1), ..., u^(S)], each (B, C_s, H_s, W_s); with ``last_only`` just
-        [u^(S)] (the intermediate states are not kept). Each stage hands its history u_{N-1} to the next."""
-        u, u_prev, outs = self._stem(x), None, []  # type: ignore[attr-defined]
+        [u^(S)] (the intermediate states are not kept)."""
+        u, outs = self._stem(x), []  # type: ignore[attr-defined]
         for stage in self.stages:  # type: ignore[attr-defined]
-            u, u_prev = stage(u, u_prev, return_history=True)
+            u = stage(u)
             if not last_only:
                 outs.append(u)
         return outs if not last_only else [u]
@@ -182,9 +182,9 @@ class TimmInterface:
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         take, last = self._take_indices(indices)
         stages = list(self.stages)  # type: ignore[attr-defined]
-        u, u_prev, intermediates = self._stem(x), None, []  # type: ignore[attr-defined]
+        u, intermediates = self._stem(x), []  # type: ignore[attr-defined]
         for i, stage in enumerate(stages[: last + 1] if stop_early else stages):
-            u, u_prev = stage(u, u_prev, return_history=True)
+            u = stage(u)
             if i in take:
                 intermediates.append(u)
         return intermediates if intermediates_only else (u, intermediates)
@@ -288,7 +288,7 @@ class ResidualNetwork(TimmInterface, nn.Module):
     """x -> stem -> Stage_1 -> ... -> Stage_S -> head -> logits.
 
     Each stage restarts the LM history at its transition from its own input u_0 (P(u_0), or Q(u_0) with a
-    ``history_shortcut``); the u_{N-1} handed along by ``forward_with_history`` is not read.
+    ``history_shortcut``), so no state passes between stages but u.
 
     Args:
         stem: the layers before the first stage.

@@ -78,6 +78,7 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from ..schemes import ButcherTableau, LinearMultistep, LMScheme, PolyScheme, RevScheme, Scheme, get_scheme
 from ..schemes.lm import lm_k_by_stage
 from .drop import Gate, add_noise, batch_gate, batch_gate_tensor, check_drop_mode, check_survival, sample_gate
+from .lm_combine import LMVelocity
 from .stochastic import check_noise_sigma
 
 ResidualFn = Callable[[Tensor], Tensor]
@@ -144,72 +145,6 @@ def _gate(gates: list[StepGate] | None, n: int) -> Any:
 def _scaled(f: Tensor | None, gate: Gate) -> Tensor | None:
     """The realised residual gate * f (None for a dropped block)."""
     return f if gate is None or f is None else f * gate
-
-
-def _flat(t: Tensor) -> Tensor | None:
-    """A 1-D view of a dense tensor in its memory order (row-major or channels_last), or None (one view op)."""
-    if t.is_contiguous():
-        return t.view(-1)
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
-        return t.as_strided((t.numel(),), (1,))  # dense from its storage offset on: its elements in memory order
-    return None
-
-
-def _lm_dk(t: Tensor, v: Tensor, k: Tensor, dtype: torch.dtype) -> Tensor:
-    """dk = -sum of t v over the dimensions k broadcasts along, in k's shape and in ``dtype`` (k's own dtype: the
-    float32 parameter, also where ``k`` is its autocast copy; t: the gradient of v_{n+1} = r - k v_n, v: the
-    velocity v_n).
-
-    Accumulated in float32 or better. float32 / float64 states: one BLAS dot <t, v>. bfloat16 / float16 states
-    (autocast): the products t v in their dtype, summed per sample (torch accumulates a reduced-precision sum in
-    float32 and rounds it once), the per-sample sums added in float32; each rounding is at most 2^-9 of a sum of
-    |t v| terms, as the rounding of the products themselves, so dk stays within 2^-8 sum |t v| of the exact sum
-    of the products. ``sum(dtype=float32)`` would first copy its whole input to float32 (an extra pass); a bf16
-    ``torch.dot`` is slow on CPU and rounds the whole sum to bf16. The velocity is the tensor the forward pass
-    multiplied by k: no difference of two nearly equal states is formed. Under ``torch.compile`` the same sum is
-    written functionally: inductor fuses it.
-    """
-    acc = torch.promote_types(t.dtype, torch.float32)
-    compiling = torch.compiler.is_compiling()
-    if k.dim() == 0 and not compiling and t.stride() == v.stride():
-        ft, fv = _flat(t), _flat(v)  # 1-D: summing a channels_last tensor over all four dims is 4x slower
-        if ft is not None and fv is not None:
-            if t.dtype == acc:
-                return torch.dot(ft, fv).neg_().to(dtype)
-            rows = t.shape[0] if t.dim() > 1 else 1
-            return torch.mul(ft, fv).view(rows, -1).sum(1).sum(dtype=acc).neg_().to(dtype)
-    lead = t.dim() - k.dim()
-    dims = [i for i in range(t.dim()) if i < lead or k.shape[i - lead] == 1]
-    prod = (t * v).sum(dims, dtype=acc)
-    return (prod.neg() if compiling else prod.neg_()).view(k.shape).to(dtype)
-
-
-class _LMVelocity(torch.autograd.Function):
-    """v_{n+1} = r - k v_n: the LM update in velocity form, with v_n = u_n - u_{n-1} and r = (eta_n / p_n) f_n(u_n).
-
-    u_{n+1} = (1 - k) u_n + k u_{n-1} + r = u_n + v_{n+1}, so a step is this one fused multiply-add and one
-    addition. ``k`` keeps its own dtype (the float32 parameter under autocast); the update runs in the states'
-    dtype. Backward: dr = t, dv = -k t, dk = -sum t v accumulated in float32 or better, returned in k's dtype
-    (:func:`_lm_dk`). Against the two-state form (1 - k) u_n + k u_{n-1}, whose backward forms g (1 - k), g k,
-    u_{n-1} - u_n and sums three gradients into every u_n, the backward makes 7 extra passes over the state
-    instead of 12 (measured: ``benchmarks/lm_combine.py``, results/README.md "Velocity form").
-    """
-
-    @staticmethod
-    def forward(ctx: Any, r: Tensor | None, v: Tensor, k: Tensor) -> Tensor:
-        kc = k.to(v.dtype)  # no copy when the dtypes agree (fp32); cast once, kept for the backward (autocast)
-        ctx.save_for_backward(v, kc)
-        ctx.has_r, ctx.k_dtype = r is not None, k.dtype
-        return torch.mul(v, kc.neg()) if r is None else torch.addcmul(r, v, kc, value=-1.0)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, t: Tensor) -> tuple[Tensor | None, ...]:
-        v, kc = ctx.saved_tensors
-        need_r, need_v, need_k = ctx.needs_input_grad
-        grad_k = _lm_dk(t, v, kc, ctx.k_dtype) if need_k else None
-        grad_v = torch.mul(t, kc.neg()) if need_v else None
-        return (t if need_r and ctx.has_r else None), grad_v, grad_k
 
 
 def _as_module(fn: StepFns) -> nn.Module | None:
@@ -377,10 +312,15 @@ class LMRunner(StepRunner):
     The stochastic-depth form is the paper's (Lu et al. 2018, "stochastic training as stochastic dynamics": a weak
     approximation of dX = p(t) f dt + sqrt(p (1 - p) dt) f dB on the LM dynamics); the history u_{n-1} is always
     the real previous state, dropped step or not.
+
+    :meth:`run_reference` is that update as written; :meth:`run` computes the same update in velocity form through
+    :class:`odearch.nn.lm_combine.LMVelocity` (fewer passes over the state) unless ``fused`` is False.
     """
 
     scheme: LMScheme
     has_k = True
+    fused = True
+    """Run the velocity form (:mod:`odearch.nn.lm_combine`); False: :meth:`run_reference` (the same numbers)."""
 
     @property
     def needs_channels(self) -> bool:
@@ -402,27 +342,47 @@ class LMRunner(StepRunner):
 
     @staticmethod
     def coefficients(stage: Stage) -> Any:
-        """k of LM steps 1..N-1 of ``stage`` (item m - 1: step m), as :meth:`coefficient` shapes them. One ``unbind``
-        per forward pass: its backward stacks the steps' dk into lm_k's gradient at once, where indexing each step
-        would add a ``select_backward`` (a zero tensor of lm_k's shape) and a gradient accumulation per step. A
-        tuple, or an fx Proxy of one when traced (indexable, not iterable)."""
+        """k of LM steps 1..N-1 of ``stage`` (item m - 1: step m), each a scalar or, per channel of a (B, C, H, W)
+        state, (C, 1, 1); in lm_k's own dtype. One ``unbind`` per forward pass: its backward stacks the steps' dk into
+        lm_k's gradient at once, where indexing each step would add a ``select_backward`` (a zero tensor of lm_k's
+        shape) and a gradient accumulation per step. A tuple, or an fx Proxy of one when traced (indexable, not
+        iterable)."""
         return (stage.lm_k[:, :, None, None] if stage._lm_per_channel else stage.lm_k).unbind(0)
-
-    @staticmethod
-    def coefficient(stage: Stage, m: int) -> Tensor:
-        """k of LM step m (1-based within the stage), shaped to broadcast against the state: a scalar, or (C, 1, 1)
-        per channel of a (B, C, H, W) state (decided when the stage is built, so the graph is traceable)."""
-        k = stage.lm_k[m - 1]  # its own dtype: _LMVelocity casts it for the update and returns dk in it
-        return k.view(-1, 1, 1) if stage._lm_per_channel else k
 
     def run(
         self, stage: Stage, fns: list[StepFns], start: Start, gates: list[StepGate] | None, noisy: bool
     ) -> tuple[Tensor, Tensor]:
+        """Steps from ``start``; returns (u_N, u_{N-1})."""
+        if not self.fused:
+            return self.run_reference(stage, fns, start, gates, noisy)
+        return self._run_velocity(stage, fns, start, gates, noisy)
+
+    def run_reference(
+        self, stage: Stage, fns: list[StepFns], start: Start, gates: list[StepGate] | None, noisy: bool
+    ) -> tuple[Tensor, Tensor]:
+        """u_{n+1} = end((1 - k_n) u_n + k_n u_{n-1} + r_n), r_n = (eta_n / p_n) f_n(u_n), as the paper writes it."""
+        u, u_prev, first = start.u, start.history, start.first
+        if first == 0:  # starter: one forward Euler step, u_{-1} := u_0
+            r = _residual(fns, 0, u, gates)
+            u_prev, u = u, stage._end(u if r is None else u + r, noisy)
+            first = 1
+        ks = self.coefficients(stage) if len(fns) > first else ()
+        for n in range(first, len(fns)):
+            k = ks[n - 1].to(u.dtype)  # the float32 parameter, cast to the state's dtype under autocast
+            r = _residual(fns, n, u, gates)
+            update = (1 - k) * u + k * u_prev
+            u_prev, u = u, stage._end(update if r is None else update + r, noisy)
+        return u, u_prev
+
+    def _run_velocity(
+        self, stage: Stage, fns: list[StepFns], start: Start, gates: list[StepGate] | None, noisy: bool
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`run_reference` in velocity form, v_{n+1} = r_n - k_n v_n, u_{n+1} = end(u_n + v_{n+1}), with v_n
+        re-formed as u_n - u_{n-1} where the stage's end is not the identity (noise, post-activation)."""
         u, u_prev, first = start.u, start.history, start.first
         plain_end = not noisy and stage.post_act is None  # _end is the identity: v_{n+1} = u_{n+1} - u_n as formed
         if first == 0:  # starter: one forward Euler step, u_{-1} := u_0
-            g = _gate(gates, 0)
-            v = None if is_dropped(g) else _scaled(fns[0](u), g)  # type: ignore[operator]
+            v = _residual(fns, 0, u, gates)
             u_prev, u = u, stage._end(u if v is None else u + v, noisy)
             first = 1
         elif plain_end and stage.history_shortcut is None and len(fns) > 1:  # u_1 = P(u_0) + r_0, history P(u_0)
@@ -434,13 +394,17 @@ class LMRunner(StepRunner):
             v = u - u_prev  # dropped first step (a zero velocity that still gives k its gradient) or a non-linear _end
         ks = self.coefficients(stage) if len(fns) > first else ()
         for m in range(first, len(fns)):
-            g = _gate(gates, m)
-            r = None if is_dropped(g) else _scaled(fns[m](u), g)  # type: ignore[operator]
-            v = _LMVelocity.apply(r, v, ks[m - 1])
+            v = LMVelocity.apply(_residual(fns, m, u, gates), v, ks[m - 1])
             u_prev, u = u, stage._end(u + v, noisy)
             if not plain_end and m + 1 < len(fns):  # not after the last step: a traced stage ends on u (fx features)
                 v = u - u_prev
         return u, u_prev
+
+
+def _residual(fns: list[StepFns], n: int, u: Tensor, gates: list[StepGate] | None) -> Tensor | None:
+    """r_n = (eta_n / p_n) f_n(u_n), None for a step stochastic depth dropped (f_n not evaluated)."""
+    g = _gate(gates, n)
+    return None if is_dropped(g) else _scaled(fns[n](u), g)  # type: ignore[operator]
 
 
 class MultistepRunner(StepRunner):
@@ -642,23 +606,19 @@ class Stage(nn.Module):
         return len(self.step_fns)
 
     # ----------------------------------------------------------------------------------------------------- forward
-    def forward(
-        self, u: Tensor, u_prev: Tensor | None = None, return_history: bool = False
-    ) -> Tensor | tuple[Tensor, Tensor | None]:
+    def forward(self, u: Tensor, return_history: bool = False) -> Tensor | tuple[Tensor, Tensor | None]:
         """Integrate u_0 -> u_N. u: the state, (B, C, H, W) in a network, any shape for plain callables.
 
-        ``return_history=True`` returns :meth:`forward_with_history`'s pair; networks call the stage this way (the
-        module's ``__call__``, so hooks and fx / torchvision feature extraction see each stage as a module).
+        ``return_history=True`` returns :meth:`forward_with_history`'s pair.
         """
-        out = self.forward_with_history(u, u_prev)
+        out = self.forward_with_history(u)
         return out if return_history else out[0]
 
-    def forward_with_history(self, u: Tensor, u_prev: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward_with_history(self, u: Tensor) -> tuple[Tensor, Tensor | None]:
         """Integrate u_0 -> u_N and also return the LM history u_{N-1} (None for other schemes).
 
-        ``u_prev``, the previous stage's u_{N-1}, is not read: the history of a transition's u_1 is u_0 (through P or
-        ``history_shortcut``), so a stage never needs an older state. It is accepted so that callers can chain
-        ``forward_with_history`` over stages.
+        A stage needs no state of the previous one: the history of a transition's u_1 is u_0 (through P or
+        ``history_shortcut``), and a stage without a transition starts with a one-step starter.
         """
         fns = self.step_fns
         # odearch.nn.memory: recompute or reversible, in eager mode (a traced or compiled graph stores activations)

@@ -48,11 +48,6 @@ class StopSignals:
             signal.signal(sig, old)
         self._old.clear()
 
-    @property
-    def exit_code(self) -> int:
-        """128 + the signal number (the shell's convention) after a signal stop, else 0."""
-        return 128 + int(signal.Signals[self.received]) if self.received else 0
-
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:
     """Linux: deliver ``sig`` to this process when its parent dies (a no-op elsewhere). If the parent died before the
