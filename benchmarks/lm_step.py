@@ -117,16 +117,16 @@ def _old_lm_run(
 ) -> tuple[Tensor, Tensor]:
     u, u_prev, first = start.u, start.history, start.first
     if first == 0:  # starter: one forward Euler step, u_{-1} := u_0
-        g = stage_mod._gate(gates, 0)
+        g = stage_mod.step_gate(gates, 0)
         r0 = None if stage_mod.is_dropped(g) else fns[0](u)
-        u_prev, u = u, stage._end(u if r0 is None else stage_mod.axpy(u, 1.0, r0, g), noisy)
+        u_prev, u = u, stage.end_step(u if r0 is None else stage_mod.axpy(u, 1.0, r0, g), noisy)
         first = 1
     assert u_prev is not None
     for m in range(first, len(fns)):
         k = self.coefficients(stage)[m - 1]
-        g = stage_mod._gate(gates, m)
+        g = stage_mod.step_gate(gates, m)
         r = None if stage_mod.is_dropped(g) else stage_mod._scaled(fns[m](u), g)  # type: ignore[operator]
-        u_prev, u = u, stage._end(_OldLMCombine.apply(u, u_prev, k, r), noisy)
+        u_prev, u = u, stage.end_step(_OldLMCombine.apply(u, u_prev, k, r), noisy)
     return u, u_prev
 
 

@@ -36,11 +36,11 @@ from .stage import (
     StepFns,
     StepGate,
     StepRunner,
-    _draw_lm_k,
-    _gate,
     axpy,
+    draw_lm_k,
     is_dropped,
     register_step_runner,
+    step_gate,
 )
 
 
@@ -67,7 +67,7 @@ class DenseRunner(StepRunner):
             return
         fixed = self.scheme.fixed_k
         if fixed is None:
-            stage.dense_k = nn.Parameter(_draw_lm_k((count,), *self.scheme.k_init))
+            stage.dense_k = nn.Parameter(draw_lm_k((count,), *self.scheme.k_init))
             return
         if len(fixed) != n_steps - 1:
             raise ValueError(f"dense scheme: fixed_k has {len(fixed)} rows for the {n_steps - 1} steps 1..N-1")
@@ -89,7 +89,7 @@ class DenseRunner(StepRunner):
         u = start.u
         if start.first == 0:  # the starter: u_1 = u_0 + f_0(u_0), history [u_0]
             history = [u]
-            u = stage._end(_euler(u, fns[0], _gate(gates, 0)), noisy)
+            u = stage.end_step(_euler(u, fns[0], step_gate(gates, 0)), noisy)
         else:  # after the transition u_1 = P(u_0) + f_0(u_0): history [P(u_0)]
             assert start.history is not None
             history = [start.history]
@@ -97,7 +97,7 @@ class DenseRunner(StepRunner):
         for n in range(1, len(fns)):
             history.append(u)
             mix = weighted_sum(history, weights[n - 1].unbind(0))
-            u = stage._end(_euler(mix, fns[n], _gate(gates, n), read=u), noisy)
+            u = stage.end_step(_euler(mix, fns[n], step_gate(gates, n), read=u), noisy)
         return u, None
 
 

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .stage import Stage, StepFns, StepGate, axpy, is_dropped
+from .stage import MEMORY_FORWARDS, Stage, StepFns, StepGate, axpy, is_dropped
 
 __all__ = ["MEMORY_MODES", "default_memory", "get_memory", "set_memory"]
 
@@ -105,7 +105,7 @@ def _check_reversible(stage: Stage) -> None:
         )
     if stage.post_act is not None:
         raise ValueError("memory='reversible': a post-activation stage is not invertible; use memory='recompute'")
-    if stage._plain_fns is not None:
+    if not stage.holds_modules:
         raise ValueError("memory='reversible' needs nn.Module residual functions (their parameters get gradients)")
 
 
@@ -217,7 +217,7 @@ class _RevRun:
 
     def forward(self, u: Tensor) -> Tensor:
         """X_{n+1} = X_n + (eta_n / p_n) F(Y_n), Y_{n+1} = Y_n + (eta'_n / p_n) G(X_{n+1}) (+ noise), as
-        ``RevRunner.step`` and ``Stage._end`` compute them; records the RNG state before each random part."""
+        ``RevRunner.step`` and ``Stage.end_step`` compute them; records the RNG state before each random part."""
         device = u.device
         self.autocast = (device.type, torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
         u_in = u
@@ -231,7 +231,7 @@ class _RevRun:
                 y = axpy(y, 1.0, g(x), gate_g)
             u = torch.cat((x, y), dim=self.dim)
             st_n = _rng_get(device) if self.noisy else None
-            u = self.stage._end(u, self.noisy)
+            u = self.stage.end_step(u, self.noisy)
             self.rng.append((st_f, st_g, st_n))
         if not bool(torch.isfinite(u_in).all()):
             raise ValueError(
@@ -335,12 +335,16 @@ def reversible_forward(stage: Stage, u: Tensor) -> Tensor:
     """A rev stage's forward pass that keeps only its output for the backward pass (plus a transition step's
     activations). Draws the stochastic-depth gates once, exactly where ``Stage.forward_with_history`` draws them."""
     fns = stage.step_fns
-    gates, noisy = stage._draw_stochastic(u)
+    gates, noisy = stage.draw_stochastic(u)
     first = 0
     if stage.shortcut is not None:  # the transition step u_1 = P(u_0) + f_0(u_0): not invertible, stored
-        u, first = stage._transition(u, fns[0], None if gates is None else gates[0], noisy)[:2]
-        u = stage._zero_grads_of_dropped(u, None if gates is None else gates[:1])
+        u, first = stage.transition_step(u, fns[0], None if gates is None else gates[0], noisy)[:2]
+        u = stage.zero_grads_of_dropped(u, None if gates is None else gates[:1])
     if first == len(fns):
         return u
     run = _RevRun(stage, fns[first:], None if gates is None else gates[first:], noisy)
     return _RevFunction.apply(run, u, *run.unique_params())
+
+
+MEMORY_FORWARDS["recompute"] = lambda stage, u: stage.integrate(u, recompute_fns(stage.step_fns))
+MEMORY_FORWARDS["reversible"] = lambda stage, u: (reversible_forward(stage, u), None)

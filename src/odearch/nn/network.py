@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cfg import FeatureInfo, data_cfg
+from .memory import set_memory
 from .stage import Stage
 
 
@@ -221,8 +222,6 @@ class TimmInterface:
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """timm's gradient checkpointing: every stage in the ``"recompute"`` memory mode (:mod:`odearch.nn.memory`:
         same gradients, activations recomputed in the backward pass); ``False`` restores the modes it replaced."""
-        from .memory import set_memory
-
         stages = [m for m in self.modules() if isinstance(m, Stage)]  # type: ignore[attr-defined]
         before = self.__dict__.pop("_memory_before_checkpointing", None)
         if enable:

@@ -107,7 +107,7 @@ def lm_k_draw(kind: str) -> Iterator[None]:
         _lm_k_draw = old
 
 
-def _draw_lm_k(shape: tuple[int, ...], low: float, high: float) -> Tensor:
+def draw_lm_k(shape: tuple[int, ...], low: float, high: float) -> Tensor:
     """k ~ U[low, high] of ``shape``, from the global RNG or a copy of it (:func:`lm_k_draw`)."""
     if _lm_k_draw == "global":
         return torch.empty(shape).uniform_(low, high)
@@ -138,7 +138,7 @@ def _tracing() -> bool:
     return torch.compiler.is_compiling() or is_fx_symbolic_tracing() or torch.jit.is_tracing()
 
 
-def _gate(gates: list[StepGate] | None, n: int) -> Any:
+def step_gate(gates: list[StepGate] | None, n: int) -> Any:
     return None if gates is None else gates[n]
 
 
@@ -226,7 +226,7 @@ class StepRunner:
         """Steps ``start.first`` .. N-1 from ``start.u``: u_{n+1} = end(step(u_n)); returns (u_N, LM history)."""
         u = start.u
         for n in range(start.first, len(fns)):
-            u = stage._end(self.step(u, fns[n], _gate(gates, n)), noisy)
+            u = stage.end_step(self.step(u, fns[n], step_gate(gates, n)), noisy)
         return u, None
 
     def step(self, u: Tensor, fn: StepFns, gate: Any) -> Tensor:
@@ -338,7 +338,7 @@ class LMRunner(StepRunner):
         if scheme.fixed_k is not None:
             stage.register_buffer("lm_k", torch.full(shape, float(scheme.fixed_k)))
         else:
-            stage.lm_k = nn.Parameter(_draw_lm_k(shape, *scheme.k_init))
+            stage.lm_k = nn.Parameter(draw_lm_k(shape, *scheme.k_init))
 
     @staticmethod
     def coefficients(stage: Stage) -> Any:
@@ -364,14 +364,14 @@ class LMRunner(StepRunner):
         u, u_prev, first = start.u, start.history, start.first
         if first == 0:  # starter: one forward Euler step, u_{-1} := u_0
             r = _residual(fns, 0, u, gates)
-            u_prev, u = u, stage._end(u if r is None else u + r, noisy)
+            u_prev, u = u, stage.end_step(u if r is None else u + r, noisy)
             first = 1
         ks = self.coefficients(stage) if len(fns) > first else ()
         for n in range(first, len(fns)):
             k = ks[n - 1].to(u.dtype)  # the float32 parameter, cast to the state's dtype under autocast
             r = _residual(fns, n, u, gates)
             update = (1 - k) * u + k * u_prev
-            u_prev, u = u, stage._end(update if r is None else update + r, noisy)
+            u_prev, u = u, stage.end_step(update if r is None else update + r, noisy)
         return u, u_prev
 
     def _run_velocity(
@@ -380,10 +380,10 @@ class LMRunner(StepRunner):
         """:meth:`run_reference` in velocity form, v_{n+1} = r_n - k_n v_n, u_{n+1} = end(u_n + v_{n+1}), with v_n
         re-formed as u_n - u_{n-1} where the stage's end is not the identity (noise, post-activation)."""
         u, u_prev, first = start.u, start.history, start.first
-        plain_end = not noisy and stage.post_act is None  # _end is the identity: v_{n+1} = u_{n+1} - u_n as formed
+        plain_end = not noisy and stage.post_act is None  # end_step is the identity: v_{n+1} = u_{n+1} - u_n as formed
         if first == 0:  # starter: one forward Euler step, u_{-1} := u_0
             v = _residual(fns, 0, u, gates)
-            u_prev, u = u, stage._end(u if v is None else u + v, noisy)
+            u_prev, u = u, stage.end_step(u if v is None else u + v, noisy)
             first = 1
         elif plain_end and stage.history_shortcut is None and len(fns) > 1:  # u_1 = P(u_0) + r_0, history P(u_0)
             v = _scaled(start.residual, start.gate)
@@ -391,11 +391,11 @@ class LMRunner(StepRunner):
             v = None
         assert u_prev is not None
         if len(fns) > first and (v is None or not plain_end):
-            v = u - u_prev  # dropped first step (a zero velocity that still gives k its gradient) or a non-linear _end
+            v = u - u_prev  # a dropped first step (zero velocity, k still gets its gradient), or a non-linear end
         ks = self.coefficients(stage) if len(fns) > first else ()
         for m in range(first, len(fns)):
             v = LMVelocity.apply(_residual(fns, m, u, gates), v, ks[m - 1])
-            u_prev, u = u, stage._end(u + v, noisy)
+            u_prev, u = u, stage.end_step(u + v, noisy)
             if not plain_end and m + 1 < len(fns):  # not after the last step: a traced stage ends on u (fx features)
                 v = u - u_prev
         return u, u_prev
@@ -403,7 +403,7 @@ class LMRunner(StepRunner):
 
 def _residual(fns: list[StepFns], n: int, u: Tensor, gates: list[StepGate] | None) -> Tensor | None:
     """r_n = (eta_n / p_n) f_n(u_n), None for a step stochastic depth dropped (f_n not evaluated)."""
-    g = _gate(gates, n)
+    g = step_gate(gates, n)
     return None if is_dropped(g) else _scaled(fns[n](u), g)  # type: ignore[operator]
 
 
@@ -422,7 +422,7 @@ class MultistepRunner(StepRunner):
         us = [u] if start.history is None else [start.history, u]  # states, oldest first
         fs = [_scaled(start.residual, start.gate)] if start.first else []  # fs[i] = f(us[i]), but the newest's
         for n in range(start.first, len(fns)):
-            g = _gate(gates, n)
+            g = step_gate(gates, n)
             f_n = None if is_dropped(g) else fns[n](u)  # type: ignore[operator]
             fs.append(_scaled(f_n, g))
             if len(us) < s:  # not enough history: a starter step, its first evaluation being f_n
@@ -432,7 +432,7 @@ class MultistepRunner(StepRunner):
                 for coef, v in zip((*(-a for a in lmm.alpha[: s - 1]), *lmm.beta[:s]), (*us[-s:-1], *fs[-s:])):
                     if coef != 0.0 and v is not None:
                         u_new = axpy(u_new, coef, v)
-            u = stage._end(u_new, noisy)
+            u = stage.end_step(u_new, noisy)
             us, fs = [*us, u][-s:], fs[-s:]
         return u, None
 
@@ -494,6 +494,11 @@ register_step_runner(LMScheme, LMRunner)
 register_step_runner(LinearMultistep, MultistepRunner)
 register_step_runner(PolyScheme, PolyRunner)
 register_step_runner(RevScheme, RevRunner)
+
+
+MEMORY_FORWARDS: dict[str, Callable[[Stage, Tensor], tuple[Tensor, Tensor | None]]] = {}
+"""Activation-memory mode (``"recompute"``, ``"reversible"``) -> a Stage's forward pass in it, registered by
+:mod:`odearch.nn.memory` (which imports this module, never the other way round)."""
 
 
 # ------------------------------------------------------------------------------------------------------- Stage
@@ -596,6 +601,11 @@ class Stage(nn.Module):
         self.noise_sigma: float | None = noise_sigma
 
     @property
+    def holds_modules(self) -> bool:
+        """True when the residual functions are ``nn.Module`` s (held in ``blocks``), False for plain callables."""
+        return self._plain_fns is None
+
+    @property
     def step_fns(self) -> list[StepFns]:
         """The residual function(s) of each step, in order."""
         if self._plain_fns is not None:
@@ -620,20 +630,19 @@ class Stage(nn.Module):
         A stage needs no state of the previous one: the history of a transition's u_1 is u_0 (through P or
         ``history_shortcut``), and a stage without a transition starts with a one-step starter.
         """
-        fns = self.step_fns
-        # odearch.nn.memory: recompute or reversible, in eager mode (a traced or compiled graph stores activations)
+        # recompute or reversible (odearch.nn.memory), in eager mode (a traced or compiled graph stores activations)
         if self.memory != "store" and torch.is_grad_enabled() and not _tracing():
-            from . import memory
+            return MEMORY_FORWARDS[self.memory](self, u)
+        return self.integrate(u, self.step_fns)
 
-            if self.memory == "reversible":
-                return memory.reversible_forward(self, u), None
-            fns = memory.recompute_fns(fns)
-        gates, noisy = self._draw_stochastic(u)
-        start = Start(u) if self.shortcut is None else self._transition(u, fns[0], _gate(gates, 0), noisy)
+    def integrate(self, u: Tensor, fns: list[StepFns]) -> tuple[Tensor, Tensor | None]:
+        """(u_N, LM history) over ``fns``: the stage's own functions, or wrappers of them (recomputation)."""
+        gates, noisy = self.draw_stochastic(u)
+        start = Start(u) if self.shortcut is None else self.transition_step(u, fns[0], step_gate(gates, 0), noisy)
         u_n, history = self.runner.run(self, fns, start, gates, noisy)
-        return self._zero_grads_of_dropped(u_n, gates), history
+        return self.zero_grads_of_dropped(u_n, gates), history
 
-    def _zero_grads_of_dropped(self, u: Tensor, gates: list[StepGate] | None) -> Tensor:
+    def zero_grads_of_dropped(self, u: Tensor, gates: list[StepGate] | None) -> Tensor:
         """u, tied to the parameters of the blocks this pass skipped, so their gradient is zeros, not None.
 
         Every parameter then gets a gradient on every step (timm's test of a model's backward; DDP without
@@ -644,22 +653,22 @@ class Stage(nn.Module):
         params = [p for g, m in zip(gates, self.blocks) for p in _dropped_params(g, m) if p.requires_grad]
         return _ZeroGradTie.apply(u, *params) if params else u
 
-    def _transition(self, u: Tensor, fn: StepFns, gate: Gate, noisy: bool) -> Start:
+    def transition_step(self, u: Tensor, fn: StepFns, gate: Gate, noisy: bool) -> Start:
         """The plain step u_1 = P(u_0) + (eta_0 / p_0) f_0(u_0) (P(u_0) when dropped), history u_0 projected."""
         p = self.shortcut(u)  # type: ignore[misc]
         r = None if is_dropped(gate) else fn(u)  # type: ignore[operator]
         history = p if self.history_shortcut is None else self.history_shortcut(u)  # u_0, one step back
-        u_1 = self._end(p if r is None else axpy(p, 1.0, r, gate), noisy)  # last: a traced stage ends on u
+        u_1 = self.end_step(p if r is None else axpy(p, 1.0, r, gate), noisy)  # last: a traced stage ends on u
         return Start(u_1, 1, history, r, gate)
 
-    def _end(self, u: Tensor, noisy: bool = False) -> Tensor:
+    def end_step(self, u: Tensor, noisy: bool = False) -> Tensor:
         """Finish a step: + sigma sqrt(dt) xi_n when ``noisy`` (training with noise_sigma), then the post-act."""
         if noisy:
             assert self.noise_sigma is not None
             u = add_noise(u, self.noise_sigma, self.NOISE_DT)
         return u if self.post_act is None else self.post_act(u)
 
-    def _draw_stochastic(self, u: Tensor) -> tuple[list[StepGate] | None, bool]:
+    def draw_stochastic(self, u: Tensor) -> tuple[list[StepGate] | None, bool]:
         """(the stochastic-depth gates, whether noise is injected) of this forward pass: (None, False) in eval."""
         if self.training and (self.survival is not None or self.noise_sigma is not None):
             return self._draw_gates(u), self.noise_sigma is not None
