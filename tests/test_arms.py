@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from odearch.arms import PairedTest, arm_section, arms_of, paired_test, plot_arm_curves, verdict
-from odearch.report import RunSummary
+from odearch.arms import PairedTest, arm_section, arms_of, headline, paired_test, plot_arm_curves, verdict
+from odearch.report import HEADLINE_END, HEADLINE_START, ReportInputError, RunSummary, write_headline
 
 T_975 = {2: 4.302652729911275, 4: 2.7764451051977987}  # Student-t 97.5 % quantiles (tables)
 
@@ -83,3 +83,30 @@ def test_arms_count_finished_recipe_runs_and_the_section_states_the_verdict(tmp_
 
 def test_no_arms_no_section(tmp_path: Path) -> None:
     assert arm_section([_run("resnet20", 0, 8.75), _run("lm_resnet20", 0, 9.0)], tmp_path) == []
+
+
+def test_the_headline_is_the_sections_verdicts_and_ignores_runs_in_progress() -> None:
+    runs = [_run("preact_resnet20", s, e) for s, e in ((0, 8.6), (1, 8.5))]
+    runs += [_run("lm_resnet20", s, e) for s, e in ((0, 8.96), (1, 8.9))]
+    lines = headline(runs, "docs/results.md")
+    assert lines[0].endswith("k_n in [docs/results.md](docs/results.md)):") and "epochs 121-160" in lines[0]
+    verdicts = [line for line in arm_section(runs, Path(".")) if line.startswith("- ")]
+    assert lines[2:] == verdicts and len(verdicts) == 1 and "**undecided**" not in verdicts[0]
+    assert headline([*runs, _run("lm_resnet20", 2, 5.0, complete=False)], "docs/results.md") == lines
+    assert headline(runs[:2], "r.md")[2:] == ["- no finished run in both arms of a test yet."]
+
+
+def test_write_headline_rewrites_only_the_block_between_its_markers(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nabove\n\n{HEADLINE_START}\ntyped by hand\n{HEADLINE_END}\n\nbelow\n")
+    runs = [_run("preact_resnet20", 0, 8.6), _run("lm_resnet20", 0, 8.96)]
+    write_headline(readme, runs, tmp_path / "docs" / "results.md")
+    text = readme.read_text()
+    assert text.startswith(f"# x\n\nabove\n\n{HEADLINE_START}\nThe pre-registered test") and "typed" not in text
+    assert text.endswith(f"LM - plain = +0.36 points (n = 1: no interval yet).\n{HEADLINE_END}\n\nbelow\n")
+    write_headline(readme, runs, tmp_path / "docs" / "results.md")
+    assert readme.read_text() == text  # regenerating changes nothing
+    readme.write_text("# no markers\n")
+    with pytest.raises(ReportInputError, match="results-headline:start"):
+        write_headline(readme, runs, tmp_path / "results.md")
+    assert readme.read_text() == "# no markers\n"

@@ -3,9 +3,7 @@ jit.trace, the akamaster converter, progress output and the initial k_n of a run
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -385,34 +383,3 @@ def test_initial_k_file_name_is_the_one_analyze_reads() -> None:
     from odearch.train import loop
 
     assert loop.INITIAL_K_FILE == command.INITIAL_K_FILE
-
-
-# ------------------------------------------------------------------------------------------------ README examples
-def _readme_examples() -> list[str]:
-    text = (REPO / "docs" / "models.md").read_text()
-    section = text.split("<!-- examples:start -->", 1)[1].split("<!-- examples:end -->", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
-
-
-def test_readme_ecosystem_examples_run_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every Python block between the README's examples markers, in a folder holding what they read: a clone's
-    hubconf.py, a run's best.safetensors and an akamaster checkpoint. Blocks importing timm skip without it."""
-    from odearch.train.checkpoint import save_weights
-
-    blocks = _readme_examples()
-    assert len(blocks) >= 6
-    (tmp_path / "hubconf.py").symlink_to(REPO / "hubconf.py")
-    run = tmp_path / "runs" / "try" / "checkpoints"
-    run.mkdir(parents=True)
-    meta = {"model": "lm_resnet20", "num_classes": 10, "dataset": "cifar10", "scheme": None, "model_kwargs": {}}
-    save_weights(run / "best.safetensors", odearch.create_model("lm_resnet20"), meta)
-    torch.save({"state_dict": _AkaResNet(3).state_dict(), "best_prec1": 91.73}, tmp_path / "resnet20-12fca82f.th")
-    monkeypatch.chdir(tmp_path)
-    has_timm = importlib.util.find_spec("timm") is not None
-    ran = 0
-    for block in blocks:
-        if re.search(r"^import .*\btimm\b|^from timm", block, re.M) and not has_timm:
-            continue
-        exec(compile(block, "docs/models.md", "exec"), {})
-        ran += 1
-    assert ran >= 5

@@ -149,10 +149,11 @@ def _decay_only(k0: float, center: float, lrs: list[float], mu: float = 0.9, wd:
 
 
 def test_decay_alone_over_the_160_epoch_recipe_matches_the_readme() -> None:
-    """README, "Differences from the official code": with no loss gradient, 160 epochs of 391 steps (lr 0.1, / 10 at
-    epochs 80 and 120, momentum 0.9, wd 1e-4) take k from -0.05 to about 0.96 (kappa) and about -0.002 (k). The
-    optimizer follows the recurrence (checked here over 1000 steps; 62,560 torch steps would be slow)."""
-    lrs = [0.1 * 0.1 ** ((e >= 80) + (e >= 120)) for e in range(160) for _ in range(391)]
+    """docs/differences.md, "Differences from the official code": with no loss gradient, 160 epochs of 390 steps
+    (50,000 // 128: the training loader drops the last partial batch; lr 0.1, / 10 at epochs 80 and 120, momentum 0.9,
+    wd 1e-4) take k from -0.05 to about 0.96 (kappa) and about -0.002 (k). The optimizer follows the recurrence
+    (checked here over 1000 steps; 62,400 torch steps would be slow)."""
+    lrs = [0.1 * 0.1 ** ((e >= 80) + (e >= 120)) for e in range(160) for _ in range(390)]
     assert round(_decay_only(-0.05, 1.0, lrs), 2) == 0.96 and round(_decay_only(-0.05, 0.0, lrs), 3) == -0.002
     readme = doc_text()
     assert "-0.05 to about 0.96 with `kappa` and to about -0.002 with `k`" in readme

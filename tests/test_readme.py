@@ -1,13 +1,16 @@
 """README.md and docs/ stay true: the model table (docs/models.md) is the registry's, the README starts with the install
-and test commands and stays one screen, and CI builds the docs strictly."""
+and test commands and stays one screen, its results headline is the one ``odearch report`` generates, and CI builds the
+docs strictly and runs every test. (The docs' code blocks themselves run as tests through Sybil: conftest.py.)"""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
 from datapaths import REPO
+from doctext import DOC_FILES
 from odearch.cli import models_markdown
 
 
@@ -17,6 +20,20 @@ def test_model_table_is_generated_from_the_registry() -> None:
     block = re.search(r"<!-- model-table:start -->\n(.*?)\n<!-- model-table:end -->", text, re.S)
     assert block, "docs/models.md lost its model-table markers"
     assert block.group(1) == models_markdown(), "run: python scripts/update_readme_models.py"
+
+
+@pytest.mark.slow  # ~3 s: every run of the campaign summarised
+def test_readme_results_headline_is_the_one_the_report_generates(tmp_path: Path) -> None:
+    """The README's results headline is never typed: it is what ``odearch report results/campaign --out
+    docs/results.md --readme README.md`` writes from the run directories (here into a copy, without plots)."""
+    from odearch.cli import main
+
+    (tmp_path / "README.md").write_text((REPO / "README.md").read_text())
+    argv = ["report", str(REPO / "results" / "campaign"), "--out", str(tmp_path / "docs" / "results.md")]
+    assert main([*argv, "--no-plots", "--readme", str(tmp_path / "README.md")]) == 0
+    assert (tmp_path / "README.md").read_text() == (REPO / "README.md").read_text(), (
+        "run: odearch report results/campaign --out docs/results.md --readme README.md"
+    )
 
 
 def test_readme_starts_with_install_and_test_commands() -> None:
@@ -36,26 +53,24 @@ def test_readme_is_one_screen_and_ci_builds_the_docs_strictly() -> None:
     assert ci.index("mkdocs build --strict") < ci.index("python -m pytest -q\n")
 
 
-def test_readme_documents_the_fast_inner_loop_and_ci_runs_everything() -> None:
-    """The inner loop ``pytest -m "not slow"`` is documented; the default run and CI deselect nothing."""
-    text = (REPO / "README.md").read_text()
-    assert 'python -m pytest -m "not slow"' in text
-    pyproject = (REPO / "pyproject.toml").read_text()
-    addopts = re.search(r'^addopts = "(.*)"$', pyproject, re.M).group(1)
-    assert "-m" not in addopts.split() and "slow" not in addopts  # CI runs the README's plain ``pytest -q``
+def test_the_default_run_and_ci_deselect_nothing() -> None:
+    """The README's plain ``pytest -q`` (CI's command) runs every test, slow ones and the docs' examples included."""
+    import tomllib
+
+    pytest_options = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "-m" not in pytest_options["addopts"].split() and "slow" not in pytest_options["addopts"]
+    assert pytest_options["testpaths"] == ["tests", "README.md", "docs"]  # Sybil collects the docs (conftest.py)
 
 
-def test_docs_list_the_differences_from_the_official_code() -> None:
-    """Issue 14: each documented difference from the official code (and from the baselines' reference code) has its
-    entry, naming what to set to follow the original (docs/differences.md)."""
-    text = (REPO / "docs" / "differences.md").read_text()
-    section = re.search(r"^# Differences from the official code\n(.*?)(?=\n#|\Z)", text, re.S | re.M)
-    assert section, "docs/differences.md lost its 'Differences from the official code' heading"
-    body = " ".join(section.group(1).split())
-    for needle in ("`lm_weight_decay`", "kappa_n = 1 - k_n", "`downsample22`", "history_projection=False",
-                   "`MResNetC`", "lm_channel_mresnetc", "U(0, sigma)", "resnet110_sd", "average-pools",
-                   "SpatialZeroPadding(1, -1, 1, -1)", "v1.5", "23.87 / 22.63 / 21.69"):  # fmt: skip
-        assert needle in body, needle
+def test_every_skip_of_a_doc_example_says_why() -> None:
+    """Sybil runs a block after a bare ``<!-- skip: next -->`` as passed without running it: every skip directive of
+    README.md and docs/ gives a reason (``"why"``, or ``if(condition, reason="why")``), reported by ``pytest -ra``."""
+    for path in DOC_FILES:
+        for line in path.read_text().splitlines():
+            if re.match(r"\s*<!--+\s*skip\b", line) and not re.match(r"\s*<!--+\s*skip:\s*end\s*-->", line):
+                assert re.search(r"""(\bnext|\bstart)\s+(["'].+["']|if\(.*reason=["'].+["']\))\s*-->""", line), (
+                    f"{path.name}: a skip directive needs a reason: {line!r}"
+                )
 
 
 def test_version_changelog_and_citation_agree() -> None:

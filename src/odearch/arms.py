@@ -20,8 +20,8 @@ from pathlib import Path
 
 from .report import PAPER_RECIPE, RunSummary, last_phase_mean
 
-__all__ = ["NOT_REPRODUCED_ABOVE", "REPRODUCED_BELOW", "Arm", "PairedTest", "arm_section", "arms_of", "paired_test",
-           "plot_arm_curves", "sentence", "verdict"]  # fmt: skip
+__all__ = ["NOT_REPRODUCED_ABOVE", "REPRODUCED_BELOW", "Arm", "PairedTest", "arm_section", "arms_of", "headline",
+           "paired_test", "plot_arm_curves", "sentence", "verdict"]  # fmt: skip
 
 REPRODUCED_BELOW = 0.0
 """The paired 95 % interval of LM - plain (points) lies wholly below this: the LM gain is reproduced."""
@@ -216,6 +216,24 @@ def arm_section(runs: Sequence[RunSummary], base: Path, curves: Sequence[Path] =
     for c in curves:
         lines += ["", f"![{c.stem}]({Path(_relpath(c, base)).as_posix()})"]
     return lines
+
+
+def headline(runs: Sequence[RunSummary], results_link: str) -> list[str]:
+    """The README's results headline: the verdict sentence of each pre-registered paired test (as in
+    :func:`arm_section`). Only finished runs count, so a run in progress changes no line of it; ``results_link`` is
+    the path of the full report relative to the README."""
+    last_phase = f"epochs {PAPER_RECIPE['milestones'][-1] + 1}-{PAPER_RECIPE['epochs']}"
+    intro = (
+        "The pre-registered test of the LM nets against their exact plain twins (mean test error over "
+        f"{last_phase}; finished runs at the paper's recipe only; tables, learning curves and k_n in "
+        f"[{results_link}]({results_link})):"
+    )
+    sentences = [
+        f"- {sentence(lm, plain, paired_test(lm.primary(), plain.primary()))}."
+        for plain, lms in arms_of(runs)
+        for lm in lms
+    ]
+    return [intro, "", *(sentences or ["- no finished run in both arms of a test yet."])]
 
 
 def _relpath(path: Path, base: Path) -> str:

@@ -42,9 +42,9 @@ import yaml
 
 from .runfiles import read_metrics
 
-__all__ = ["PAPER_CIFAR10", "ReportInputError", "RunFileError", "RunSummary", "add_report_arguments", "find_runs",
-           "last_phase_mean", "plot_curves", "render", "run_report", "summarize", "twin_rows",
-           "write_report"]  # fmt: skip
+__all__ = ["HEADLINE_END", "HEADLINE_START", "PAPER_CIFAR10", "ReportInputError", "RunFileError", "RunSummary",
+           "add_report_arguments", "find_runs", "headline_block", "last_phase_mean", "plot_curves", "render",
+           "run_report", "summarize", "twin_rows", "write_headline", "write_report"]  # fmt: skip
 
 # The paper's CIFAR-10 test errors (%) for the recipe of 160 epochs, from ../shared/PAPER.md ("Results to
 # reproduce"): (error, confirmed). False = marked (?) there: recalled, not confirmed against the PDF. ResNet-20..56
@@ -619,11 +619,15 @@ def render(runs: Sequence[RunSummary], out: Path, command: str, curves: Sequence
     return "\n".join(lines) + "\n"
 
 
-def write_report(paths: Sequence[str | Path], out: str | Path, command: str, plots: bool = True) -> tuple[Path,
-                                                                                                        list[Path]]:
-    """Summarises every run under ``paths``, writes the curves beside ``out`` and the Markdown to ``out``."""
+def write_report(
+    paths: Sequence[str | Path], out: str | Path, command: str, plots: bool = True, readme: str | Path | None = None
+) -> tuple[Path, list[Path]]:
+    """Summarises every run under ``paths``, writes the curves beside ``out`` and the Markdown to ``out``; with
+    ``readme``, also rewrites that file's results headline (:func:`write_headline`)."""
     out = Path(out)
     runs = _summaries(find_runs(paths))
+    if readme is not None:
+        write_headline(readme, runs, out)
     from .arms import plot_arm_curves
 
     counted = [s for s in runs if not s.superseded]
@@ -632,6 +636,35 @@ def write_report(paths: Sequence[str | Path], out: str | Path, command: str, plo
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(runs, out, command, curves, arm_curves))
     return out, curves + arm_curves
+
+
+HEADLINE_START = "<!-- results-headline:start -->"
+HEADLINE_END = "<!-- results-headline:end -->"
+"""The markers around the results headline of a README, which ``odearch report --readme`` rewrites."""
+
+
+def headline_block(runs: Sequence[RunSummary], readme: str | Path, out: str | Path) -> str:
+    """The results headline of ``readme`` between its markers (markers included): the verdicts of the pre-registered
+    test (:func:`odearch.arms.headline`), linking to the report ``out``."""
+    from .arms import headline
+
+    link = Path(os.path.relpath(Path(out).resolve(), Path(readme).resolve().parent)).as_posix()
+    return "\n".join([HEADLINE_START, *headline([s for s in runs if not s.superseded], link), HEADLINE_END])
+
+
+def write_headline(readme: str | Path, runs: Sequence[RunSummary], out: str | Path) -> None:
+    """Replaces the block between ``readme``'s headline markers by :func:`headline_block`; the rest is kept.
+
+    Raises:
+        ReportInputError: ``readme`` is missing, or lacks the markers (one pair, start before end).
+    """
+    readme = Path(readme)
+    text = readme.read_text() if readme.is_file() else ""
+    start, end = text.find(HEADLINE_START), text.find(HEADLINE_END)
+    if text.count(HEADLINE_START) != 1 or text.count(HEADLINE_END) != 1 or end < start:
+        raise ReportInputError(f"{readme}: needs one {HEADLINE_START} ... {HEADLINE_END} pair for the headline")
+    block = headline_block(runs, readme, out)
+    readme.write_text(text[:start] + block + text[end + len(HEADLINE_END) :])
 
 
 def _summaries(run_dirs: Sequence[Path]) -> list[RunSummary]:
@@ -650,15 +683,23 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", nargs="+", help="run directories, or folders of runs (e.g. results/campaign)")
     p.add_argument("--out", default="docs/results.md", help="Markdown file to write; the PNGs go beside it")
     p.add_argument("--no-plots", action="store_true", help="write the table only")
+    p.add_argument(
+        "--readme",
+        metavar="MARKDOWN",
+        help=f"also rewrite the results headline between the {HEADLINE_START} and {HEADLINE_END} markers of this file "
+        "(e.g. README.md)",
+    )
 
 
 def run_report(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     """``odearch report``: writes the report and says where."""
     command = shlex.join(["odearch", *argv]) if argv is not None else "odearch report"
     try:
-        out, curves = write_report(args.results, args.out, command, plots=not args.no_plots)
+        out, curves = write_report(args.results, args.out, command, plots=not args.no_plots, readme=args.readme)
     except ReportInputError as e:  # a path the user gave: usage, not a failure
         print(f"odearch: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out}" + (f" and {', '.join(map(str, curves))}" if curves else ""))
+    if args.readme:
+        print(f"rewrote the results headline of {args.readme}")
     return 0

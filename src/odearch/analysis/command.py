@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from ..models._pretrained import REGISTRY_FILE, PretrainedError, shipped_run_weights, shipped_weights_named
+from ..models import PretrainedError, registry_file, shipped_run_weights, shipped_weights_named
 from ..runfiles import INITIAL_K_FILE
 from ..runfiles import read_metrics as read_metrics_rows
 from ..schemes.dense import DenseRows, dense_k_by_stage
@@ -112,7 +112,14 @@ def write_report(sources: list[RunSource], out: Path, dt: float = 1.0) -> str:
 
 
 def _header(sources: list[RunSource]) -> list[str]:
-    return [f"run {s.name}: {s.checkpoint}" + (f" (model {s.model})" if s.model else "") for s in sources]
+    """One line per input: its checkpoint (a run's best one says so: ``odearch eval RUN`` reads the last)."""
+    lines = []
+    for s in sources:
+        notes = [f"model {s.model}"] if s.model else []
+        if s.run_dir is not None and s.checkpoint.name == "best.safetensors":
+            notes.append("the best epoch's weights; odearch eval RUN reads last.safetensors unless --checkpoint best")
+        lines.append(f"run {s.name}: {s.checkpoint}" + (f" ({'; '.join(notes)})" if notes else ""))
+    return lines
 
 
 def write_lm_report(sources: list[RunSource], out: Path, dt: float = 1.0) -> str:
@@ -268,7 +275,7 @@ def read_model_name(path: Path) -> str | None:
 def _default_out(source: RunSource) -> Path:
     if source.run_dir:
         return source.run_dir / "analysis"
-    if source.checkpoint.parent == REGISTRY_FILE.parent:  # shipped weights: never write into the installed package
+    if source.checkpoint.parent == registry_file().parent:  # shipped weights: never write into the installed package
         return Path("analysis") / source.name
     return source.checkpoint.parent / "analysis"
 

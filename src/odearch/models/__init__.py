@@ -15,7 +15,18 @@ from ..nn.stochastic import StochasticDepth
 from . import cifar_resnet, imagenet_resnet, preact_resnet, resnext, shake_resnet  # noqa: F401  (registers the families)
 from ._builders import StageSpec, make_stages
 from ._pretrained import FORMAT as WEIGHTS_FORMAT
-from ._pretrained import REGISTRY_FILE, file_sha256, list_pretrained, read_registry
+from ._pretrained import (
+    REGISTRY_FILE,
+    PretrainedError,
+    file_sha256,
+    list_pretrained,
+    read_registry,
+    read_shipped_record,
+    registry_file,
+    registry_problems,
+    shipped_run_weights,
+    shipped_weights_named,
+)
 from ._registry import (
     check_model_options,
     create_model,
@@ -37,6 +48,7 @@ __all__ = [
     "MODEL_OPTIONS",
     "REGISTRY_FILE",
     "WEIGHTS_FORMAT",
+    "PretrainedError",
     "StageSpec",
     "StochasticDepth",
     "build_cifar_resnet",
@@ -57,6 +69,11 @@ __all__ = [
     "models_taking",
     "option_help",
     "read_registry",
+    "read_shipped_record",
     "register_model",
     "register_table",
+    "registry_file",
+    "registry_problems",
+    "shipped_run_weights",
+    "shipped_weights_named",
 ]

@@ -23,11 +23,24 @@ import torch
 from safetensors.torch import load as st_load
 from torch import nn
 
+from ..nn.cfg import data_cfg
 from ..runfiles import SHIPPED_FILE
 
-__all__ = ["REGISTRY_FILE", "PretrainedError", "file_sha256", "list_pretrained", "load_pretrained",
-           "pretrained_entry", "pretrained_file", "read_registry", "read_shipped_record", "registry_problems",
-           "shipped_run_weights", "shipped_weights_named"]  # fmt: skip
+__all__ = [
+    "REGISTRY_FILE",
+    "PretrainedError",
+    "file_sha256",
+    "list_pretrained",
+    "load_pretrained",
+    "pretrained_entry",
+    "pretrained_file",
+    "read_registry",
+    "read_shipped_record",
+    "registry_file",
+    "registry_problems",
+    "shipped_run_weights",
+    "shipped_weights_named",
+]  # fmt: skip
 
 REGISTRY_FILE = Path(__file__).resolve().parents[1] / "weights" / "registry.json"
 FORMAT = "odearch-weights/1"
@@ -38,6 +51,11 @@ class PretrainedError(ValueError):
 
 
 ENTRY_KEYS: dict[str, type] = {"file": str, "sha256": str, "model": str, "num_classes": int}
+
+
+def registry_file() -> Path:
+    """The package's registry file (``REGISTRY_FILE``, read at call time: tests point it elsewhere)."""
+    return REGISTRY_FILE
 
 
 def _entry_problem(name: Any, entry: Any) -> str | None:
@@ -230,29 +248,21 @@ def shipped_weights_named(target: str) -> Path | None:
     return pretrained_file(target)
 
 
-def _classifier(model: nn.Module) -> str | None:
-    """Name of the last ``nn.Linear`` of ``model`` (the classifier), None if it has none."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return names[-1] if names else None
-
-
-def load_pretrained(model: nn.Module, name: str, num_classes: int | None = None) -> nn.Module:
+def load_pretrained(
+    model: nn.Module, name: str, num_classes: int | None = None, trained_head: str | None = None
+) -> nn.Module:
     """Loads the shipped weights of ``name`` into ``model`` after checking their sha256; returns ``model``, with the
     entry attached as ``model.pretrained_cfg``.
 
     If ``num_classes`` differs from the weights' (a new head, e.g. fine-tuning on CIFAR-100, or 0 for no head), every
-    tensor but the classifier's is loaded and the model keeps its freshly initialised head, as timm does.
+    tensor but those of ``trained_head`` (the classifier's module name in the network the weights were trained in)
+    is loaded and the model keeps its freshly initialised head, as timm does.
     """
     full, entry, data = _read_verified(name)
     tensors = st_load(data)
     drop: set[str] = set()
-    if num_classes is not None and num_classes != entry["num_classes"]:
-        with torch.device("meta"):  # the architecture the weights were trained in, to name its classifier
-            from ._registry import model_entrypoint
-
-            kwargs = {**entry.get("model_kwargs", {}), **({"scheme": entry["scheme"]} if entry.get("scheme") else {})}
-            head = _classifier(model_entrypoint(entry["model"])(num_classes=entry["num_classes"], **kwargs))
-        drop = {k for k in tensors if head is not None and k.startswith(head + ".")}
+    if num_classes is not None and num_classes != entry["num_classes"] and trained_head is not None:
+        drop = {k for k in tensors if k.startswith(trained_head + ".")}
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors) - drop)
     unexpected = sorted(set(tensors) - set(own) - drop)
@@ -266,6 +276,10 @@ def load_pretrained(model: nn.Module, name: str, num_classes: int | None = None)
         for k, v in tensors.items():
             if k not in drop:
                 own[k].copy_(v)
-    # the registry entry joins the model's data config; num_classes stays the model's own (a new head may differ)
-    model.pretrained_cfg = {"name": full, **{k: v for k, v in entry.items() if k != "num_classes"}}  # type: ignore
+    # the registry entry joins the model's data config; num_classes stays the model's own (a new head may differ),
+    # mean / std the weights' (a CIFAR-100 head on CIFAR-10 weights keeps the normalisation they were trained with)
+    kind = getattr(model, "data_kind", None)
+    trained = data_cfg(kind, entry["num_classes"], model.in_chans) if kind else {}  # type: ignore[arg-type]
+    stats = {k: trained[k] for k in ("mean", "std") if k in trained}
+    model.pretrained_cfg = {"name": full, **stats, **{k: v for k, v in entry.items() if k != "num_classes"}}  # type: ignore
     return model

@@ -12,8 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..nn.cfg import per_channel
 from ..nn.stage import Stage
 from ..nn.stochastic import STOCHASTIC_KEYWORDS, fold_stochastic
+from ._pretrained import PretrainedError, load_pretrained, pretrained_entry
 
 ModelFn = Callable[..., nn.Module]
 
@@ -173,7 +175,10 @@ def _adapt(
     if in_chans is not None and in_chans != 3:
         adapt_input_conv(model, in_chans)
     if hasattr(model, "pretrained_cfg"):
-        model.pretrained_cfg = {**model.pretrained_cfg, "architecture": name.partition(".")[0]}
+        cfg = model.pretrained_cfg
+        n = cfg["input_size"][0] if "input_size" in cfg else None
+        stats = {k: per_channel(cfg[k], n) for k in ("mean", "std") if n and k in cfg and len(cfg[k]) != n}
+        model.pretrained_cfg = {**cfg, **stats, "architecture": name.partition(".")[0]}  # the weights' stats fit too
     if features_only:
         if not hasattr(model, "set_features_only"):
             raise ValueError(f"{name!r} has no stages to return as features")
@@ -193,13 +198,21 @@ def _p_last_of(drop_path_rate: float, p_last: float | None) -> float:
     return implied
 
 
+def _trained_classifier(entry: dict[str, Any]) -> str | None:
+    """Name of the classifier (the last ``nn.Linear``) of the network a registry entry's weights were trained in,
+    found on a meta-device copy of it; None if it has none."""
+    kwargs = {**entry.get("model_kwargs", {}), **({"scheme": entry["scheme"]} if entry.get("scheme") else {})}
+    with torch.device("meta"):
+        trained = model_entrypoint(entry["model"])(num_classes=entry["num_classes"], **kwargs)
+    names = [n for n, m in trained.named_modules() if isinstance(m, nn.Linear)]
+    return names[-1] if names else None
+
+
 def _create_pretrained(fn: ModelFn, name: str, num_classes: int | None, kwargs: dict[str, Any],
                        allow_scheme_change: bool = False) -> nn.Module:  # fmt: skip
     """The model of the shipped weights ``name`` (their scheme and options unless ``kwargs`` say otherwise), loaded;
     a ``num_classes`` other than the weights' keeps a fresh classifier. A ``scheme`` other than the one the weights
     were trained in is refused unless ``allow_scheme_change``."""
-    from ._pretrained import PretrainedError, load_pretrained, pretrained_entry
-
     full, entry = pretrained_entry(name)  # before building: a name without weights fails fast
     base = {"scheme": entry.get("scheme"), **entry.get("model_kwargs", {})}
     classes = entry["num_classes"] if num_classes is None else num_classes
@@ -213,7 +226,7 @@ def _create_pretrained(fn: ModelFn, name: str, num_classes: int | None, kwargs: 
                                       f"{kwargs['scheme']!r} makes another network of them ({', '.join(now)}), which "
                                       "they were not trained for: pass allow_scheme_change=True to load them anyway")
             change = {"trained": ",".join(trained), "loaded_as": ",".join(now)}
-    model = load_pretrained(model, name, num_classes)
+    model = load_pretrained(model, name, num_classes, _trained_classifier(entry))
     if change is not None:
         model.pretrained_cfg = {**model.pretrained_cfg, "scheme_change": change}  # type: ignore[operator]
     return model

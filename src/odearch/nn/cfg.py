@@ -9,6 +9,7 @@ timm's 0.875 centre crop. The statistics are :mod:`odearch.data`'s (a test pins 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -38,15 +39,16 @@ def data_cfg(kind: str, num_classes: int, in_chans: int = 3, **extra: Any) -> di
         "interpolation": "bilinear",
         "crop_pct": crop_pct,
         "crop_mode": "center",
-        "mean": _per_channel(mean, in_chans),
-        "std": _per_channel(std, in_chans),
+        "mean": per_channel(mean, in_chans),
+        "std": per_channel(std, in_chans),
         "num_classes": num_classes,
         "dataset": dataset,
         **extra,
     }
 
 
-def _per_channel(stats: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
+def per_channel(stats: Sequence[float], in_chans: int) -> tuple[float, ...]:
+    """Per-channel ``stats`` for ``in_chans`` channels: their average for one, else repeated or cut to ``in_chans``."""
     if in_chans == 1:
         return (sum(stats) / len(stats),)
     return tuple(stats[i % len(stats)] for i in range(in_chans))

@@ -42,8 +42,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import WEIGHTS_FORMAT, _pretrained, file_sha256, read_registry
-from ..models._pretrained import PretrainedError, read_shipped_record, registry_problems, shipped_run_weights
+from ..models import (
+    WEIGHTS_FORMAT,
+    PretrainedError,
+    file_sha256,
+    read_registry,
+    read_shipped_record,
+    registry_file,
+    registry_problems,
+    shipped_run_weights,
+)
 from ..runfiles import SHIPPED_FILE
 from . import generations
 from .checkpoint import CheckpointError, atomic_write, weights_from_bytes, weights_into
@@ -109,7 +117,7 @@ def ship_run(run_dir: str | Path, *, data_dir: str | Path | None = None, tag: st
         raise ShipError(f"test_subset must be a positive number of test images, got {test_subset} (leave it out to "
                         "evaluate the whole test set)")  # fmt: skip
     run = RunDir(Path(run_dir))
-    registry = Path(registry) if registry is not None else _pretrained.REGISTRY_FILE
+    registry = Path(registry) if registry is not None else registry_file()
     result, cfg, rows, problems = _finished_run(run, any_recipe)
     data, tensors, meta = _verified_final(run)
     if meta.get("epoch") != cfg.epochs:
@@ -212,7 +220,7 @@ def shipped_name(run_dir: str | Path, registry: str | Path | None = None) -> str
     if not run.last_weights.is_file():
         return None
     digest = file_sha256(run.last_weights)
-    entries = read_registry(Path(registry) if registry is not None else _pretrained.REGISTRY_FILE)
+    entries = read_registry(Path(registry) if registry is not None else registry_file())
     return next((name for name, entry in entries.items() if entry["sha256"] == digest), None)
 
 
@@ -235,7 +243,7 @@ def prune_checkpoints(run_dir: str | Path, registry: str | Path | None = None, *
         raise ShipError(str(e)) from None
     if record is not None:
         return _complete_prune(run, record)
-    reg = Path(registry) if registry is not None else _pretrained.REGISTRY_FILE
+    reg = Path(registry) if registry is not None else registry_file()
     _finished_run(run, any_recipe=True)
     digest = generations.sha256(_verified_final(run)[0])
     name = next((n for n, e in read_registry(reg).items() if e["sha256"] == digest), None)
@@ -262,7 +270,7 @@ def prune_checkpoints(run_dir: str | Path, registry: str | Path | None = None, *
 
 
 def _is_package_registry(reg: Path) -> bool:
-    return reg.resolve() == _pretrained.REGISTRY_FILE.resolve()
+    return reg.resolve() == registry_file().resolve()
 
 
 def _listed(run: RunDir, files: list[Path], most: int = 3) -> str:
