@@ -22,7 +22,7 @@ PACKAGE = REPO / "src" / "odearch"
 MAX_FUNCTION_LINES = 60
 # Lowest first: a unit (a subpackage, or a top-level module by its stem) may import its own layer or one below.
 LAYERS = (
-    ("schemes", "data", "runfiles"),
+    ("schemes", "data", "runfiles", "runsummary"),
     ("nn",),
     ("models",),
     ("convert", "mesh", "timm_models", "train", "analysis", "report", "arms"),

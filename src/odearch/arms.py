@@ -3,7 +3,7 @@
 Runs fall into *arms* by what they train: the plain twin ``preact_X`` (arm A of the plan), and ``lm_X`` per weight
 decay on its coefficients (``kappa``: the official code, arm B; ``none``: arm C; ``k``). Only finished runs at the
 paper's recipe (the decay on k aside) count. Per run, the primary metric is the mean test error over the last lr phase
-(epochs 121-160, :func:`odearch.report.last_phase_mean`). For each LM arm against the plain arm of the same net:
+(epochs 121-160, :func:`odearch.runsummary.last_phase_mean`). For each LM arm against the plain arm of the same net:
 
 - the paired test: per seed d_s = LM_s - plain_s, mean, 95 % Student-t interval (n - 1 degrees of freedom), two-sided
   p of mean d = 0 (``scipy.stats.ttest_1samp``); Welch's unpaired test beside it (``scipy.stats.ttest_ind``);
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .report import PAPER_RECIPE, RunSummary, last_phase_mean
+from .runsummary import PAPER_RECIPE, RunSummary, last_phase_mean
 
 __all__ = ["NOT_REPRODUCED_ABOVE", "REPRODUCED_BELOW", "Arm", "PairedTest", "arm_section", "arms_of", "headline",
            "paired_test", "plot_arm_curves", "sentence", "verdict"]  # fmt: skip

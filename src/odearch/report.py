@@ -34,80 +34,22 @@ import re
 import shlex
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .arms import arm_section, headline, plot_arm_curves
 from .runfiles import read_metrics
+from .runsummary import PAPER_CIFAR10, PAPER_LM_WEIGHT_DECAY, PAPER_RECIPE, RunSummary, last_phase_mean
 
 __all__ = ["HEADLINE_END", "HEADLINE_START", "PAPER_CIFAR10", "ReportInputError", "RunFileError", "RunSummary",
            "add_report_arguments", "find_runs", "headline_block", "last_phase_mean", "plot_curves", "render",
            "run_report", "summarize", "twin_rows", "write_headline", "write_report"]  # fmt: skip
 
-# The paper's CIFAR-10 test errors (%) for the recipe of 160 epochs, from ../shared/PAPER.md ("Results to
-# reproduce"): (error, confirmed). False = marked (?) there: recalled, not confirmed against the PDF. ResNet-20..56
-# are He et al.'s post-activation nets (our `resnet*`); ResNet-110 is pre-activation (our `preact_resnet110`). The
-# paper has no pre-activation ResNet-20..56 row: `preact_resnet20` (the LM net's exact plain twin) has no number.
-PAPER_CIFAR10: dict[str, tuple[float, bool]] = {
-    "resnet20": (8.75, True),
-    "resnet32": (7.51, True),
-    "resnet44": (7.17, True),
-    "resnet56": (6.97, True),
-    "preact_resnet110": (6.37, True),
-    "preact_resnet164": (5.46, False),
-    "preact_resnet1001": (4.92, False),
-    "lm_resnet20": (8.33, False),
-    "lm_resnet32": (7.18, False),
-    "lm_resnet44": (6.66, False),
-    "lm_resnet56": (6.31, False),
-    "lm_resnet110": (6.16, False),
-}
-# The paper's recipe, as config.yaml keys; a run that differs in any of them is not comparable to its numbers.
-PAPER_RECIPE: dict[str, Any] = {"dataset": "cifar10", "epochs": 160, "milestones": [80, 120], "lr": 0.1,
-                                "momentum": 0.9, "gamma": 0.1, "batch_size": 128, "weight_decay": 1e-4, "subset": None,
-                                "val_split": 0, "augment": True, "schedule": "step", "label_smoothing": 0.0}
-PAPER_LM_WEIGHT_DECAY = "kappa"  # the official code decays kappa = 1 - k (odearch.train.optim); LM runs only
 _COLORS = {"resnet": "tab:blue", "preact": "tab:orange", "lm": "tab:green"}
 _STYLES = ("-", "--", ":", "-.")
 _TICKS = (2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 15, 20, 25, 30, 40, 50, 60, 70, 80, 100)  # test error %, log axis
-
-
-@dataclass
-class RunSummary:
-    """What the report says about one run directory."""
-
-    name: str
-    path: Path
-    model: str
-    dataset: str
-    seed: int
-    epochs: int  # of the recipe
-    epochs_done: int
-    complete: bool
-    final_err: float | None  # % after the last epoch done
-    best_err: float | None  # % lowest over the epochs (chosen on test)
-    best_epoch: int | None
-    params: int | None
-    wall_s: float | None
-    wall_exact: bool  # False: a lower bound (sum of the epochs' training seconds)
-    img_s: float | None
-    devices: list[str]
-    commits: list[str]
-    dirty: bool
-    precision: str
-    recipe_diff: list[str] = field(default_factory=list)
-    curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, test error %)
-    lm_k: dict[str, list[float]] = field(default_factory=dict)  # learned k_n per stage after the last epoch done
-    lm_weight_decay: str | None = None  # LM runs: where weight decay pulls k_n (kappa: toward 1, k: toward 0)
-    last_phase: int | None = None  # first epoch of the last lr phase (a step schedule's last milestone + 1)
-    lm_init: str | None = None  # LM runs: paired (k drawn from a copy of the RNG) or global (before paired init)
-    superseded: str | None = None  # why the run no longer counts (RUN/superseded.txt), listed apart
-
-    @property
-    def paper(self) -> tuple[float, bool] | None:
-        return PAPER_CIFAR10.get(self.model) if self.dataset == "cifar10" else None
 
 
 # ------------------------------------------------------------------------------------------------- reading
@@ -345,15 +287,6 @@ def _superseded(run_dir: Path) -> str | None:
     return " ".join(path.read_text(errors="replace").split()) or "superseded"
 
 
-def last_phase_mean(s: RunSummary) -> float | None:
-    """Mean test error (%) over the epochs of a finished run's last lr phase (121-160 in the paper's recipe): the
-    final epoch's number without its epoch-to-epoch jitter (not seed noise: one seed is one curve)."""
-    if not s.complete or s.last_phase is None:
-        return None
-    errs = [e for epoch, e in s.curve if epoch >= s.last_phase]
-    return sum(errs) / len(errs) if errs else None
-
-
 def _norm(v: Any) -> Any:
     return [float(x) for x in v] if isinstance(v, list | tuple) else (float(v) if isinstance(v, int | float) and
                                                                        not isinstance(v, bool) else v)  # fmt: skip
@@ -564,8 +497,6 @@ def plot_curves(runs: Sequence[RunSummary], out_dir: str | Path) -> list[Path]:
 def render(runs: Sequence[RunSummary], out: Path, command: str, curves: Sequence[Path] = (),
            arm_curves: Sequence[Path] = ()) -> str:  # fmt: skip
     """The Markdown text of the report written to ``out`` (links are relative to its folder)."""
-    from .arms import arm_section
-
     base = out.parent
     superseded = [s for s in runs if s.superseded]
     runs = [s for s in runs if not s.superseded]
@@ -628,8 +559,6 @@ def write_report(
     runs = _summaries(find_runs(paths))
     if readme is not None:
         write_headline(readme, runs, out)
-    from .arms import plot_arm_curves
-
     counted = [s for s in runs if not s.superseded]
     curves = plot_curves([s for s in counted if not s.recipe_diff], out.parent) if plots else []
     arm_curves = plot_arm_curves(counted, out.parent) if plots else []
@@ -646,8 +575,6 @@ HEADLINE_END = "<!-- results-headline:end -->"
 def headline_block(runs: Sequence[RunSummary], readme: str | Path, out: str | Path) -> str:
     """The results headline of ``readme`` between its markers (markers included): the verdicts of the pre-registered
     test (:func:`odearch.arms.headline`), linking to the report ``out``."""
-    from .arms import headline
-
     link = Path(os.path.relpath(Path(out).resolve(), Path(readme).resolve().parent)).as_posix()
     return "\n".join([HEADLINE_START, *headline([s for s in runs if not s.superseded], link), HEADLINE_END])
 
