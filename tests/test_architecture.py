@@ -22,7 +22,7 @@ PACKAGE = REPO / "src" / "odearch"
 MAX_FUNCTION_LINES = 60
 # Lowest first: a unit (a subpackage, or a top-level module by its stem) may import its own layer or one below.
 LAYERS = (
-    ("schemes", "data", "runfiles", "runsummary"),
+    ("schemes", "datastats", "data", "runfiles", "runsummary"),
     ("nn",),
     ("models",),
     ("convert", "mesh", "timm_models", "train", "analysis", "report", "arms"),
@@ -227,3 +227,105 @@ def test_tracked_tree_stays_small() -> None:
                            input="\n".join(blobs).encode(), capture_output=True).stdout.split()  # fmt: skip
     total = sum(int(s) for s in sizes if s.isdigit())
     assert total < TRACKED_TREE_LIMIT, f"the tracked tree is {total / 1e6:.1f} MB (limit 15 MB): prune checkpoints"
+
+
+# ------------------------------------------------------------------------------------------- module graph
+def module_name(path: Path) -> str:
+    """``odearch.train.loop`` for ``src/odearch/train/loop.py``, ``odearch.nn`` for its ``__init__.py``."""
+    parts = list(path.relative_to(PACKAGE.parent.relative_to(REPO)).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path, _ in sources()}
+
+
+def imported_modules(module: str, node: ast.ImportFrom) -> list[str]:
+    """The odearch modules a ``from ... import ...`` statement of ``module`` reads: the named submodules where the
+    names are modules, else the module it imports from (a package's ``__init__``)."""
+    if node.level:
+        base = module.split(".")
+        if not MODULES[module].name == "__init__.py":
+            base = base[:-1]
+        base = base[: len(base) - node.level + 1]
+        target = ".".join(base + ([node.module] if node.module else []))
+    elif node.module and node.module.split(".")[0] == "odearch":
+        target = node.module
+    else:
+        return []
+    return [f"{target}.{a.name}" if f"{target}.{a.name}" in MODULES else target for a in node.names]
+
+
+def import_graph() -> dict[str, list[tuple[str, bool, int]]]:
+    """module -> [(imported module, imported inside a function, line)] over the package (``from`` imports)."""
+    graph: dict[str, list[tuple[str, bool, int]]] = {}
+    for path, tree in sources():
+        module = module_name(path)
+        in_function = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                       for n in ast.walk(f) if n is not f}  # fmt: skip
+        for node in imports(tree):
+            if isinstance(node, ast.ImportFrom):
+                for target in imported_modules(module, node):
+                    if target != module:
+                        graph.setdefault(module, []).append((target, id(node) in in_function, node.lineno))
+    return graph
+
+
+def path_between(graph: dict[str, list[tuple[str, bool, int]]], start: str, goal: str) -> list[str] | None:
+    """A chain of imports from ``start`` to ``goal``, or None."""
+    seen, stack = {start}, [[start]]
+    while stack:
+        chain = stack.pop()
+        for target, _, _ in graph.get(chain[-1], []):
+            if target == goal:
+                return [*chain, goal]
+            if target not in seen:
+                seen.add(target)
+                stack.append([*chain, target])
+    return None
+
+
+def test_no_import_cycle_hides_behind_a_function_level_import() -> None:
+    """A function-level import whose target imports (at any depth) the importing module back is a cycle the import
+    order merely tolerates: give the shared piece a home of its own instead."""
+    graph = import_graph()
+    cycles = []
+    for module, edges in graph.items():
+        for target, in_function, line in edges:
+            back = path_between(graph, target, module) if in_function else None
+            if back:
+                cycles.append(f"{MODULES[module]}:{line}: {module} -> " + " -> ".join(back))
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    """``from odearch.x import _name`` and imports of a private module (``models._pretrained``) from outside its
+    package are refused: what another module needs is public (or re-exported by its package)."""
+    found = []
+    for path, tree in sources():
+        module = module_name(path)
+        for node in imports(tree):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            targets = imported_modules(module, node)  # empty for a module outside odearch (timm's own, say)
+            for target in targets:
+                private = [p for p in target.split(".") if p.startswith("_") and not p.startswith("__")]
+                owner = target.rsplit(".", 1)[0]
+                if private and not (module == owner or module.startswith(owner + ".")):
+                    found.append(f"{path}:{node.lineno}: private module {target}")
+            names = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+            for name in names if targets else ():
+                if not any(t.endswith("." + name) for t in targets):
+                    found.append(f"{path}:{node.lineno}: private name {name}")
+    assert not found, "imports of private names across modules:\n" + "\n".join(found)
+
+
+def test_the_graph_checks_find_what_they_look_for() -> None:
+    """The two checks above on a made-up module graph: a function-level cycle, and a private import."""
+    graph = {"odearch.a": [("odearch.b", True, 3)], "odearch.b": [("odearch.c", False, 1)],
+             "odearch.c": [("odearch.a", False, 1)]}  # fmt: skip
+    assert path_between(graph, "odearch.b", "odearch.a") == ["odearch.b", "odearch.c", "odearch.a"]
+    assert path_between(graph, "odearch.c", "odearch.b") == ["odearch.c", "odearch.a", "odearch.b"]
+    node = ast.parse("from ..models._pretrained import registry_problems").body[0]
+    assert imported_modules("odearch.train.ship", node) == ["odearch.models._pretrained"]
+    node = ast.parse("from .models import _pretrained, create_model").body[0]
+    assert imported_modules("odearch.cli", node) == ["odearch.models._pretrained", "odearch.models"]

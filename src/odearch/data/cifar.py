@@ -21,10 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+from ..datastats import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+from .names import canonical_name
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Fine labels in the order of `cifar-100-python/meta` (alphabetical).
@@ -77,8 +75,6 @@ _FULL_SIZE = {True: 50000, False: 10000}
 
 
 def _spec(dataset: str) -> _Spec:
-    from .datasets import canonical_name  # the table imports this module
-
     key = canonical_name(dataset)
     if key not in _SPECS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(_SPECS)}")

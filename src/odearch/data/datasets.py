@@ -20,6 +20,7 @@ import torch
 
 from .cifar import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_CLASSES, CIFAR100_MEAN, CIFAR100_STD
 from .imagenet import IMAGENET_MEAN, IMAGENET_RECIPE, IMAGENET_STD, NUM_CLASSES
+from .names import canonical_name
 from .splits import (
     SplitOptions,
     Splits,
@@ -57,11 +58,6 @@ class DatasetSpec:
     splits: Callable[[SplitOptions, torch.device, int, int], Splits]
     test_loader: Callable[..., tuple[Any, list[str]]]
     files_on_rank0_first: bool
-
-
-def canonical_name(name: str) -> str:
-    """A data set name as the table spells it: lower case, without ``-`` and ``_`` (``CIFAR-10`` -> ``cifar10``)."""
-    return name.lower().replace("-", "").replace("_", "")
 
 
 DATASETS: dict[str, DatasetSpec] = {

@@ -40,6 +40,8 @@ import torchvision.transforms.functional as TF
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler, Subset
 from torchvision.datasets import ImageFolder
 
+from ..datastats import IMAGENET_MEAN, IMAGENET_STD
+
 # The training recipe (configs/imagenet/*.yaml): SGD, momentum 0.9, no Nesterov, weight decay 1e-4, lr 0.1 per 256
 # images (linear scaling: lr = 0.1 * batch_size / 256, Goyal et al. 2017), 90 epochs, lr / 10 at epochs 30, 60 and 80.
 # He et al. (2015)'s step schedule, which the paper follows (?): PAPER.md's ImageNet recipe line is unconfirmed.
@@ -56,8 +58,6 @@ IMAGENET_RECIPE: dict[str, Any] = {
 }
 NUM_CLASSES = 1000
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_SCALE = (0.08, 1.0)  # RandomResizedCrop area range (Szegedy et al. 2015, the torchvision recipe)
 CROP_RATIO = (3 / 4, 4 / 3)
 

@@ -4,7 +4,7 @@
 (C, H, W), ``mean``, ``std``, ``interpolation``, ``crop_pct``, ``crop_mode``, plus ``num_classes``, ``first_conv``
 and ``classifier``. The CIFAR families get the CIFAR statistics of the data set their classifier fits (CIFAR-100
 for 100 classes, CIFAR-10 otherwise) at 32 x 32, the ImageNet families the ImageNet statistics at 224 x 224 with
-timm's 0.875 centre crop. The statistics are :mod:`odearch.data`'s (a test pins them equal).
+timm's 0.875 centre crop. The statistics are :mod:`odearch.datastats`'.
 """
 
 from __future__ import annotations
@@ -12,12 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..datastats import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD
 
 
 def data_cfg(kind: str, num_classes: int, in_chans: int = 3, **extra: Any) -> dict[str, Any]:
