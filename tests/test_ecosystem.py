@@ -376,10 +376,3 @@ def test_fit_without_a_terminal_prints_progress_and_stores_initial_k(
     metrics = load_source(tmp_path / "run").metrics
     assert [r["epoch"] for r in metrics] == [0, 1]
     assert [r["epoch"] for r in rows] == [1]  # metrics.jsonl rows unchanged: one per finished epoch
-
-
-def test_initial_k_file_name_is_the_one_analyze_reads() -> None:
-    from odearch.analysis import command
-    from odearch.train import loop
-
-    assert loop.INITIAL_K_FILE == command.INITIAL_K_FILE
