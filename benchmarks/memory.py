@@ -63,7 +63,7 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def worker(config: str, memory: str, batch_size: int, steps: int, seed: int) -> dict[str, Any]:
+def worker(config: str, memory: str, batch_size: int, steps: int, seed: int, policy: str) -> dict[str, Any]:
     """One fresh process: build, warm up, then time and measure `steps` training steps."""
     import resource
 
@@ -72,7 +72,11 @@ def worker(config: str, memory: str, batch_size: int, steps: int, seed: int) -> 
 
     import odearch
     from odearch.models.preact_resnet import preact_resnet
+    from odearch.train.allocator import allocator_state, apply_policy, keep_freed_memory, policy_for
 
+    if policy != "fixed64k":  # as odearch train: keep freed memory (configure_numerics), then the run's policy
+        keep_freed_memory()
+        apply_policy(policy_for("auto" if policy == "cli" else policy, memory))
     torch.manual_seed(seed)
     name, kwargs = MODELS[config]
     model = preact_resnet(**kwargs) if name == "preact_resnet" else odearch.create_model(name, **kwargs)
@@ -84,6 +88,8 @@ def worker(config: str, memory: str, batch_size: int, steps: int, seed: int) -> 
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch_size, 3, 32, 32)
     y = torch.randint(0, 10, (batch_size,))
+    Path("/proc/self/clear_refs").write_text("5")
+    built = _status_kb("VmRSS")  # the process with its model and batch, before the first step
 
     def step() -> None:
         opt.zero_grad(set_to_none=False)
@@ -91,6 +97,7 @@ def worker(config: str, memory: str, batch_size: int, steps: int, seed: int) -> 
         opt.step()
 
     step()  # warm-up: gradients and momentum buffers exist from here on
+    warm_peak = _status_kb("VmHWM")
     rows = []
     for _ in range(steps):
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
@@ -113,6 +120,9 @@ def worker(config: str, memory: str, batch_size: int, steps: int, seed: int) -> 
         "step_seconds": statistics.median(r["seconds"] for r in rows),
         "step_peak_mb": statistics.median(r["step_peak_mb"] for r in rows),
         "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "policy": policy,
+        "cpu_allocator": allocator_state(),
+        "process_peak_mb": (max(warm_peak, *(r["peak_mb"] * 1024 for r in rows)) - built) / 1024,
     }
 
 
@@ -147,10 +157,11 @@ def _to_memcnn(model: Any) -> None:
 
 
 def run_fresh(config: str, memory: str, args: argparse.Namespace) -> dict[str, Any]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    if args.policy == "fixed64k":  # the live-tensor measure: RSS follows the tensors
+        env |= {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
     cmd = [args.python or sys.executable, "-W", "ignore", __file__, "--worker", f"{config}:{memory}",
-           "--batch-size", str(args.batch_size),
+           "--batch-size", str(args.batch_size), "--policy", args.policy,
            "--steps", str(args.steps), "--seed", str(args.seed)]  # fmt: skip
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode:
@@ -168,12 +179,18 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      "params": rs[0]["params"], "repeats": len(rs),
                      "step_peak_mb": statistics.median(r["step_peak_mb"] for r in rs),
                      "step_seconds": statistics.median(r["step_seconds"] for r in rs),
-                     "peak_rss_mb": statistics.median(r["ru_maxrss_mb"] for r in rs)})  # fmt: skip
+                     "peak_rss_mb": statistics.median(r["ru_maxrss_mb"] for r in rs),
+                     **({"process_peak_mb": statistics.median(r["process_peak_mb"] for r in rs)}
+                        if all("process_peak_mb" in r for r in rs) else {})})  # fmt: skip
     by = {(r["config"], r["memory"]): r for r in rows}
     for r in rows:  # ratios against the ordinary (store) run of the same model
         ref = by.get((r["config"], "store"))
         if ref is not None and r["memory"] != "store":
-            r["memory_ratio_vs_store"] = r["step_peak_mb"] / ref["step_peak_mb"]
+            # a step peak of 0 (an allocator that keeps freed memory: the step reuses it) has no ratio
+            if ref["step_peak_mb"] > 0:
+                r["memory_ratio_vs_store"] = r["step_peak_mb"] / ref["step_peak_mb"]
+            if ref.get("process_peak_mb"):
+                r["process_ratio_vs_store"] = r["process_peak_mb"] / ref["process_peak_mb"]
             r["time_ratio_vs_store"] = r["step_seconds"] / ref["step_seconds"]
     return rows
 
@@ -223,6 +240,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1, help="timed steps per process (after one warm-up step)")
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per config")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--policy", default="fixed64k", choices=("fixed64k", "cli", "keep", "return"),
+                        help="host allocator: fixed64k (MALLOC_MMAP_THRESHOLD_=65536: RSS follows live tensors), cli "
+                             "(what odearch train chooses for the mode), keep or return (odearch.train.allocator)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     parser.add_argument("--plot", type=Path, default=None, help="write the memory-vs-depth PNG here")
@@ -232,7 +252,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         config, memory = args.worker.split(":")
-        print(json.dumps(worker(config, memory, args.batch_size, args.steps, args.seed)))
+        print(json.dumps(worker(config, memory, args.batch_size, args.steps, args.seed, args.policy)))
         return
     if args.from_json:
         records = [json.loads(p.read_text()) for p in args.from_json]
@@ -256,8 +276,9 @@ def main() -> None:
             r = run_fresh(config, memory, args)
             r["repeat"] = rep
             runs.append(r)
-            print(f"[{rep}] {config:8s} {memory:10s} step peak {r['step_peak_mb']:8.1f} MB  "
-                  f"{r['step_seconds']:7.2f} s", flush=True)  # fmt: skip
+            print(f"[{rep}] {config:8s} {memory:10s} step peak {r['step_peak_mb']:8.1f} MB  process peak "
+                  f"{r['process_peak_mb']:8.1f} MB ({r['cpu_allocator']})  {r['step_seconds']:7.2f} s",
+                  flush=True)  # fmt: skip
             summary = summarise(runs)
             record = {
                 "command": " ".join([sys.executable, *sys.argv]),
@@ -272,8 +293,11 @@ def main() -> None:
                 "seed": args.seed,
                 "wall_seconds": time.perf_counter() - wall,
                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "policy": args.policy,
                 "method": "fresh process per run; step_peak_mb = VmHWM - VmRSS around one training step after a "
-                          "warm-up step (VmHWM reset via /proc/self/clear_refs); MALLOC_MMAP_THRESHOLD_=65536",
+                          "warm-up step (VmHWM reset via /proc/self/clear_refs); process_peak_mb = the highest VmHWM "
+                          "over the warm-up and timed steps minus VmRSS after building the model (what a user "
+                          "watching the process sees); host allocator: --policy",
                 "summary": summary,
                 "runs": runs,
             }  # fmt: skip
@@ -281,8 +305,8 @@ def main() -> None:
     print(f"wrote {path}")
     for r in sorted(summary, key=lambda r: (r["config"][:3], r["depth"], r["config"], r["memory"])):
         extra = ""
-        if "memory_ratio_vs_store" in r:
-            extra = f"  mem x{r['memory_ratio_vs_store']:.3f}  time x{r['time_ratio_vs_store']:.2f}"
+        if "time_ratio_vs_store" in r:
+            extra = f"  mem x{r.get('memory_ratio_vs_store', float('nan')):.3f}  time x{r['time_ratio_vs_store']:.2f}"
         print(f"{r['config']:8s} {r['memory']:10s} {r['step_peak_mb']:8.1f} MB {r['step_seconds']:7.2f} s{extra}")
     if args.plot:
         plot(summary, args.plot, _title(record, summary))

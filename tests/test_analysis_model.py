@@ -98,7 +98,7 @@ def test_csv_and_text(tmp_path: Path) -> None:
     assert [float(r["k"]) for r in back] == pytest.approx([-0.1, -1.0])
     assert [r["zero_stable"] for r in back] == ["True", "False"]
     text = format_table(rows)
-    assert "stages.0" in text and "NO" in text and "(1+k) u'" in text
+    assert "stages.0" in text and "NO" in text and "(1+k) u'" in text and "C = how many k" in text
     assert format_table([]) == "(no LM blocks)"
 
 

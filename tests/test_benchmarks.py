@@ -23,6 +23,7 @@ TINY = ["--batch-size", "4"]
 PAIR = ["--pairs", "preact_resnet20:lm_resnet20"]
 # fmt: off
 CASES = {
+    "allocator_policy": ["--runs", "lm_resnet20:store", "--rounds", "1", "--steps", "1", "--threads", "1", *TINY],
     "forward_backward": ["--models", "lm_resnet20", "--repeats", "1", *TINY],
     "host_allocator": ["--models", "lm_resnet20", "--rounds", "1", "--steps", "1", "--warmup", "1", "--threads", "1",
                        *TINY],
@@ -32,7 +33,7 @@ CASES = {
     "lm_step": [*PAIR, "--amp", "off", "--steps", "1", "--repeats", "2", "--warmup", "1", "--threads", "1", *TINY],
     "lm_update_cost": ["--models", "lm_resnet20", "--amp", "off", "--reps", "2", "--steps", "2", "--threads", "1",
                        *TINY],
-    "memory": ["--configs", "lm20:store", "rev20:reversible", "--repeats", "1", *TINY],
+    "memory": ["--configs", "lm20:store", "rev20:reversible", "--repeats", "1", "--policy", "cli", *TINY],
     "throughput": ["--models", "preact_resnet20", "lm_resnet20", "--device", "cpu", "--steps", "1", "--repeats", "1",
                    "--warmup", "1", "--workers", "1", "--data-dir", str(CIFAR_ROOT), *TINY],
 }

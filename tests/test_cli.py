@@ -93,10 +93,11 @@ def test_eval_run_dir_prints_and_writes_json(run_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_eval_bare_checkpoint_prints_json(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["eval", str(run_dir / "checkpoints" / "best.safetensors"), "--subset", "100", "--data-dir", str(DATA)])
-    assert rc == 0
-    text = capsys.readouterr().out
-    assert json.loads(text[text.index("{") :])["test_images"] == 100
+    best = str(run_dir / "checkpoints" / "best.safetensors")
+    assert main(["eval", best, "--subset", "100", "--data-dir", str(DATA)]) == 0
+    assert "{" not in capsys.readouterr().out  # JSON only on request
+    assert main(["eval", best, "--subset", "100", "--data-dir", str(DATA), "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_images"] == 100
 
 
 @pytest.mark.slow

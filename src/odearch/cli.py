@@ -25,15 +25,23 @@ import pickle
 import shlex
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
 
-from .models.table import model_table, models_markdown  # the registry as a table (re-exported for old imports)
-
 __all__ = ["build_parser", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    """``model_table`` and ``models_markdown`` (re-exported for old imports), imported on first use: they need torch."""
+    if name in ("model_table", "models_markdown"):
+        from .models import table
+
+        return getattr(table, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # What `--resume` may change: how and where the run continues, never what it computes (except extending epochs).
 RESUME_OVERRIDES = ("epochs", "max_minutes", "data_dir", "download", "log_every", "tensorboard", "device", "workers",
@@ -88,8 +96,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
         m.add_argument("--" + name.replace("_", "-"), dest=f"mk_{name}", default=None, help=option_help(name), **kw)
 
 
-def _add_models_parser(sub: Any) -> None:
-    ls = sub.add_parser("models", help="registered models with parameter counts", allow_abbrev=False)
+def _add_models_arguments(ls: argparse.ArgumentParser) -> None:
     ls.add_argument("--markdown", action="store_true", help="a Markdown table (for docs/models.md)")
     ls.add_argument("--pattern", help="shell-style filter, e.g. 'lm_*'")
 
@@ -109,20 +116,13 @@ def _add_eval_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
     e.add_argument("--batch-size", type=int, default=1000)
     e.add_argument("--subset", type=int, help="evaluate on the first N test images")
-    e.add_argument("--json", help="write the JSON here ('-': stdout; default: RUN/eval_<checkpoint>.json, or stdout "
-                                  "for a bare checkpoint)")  # fmt: skip
+    e.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE ('-': stdout, the table going "
+                                                  "to stderr; default: RUN/eval_<checkpoint>.json for a run, none "
+                                                  "for a checkpoint file or shipped weights)")  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of every subcommand."""
-    parser = _Parser(prog="odearch", description="LM-ResNet and friends: train, evaluate, list and analyze models.",
-                     allow_abbrev=False)  # fmt: skip
-    from . import __version__
-
-    parser.add_argument("--version", action="version", version=f"odearch {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    t = sub.add_parser("train", help="train a model (YAML config, then flags)", allow_abbrev=False)
+def _add_train_arguments(t: argparse.ArgumentParser) -> None:
+    """The flags of ``odearch train``: its own, then one per config field and model keyword."""
     t.add_argument("--config", help="YAML file of TrainConfig keys (flags given here override it)")
     t.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
@@ -131,32 +131,58 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(t)
     _add_model_flags(t)
 
-    _add_eval_arguments(sub.add_parser("eval", help="test loss and accuracy (overall and per class) of a run or "
-                                                    "checkpoint", allow_abbrev=False))  # fmt: skip
 
-    _add_models_parser(sub)
-
-    c = sub.add_parser("convert", help="convert a checkpoint of another code base to odearch safetensors",
-                       allow_abbrev=False)  # fmt: skip
+def _add_convert_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("source", choices=("akamaster",), help="its layout: akamaster = pytorch_resnet_cifar10 .th files")
     c.add_argument("input", help="the checkpoint, e.g. resnet20-12fca82f.th")
     c.add_argument("output", help="the .safetensors file to write (odearch eval can read it)")
     c.add_argument("--model", help="odearch model name (default: from the checkpoint's depth, e.g. resnet20)")
     c.add_argument("--dataset", choices=("cifar10", "cifar100"), help="default: from the number of classes")
 
+
+def _add_analyze_arguments(a: argparse.ArgumentParser) -> None:
     from .analysis.command import add_analyze_arguments
 
-    a = sub.add_parser("analyze", help="per-block k_n table, zero-stability and plots of trained LM runs",
-                       allow_abbrev=False)  # fmt: skip
     add_analyze_arguments(a)
 
+
+def _add_report_arguments(r: argparse.ArgumentParser) -> None:
     from .report import add_report_arguments
+
+    add_report_arguments(r)
+
+
+def _add_ship_arguments(s: argparse.ArgumentParser) -> None:
     from .train.ship import add_ship_arguments
 
-    add_report_arguments(sub.add_parser("report", help="generate docs/results.md and learning curves from runs",
-                                        allow_abbrev=False))  # fmt: skip
-    add_ship_arguments(sub.add_parser("ship", help="ship a finished run's final weights inside the package",
-                                      allow_abbrev=False))  # fmt: skip
+    add_ship_arguments(s)
+
+
+# Each subcommand: its help line and the function adding its arguments (imported only for the command given).
+SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "train": ("train a model (YAML config, then flags)", _add_train_arguments),
+    "eval": ("test loss and accuracy (overall and per class) of a run or checkpoint", _add_eval_arguments),
+    "models": ("registered models with parameter counts", _add_models_arguments),
+    "convert": ("convert a checkpoint of another code base to odearch safetensors", _add_convert_arguments),
+    "analyze": ("per-block k_n table, zero-stability and plots of trained LM runs", _add_analyze_arguments),
+    "report": ("generate docs/results.md and learning curves from runs", _add_report_arguments),
+    "ship": ("ship a finished run's final weights inside the package", _add_ship_arguments),
+}
+
+
+def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand; with ``commands``, only those get their arguments (the others are listed by
+    name and help line: ``odearch --help`` imports neither torch nor the training code)."""
+    parser = _Parser(prog="odearch", description="LM-ResNet and friends: train, evaluate, list and analyze models.",
+                     allow_abbrev=False)  # fmt: skip
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"odearch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (help_line, add_arguments) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_line, allow_abbrev=False)
+        if commands is None or name in commands:
+            add_arguments(p)
     return parser
 
 
@@ -247,7 +273,7 @@ def _run_checkpoint(run: Any, which: str) -> Path:
 
 def _shipped_checkpoint(run: Any, which: str) -> Path:
     """The shipped file holding a pruned run's final weights (checked against the sha256 its shipped.json records)."""
-    from .models._pretrained import shipped_run_weights
+    from .models import shipped_run_weights
     from .train.checkpoint import CheckpointError
 
     path = shipped_run_weights(run.root)
@@ -263,7 +289,7 @@ def _shipped_checkpoint(run: Any, which: str) -> Path:
 def _shipped_or_path(target: str) -> Path:
     """``target`` as a path, or, when no such file or folder exists, as the name of weights shipped in the package
     (``lm_resnet20.cifar10_s0``, or ``lm_resnet20`` for its first): that file, its sha256 checked."""
-    from .models._pretrained import list_pretrained, shipped_weights_named
+    from .models import list_pretrained, shipped_weights_named
 
     path = Path(target)
     if path.exists():
@@ -356,23 +382,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     per_class = dict(zip(classes, res["per_class_acc"]))
     out = {"checkpoint": str(ckpt), "model": cfg.model, "dataset": cfg.dataset, "epoch": meta.get("epoch"),
            "step": meta.get("step"), "test_images": res["n"], "test_loss": res["loss"], "test_acc": res["acc"],
-           "test_error_pct": 100 * (1 - res["acc"]), "per_class_acc": per_class,
+           "test_error_pct": round(100 * (1 - res["acc"]), 10), "per_class_acc": per_class,
            "per_class_n": dict(zip(classes, res["per_class_n"]))}  # fmt: skip
-    print(f"{cfg.model} on {cfg.dataset} test ({res['n']} images), {ckpt} (epoch {meta.get('epoch')})")
-    print(f"  loss {res['loss']:.4f}  accuracy {100 * res['acc']:.2f}%  error {100 * (1 - res['acc']):.2f}%")
-    if len(per_class) <= 20:
-        for name, acc in per_class.items():
-            print(f"  {name:>12}: {100 * acc:6.2f}%")
+    dest = args.json or (str(json_default) if json_default else None)
+    print(_eval_table(out), file=sys.stderr if dest == "-" else sys.stdout)
     text = json.dumps(out, indent=2)
-    dest = args.json or (str(json_default) if json_default else "-")
     if dest == "-":
         print(text)
-    else:
+    elif dest is not None:
         from .train.checkpoint import atomic_write
 
         atomic_write(dest, (text + "\n").encode())
         print(f"  JSON: {dest}")
     return 0
+
+
+def _eval_table(out: dict[str, Any]) -> str:
+    """The human-readable results of ``odearch eval``: rounded, one class a line (up to 20 classes)."""
+    head = f"{out['model']} on {out['dataset']} test ({out['test_images']} images), {out['checkpoint']}"
+    lines = [
+        f"{head} (epoch {out['epoch']})",
+        f"  loss {out['test_loss']:.4f}  accuracy {100 * out['test_acc']:.2f}%  error {out['test_error_pct']:.2f}%",
+    ]
+    if len(out["per_class_acc"]) <= 20:
+        lines += [f"  {name:>12}: {100 * acc:6.2f}%" for name, acc in out["per_class_acc"].items()]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------- convert
@@ -394,18 +428,33 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------- models
 def _cmd_models(args: argparse.Namespace) -> int:
     """Print the registry (:func:`odearch.models.model_table`), or its Markdown table with ``--markdown``."""
-    from .models._pretrained import registry_problems
+    from .models import list_models, registry_problems
+    from .models.table import model_table, models_markdown
 
+    if args.pattern is not None and not list_models(args.pattern):
+        raise UsageError(
+            f"no model matches --pattern {args.pattern!r} (shell-style, e.g. 'lm_*'); odearch models lists all "
+            f"{len(list_models())}"
+        )
     for problem in registry_problems():  # the models are listed all the same, without the weights it cannot read
         print(f"odearch: warning: {problem}", file=sys.stderr)
     if args.markdown:
         print(models_markdown(args.pattern))
         return 0
-    print(f"{'model':<22} {'params (M)':>10} {'classes':>7}  {'family':<15} {'scheme':<8} pretrained weights")
-    for r in model_table(args.pattern):
-        print(f"{r['name']:<22} {r['params'] / 1e6:>10.3f} {r['classes']:>7}  {r['family']:<15} {r['scheme']:<8} "
-              f"{', '.join(r['pretrained']) or '-'}")  # fmt: skip
+    print(_models_text(model_table(args.pattern)))
     return 0
+
+
+def _models_text(rows: list[dict[str, Any]]) -> str:
+    """The model table as aligned columns, each as wide as its longest entry."""
+    cells = [["model", "params (M)", "classes", "family", "scheme", "pretrained weights"]]
+    for r in rows:
+        weights = ", ".join(r["pretrained"]) or "-"
+        cells.append([r["name"], f"{r['params'] / 1e6:.3f}", str(r["classes"]), r["family"], r["scheme"], weights])
+    width = [max(len(c[i]) for c in cells) for i in range(5)]
+    align = "<>><<"  # numbers to the right
+    lines = ["  ".join(f"{c[i]:{align[i]}{width[i]}}" for i in range(5)) + "  " + c[5] for c in cells]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------------- main
@@ -415,11 +464,10 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the exit code (0 ok, 1 failure while running, 2 usage or configuration error)."""
-    from .train import CheckpointError, ConfigError, NonFiniteLossError, RunExistsError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(argv)
+        command = next((a for a in argv if not a.startswith("-")), None)  # the top level takes no option values
+        args = build_parser([command] if command else []).parse_args(argv)
         if args.command == "train":
             return _cmd_train(args, argv)
         if args.command == "eval":
@@ -439,18 +487,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_ship(args)
         return _cmd_models(args)
-    except (UsageError, ConfigError) as e:
-        print(f"odearch: error: {_one_line(e)}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # `odearch models | head`: the reader left; not an error
         sys.stdout = open(os.devnull, "w")  # keeps the interpreter's final flush quiet
         return 0
-    except (RunExistsError, CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError, OSError,
-            pickle.UnpicklingError) as e:  # fmt: skip
-        print(f"odearch: error: {_one_line(e)}", file=sys.stderr)
-        return 1
     except SystemExit as e:  # --help / --version
         return e.code if isinstance(e.code, int) else 0
     except KeyboardInterrupt:
         print("odearch: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        code = _exit_code(e)
+        if code is None:  # a bug: the traceback
+            raise
+        print(f"odearch: error: {_one_line(e)}", file=sys.stderr)
+        return code
+
+
+def _exit_code(e: Exception) -> int | None:
+    """2 for usage and configuration errors, 1 for the failures while running that are told in one line, None for
+    any other exception (a bug)."""
+    if isinstance(e, UsageError):
+        return 2
+    from .train import CheckpointError, ConfigError, NonFiniteLossError, RunExistsError
+
+    if isinstance(e, ConfigError):
+        return 2
+    failures = (RunExistsError, CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError, OSError,
+                pickle.UnpicklingError)  # fmt: skip
+    return 1 if isinstance(e, failures) else None

@@ -201,7 +201,8 @@ def format_table(rows: Sequence[dict]) -> str:
         "modified eq. (1+k) u' + (1-k)(dt/2) u'' = g(u); step = dt/(1+k) relative to ResNet; "
         "w2/w1 = (1-k)/(2(1+k)); gamma*dt = -(1+k)/k; xi = roots of xi^2-(1-k)xi-k"
     )
-    return "\n".join([*lines, legend])
+    channels = "C = how many k the block has: 1 (one k per block) or its channels (one k each; k is their mean)"
+    return "\n".join([*lines, legend, channels])
 
 
 def k_by_stage_from_state_dict(state: dict[str, object], suffix: str = ".lm_k") -> dict[str, KValues]:

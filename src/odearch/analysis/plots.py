@@ -65,9 +65,10 @@ def plot_k_vs_depth(runs: Mapping[str, dict[str, KValues]], path: str | Path, ti
     ax = fig.subplots()
     single = len(runs) == 1
     stage_colors = _colors(max(len(ks) for ks in runs.values()))
-    banded = False
+    banded, ks = False, [0.0]  # k = 0 (ResNet) always in view
     for run_color, (run, k_by_stage) in zip(_colors(len(runs)), runs.items(), strict=True):
         rows = lm_table(k_by_stage)
+        ks += [r[key] for r in rows for key in ("k_min", "k_max")]
         for s, stage in enumerate(k_by_stage):
             stage_rows = [r for r in rows if r["stage"] == stage]
             if not stage_rows:
@@ -87,13 +88,16 @@ def plot_k_vs_depth(runs: Mapping[str, dict[str, KValues]], path: str | Path, ti
         ax.annotate(stage, (start, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
                     textcoords="offset points", fontsize=8, color="0.3")  # fmt: skip
     _reference_lines(ax)
+    span = max(ks) - min(ks) or 0.1
+    ax.set_ylim(min(ks) - 0.08 * span, max(ks) + 0.2 * span)  # the data, not the k = -1 line; room for stage names
     ax.set_xlabel("depth (global block index; block 0 of each stage has no k)")
     ax.set_ylabel("k_n")
     default_title = "LM coefficients k_n against depth (0: ResNet, -1: zero-stability limit)"
     if banded:
         default_title += "\nper-channel k: channel mean, band = min-max over channels"
     ax.set_title(title or default_title, fontsize=10)
-    ax.legend(fontsize=8, title="stage" if single else "run", title_fontsize=8, loc="best")
+    legend_title = "stage" if single else "run"  # the legend right of the axes: it hides no point
+    ax.legend(fontsize=8, title=legend_title, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     return _save(fig, path)
 

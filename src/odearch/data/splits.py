@@ -85,6 +85,11 @@ def cifar_splits(opts: SplitOptions, device: torch.device, rank: int = 0, world_
     info = dataset_info(opts.dataset)
     images, labels = load_cifar(opts.data_dir, opts.dataset, train=True, download=opts.download)
     evals_raw: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    if opts.val_split >= len(images):
+        raise DatasetError(
+            f"--val-split {opts.val_split} leaves none of the {len(images)} training images of {opts.dataset} to "
+            f"train on; use at most {len(images) - 1} (5000: 45k/5k)"
+        )
     if opts.val_split:
         (images, labels), evals_raw["val"] = train_val_split(images, labels, opts.val_split, seed=VAL_SPLIT_SEED)
     if opts.subset is not None:

@@ -14,6 +14,13 @@ same trade.
 ``odearch`` applies it in :func:`odearch.train.numerics.configure_numerics` on CPU (``odearch train`` and the
 benchmarks); ``ODEARCH_KEEP_FREED_MEMORY=0`` in the environment leaves the allocator as it is. Nothing happens on a
 C library other than glibc (musl, macOS); where another allocator was preloaded, glibc's setting has no effect.
+
+Where memory is the point (the ``recompute`` and ``reversible`` activation-memory modes), keeping freed memory would
+keep the peak the mode frees: the process a user watches would still grow with depth. There ``odearch train``
+chooses the opposite policy (:func:`policy_for`, the config's ``allocator: auto``): :func:`return_freed_memory`
+fixes glibc's mmap threshold at 64 KiB and its trim threshold at 128 KiB, so a freed activation goes back to the
+kernel and the resident size follows the live tensors, at the cost of the page faults above (measured per mode:
+docs/memory.md). ``allocator: keep`` / ``return`` choose either policy whatever the mode.
 """
 
 from __future__ import annotations
@@ -22,7 +29,12 @@ import ctypes
 import ctypes.util
 import os
 
-__all__ = ["allocator_state", "keep_freed_memory"]
+__all__ = ["ALLOCATOR_POLICIES", "allocator_state", "apply_policy", "keep_freed_memory", "policy_for",
+           "return_freed_memory"]  # fmt: skip
+
+ALLOCATOR_POLICIES = ("auto", "keep", "return")
+RETURN_MMAP_THRESHOLD = 64 * 1024  # blocks above 64 KiB are mmap'ed and unmapped on free: RSS follows live tensors
+RETURN_TRIM_THRESHOLD = 128 * 1024  # glibc's default: the heap top is given back past 128 KiB free
 
 M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 M_MMAP_THRESHOLD = -3
@@ -46,7 +58,7 @@ def keep_freed_memory() -> str:
     """Sets glibc's mmap threshold to 32 MiB and its trim threshold to ~2 GiB, once per process, unless
     ``ODEARCH_KEEP_FREED_MEMORY=0``. Returns :func:`allocator_state`."""
     global _state
-    if _state == "system" and os.environ.get("ODEARCH_KEEP_FREED_MEMORY", "1") != "0":
+    if _state != "glibc-keep-freed" and os.environ.get("ODEARCH_KEEP_FREED_MEMORY", "1") != "0":
         libc = _glibc()
         if libc is not None and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1:
             if libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1:
@@ -54,6 +66,33 @@ def keep_freed_memory() -> str:
     return _state
 
 
+def return_freed_memory() -> str:
+    """Sets glibc's mmap threshold to 64 KiB and its trim threshold to 128 KiB (freed memory goes back to the
+    kernel; also after :func:`keep_freed_memory`). Returns :func:`allocator_state`."""
+    global _state
+    libc = _glibc()
+    if libc is not None and libc.mallopt(M_MMAP_THRESHOLD, RETURN_MMAP_THRESHOLD) == 1:
+        if libc.mallopt(M_TRIM_THRESHOLD, RETURN_TRIM_THRESHOLD) == 1:
+            _state = "glibc-return-freed"
+    return _state
+
+
+def policy_for(option: str, memory_mode: str) -> str:
+    """The allocator policy of a run: ``option`` (``keep`` / ``return``), or for ``auto`` ``return`` under the
+    ``recompute`` and ``reversible`` memory modes (memory is the point) and ``keep`` otherwise (speed)."""
+    if option not in ALLOCATOR_POLICIES:
+        raise ValueError(f"allocator must be one of {ALLOCATOR_POLICIES}, got {option!r}")
+    if option != "auto":
+        return option
+    return "return" if memory_mode in ("recompute", "reversible") else "keep"
+
+
+def apply_policy(policy: str) -> str:
+    """Applies ``keep`` (:func:`keep_freed_memory`) or ``return`` (:func:`return_freed_memory`); returns
+    :func:`allocator_state`."""
+    return return_freed_memory() if policy == "return" else keep_freed_memory()
+
+
 def allocator_state() -> str:
-    """``glibc-keep-freed`` once :func:`keep_freed_memory` has applied, else ``system`` (recorded in provenance)."""
+    """``glibc-keep-freed`` / ``glibc-return-freed`` once a policy has applied, else ``system`` (in provenance)."""
     return _state

@@ -115,6 +115,10 @@ class TrainConfig:
                              "model's own (reversible for rev_ models, else store; a run dir's config.yaml without "
                              "this key reads as store)",
                      choices=("auto", "store", "recompute", "reversible"))  # fmt: skip
+    allocator: str = _f("auto", "CPU host allocator: keep (freed memory stays in the process: fewer page faults, "
+                                "faster), return (freed memory goes back: resident size follows live tensors); auto: "
+                                "return under --memory recompute / reversible, keep otherwise",
+                        choices=("auto", "keep", "return"))  # fmt: skip
     deterministic: bool = _f(False, "deterministic algorithms (torch.use_deterministic_algorithms, cudnn flags)")
     sync_bn: bool = _f(False, "BatchNorm statistics over the global batch when distributed (SyncBatchNorm)")
     dist_timeout: float = _f(600.0, "distributed: seconds a rank waits for the others in a collective before the run "
@@ -293,7 +297,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{yaml_error_where(path, e)}: invalid YAML: {yaml_error_what(e)}") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -301,10 +305,22 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
+def yaml_error_where(path: str | Path, e: yaml.YAMLError) -> str:
+    """``FILE:LINE:COLUMN`` of a YAML error (1-based, as editors count), or ``FILE`` when the error has no mark."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+
+
+def yaml_error_what(e: yaml.YAMLError) -> str:
+    """What a YAML error says went wrong (its problem and context, without the quoted source lines)."""
+    parts = [getattr(e, "context", None), getattr(e, "problem", None)]
+    return ": ".join(p for p in parts if p) or str(e).splitlines()[0]
+
+
 def config_hash(cfg: TrainConfig) -> str:
     """Short hash of the fields that define the trained function (model, data, optimisation), not run control."""
     volatile = {"out", "data_dir", "download", "max_minutes", "log_every", "tensorboard", "device", "compile",
-                "workers", "memory", "dist_timeout"}  # fmt: skip
+                "workers", "memory", "dist_timeout", "allocator"}  # fmt: skip
     d = {k: v for k, v in cfg.to_dict().items() if k not in volatile}
     if d.get("lm_weight_decay") == "k":  # the only behaviour before the option existed: keep those runs' hashes
         del d["lm_weight_decay"]

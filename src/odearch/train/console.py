@@ -15,7 +15,7 @@ from typing import Any
 from .distributed import DistEnv
 from .epoch import NonFiniteLossError
 
-__all__ = ["Eta", "epoch_line", "eval_progress", "hms", "log", "make_bar", "pct", "progress_hook"]
+__all__ = ["Eta", "epoch_line", "eval_progress", "hms", "log", "make_bar", "outcome", "pct", "progress_hook"]
 
 
 def log(env: DistEnv, msg: str) -> None:
@@ -62,10 +62,12 @@ class Eta:
 
 
 def progress_hook(bar: Any, log_every: int, epoch: int, t0: float, env: DistEnv,
-                  eta: Eta | None = None) -> Callable[[int, dict[str, Any]], None]:  # fmt: skip
+                  eta: Eta | None = None, start_n: int = 0) -> Callable[[int, dict[str, Any]], None]:  # fmt: skip
     """Per-step hook: advances the progress bar; every ``log_every`` steps reads the running loss (one sync),
     shows it, and fails fast on a non-finite loss. Without a bar (stdout/stderr a file or pipe: a cluster job,
-    ``nohup``) rank 0 prints the same as a line, with the time left in the epoch and in the run."""
+    ``nohup``) rank 0 prints the same as a line, with the time left in the epoch and in the run. ``start_n``: the
+    images per rank already in the sums at ``t0`` (a resumed partial epoch); the img/s rate counts only the others,
+    like the ETA."""
 
     def hook(step: int, sums: dict[str, Any]) -> None:
         if bar is not None:
@@ -77,7 +79,7 @@ def progress_hook(bar: Any, log_every: int, epoch: int, t0: float, env: DistEnv,
                                          "stopped, keeping the last good checkpoint; try a lower --lr")  # fmt: skip
             acc = sums["correct"].item() / max(1, sums["n"])
             elapsed = time.perf_counter() - t0
-            rate = sums["n"] * env.world_size / max(1e-9, elapsed)
+            rate = (sums["n"] - start_n) * env.world_size / max(1e-9, elapsed)
             epoch_left, run_left = eta(step, elapsed, epoch) if eta is not None else (math.nan, math.nan)
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.4f}", acc=f"{100 * acc:.2f}%", img_s=f"{rate:.0f}",
@@ -89,6 +91,17 @@ def progress_hook(bar: Any, log_every: int, epoch: int, t0: float, env: DistEnv,
                       flush=True)  # fmt: skip
 
     return hook
+
+
+def outcome(result: dict[str, Any], select: str) -> str:
+    """The results in a run's last line: final test accuracy and best checkpoint, or that no epoch was evaluated."""
+    if result["final_test_acc"] is None and result["best_epoch"] is None:
+        return "stopped before the first evaluation: no accuracy yet"
+    acc = result["final_test_acc"]
+    final = "no final test acc" if acc is None else f"final test acc {pct(acc)}"
+    if result["best_epoch"] is None:
+        return final
+    return f"{final}, best {pct(result['best_acc'])} ({select}, epoch {result['best_epoch']})"
 
 
 def eval_progress(loader: Any, name: str, use_bar: bool, env: DistEnv) -> Iterable[Any]:
@@ -117,5 +130,12 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
     evals = "".join(f"{k} loss {row[f'{k}_loss']:.4f} acc {pct(row[f'{k}_acc'])}  " for k in ("val", "test")
                     if f"{k}_acc" in row)  # fmt: skip
     return (f"epoch {epoch:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {pct(row['train_acc'])}  {evals}"
-            f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {seconds:.1f}s"
+            f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {seconds:.1f}s{_peak(row)}"
             + (f"  run ETA {hms(seconds * (epochs - epoch))}" if epoch < epochs else ""))  # fmt: skip
+
+
+def _peak(row: dict[str, Any]) -> str:
+    """``  peak 412 MiB`` (the process's peak RSS over the epoch; CUDA: peak allocated), or nothing."""
+    if "cuda_peak_allocated_mib" in row:
+        return f"  peak {row['cuda_peak_allocated_mib']:.0f} MiB GPU"
+    return f"  peak {row['peak_rss_mib']:.0f} MiB" if "peak_rss_mib" in row else ""

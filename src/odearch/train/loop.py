@@ -44,7 +44,7 @@ from ..runfiles import INITIAL_K_FILE
 from . import generations
 from .checkpoint import CheckpointError, atomic_write, restore_rng
 from .config import ConfigError, TrainConfig, config_hash
-from .console import Eta, epoch_line, eval_progress, log, make_bar, pct, progress_hook
+from .console import Eta, epoch_line, eval_progress, log, make_bar, outcome, progress_hook
 from .distributed import (
     DistEnv,
     all_reduce_sum,
@@ -62,6 +62,7 @@ from .multilevel import carry_momentum, mesh_level, refined_model
 from .numerics import configure_numerics, cpu_has_native_bf16, resolve_device
 from .provenance import provenance
 from .rundir import RunDir, RunExistsError, default_out
+from .schedule import late_milestones
 from .signals import StopSignals
 from .state import RunControl, TrainState, build_state, make_optimizer, save_checkpoint, wrap_model
 from .tensorboard import TensorBoard
@@ -124,6 +125,11 @@ def _train(s: TrainState, resume: bool, overwrite: bool) -> dict[str, Any]:
     if s.env.is_main and s.cfg.tensorboard:
         s.writer = TensorBoard(s.run.tb, s.prog.epoch + 1 if resume else None)
     _start(s)
+    if not resume and (note := late_milestones(s.cfg)):  # `--epochs 4` of a 160-epoch recipe, say
+        log(s.env, f"odearch: warning: {note}")
+    if resume:  # where this process starts (its progress lines' rates count only the steps it runs)
+        where = f"epoch {s.prog.epoch + 1} step {s.prog.batch}/{len(s.data.train)} (global step {s.prog.step})"
+        log(s.env, f"odearch: resuming at {where}")
     stopped = False
     for epoch in range(s.prog.epoch, s.cfg.epochs):
         if s.prog.batch == 0 and epoch in s.cfg.refine_at:
@@ -163,6 +169,8 @@ def _train_epoch(s: TrainState, epoch: int) -> dict[str, Any]:
     dict with ``totals`` (loss sum, correct, n over all ranks, on the CPU), ``seconds`` and ``stopped`` (ended before
     the epoch's last batch)."""
     s.data.train.set_epoch(epoch)
+    if s.peak is not None:
+        s.peak.reset()  # the epoch's peak memory: training and its evaluation
     steps = len(s.data.train)
     bar = make_bar(s.ctl.use_bar and s.env.is_main, steps, s.prog.batch, f"epoch {epoch + 1}/{s.cfg.epochs}")
     sums, prev_seconds = None, 0.0
@@ -172,7 +180,8 @@ def _train_epoch(s: TrainState, epoch: int) -> dict[str, Any]:
         sums |= {k: p[k] for k in KFORCE_SUMS if k in p}  # the LM force sums of a partial epoch (on the CPU)
         prev_seconds = p.get("seconds", 0.0)
     t0 = time.perf_counter()
-    show = progress_hook(bar, s.cfg.log_every, epoch, t0, s.env, Eta(s.prog.step, steps, s.cfg.epochs))
+    eta = Eta(s.prog.step, steps, s.cfg.epochs)
+    show = progress_hook(bar, s.cfg.log_every, epoch, t0, s.env, eta, start_n=int(sums["n"]) if sums else 0)
     should_stop = _stopper(s)
     forces = KForces(s.raw, s.optimizer)
     out = train_one_epoch(s.model, batches_from(s.data.train, s.prog.batch), s.train_step, step=s.prog.step,
@@ -217,7 +226,7 @@ def _evaluate_row(s: TrainState, epoch: int, out: dict[str, Any]) -> dict[str, A
     prov = s.prov
     return row | {"lr": s.lr(s.prog.step - 1), "seconds": seconds, "images_per_s": totals[2].item() / seconds,
                   "lm_k": lm_coefficients(s.raw), **out["lm_forces"], "amp_dtype": s.prog.amp_dtype,
-                  **_mesh_row(s, epoch),
+                  **_mesh_row(s, epoch), **(s.peak.read() if s.peak is not None else {}),
                   "git_commit": prov["git_commit"], "git_dirty": prov["git_dirty"],
                   "device_name": prov["device_name"]}  # fmt: skip
 
@@ -386,14 +395,14 @@ def _summarise(s: TrainState, stopped: bool, reason: str | None = None) -> dict[
             "or use --val-split 5000" if cfg.select_on == "auto" else "selected on the test set (--select-on test)"),
         "test_images": s.data.evals["test"].num_images, "train_images": s.data.num_train,
         "wall_seconds": prog.wall_seconds, "world_size": s.env.world_size, **provenance(s.device),
+        "peak_rss_mib": max((r["peak_rss_mib"] for r in rows if "peak_rss_mib" in r), default=None),
         "metrics": str(run.metrics), "config_hash": config_hash(cfg),
     }  # fmt: skip
     if s.env.is_main:
         run.write_result(result)
         why = f"after {cfg.max_minutes} min" if reason == "max_minutes" else f"by {reason}"
         how = f"stopped {why}; resume with: {result['resume_with']}" if stopped else "done"
-        log(s.env, f"odearch: {how}; final test acc {pct(result['final_test_acc'])}, best {pct(result['best_acc'])}"
-                   f" ({s.select}, epoch {result['best_epoch']}); {run.result}")  # fmt: skip
+        log(s.env, f"odearch: {how}; {outcome(result, s.select)}; {run.result}")
     return result
 
 

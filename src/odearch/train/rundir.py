@@ -25,6 +25,7 @@ before its first checkpoint (:meth:`RunDir.never_trained`); starting it again lo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -279,8 +280,8 @@ class RunDir:
         self.write_config(cfg)
 
     def write_config(self, cfg: TrainConfig) -> None:
-        """Writes the resolved config as config.yaml (atomically)."""
-        atomic_write(self.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+        """Writes the resolved config as config.yaml (atomically), less the keys that do not apply to it."""
+        atomic_write(self.config, yaml.safe_dump(config_record(cfg), sort_keys=False).encode())
 
     def read_config(self) -> TrainConfig:
         """The run's resolved config (for --resume and eval)."""
@@ -325,6 +326,18 @@ class RunDir:
     def write_result(self, result: dict[str, Any]) -> None:
         """Writes result.json atomically."""
         atomic_write(self.result, (json.dumps(result, indent=2) + "\n").encode())
+
+
+def config_record(cfg: TrainConfig) -> dict[str, Any]:
+    """What config.yaml records: ``cfg.to_dict()`` less the ImageNet-only keys (help ``imagenet: ...``: crop_size,
+    resize_size, workers, decode) of a run on another data set while they hold their defaults. Reading the file back
+    fills them in again, so the config and its ``config_hash`` are unchanged; old files that list them still read."""
+    d = cfg.to_dict()
+    if cfg.dataset != "imagenet":
+        for f in dataclasses.fields(cfg):
+            if f.metadata.get("help", "").startswith("imagenet:") and d[f.name] == f.default:
+                del d[f.name]
+    return d
 
 
 def _lock_fd(root: Path) -> int:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
-from .config import TrainConfig
+from .config import RECIPES, TrainConfig
 
-__all__ = ["lr_at", "lr_schedule"]
+__all__ = ["late_milestones", "lr_at", "lr_schedule"]
 
 
 def lr_at(
@@ -39,3 +39,22 @@ def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float
         step, base_lr=cfg.lr, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs, schedule=cfg.schedule,
         milestones=cfg.milestones, gamma=cfg.gamma, warmup_epochs=cfg.warmup_epochs,
     )  # fmt: skip
+
+
+def late_milestones(cfg: TrainConfig) -> str | None:
+    """Why a step schedule whose milestones are not below ``cfg.epochs`` does not do what its recipe does
+    (``--epochs 4`` of the 160-epoch recipe, milestones 80 120: the lr never drops), with milestones scaled to the
+    run; None when every milestone falls inside the run (or the schedule is cosine)."""
+    late = [m for m in cfg.milestones if m >= cfg.epochs]  # milestone m divides the lr from epoch m + 1 on
+    if cfg.schedule != "step" or not late:
+        return None
+    total, recipe = RECIPES[cfg.dataset]
+    if tuple(cfg.milestones) != tuple(recipe):  # a YAML's own: its last at 3/4 of the run, as in the paper's recipes
+        total = round(max(cfg.milestones) * 4 / 3)
+    scaled = sorted({min(cfg.epochs - 1, max(1, round(m * cfg.epochs / total))) for m in cfg.milestones})
+    hint = f"e.g. --milestones {' '.join(map(str, scaled))}" if cfg.epochs > 1 else "and more --epochs"
+    what = f"stays {cfg.lr:g} throughout" if len(late) == len(cfg.milestones) else "does not drop there"
+    return (
+        f"lr milestones {' '.join(map(str, late))} are not below the {cfg.epochs} epochs: the lr {what}; to "
+        f"shorten the schedule with the run, give milestones ({hint})"
+    )

@@ -20,8 +20,9 @@ from torch import nn
 
 from ..data import DatasetError, Splits, get_dataset
 from ..models import create_model
-from ..nn import lm_k_draw, set_memory
+from ..nn import get_memory, lm_k_draw, set_memory
 from . import generations
+from .allocator import apply_policy, policy_for
 from .checkpoint import (
     CheckpointError,
     capture_rng,
@@ -38,6 +39,7 @@ from .epoch import NonFiniteLossError, TrainStep
 from .multilevel import mesh_level, refine_times
 from .numerics import DTYPE_NAMES, amp_dtype, autocast, dtype_from_name, dtype_name, seed_everything
 from .optim import build_optimizer
+from .peakmem import PeakMemory
 from .rundir import RunDir
 from .schedule import lr_schedule
 from .signals import StopSignals
@@ -118,6 +120,7 @@ class TrainState:
     saved_row: dict[str, Any] | None = None  # the metrics row of that checkpoint's epoch
     writer: TensorBoard | None = None
     prov: dict[str, Any] = field(default_factory=dict)  # code and machine of this session (provenance)
+    peak: PeakMemory | None = None  # the process's peak memory over the current epoch
 
     def autocast(self) -> Any:
         """The forward pass's autocast context (float32 when the run's precision is)."""
@@ -142,6 +145,8 @@ def build_state(cfg: TrainConfig, run: RunDir, env: DistEnv, device: torch.devic
     seed_everything(cfg.seed)
     level = _saved_mesh_level(run, cfg) if resume else 0
     raw = build_model(cfg, level).to(device, memory_format=torch.channels_last if cfg.channels_last else None)
+    if device.type == "cpu":  # the allocator policy of the memory mode the model resolved to (allocator.policy_for)
+        apply_policy(policy_for(cfg.allocator, get_memory(raw)))
     data = build_data(cfg, device, env)
     if env.enabled and cfg.sync_bn:
         raw = convert_sync_batchnorm(raw, device)
@@ -159,7 +164,7 @@ def build_state(cfg: TrainConfig, run: RunDir, env: DistEnv, device: torch.devic
                      cfg.label_smoothing)  # fmt: skip
     select = "val" if cfg.select_on == "val" or (cfg.select_on == "auto" and cfg.val_split) else "test"
     return TrainState(cfg, run, env, device, ctl, raw, model, eval_model, optimizer, scaler, amp, step, data, prog,
-                      select, rng, saved_row)  # fmt: skip
+                      select, rng, saved_row, peak=PeakMemory(device))  # fmt: skip
 
 
 def make_optimizer(raw: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
