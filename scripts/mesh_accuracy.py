@@ -61,6 +61,10 @@ def plot(folder: Path, out: Path) -> None:
         ax.plot(steps, [r["error_recalibrated"] for r in rows], "s--", color=line.get_color(), alpha=0.7)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    ticks = sorted({r["steps_per_stage"][0] for p in folder.glob("*.json") for r in json.loads(p.read_text())["rows"]})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_yticks([5, 10, 20, 40, 80], ["5", "10", "20", "40", "80"])
+    ax.minorticks_off()
     ax.set_xlabel("steps per stage (first block + mesh); trained at 3")
     ax.set_ylabel("CIFAR-10 test error (%)")
     ax.set_title(
