@@ -27,8 +27,9 @@ import odearch
 from odearch.train.provenance import provenance
 
 
-def step_times(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               steps: int) -> list[float]:  # fmt: skip
+def step_times(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, steps: int
+) -> list[float]:
     """Seconds of each of ``steps`` training steps."""
     times = []
     for _ in range(steps):

@@ -24,10 +24,26 @@ import odearch
 from odearch.train.provenance import provenance
 
 DEFAULT_MODELS = [
-    "resnet20", "preact_resnet20", "lm_resnet20", "rk2_resnet20", "rk4_resnet20", "ab2_resnet20", "poly2_resnet20",
-    "rev_resnet20", "fractal_resnet20", "resnet56", "preact_resnet56", "lm_resnet56", "resnet110", "preact_resnet110",
-    "lm_resnet110", "preact_resnet164", "lm_resnet164", "resnext29_8x64d", "lm_resnext29_8x64d",
-]  # fmt: skip
+    "resnet20",
+    "preact_resnet20",
+    "lm_resnet20",
+    "rk2_resnet20",
+    "rk4_resnet20",
+    "ab2_resnet20",
+    "poly2_resnet20",
+    "rev_resnet20",
+    "fractal_resnet20",
+    "resnet56",
+    "preact_resnet56",
+    "lm_resnet56",
+    "resnet110",
+    "preact_resnet110",
+    "lm_resnet110",
+    "preact_resnet164",
+    "lm_resnet164",
+    "resnext29_8x64d",
+    "lm_resnext29_8x64d",
+]
 
 
 def time_step(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> list[float]:

@@ -79,18 +79,24 @@ def main() -> None:
             for setting in ("system", "kept"):
                 s = measure(name, setting == "kept", args)
                 samples[name][setting].append(s)
-                print(f"{name:16s} {setting:6s}: {s['faults']:8.0f} minor faults/step, user {s['user_s']:.3f} s, "
-                      f"sys {s['sys_s']:.3f} s, wall {s['wall_s']:.3f} s per step ({s['cpu_allocator']})",
-                      flush=True)  # fmt: skip
+                print(
+                    f"{name:16s} {setting:6s}: {s['faults']:8.0f} minor faults/step, user {s['user_s']:.3f} s, "
+                    f"sys {s['sys_s']:.3f} s, wall {s['wall_s']:.3f} s per step ({s['cpu_allocator']})",
+                    flush=True,
+                )
     keys = ("faults", "user_s", "sys_s", "wall_s")
-    medians = {m: {st: {k: statistics.median(s[k] for s in ss) for k in keys} for st, ss in d.items()}
-               for m, d in samples.items()}  # fmt: skip
+    medians = {
+        m: {st: {k: statistics.median(s[k] for s in ss) for k in keys} for st, ss in d.items()}
+        for m, d in samples.items()
+    }
     for m, d in medians.items():
         sy, kp = d["system"], d["kept"]
         share = {st: v["sys_s"] / (v["sys_s"] + v["user_s"]) for st, v in d.items()}
-        print(f"{m}: median faults/step {sy['faults']:.0f} -> {kp['faults']:.0f}; sys share {share['system']:.1%} -> "
-              f"{share['kept']:.1%}; wall/step {sy['wall_s']:.3f} -> {kp['wall_s']:.3f} s "
-              f"(kept / system {kp['wall_s'] / sy['wall_s']:.3f})")  # fmt: skip
+        print(
+            f"{m}: median faults/step {sy['faults']:.0f} -> {kp['faults']:.0f}; sys share {share['system']:.1%} -> "
+            f"{share['kept']:.1%}; wall/step {sy['wall_s']:.3f} -> {kp['wall_s']:.3f} s "
+            f"(kept / system {kp['wall_s'] / sy['wall_s']:.3f})"
+        )
     now = datetime.now()
     record = {
         "benchmark": "host_allocator",

@@ -88,22 +88,38 @@ def main() -> None:
             best = {kind: min(v) for kind, v in ms.items()}
             med = {kind: statistics.median(v) for kind, v in ms.items()}
             n = args.steps - 1
-            row = {"dtype": str(dtype).removeprefix("torch."), "shape": list(shape), "min_ms": best, "median_ms": med,
-                   "extra_ms_per_lm_step_min": {k: (best[k] - best["plain"]) / n for k in kinds[1:]},
-                   "extra_ms_per_lm_step_median": {k: (med[k] - med["plain"]) / n for k in kinds[1:]},
-                   "samples_ms": ms}  # fmt: skip
+            row = {
+                "dtype": str(dtype).removeprefix("torch."),
+                "shape": list(shape),
+                "min_ms": best,
+                "median_ms": med,
+                "extra_ms_per_lm_step_min": {k: (best[k] - best["plain"]) / n for k in kinds[1:]},
+                "extra_ms_per_lm_step_median": {k: (med[k] - med["plain"]) / n for k in kinds[1:]},
+                "samples_ms": ms,
+            }
             rows.append(row)
             e, m = row["extra_ms_per_lm_step_min"], row["extra_ms_per_lm_step_median"]
-            print(f"{row['dtype']:8s} {shape}: plain step {best['plain'] / args.steps:.3f} ms; LM extra per step "
-                  f"{e['lm']:.3f} ms (two-state {e['lm_two_state']:.3f}) by min, {m['lm']:.3f} "
-                  f"({m['lm_two_state']:.3f}) by median", flush=True)  # fmt: skip
+            print(
+                f"{row['dtype']:8s} {shape}: plain step {best['plain'] / args.steps:.3f} ms; LM extra per step "
+                f"{e['lm']:.3f} ms (two-state {e['lm_two_state']:.3f}) by min, {m['lm']:.3f} "
+                f"({m['lm_two_state']:.3f}) by median",
+                flush=True,
+            )
     now = datetime.now()
-    record = {"benchmark": "lm_combine", "command": shlex.join([sys.executable, *sys.argv]),
-              "date": now.astimezone().isoformat(timespec="seconds"),
-              "provenance": {**provenance(torch.device("cpu")), "threads": torch.get_num_threads()},
-              "settings": {"steps": args.steps, "repeats": args.repeats, "channels_last": True, "seed": 0,
-                           "seconds": time.perf_counter() - t_start},
-              "rows": rows}  # fmt: skip
+    record = {
+        "benchmark": "lm_combine",
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "date": now.astimezone().isoformat(timespec="seconds"),
+        "provenance": {**provenance(torch.device("cpu")), "threads": torch.get_num_threads()},
+        "settings": {
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "channels_last": True,
+            "seed": 0,
+            "seconds": time.perf_counter() - t_start,
+        },
+        "rows": rows,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"lm_combine-cpu-{now:%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")

@@ -183,8 +183,13 @@ def fused_lm_step() -> contextlib.AbstractContextManager[None]:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", nargs="+", default=DEFAULT_PAIRS, metavar="PLAIN:LM")
-    p.add_argument("--amp", nargs="+", default=["off", "bf16"], choices=("off", "bf16", "fp16"),
-                   help="autocast precisions to measure (off: fp32)")  # fmt: skip
+    p.add_argument(
+        "--amp",
+        nargs="+",
+        default=["off", "bf16"],
+        choices=("off", "bf16", "fp16"),
+        help="autocast precisions to measure (off: fp32)",
+    )
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     p.add_argument("--compile", action="store_true", help="torch.compile the models (as `odearch train --compile`)")
     p.add_argument("--no-old", action="store_true", help="skip the b2b71ed LM step (always skipped when compiled)")
@@ -251,8 +256,11 @@ def main() -> None:
 
     threads = torch.get_num_threads()
     prov = provenance(device)
-    print(f"{prov['device_name']} ({device}), {threads} threads, batch {args.batch_size}, warm-up {args.warmup}, "
-          f"{args.repeats} x {args.steps} steps{', compiled' if args.compile else ''}", flush=True)  # fmt: skip
+    print(
+        f"{prov['device_name']} ({device}), {threads} threads, batch {args.batch_size}, warm-up {args.warmup}, "
+        f"{args.repeats} x {args.steps} steps{', compiled' if args.compile else ''}",
+        flush=True,
+    )
     t_start = time.perf_counter()
     warm_s = {}
     for key, run in jobs.items():
@@ -282,34 +290,60 @@ def main() -> None:
                 per_window = [a / b for a, b in zip(samples[amp, lm, variant], samples[amp, plain, "new"])]
                 ratio = med[amp, lm, variant] / med[amp, plain, "new"]
                 cpu_ratio = cpu_med[amp, lm, variant] / cpu_med[amp, plain, "new"]
-                results.append({
-                    "amp": amp, "plain": plain, "lm": lm, "lm_step": variant, "compile": args.compile,
-                    "plain_img_s": med[amp, plain, "new"], "lm_img_s": med[amp, lm, variant],
-                    "ratio": ratio, "window_ratios": per_window,
-                    "window_ratio_min": min(per_window), "window_ratio_max": max(per_window),
-                    "window_ratio_median": statistics.median(per_window),
-                    "cpu_time_ratio": cpu_ratio, "pass": ratio >= LM_TARGET,
-                })  # fmt: skip
-                print(f"{amp:5s} {lm:14s} ({variant}) / {plain:16s}: {med[amp, lm, variant]:7.1f} / "
-                      f"{med[amp, plain, 'new']:7.1f} img/s = {ratio:.3f} (windows {min(per_window):.3f}.."
-                      f"{max(per_window):.3f}, median {statistics.median(per_window):.3f}), "
-                      f"by CPU time {cpu_ratio:.3f} {'PASS' if ratio >= LM_TARGET else 'FAIL'}",
-                      flush=True)  # fmt: skip
+                results.append(
+                    {
+                        "amp": amp,
+                        "plain": plain,
+                        "lm": lm,
+                        "lm_step": variant,
+                        "compile": args.compile,
+                        "plain_img_s": med[amp, plain, "new"],
+                        "lm_img_s": med[amp, lm, variant],
+                        "ratio": ratio,
+                        "window_ratios": per_window,
+                        "window_ratio_min": min(per_window),
+                        "window_ratio_max": max(per_window),
+                        "window_ratio_median": statistics.median(per_window),
+                        "cpu_time_ratio": cpu_ratio,
+                        "pass": ratio >= LM_TARGET,
+                    }
+                )
+                print(
+                    f"{amp:5s} {lm:14s} ({variant}) / {plain:16s}: {med[amp, lm, variant]:7.1f} / "
+                    f"{med[amp, plain, 'new']:7.1f} img/s = {ratio:.3f} (windows {min(per_window):.3f}.."
+                    f"{max(per_window):.3f}, median {statistics.median(per_window):.3f}), "
+                    f"by CPU time {cpu_ratio:.3f} {'PASS' if ratio >= LM_TARGET else 'FAIL'}",
+                    flush=True,
+                )
 
     now = datetime.now()
     record = {
         "benchmark": "lm_step",
         "command": shlex.join([sys.executable, *sys.argv]),
         "date": now.astimezone().isoformat(timespec="seconds"),
-        "provenance": {**prov, "cpu_count": os.cpu_count(), "threads": threads,
-                       "cpu_capability": torch.backends.cpu.get_cpu_capability()},
-        "settings": {"batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats,
-                     "warmup": args.warmup, "compile": args.compile, "amp": args.amp, "channels_last": True,
-                     "seed": 0, "seconds": seconds, "warmup_seconds": warm_s,
-                     "input": "one fixed random batch (torch.Generator seed 0)",
-                     "old_lm_step": "b2b71ed two-state _LMCombine and LMRunner.run" if with_old else None,
-                     "fused_lm_step": "velocity update + addition compiled by Inductor (fullgraph, static shapes), "
-                                      "rest eager" if args.fused and not args.compile else None},
+        "provenance": {
+            **prov,
+            "cpu_count": os.cpu_count(),
+            "threads": threads,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        },
+        "settings": {
+            "batch_size": args.batch_size,
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "compile": args.compile,
+            "amp": args.amp,
+            "channels_last": True,
+            "seed": 0,
+            "seconds": seconds,
+            "warmup_seconds": warm_s,
+            "input": "one fixed random batch (torch.Generator seed 0)",
+            "old_lm_step": "b2b71ed two-state _LMCombine and LMRunner.run" if with_old else None,
+            "fused_lm_step": "velocity update + addition compiled by Inductor (fullgraph, static shapes), rest eager"
+            if args.fused and not args.compile
+            else None,
+        },
         "target": LM_TARGET,
         "samples_img_s": {"/".join(key): v for key, v in samples.items()},
         "samples_img_per_cpu_s": {"/".join(key): v for key, v in cpu_samples.items()},

@@ -43,8 +43,17 @@ from odearch.train.provenance import provenance
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lm_step import old_lm_step
 
-BLOCK_OPS = ("convolution", "batch_norm", "clamp_min", "threshold_backward", "relu", "Convolution", "NativeBatchNorm",
-             "ReluBackward", "conv2d")  # fmt: skip
+BLOCK_OPS = (
+    "convolution",
+    "batch_norm",
+    "clamp_min",
+    "threshold_backward",
+    "relu",
+    "Convolution",
+    "NativeBatchNorm",
+    "ReluBackward",
+    "conv2d",
+)
 
 
 def is_block_op(key: str) -> bool:
@@ -89,8 +98,12 @@ def profiled_cuda(step: Callable[[], None], old: bool) -> tuple[dict[str, float]
     # 2026-12-04, summed both and report twice the kernel time; their plain / LM ratios are unaffected)
     gpu = {e.key: e.self_device_time_total / 1e3 for e in events if e.device_type == DeviceType.CUDA}
     launches = sum(e.count for e in events if "LaunchKernel" in e.key)
-    totals = {"host_ms": sum(e.self_cpu_time_total for e in events) / 1e3, "kernel_ms": sum(gpu.values()),
-              "launches": float(launches), "wall_ms": wall * 1e3}  # fmt: skip
+    totals = {
+        "host_ms": sum(e.self_cpu_time_total for e in events) / 1e3,
+        "kernel_ms": sum(gpu.values()),
+        "launches": float(launches),
+        "wall_ms": wall * 1e3,
+    }
     return totals, {k: ms for k, ms in gpu.items() if ms > 0}
 
 
@@ -118,9 +131,15 @@ def cuda_run(
             for key, ms in ops.items():
                 per_op[v][key].append(ms)
     med = {v: {key: statistics.median(s) for key, s in t.items()} for v, t in totals.items()}
-    print(f"{amp:4s} {'/'.join(name for name, _ in variants.values())} batch {x.shape[0]}: " + "; ".join(
-        f"{v} wall {m['wall_ms']:.2f} host {m['host_ms']:.2f} kernel {m['kernel_ms']:.2f} ms, "
-        f"{m['launches']:.0f} launches" for v, m in med.items()), flush=True)  # fmt: skip
+    print(
+        f"{amp:4s} {'/'.join(name for name, _ in variants.values())} batch {x.shape[0]}: "
+        + "; ".join(
+            f"{v} wall {m['wall_ms']:.2f} host {m['host_ms']:.2f} kernel {m['kernel_ms']:.2f} ms, "
+            f"{m['launches']:.0f} launches"
+            for v, m in med.items()
+        ),
+        flush=True,
+    )
     return {"median": med, "samples": totals, "top_kernels_ms": {v: top_ops(ops) for v, ops in per_op.items()}}
 
 
@@ -141,10 +160,15 @@ def main() -> None:
     x = torch.randn(args.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     x = x.to(device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch_size,), generator=torch.Generator().manual_seed(1)).to(device)
-    res: dict[str, Any] = {"command": shlex.join([sys.executable, *sys.argv]),
-                           "provenance": provenance(device), "threads": torch.get_num_threads(),
-                           "batch": args.batch_size, "rounds": args.rounds, "block_ops": list(BLOCK_OPS),
-                           "runs": {}}  # fmt: skip
+    res: dict[str, Any] = {
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "provenance": provenance(device),
+        "threads": torch.get_num_threads(),
+        "batch": args.batch_size,
+        "rounds": args.rounds,
+        "block_ops": list(BLOCK_OPS),
+        "runs": {},
+    }
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as odearch train on CUDA (configure_numerics)
     for amp in args.amp:
@@ -161,7 +185,8 @@ def main() -> None:
                 with old_lm_step() if variants[v][1] else contextlib.nullcontext():
                     step()
             per_op: dict[str, collections.defaultdict[str, list[float]]] = {
-                v: collections.defaultdict(list) for v in variants}  # fmt: skip
+                v: collections.defaultdict(list) for v in variants
+            }
             groups: dict[str, dict[str, list[float]]] = {v: {"block": [], "rest": [], "total": []} for v in variants}
             for _ in range(args.rounds):
                 for v, step in steps.items():
@@ -173,14 +198,23 @@ def main() -> None:
                     for key, ms in ev.items():
                         per_op[v][key].append(ms)
             med = {v: {g: statistics.median(s) for g, s in gs.items()} for v, gs in groups.items()}
-            run = {"median_ms": med, "samples_ms": groups,
-                   "lm_extra_rest_ms": {v: med[v]["rest"] - med["plain"]["rest"] for v in variants if v != "plain"},
-                   "top_ops_ms": {v: top_ops(ops) for v, ops in per_op.items()}}  # fmt: skip
+            run = {
+                "median_ms": med,
+                "samples_ms": groups,
+                "lm_extra_rest_ms": {v: med[v]["rest"] - med["plain"]["rest"] for v in variants if v != "plain"},
+                "top_ops_ms": {v: top_ops(ops) for v, ops in per_op.items()},
+            }
             res["runs"][f"{amp}/{pair}"] = run
-            print(f"{amp:4s} {pair}: block ops " + " / ".join(f"{v} {med[v]['block']:.1f}" for v in variants)
-                  + " ms; rest " + " / ".join(f"{v} {med[v]['rest']:.1f}" for v in variants)
-                  + " ms; LM extra (rest) " + ", ".join(f"{v} {ms:.1f}" for v, ms in run["lm_extra_rest_ms"].items())
-                  + " ms", flush=True)  # fmt: skip
+            print(
+                f"{amp:4s} {pair}: block ops "
+                + " / ".join(f"{v} {med[v]['block']:.1f}" for v in variants)
+                + " ms; rest "
+                + " / ".join(f"{v} {med[v]['rest']:.1f}" for v in variants)
+                + " ms; LM extra (rest) "
+                + ", ".join(f"{v} {ms:.1f}" for v, ms in run["lm_extra_rest_ms"].items())
+                + " ms",
+                flush=True,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     print(f"wrote {args.out}")

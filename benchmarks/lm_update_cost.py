@@ -100,8 +100,9 @@ def op_costs(steps: list[tuple[torch.Size, torch.dtype]], reps: int) -> dict[str
     k = torch.tensor(-0.05)
     states = []
     for shape, dtype in steps:
-        u, r, v, g = (torch.randn(shape, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
-                      for _ in range(4))  # fmt: skip
+        u, r, v, g = (
+            torch.randn(shape, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last) for _ in range(4)
+        )
         states.append((u, r, v, g, k.to(dtype)))
 
     def each(op: Callable[..., Any]) -> Callable[[], None]:
@@ -149,27 +150,43 @@ def lm_steps_of(name: str, amp: str, batch: int) -> list[tuple[torch.Size, torch
 def analyse(lm: str, amp: str, args: argparse.Namespace) -> dict[str, Any]:
     steps = lm_steps_of(lm, amp, args.batch_size)
     op_times = op_costs(steps, args.reps)
-    step_times = interleaved_ms({"plain": training_step(TWINS[lm], amp, args.batch_size),
-                                 "lm": training_step(lm, amp, args.batch_size)}, args.steps)  # fmt: skip
+    step_times = interleaved_ms(
+        {"plain": training_step(TWINS[lm], amp, args.batch_size), "lm": training_step(lm, amp, args.batch_size)},
+        args.steps,
+    )
     ops = {name: t["min"] for name, t in op_times.items()}
     plain_ms, lm_ms = step_times["plain"]["min"], step_times["lm"]["min"]
-    extra_now = ops["fwd_addcmul"] + ops["fwd_add"] - ops["plain_add"] + ops["bwd_grad_sum"] + ops["bwd_dv"] + ops[
-        "bwd_dk"]  # fmt: skip
+    extra_now = (
+        ops["fwd_addcmul"] + ops["fwd_add"] - ops["plain_add"] + ops["bwd_grad_sum"] + ops["bwd_dv"] + ops["bwd_dk"]
+    )
     per_pass = ops["plain_add"] / 3
     row = {
-        "lm": lm, "plain": TWINS[lm], "amp": amp, "lm_steps": len(steps),
-        "shapes": sorted({str(tuple(s)) for s, _ in steps}), "state_dtype": str(steps[0][1]).removeprefix("torch."),
-        "ops_ms": op_times, "step_ms": step_times, "per_pass_ms": per_pass, "plain_step_ms": plain_ms,
+        "lm": lm,
+        "plain": TWINS[lm],
+        "amp": amp,
+        "lm_steps": len(steps),
+        "shapes": sorted({str(tuple(s)) for s, _ in steps}),
+        "state_dtype": str(steps[0][1]).removeprefix("torch."),
+        "ops_ms": op_times,
+        "step_ms": step_times,
+        "per_pass_ms": per_pass,
+        "plain_step_ms": plain_ms,
         "lm_step_ms": lm_ms,
         "measured_ratio": plain_ms / lm_ms,
-        "extra_now_ms": extra_now, "implied_ratio_now": plain_ms / (plain_ms + extra_now),
-        "bounds": {name: {"passes": n, "extra_ms": n * per_pass, "ratio": plain_ms / (plain_ms + n * per_pass)}
-                   for name, n in BOUNDS.items()},
-    }  # fmt: skip
+        "extra_now_ms": extra_now,
+        "implied_ratio_now": plain_ms / (plain_ms + extra_now),
+        "bounds": {
+            name: {"passes": n, "extra_ms": n * per_pass, "ratio": plain_ms / (plain_ms + n * per_pass)}
+            for name, n in BOUNDS.items()
+        },
+    }
     at = "; ".join(f"{name} {b['extra_ms']:5.2f} ms -> {b['ratio']:.3f}" for name, b in row["bounds"].items())
-    print(f"{amp:5s} {lm:13s} {len(steps):3d} LM steps; plain step {plain_ms:6.1f} ms, LM {lm_ms:6.1f} ms "
-          f"(measured {row['measured_ratio']:.3f}); LM extra now {extra_now:5.2f} ms -> "
-          f"{row['implied_ratio_now']:.3f}; bounds: {at}", flush=True)  # fmt: skip
+    print(
+        f"{amp:5s} {lm:13s} {len(steps):3d} LM steps; plain step {plain_ms:6.1f} ms, LM {lm_ms:6.1f} ms "
+        f"(measured {row['measured_ratio']:.3f}); LM extra now {extra_now:5.2f} ms -> "
+        f"{row['implied_ratio_now']:.3f}; bounds: {at}",
+        flush=True,
+    )
     return row
 
 
@@ -193,13 +210,24 @@ def main() -> None:
         "benchmark": "lm_update_cost",
         "command": shlex.join([sys.executable, *sys.argv]),
         "date": now.astimezone().isoformat(timespec="seconds"),
-        "provenance": {**provenance(torch.device("cpu")), "cpu_count": os.cpu_count(),
-                       "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                       "cpu_allocator": allocator},
-        "settings": {"batch_size": args.batch_size, "reps": args.reps, "steps": args.steps, "channels_last": True,
-                     "seed": 0, "seconds": time.perf_counter() - t0, "bounds_passes": BOUNDS},
+        "provenance": {
+            **provenance(torch.device("cpu")),
+            "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_allocator": allocator,
+        },
+        "settings": {
+            "batch_size": args.batch_size,
+            "reps": args.reps,
+            "steps": args.steps,
+            "channels_last": True,
+            "seed": 0,
+            "seconds": time.perf_counter() - t0,
+            "bounds_passes": BOUNDS,
+        },
         "rows": rows,
-    }  # fmt: skip
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"lm_update_cost-cpu-{now:%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")

@@ -49,8 +49,17 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {  # config name -> (registered 
     "lm110": ("lm_resnet110", {}),
     "lm164": ("lm_resnet164", {}),
 }
-DEPTH = {"rev20": 20, "rev56": 56, "rev110": 110, "rev164": 164, "revb164": 164, "lm20": 20, "lm56": 56, "lm110": 110,
-         "lm164": 164}  # fmt: skip
+DEPTH = {
+    "rev20": 20,
+    "rev56": 56,
+    "rev110": 110,
+    "rev164": 164,
+    "revb164": 164,
+    "lm20": 20,
+    "lm56": 56,
+    "lm110": 110,
+    "lm164": 164,
+}
 DEFAULT_CONFIGS = [f"rev{d}:{m}" for d in (20, 56, 110, 164) for m in ("store", "reversible")]
 DEFAULT_CONFIGS += ["revb164:store", "revb164:reversible"]
 DEFAULT_CONFIGS += [f"lm{d}:{m}" for d in (20, 56, 110, 164) for m in ("store", "recompute")]
@@ -106,8 +115,9 @@ def worker(config: str, memory: str, batch_size: int, steps: int, seed: int, pol
         step()
         seconds = time.perf_counter() - start
         peak = _status_kb("VmHWM")
-        rows.append({"seconds": seconds, "base_mb": base / 1024, "peak_mb": peak / 1024,
-                     "step_peak_mb": (peak - base) / 1024})  # fmt: skip
+        rows.append(
+            {"seconds": seconds, "base_mb": base / 1024, "peak_mb": peak / 1024, "step_peak_mb": (peak - base) / 1024}
+        )
     return {
         "config": config,
         "model": name,
@@ -141,10 +151,11 @@ def _to_memcnn(model: Any) -> None:
             first = int(self.shortcut is not None)
             self.f0 = fns[0] if first else None
             self.revs = nn.ModuleList(
-                memcnn.InvertibleModuleWrapper(memcnn.AdditiveCoupling(Fm=f, Gm=g), keep_input=False,
-                                               keep_input_inverse=False)
+                memcnn.InvertibleModuleWrapper(
+                    memcnn.AdditiveCoupling(Fm=f, Gm=g), keep_input=False, keep_input_inverse=False
+                )
                 for f, g in fns[first:]
-            )  # fmt: skip
+            )
 
         def forward_with_history(self, u: Any) -> tuple[Any, None]:
             if self.shortcut is not None:
@@ -160,9 +171,22 @@ def run_fresh(config: str, memory: str, args: argparse.Namespace) -> dict[str, A
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     if args.policy == "fixed64k":  # the live-tensor measure: RSS follows the tensors
         env |= {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
-    cmd = [args.python or sys.executable, "-W", "ignore", __file__, "--worker", f"{config}:{memory}",
-           "--batch-size", str(args.batch_size), "--policy", args.policy,
-           "--steps", str(args.steps), "--seed", str(args.seed)]  # fmt: skip
+    cmd = [
+        args.python or sys.executable,
+        "-W",
+        "ignore",
+        __file__,
+        "--worker",
+        f"{config}:{memory}",
+        "--batch-size",
+        str(args.batch_size),
+        "--policy",
+        args.policy,
+        "--steps",
+        str(args.steps),
+        "--seed",
+        str(args.seed),
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode:
         raise RuntimeError(f"{config}:{memory} failed:\n{out.stderr}")
@@ -175,13 +199,24 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.setdefault((r["config"], r["memory"]), []).append(r)
     rows = []
     for (config, memory), rs in out.items():
-        rows.append({"config": config, "model": rs[0]["model"], "depth": rs[0]["depth"], "memory": memory,
-                     "params": rs[0]["params"], "repeats": len(rs),
-                     "step_peak_mb": statistics.median(r["step_peak_mb"] for r in rs),
-                     "step_seconds": statistics.median(r["step_seconds"] for r in rs),
-                     "peak_rss_mb": statistics.median(r["ru_maxrss_mb"] for r in rs),
-                     **({"process_peak_mb": statistics.median(r["process_peak_mb"] for r in rs)}
-                        if all("process_peak_mb" in r for r in rs) else {})})  # fmt: skip
+        rows.append(
+            {
+                "config": config,
+                "model": rs[0]["model"],
+                "depth": rs[0]["depth"],
+                "memory": memory,
+                "params": rs[0]["params"],
+                "repeats": len(rs),
+                "step_peak_mb": statistics.median(r["step_peak_mb"] for r in rs),
+                "step_seconds": statistics.median(r["step_seconds"] for r in rs),
+                "peak_rss_mb": statistics.median(r["ru_maxrss_mb"] for r in rs),
+                **(
+                    {"process_peak_mb": statistics.median(r["process_peak_mb"] for r in rs)}
+                    if all("process_peak_mb" in r for r in rs)
+                    else {}
+                ),
+            }
+        )
     by = {(r["config"], r["memory"]): r for r in rows}
     for r in rows:  # ratios against the ordinary (store) run of the same model
         ref = by.get((r["config"], "store"))
@@ -240,9 +275,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1, help="timed steps per process (after one warm-up step)")
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per config")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--policy", default="fixed64k", choices=("fixed64k", "cli", "keep", "return"),
-                        help="host allocator: fixed64k (MALLOC_MMAP_THRESHOLD_=65536: RSS follows live tensors), cli "
-                             "(what odearch train chooses for the mode), keep or return (odearch.train.allocator)")
+    parser.add_argument(
+        "--policy",
+        default="fixed64k",
+        choices=("fixed64k", "cli", "keep", "return"),
+        help="host allocator: fixed64k (MALLOC_MMAP_THRESHOLD_=65536: RSS follows live tensors), cli "
+        "(what odearch train chooses for the mode), keep or return (odearch.train.allocator)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     parser.add_argument("--plot", type=Path, default=None, help="write the memory-vs-depth PNG here")
@@ -276,9 +315,11 @@ def main() -> None:
             r = run_fresh(config, memory, args)
             r["repeat"] = rep
             runs.append(r)
-            print(f"[{rep}] {config:8s} {memory:10s} step peak {r['step_peak_mb']:8.1f} MB  process peak "
-                  f"{r['process_peak_mb']:8.1f} MB ({r['cpu_allocator']})  {r['step_seconds']:7.2f} s",
-                  flush=True)  # fmt: skip
+            print(
+                f"[{rep}] {config:8s} {memory:10s} step peak {r['step_peak_mb']:8.1f} MB  process peak "
+                f"{r['process_peak_mb']:8.1f} MB ({r['cpu_allocator']})  {r['step_seconds']:7.2f} s",
+                flush=True,
+            )
             summary = summarise(runs)
             record = {
                 "command": " ".join([sys.executable, *sys.argv]),
@@ -295,12 +336,12 @@ def main() -> None:
                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "policy": args.policy,
                 "method": "fresh process per run; step_peak_mb = VmHWM - VmRSS around one training step after a "
-                          "warm-up step (VmHWM reset via /proc/self/clear_refs); process_peak_mb = the highest VmHWM "
-                          "over the warm-up and timed steps minus VmRSS after building the model (what a user "
-                          "watching the process sees); host allocator: --policy",
+                "warm-up step (VmHWM reset via /proc/self/clear_refs); process_peak_mb = the highest VmHWM "
+                "over the warm-up and timed steps minus VmRSS after building the model (what a user "
+                "watching the process sees); host allocator: --policy",
                 "summary": summary,
                 "runs": runs,
-            }  # fmt: skip
+            }
             path.write_text(json.dumps(record, indent=1) + "\n")  # after every run: a partial grid survives a stop
     print(f"wrote {path}")
     for r in sorted(summary, key=lambda r: (r["config"][:3], r["depth"], r["config"], r["memory"])):
@@ -314,9 +355,11 @@ def main() -> None:
 
 def _title(record: dict[str, Any], summary: list[dict[str, Any]]) -> str:
     repeats = sorted({r["repeats"] for r in summary})
-    return (f"batch {record['batch_size']}, fp32, {record['threads']} thread(s), {record['device_name']}, torch "
-            f"{record['torch_version']}, commit {str(record['git_commit'])[:7]}; median of "
-            f"{'-'.join(map(str, repeats))} fresh processes per point (shared, loaded machine)")  # fmt: skip
+    return (
+        f"batch {record['batch_size']}, fp32, {record['threads']} thread(s), {record['device_name']}, torch "
+        f"{record['torch_version']}, commit {str(record['git_commit'])[:7]}; median of "
+        f"{'-'.join(map(str, repeats))} fresh processes per point (shared, loaded machine)"
+    )
 
 
 if __name__ == "__main__":

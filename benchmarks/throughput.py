@@ -90,8 +90,13 @@ def to_device(batches: Iterable[Any], device: torch.device) -> Iterator[tuple[to
         yield x.to(device, non_blocking=True, memory_format=torch.channels_last), y.to(device, non_blocking=True)
 
 
-def train_steps(model: nn.Module, batches: Iterator[Any], opt: torch.optim.Optimizer, lr_fn: Callable[[int], float],
-                autocast: Callable[[], Any]) -> Callable[[int], int]:  # fmt: skip
+def train_steps(
+    model: nn.Module,
+    batches: Iterator[Any],
+    opt: torch.optim.Optimizer,
+    lr_fn: Callable[[int], float],
+    autocast: Callable[[], Any],
+) -> Callable[[int], int]:
     """`run(k)`: k of our training steps (`train_one_epoch`, as in `odearch train`) on the next k batches."""
     step = TrainStep(opt, lr_fn, autocast)
     return lambda k: train_one_epoch(model, itertools.islice(batches, k), step, step=0)["n"]
@@ -131,10 +136,17 @@ def images_per_s(run: Callable[[int], int], steps: int, device: torch.device, le
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", help=f"models to measure (default: {' '.join(DEFAULT_MODELS)}; with only "
-                   "--pairs: the pairs' members)")  # fmt: skip
-    p.add_argument("--pairs", nargs="+", metavar="PLAIN:LM", help="LM / plain ratios to report (default: every "
-                   "lm_X measured with preact_X, else X, measured too)")  # fmt: skip
+    p.add_argument(
+        "--models",
+        nargs="+",
+        help=f"models to measure (default: {' '.join(DEFAULT_MODELS)}; with only --pairs: the pairs' members)",
+    )
+    p.add_argument(
+        "--pairs",
+        nargs="+",
+        metavar="PLAIN:LM",
+        help="LM / plain ratios to report (default: every lm_X measured with preact_X, else X, measured too)",
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--steps", type=int, help="steps per timed window (default: 20 on CPU, 200 on CUDA)")
     p.add_argument("--repeats", type=int, default=5, help="timed windows per model and pipeline")
@@ -142,8 +154,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes of the reference pipeline")
     p.add_argument("--compile", action="store_true", help="torch.compile the models (as `odearch train --compile`)")
-    p.add_argument("--data-dir", type=Path, default=None, help="folder holding cifar-10-batches-py/ (default: "
-                   "$ODEARCH_DATA, else ../shared/data beside the repository, else ./data)")  # fmt: skip
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder holding cifar-10-batches-py/ (default: "
+        "$ODEARCH_DATA, else ../shared/data beside the repository, else ./data)",
+    )
     p.add_argument("--out", type=Path, default=REPO / "results" / "bench", help="folder of the JSON record")
     args = p.parse_args()
     steps_ok = args.steps is None or args.steps >= 1
@@ -182,29 +199,45 @@ def main() -> None:
     common = {"mean": info["mean"], "std": info["std"], "device": device, "channels_last": True}
     train_set = load_cifar(data_dir, train=True, download=False)
     ours = CifarLoader(*train_set, args.batch_size, train=True, **common)
-    test = CifarLoader(*load_cifar(data_dir, train=False, download=False), args.batch_size, train=False,
-                       drop_last=True, **common)  # fmt: skip
+    test = CifarLoader(
+        *load_cifar(data_dir, train=False, download=False), args.batch_size, train=False, drop_last=True, **common
+    )
     ours_batches, test_batches = endless(ours), endless(test)
     # The reference pipeline, shared by all models (one set of worker processes).
-    tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                             transforms.ToTensor(), transforms.Normalize(info["mean"], info["std"])])  # fmt: skip
-    reference = DataLoader(TorchvisionCIFAR10(*train_set, transform=tf), batch_size=args.batch_size, shuffle=True,
-                           num_workers=args.workers, pin_memory=cuda, persistent_workers=args.workers > 0,
-                           drop_last=True, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    tf = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(info["mean"], info["std"]),
+        ]
+    )
+    reference = DataLoader(
+        TorchvisionCIFAR10(*train_set, transform=tf),
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        pin_memory=cuda,
+        persistent_workers=args.workers > 0,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     ref_batches = to_device(endless(reference), device)
     lead_in = 2 * args.workers  # default prefetch_factor (2) batches per worker, prefetched between windows
 
     jobs: dict[tuple[str, str], tuple[Callable[[int], int], int]] = {}
     params = {}
     for name in args.models:
-        cfg = TrainConfig(model=name, device=args.device, batch_size=args.batch_size, compile=args.compile,
-                          data_dir=str(data_dir))  # fmt: skip
+        cfg = TrainConfig(
+            model=name, device=args.device, batch_size=args.batch_size, compile=args.compile, data_dir=str(data_dir)
+        )
         configure_numerics(cfg, device)
         torch.manual_seed(cfg.seed)
         raw = build_model(cfg).to(device, memory_format=torch.channels_last)
         params[name] = sum(p.numel() for p in raw.parameters())
-        opt = torch.optim.SGD(raw.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                              weight_decay=cfg.weight_decay)  # fmt: skip
+        opt = torch.optim.SGD(
+            raw.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+        )
         model, eval_model = (torch.compile(raw), torch.compile(raw)) if cfg.compile else (raw, raw)
         lr_fn = lr_schedule(cfg, len(ours))
 
@@ -234,8 +267,12 @@ def main() -> None:
     )
     for name in args.models:
         ratio = med[name, "train"] / med[name, "reference"]
-        rows[name] = {"params": params[name], "ours_over_reference": ratio, "pass": ratio >= ref_target,
-                      **{k: {"median": med[name, k], "samples": samples[name, k]} for k in KINDS}}  # fmt: skip
+        rows[name] = {
+            "params": params[name],
+            "ours_over_reference": ratio,
+            "pass": ratio >= ref_target,
+            **{k: {"median": med[name, k], "samples": samples[name, k]} for k in KINDS},
+        }
         print(
             f"{name:22s} {params[name] / 1e6:6.3f}M {med[name, 'train']:11.1f} {med[name, 'reference']:10.1f} "
             f"{ratio:8.2f} {med[name, 'infer']:11.1f}"
@@ -243,8 +280,9 @@ def main() -> None:
     pairs = []
     for plain, lm in args.pairs:
         train_r, infer_r = (med[lm, k] / med[plain, k] for k in ("train", "infer"))
-        pairs.append({"plain": plain, "lm": lm, "train_ratio": train_r, "infer_ratio": infer_r,
-                      "pass": train_r >= LM_TARGET})  # fmt: skip
+        pairs.append(
+            {"plain": plain, "lm": lm, "train_ratio": train_r, "infer_ratio": infer_r, "pass": train_r >= LM_TARGET}
+        )
         print(
             f"{lm} / {plain}: train {train_r:.3f} ({'PASS' if train_r >= LM_TARGET else 'FAIL'} >= {LM_TARGET}), "
             f"infer {infer_r:.3f}"

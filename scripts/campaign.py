@@ -99,8 +99,10 @@ def load_queue(path: Path) -> dict[str, Any]:
     for i, entry in enumerate(queue["runs"]):
         check_entry(entry, f"{path}: runs[{i}]")
         if entry["name"] in seen:
-            raise CampaignError(f"{path}: runs[{seen[entry['name']]}] and runs[{i}] are both named "
-                                f"{entry['name']!r}; each run needs a name (its directory) of its own")  # fmt: skip
+            raise CampaignError(
+                f"{path}: runs[{seen[entry['name']]}] and runs[{i}] are both named "
+                f"{entry['name']!r}; each run needs a name (its directory) of its own"
+            )
         seen[entry["name"]] = i
     return queue
 
@@ -134,8 +136,9 @@ def _check_args(args: Any, where: str) -> None:
     """``args`` must be a list of flags and values (strings or numbers), none of :data:`CAMPAIGN_FLAGS`."""
     if not isinstance(args, list):
         why = " (a string would be split into characters)" if isinstance(args, str) else ""
-        raise CampaignError(f"{where}: args must be a list of flags, e.g. [--lm-weight-decay, none], got {_kind(args)}"
-                            f"{why}")  # fmt: skip
+        raise CampaignError(
+            f"{where}: args must be a list of flags, e.g. [--lm-weight-decay, none], got {_kind(args)}{why}"
+        )
     for a in args:
         if not isinstance(a, str | int | float) or isinstance(a, bool):
             raise CampaignError(f"{where}: every item of args must be a flag or a value, got {_kind(a)}")
@@ -208,8 +211,17 @@ def train_command(entry: dict[str, Any], run_dir: Path, state: str, minutes: flo
     if state == "started":
         cmd += ["--resume", str(run_dir)]
     else:
-        cmd += ["--config", str(REPO / entry["config"]), "--seed", str(entry.get("seed", 0)), "--out", str(run_dir),
-                "--amp", str(entry.get("amp", "off")), *map(str, entry.get("args", []))]  # fmt: skip
+        cmd += [
+            "--config",
+            str(REPO / entry["config"]),
+            "--seed",
+            str(entry.get("seed", 0)),
+            "--out",
+            str(run_dir),
+            "--amp",
+            str(entry.get("amp", "off")),
+            *map(str, entry.get("args", [])),
+        ]
         cmd += ["--overwrite"] if state == "restart" else []
     if data_dir:
         cmd += ["--data-dir", data_dir]
@@ -221,8 +233,10 @@ def pass_over(entry: dict[str, Any], run_dir: Path, state: str, fields: set[str]
     if state in ("new", "restart") and entry.get("requires") and entry["requires"] not in fields:
         return f"waits for TrainConfig.{entry['requires']}"
     if run_amp(entry, run_dir, state) == "bf16" and not bf16_ok:
-        return (f"bf16, but this CPU has none of {', '.join(BF16_CPU_FLAGS)} and there is no CUDA device (bf16 would "
-                "be emulated, slower than fp32)")  # fmt: skip
+        return (
+            f"bf16, but this CPU has none of {', '.join(BF16_CPU_FLAGS)} and there is no CUDA device (bf16 would "
+            "be emulated, slower than fp32)"
+        )
     return None
 
 
@@ -247,8 +261,12 @@ class Stop:
     def record(self, signum: int, frame: FrameType | None = None) -> None:
         if self.received is None:
             self.received = signum
-            print(f"campaign: {signal.Signals(signum).name} received: no further run; the running one stops with a "
-                  "resumable checkpoint (Ctrl-C again to abort it at once)", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"campaign: {signal.Signals(signum).name} received: no further run; the running one stops with a "
+                "resumable checkpoint (Ctrl-C again to abort it at once)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def __enter__(self) -> Stop:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -311,8 +329,9 @@ def save_stretch_logs(log: Path, runs_dir: Path) -> list[Path]:
         if why:
             print(f"campaign: {name}: {why}; its part of the log is not filed", file=sys.stderr)
             continue
-        old = {int(n): f for f in (runs_dir / name).glob("stretch*.log")
-               if (n := f.stem.removeprefix("stretch")).isdigit()}  # fmt: skip
+        old = {
+            int(n): f for f in (runs_dir / name).glob("stretch*.log") if (n := f.stem.removeprefix("stretch")).isdigit()
+        }
         part = "\n".join(lines) + "\n"
         if not old or old[max(old)].read_text(errors="replace") != part:
             plan.append((runs_dir / name / f"stretch{max(old, default=0) + 1}.log", part))
@@ -363,8 +382,10 @@ def run_queue(queue: dict[str, Any], runs_dir: Path, max_minutes: float, data_di
             rc = stop.run(cmd)
             if stop.received is not None:
                 now = "complete" if run_state(run_dir) == "complete" else "the next stretch resumes it"
-                print(f"campaign: stopped by {signal.Signals(stop.received).name}; {name} exited with {rc} ({now})",
-                      flush=True)  # fmt: skip
+                print(
+                    f"campaign: stopped by {signal.Signals(stop.received).name}; {name} exited with {rc} ({now})",
+                    flush=True,
+                )
                 return 128 + stop.received
             if rc != 0:
                 print(f"campaign: {name} exited with {rc}; stopping", flush=True)

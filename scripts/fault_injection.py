@@ -69,11 +69,26 @@ class Pass:
         self.data_dir, self.work = data_dir, work
         self.env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
         self.records: list[dict[str, Any]] = []
-        self.flags = ["--model", "resnet20", "--subset", "128", "--batch-size", "64", "--eval-subset", "100",
-                      "--device", "cpu", "--data-dir", data_dir, "--no-download", "--no-tensorboard"]  # fmt: skip
+        self.flags = [
+            "--model",
+            "resnet20",
+            "--subset",
+            "128",
+            "--batch-size",
+            "64",
+            "--eval-subset",
+            "100",
+            "--device",
+            "cpu",
+            "--data-dir",
+            data_dir,
+            "--no-download",
+            "--no-tensorboard",
+        ]
 
-    def cli(self, *args: str, pre: list[str] | None = None, timeout: float = TIMEOUT,
-            env: dict[str, str] | None = None) -> tuple[int | None, str]:  # fmt: skip
+    def cli(
+        self, *args: str, pre: list[str] | None = None, timeout: float = TIMEOUT, env: dict[str, str] | None = None
+    ) -> tuple[int | None, str]:
         cmd = [sys.executable, *(pre or ["-m", "odearch"]), *args]
         try:
             r = subprocess.run(cmd, env=env or self.env, capture_output=True, text=True, timeout=timeout, cwd=self.work)
@@ -83,8 +98,9 @@ class Pass:
 
     def record(self, kind: str, name: str, outcome: str, detail: str = "") -> None:
         self.records.append({"kind": kind, "fault": name, "outcome": outcome, "detail": detail[-300:]})
-        print(f"{kind:<12} {name:<40} {outcome:<10} {detail.strip().splitlines()[-1][:100] if detail else ''}",
-              flush=True)  # fmt: skip
+        print(
+            f"{kind:<12} {name:<40} {outcome:<10} {detail.strip().splitlines()[-1][:100] if detail else ''}", flush=True
+        )
 
     def refused(self, kind: str, name: str, code: int | None, err: str, marker: Path | None = None) -> None:
         """Expects a one-line refusal."""
@@ -132,8 +148,12 @@ def resumed_exactly(p: Pass, kind: str, name: str, run: Path, ref: Path, code: i
 def kills_at_random(p: Pass, ref: Path, n: int, rng: random.Random) -> None:
     for i in range(n):
         run = p.work / f"rk{i}"
-        proc = subprocess.Popen([sys.executable, "-m", "odearch", "train", *p.flags, "--epochs", "3", "--out",
-                                 str(run)], env=p.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "odearch", "train", *p.flags, "--epochs", "3", "--out", str(run)],
+            env=p.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         time.sleep(rng.uniform(3.0, 12.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -171,8 +191,11 @@ def corrupted(p: Pass, ref: Path, rng: random.Random, flips: int) -> None:
             data[at : at + 8] = bytes(b ^ 0xFF for b in data[at : at + 8])
             os.chmod(path, 0o644)
             path.write_bytes(bytes(data))
-            args = ["eval", str(run), "--checkpoint", "best", "--subset", "10"] if name.startswith("best") else [
-                "train", "--resume", str(run), "--epochs", "4"]  # fmt: skip
+            args = (
+                ["eval", str(run), "--checkpoint", "best", "--subset", "10"]
+                if name.startswith("best")
+                else ["train", "--resume", str(run), "--epochs", "4"]
+            )
             code, err = p.cli(*args)
             p.refused("corrupt", f"{name} flip at byte {at}", code, err)
 
@@ -191,8 +214,18 @@ def malicious(p: Pass, ref: Path) -> None:
     data.mkdir(parents=True)
     for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]:
         (data / name).write_bytes(pickle.dumps({b"data": _Exec(marker), b"labels": []}))
-    code, err = p.cli("train", "--model", "resnet20", "--data-dir", str(data.parent), "--no-download", "--out",
-                      str(p.work / "evil-run"), "--device", "cpu")  # fmt: skip
+    code, err = p.cli(
+        "train",
+        "--model",
+        "resnet20",
+        "--data-dir",
+        str(data.parent),
+        "--no-download",
+        "--out",
+        str(p.work / "evil-run"),
+        "--device",
+        "cpu",
+    )
     p.refused("malicious", "data pickle calling os.system", code, err, marker)
     code, err = p.cli("eval", str(ref), "--data-dir", str(data.parent), "--no-download", "--subset", "10")
     p.refused("malicious", "data pickle via eval", code, err, marker)
@@ -215,10 +248,15 @@ def malicious(p: Pass, ref: Path) -> None:
 
 
 def crafted_states(p: Pass, ref: Path) -> None:
-    damages = {"no optimizer": lambda s: s.pop("optimizer"), "epoch as str": lambda s: s.update(epoch="2"),
-               "rng int": lambda s: s.update(rng={"torch": 1}), "best list": lambda s: s.update(best=[]),
-               "partial None": lambda s: s.update(partial=None), "no step": lambda s: s.pop("step"),
-               "param_groups int": lambda s: s["optimizer"].update(param_groups=7)}  # fmt: skip
+    damages = {
+        "no optimizer": lambda s: s.pop("optimizer"),
+        "epoch as str": lambda s: s.update(epoch="2"),
+        "rng int": lambda s: s.update(rng={"torch": 1}),
+        "best list": lambda s: s.update(best=[]),
+        "partial None": lambda s: s.update(partial=None),
+        "no step": lambda s: s.pop("step"),
+        "param_groups int": lambda s: s["optimizer"].update(param_groups=7),
+    }
     for name, damage in damages.items():
         run = p.work / f"crafted-{name.replace(' ', '_')}"
         shutil.copytree(ref, run, symlinks=True)
@@ -244,23 +282,34 @@ def bad_metrics(p: Pass, ref: Path) -> None:
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 3, "lm')
     code, err = p.cli("analyze", str(run))
-    p.record("metrics", "analyze, unterminated last line", "ok" if code in (0, 2) and "Traceback" not in err and (
-        code == 0 or err.strip().startswith("odearch analyze: error")) else "traceback", err)  # fmt: skip
+    p.record(
+        "metrics",
+        "analyze, unterminated last line",
+        "ok"
+        if code in (0, 2) and "Traceback" not in err and (code == 0 or err.strip().startswith("odearch analyze: error"))
+        else "traceback",
+        err,
+    )
 
 
 def concurrency(p: Pass, ref: Path) -> None:
     run = p.work / "conc"
     shutil.copytree(ref, run, symlinks=True)
     cmd = [sys.executable, "-m", "odearch", "train", "--resume", str(run), "--epochs", "4"]
-    procs = [subprocess.Popen(cmd, env=p.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]  # fmt: skip
+    procs = [
+        subprocess.Popen(cmd, env=p.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outs = [pr.communicate(timeout=TIMEOUT)[1] for pr in procs]
     rows = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     ok = sorted(pr.returncode for pr in procs) == [0, 1] and rows == [1, 2, 3, 4]
     p.record("concurrent", "two --resume at once", "ok" if ok else "lost", " | ".join(outs))
     run2 = p.work / "conc2"
-    proc = subprocess.Popen([sys.executable, "-m", "odearch", "train", *p.flags, "--epochs", "20", "--out",
-                             str(run2)], env=p.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "odearch", "train", *p.flags, "--epochs", "20", "--out", str(run2)],
+        env=p.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     while not (run2 / "metrics.jsonl").exists():
         time.sleep(0.1)
     code, err = p.cli("train", *p.flags, "--out", str(run2), "--epochs", "1", "--overwrite")
@@ -270,9 +319,14 @@ def concurrency(p: Pass, ref: Path) -> None:
 
 
 def bad_inputs(p: Pass) -> None:
-    cases = {"lr nan": ["--lr=nan"], "lr inf": ["--lr=inf"], "seed 2**64": ["--seed", str(2**64)],
-             "subset 10**6": ["--subset", "1000000"], "momentum nan": ["--momentum=nan"],
-             "dist-timeout 0": ["--dist-timeout", "0"]}  # fmt: skip
+    cases = {
+        "lr nan": ["--lr=nan"],
+        "lr inf": ["--lr=inf"],
+        "seed 2**64": ["--seed", str(2**64)],
+        "subset 10**6": ["--subset", "1000000"],
+        "momentum nan": ["--momentum=nan"],
+        "dist-timeout 0": ["--dist-timeout", "0"],
+    }
     for name, extra in cases.items():
         code, err = p.cli("train", *p.flags, *extra, "--out", str(p.work / f"bad-{name.replace(' ', '_')}"))
         p.refused("input", name, code, err)
@@ -288,9 +342,13 @@ def bad_inputs(p: Pass) -> None:
 
 def sigterm(p: Pass) -> None:
     run = p.work / "term"
-    proc = subprocess.Popen([sys.executable, "-m", "odearch", "train", *p.flags, "--subset", "1024", "--epochs", "30",
-                             "--out", str(run)], env=p.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "odearch", "train", *p.flags, "--subset", "1024", "--epochs", "30", "--out", str(run)],
+        env=p.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     while not (run / "metrics.jsonl").exists():
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
@@ -308,8 +366,22 @@ def sigterm(p: Pass) -> None:
 # ------------------------------------------- issue 30: the campaign, ship / prune, the registry, report, bad inputs
 CAMPAIGN = REPO / "scripts" / "campaign.py"
 CONFIG = "configs/cifar10/resnet20.yaml"
-TINY = ["--model", "resnet20", "--subset", "128", "--batch-size", "64", "--epochs", "1", "--eval-subset", "100",
-        "--no-tensorboard", "--no-download", "--device", "cpu"]  # fmt: skip
+TINY = [
+    "--model",
+    "resnet20",
+    "--subset",
+    "128",
+    "--batch-size",
+    "64",
+    "--epochs",
+    "1",
+    "--eval-subset",
+    "100",
+    "--no-tensorboard",
+    "--no-download",
+    "--device",
+    "cpu",
+]
 N_TEST = "20"  # test images of each evaluation a ship or an eval makes
 REGISTRY_MAIN = """
 import os, sys
@@ -348,12 +420,24 @@ def snapshot(folder: Path) -> dict[str, bytes | str | None]:
     """Every entry under ``folder``: a file's bytes, a link's target, None for a folder."""
     if not folder.exists():
         return {}
-    return {str(q.relative_to(folder)): (f"-> {os.readlink(q)}" if q.is_symlink() else q.read_bytes() if q.is_file()
-            else None) for q in sorted(folder.rglob("*"))}  # fmt: skip
+    return {
+        str(q.relative_to(folder)): (
+            f"-> {os.readlink(q)}" if q.is_symlink() else q.read_bytes() if q.is_file() else None
+        )
+        for q in sorted(folder.rglob("*"))
+    }
 
 
-def judge(p: Pass, kind: str, name: str, code: int | None, err: str, folder: Path | None = None,
-          before: dict[str, Any] | None = None, prefix: str = "odearch: error:") -> str:  # fmt: skip
+def judge(
+    p: Pass,
+    kind: str,
+    name: str,
+    code: int | None,
+    err: str,
+    folder: Path | None = None,
+    before: dict[str, Any] | None = None,
+    prefix: str = "odearch: error:",
+) -> str:
     """Expects a one-line refusal (``prefix``, exit code not 0) that leaves ``folder`` as ``before``: an entry gone or
     changed is ``lost``, one added (a half-written run) ``stuck``, exit 0 ``wrong``; the outcome."""
     after = snapshot(folder) if folder is not None else {}
@@ -382,42 +466,94 @@ def make_run(p: Pass, root: Path, model: str = "resnet20", seed: int = 0, **opti
     from odearch.train import RunDir, TrainConfig, config_hash
     from odearch.train.state import Progress, build_model, save_checkpoint
 
-    cfg = TrainConfig(model=model, seed=seed, epochs=1, subset=128, eval_subset=100, batch_size=64, amp="off",
-                      data_dir=p.data_dir, download=False, device="cpu", tensorboard=False, out=str(root),
-                      **options)  # fmt: skip
+    cfg = TrainConfig(
+        model=model,
+        seed=seed,
+        epochs=1,
+        subset=128,
+        eval_subset=100,
+        batch_size=64,
+        amp="off",
+        data_dir=p.data_dir,
+        download=False,
+        device="cpu",
+        tensorboard=False,
+        out=str(root),
+        **options,
+    )
     run = RunDir(root)
     run.create(cfg, overwrite=False)
     torch.manual_seed(seed)
     net = build_model(cfg)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     prog = Progress(step=2, epoch=1, best={"acc": 0.1, "epoch": 1, "on": "test"}, amp_dtype="float32")
-    row = {"epoch": 1, "step": 2, "train_loss": 2.3, "train_acc": 0.1, "test_loss": 2.3, "test_acc": 0.1, "lr": 0.1,
-           "seconds": 1.0, "images_per_s": 128.0, "lm_k": {}, "git_commit": "0" * 40, "git_dirty": False,
-           "amp_dtype": "float32", "device_name": "cpu"}  # fmt: skip
+    row = {
+        "epoch": 1,
+        "step": 2,
+        "train_loss": 2.3,
+        "train_acc": 0.1,
+        "test_loss": 2.3,
+        "test_acc": 0.1,
+        "lr": 0.1,
+        "seconds": 1.0,
+        "images_per_s": 128.0,
+        "lm_k": {},
+        "git_commit": "0" * 40,
+        "git_dirty": False,
+        "amp_dtype": "float32",
+        "device_name": "cpu",
+    }
     save_checkpoint(run, cfg, net, opt, None, prog, best=True, row=row)
     run.append_metrics(row)
-    run.write_result({"status": "complete", "epochs_done": 1, "config_hash": config_hash(cfg), "amp": "off",
-                      "amp_dtype": "float32", "train_images": 128, "git_commit": "0" * 40, "device": "cpu",
-                      "wall_seconds": 1.0, "final_test_acc": 0.1})  # fmt: skip
+    run.write_result(
+        {
+            "status": "complete",
+            "epochs_done": 1,
+            "config_hash": config_hash(cfg),
+            "amp": "off",
+            "amp_dtype": "float32",
+            "train_images": 128,
+            "git_commit": "0" * 40,
+            "device": "cpu",
+            "wall_seconds": 1.0,
+            "final_test_acc": 0.1,
+        }
+    )
     return root
 
 
 def ship_argv(p: Pass, run: Path, reg: Path, *extra: str) -> list[str]:
-    return ["ship", str(run), "--registry", str(reg), "--any-recipe", "--test-subset", N_TEST, "--data-dir",
-            p.data_dir, *extra]  # fmt: skip
+    return [
+        "ship",
+        str(run),
+        "--registry",
+        str(reg),
+        "--any-recipe",
+        "--test-subset",
+        N_TEST,
+        "--data-dir",
+        p.data_dir,
+        *extra,
+    ]
 
 
 def eval_argv(p: Pass, target: Path | str, *extra: str) -> list[str]:
-    return ["eval", str(target), "--data-dir", p.data_dir, "--subset", N_TEST, "--device", "cpu", "--json", "-",
-            *extra]  # fmt: skip
+    return ["eval", str(target), "--data-dir", p.data_dir, "--subset", N_TEST, "--device", "cpu", "--json", "-", *extra]
 
 
-def campaign(p: Pass, queue: Path, *extra: str, minutes: str = "2.9", env: dict[str, str] | None = None,
-             timeout: float = TIMEOUT) -> tuple[int | None, str, str]:  # fmt: skip
+def campaign(
+    p: Pass, queue: Path, *extra: str, minutes: str = "2.9", env: dict[str, str] | None = None, timeout: float = TIMEOUT
+) -> tuple[int | None, str, str]:
     """``scripts/campaign.py --queue QUEUE``: exit code, stdout, stderr. Under 3 minutes (the default here) the
     campaign starts no training, so that a bad queue it accepts costs nothing (and reads as exit 0)."""
-    cmd = [sys.executable, str(CAMPAIGN), "--queue", str(queue), *(["--max-minutes", minutes] if minutes else []),
-           *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(CAMPAIGN),
+        "--queue",
+        str(queue),
+        *(["--max-minutes", minutes] if minutes else []),
+        *extra,
+    ]
     try:
         r = subprocess.run(cmd, env=env or p.env, capture_output=True, text=True, timeout=timeout, cwd=p.work)
     except subprocess.TimeoutExpired:
@@ -434,15 +570,20 @@ def read_only(folder: Path, on: bool) -> None:
 
 
 BAD_QUEUES = {
-    "malformed YAML": "runs: [\n", "empty": "", "a list": f"- name: a\n  config: {CONFIG}\n",
-    "no runs": "data_dir: data\n", "runs: 5": "runs: 5\n", "entry a string": "runs: [preact_s0]\n",
-    "entry without name": f"runs: [{{config: {CONFIG}}}]\n", "entry without config": "runs: [{name: a}]\n",
+    "malformed YAML": "runs: [\n",
+    "empty": "",
+    "a list": f"- name: a\n  config: {CONFIG}\n",
+    "no runs": "data_dir: data\n",
+    "runs: 5": "runs: 5\n",
+    "entry a string": "runs: [preact_s0]\n",
+    "entry without name": f"runs: [{{config: {CONFIG}}}]\n",
+    "entry without config": "runs: [{name: a}]\n",
     "args a string": f"runs: [{{name: a, config: {CONFIG}, args: '--lr 0.05'}}]\n",
     "duplicate names": "runs: [" + ", ".join(f"{{name: {n}, config: {CONFIG}}}" for n in "aba") + "]\n",
     "unknown key": f"runs: [{{name: a, config: {CONFIG}, reqiures: lm_init}}]\n",
     "config file missing": "runs: [{name: a, config: configs/none.yaml}]\n",
     "name ../a": f"runs: [{{name: ../a, config: {CONFIG}}}]\n",
-}  # fmt: skip
+}
 
 
 def campaign_queues(p: Pass) -> None:
@@ -475,20 +616,30 @@ def campaign_end_and_data(p: Pass) -> None:
     queue's ``data_dir``."""
     root = p.work / "q" / "waits"
     make_run(p, root / "done")
-    (root / "queue.yaml").write_text(f"runs: [{{name: done, config: {CONFIG}}}, {{name: waits, config: {CONFIG}, "
-                                     "requires: no_such_option}]\n")  # fmt: skip
+    (root / "queue.yaml").write_text(
+        f"runs: [{{name: done, config: {CONFIG}}}, {{name: waits, config: {CONFIG}, requires: no_such_option}}]\n"
+    )
     code, out, err = campaign(p, root / "queue.yaml")
     ok = code == 0 and out.strip().splitlines()[-1:] == ["campaign: no other run can train here; not done: waits"]
-    p.record("campaign", "a waiting run at the end", "traceback" if "Traceback" in err else "ok" if ok else "wrong",
-             out + err)  # fmt: skip
+    p.record(
+        "campaign",
+        "a waiting run at the end",
+        "traceback" if "Traceback" in err else "ok" if ok else "wrong",
+        out + err,
+    )
     root = p.work / "q" / "data"
     root.mkdir()
     (root / "queue.yaml").write_text(f"data_dir: {root / 'queue-data'}\nruns: [{{name: a, config: {CONFIG}}}]\n")
-    code, out, err = campaign(p, root / "queue.yaml", "--dry-run", minutes="60",
-                              env={**p.env, "ODEARCH_DATA": str(p.work / "env-data")})  # fmt: skip
+    code, out, err = campaign(
+        p, root / "queue.yaml", "--dry-run", minutes="60", env={**p.env, "ODEARCH_DATA": str(p.work / "env-data")}
+    )
     ok = code == 0 and f"--data-dir {p.work / 'env-data'} " in out and not (root / "queue-data").exists()
-    p.record("campaign", "$ODEARCH_DATA and the queue's data_dir", "traceback" if "Traceback" in err else
-             "ok" if ok else "wrong", out + err)  # fmt: skip
+    p.record(
+        "campaign",
+        "$ODEARCH_DATA and the queue's data_dir",
+        "traceback" if "Traceback" in err else "ok" if ok else "wrong",
+        out + err,
+    )
 
 
 def campaign_logs(p: Pass) -> None:
@@ -505,10 +656,18 @@ def campaign_logs(p: Pass) -> None:
         "campaign: c (new): python -m odearch train --config c.yaml\nepoch   1 step 2/2  loss 2.3\n"
     )
     code, out, err = campaign(p, root / "queue.yaml", "--save-log", str(log), minutes="")
-    ok = code == 0 and "c: no run directory" in err and not (root / "c").exists() and (root / "b" / "stretch1.log"
-                                                                                        ).is_file()  # fmt: skip
-    p.record("campaign", "--save-log, a part of a run not there", "traceback" if "Traceback" in err else
-             "ok" if ok else "wrong", out + err)  # fmt: skip
+    ok = (
+        code == 0
+        and "c: no run directory" in err
+        and not (root / "c").exists()
+        and (root / "b" / "stretch1.log").is_file()
+    )
+    p.record(
+        "campaign",
+        "--save-log, a part of a run not there",
+        "traceback" if "Traceback" in err else "ok" if ok else "wrong",
+        out + err,
+    )
     (root / "b" / "stretch1.log").unlink()
     before = snapshot(root)
     read_only(root / "b", True)
@@ -532,10 +691,19 @@ def _start_campaign(p: Pass, root: Path, epochs: int, ready: str) -> tuple[subpr
     root.mkdir(parents=True)
     args = [*TINY[: TINY.index("--epochs")], "--epochs", str(epochs), *TINY[TINY.index("--epochs") + 2 :]]
     (root / "queue.yaml").write_text(f"runs: [{{name: a, config: {CONFIG}, args: {json.dumps(args)}}}]\n")
-    cmd = [sys.executable, str(CAMPAIGN), "--queue", str(root / "queue.yaml"), "--max-minutes", "10", "--data-dir",
-           p.data_dir]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=p.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=p.work,
-                            start_new_session=True)  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(CAMPAIGN),
+        "--queue",
+        str(root / "queue.yaml"),
+        "--max-minutes",
+        "10",
+        "--data-dir",
+        p.data_dir,
+    ]
+    proc = subprocess.Popen(
+        cmd, env=p.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=p.work, start_new_session=True
+    )
     deadline = time.monotonic() + TIMEOUT
     while not (root / "a" / ready).exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -573,8 +741,9 @@ def campaign_stale_stopped(p: Pass) -> None:
     root = p.work / "q" / "stale"
     run = make_run(p, root / "a")
     done = json.loads((run / "result.json").read_text())
-    (run / "result.json").write_text(json.dumps({**done, "status": "stopped", "stop_reason": "SIGTERM",
-                                                 "epochs_done": 0, "final_test_acc": None}))  # fmt: skip
+    (run / "result.json").write_text(
+        json.dumps({**done, "status": "stopped", "stop_reason": "SIGTERM", "epochs_done": 0, "final_test_acc": None})
+    )
     metrics = (run / "metrics.jsonl").read_bytes()
     (root / "queue.yaml").write_text(f"runs: [{{name: a, config: {CONFIG}}}]\n")
     code, out, err = campaign(p, root / "queue.yaml", "--data-dir", p.data_dir, minutes="10")
@@ -613,8 +782,12 @@ def campaign_signals(p: Pass) -> None:
         os.kill(child[0], signal.SIGKILL)  # the training process this script's campaign started
         return p.record("campaign", "kill -9 of the campaign mid-run", "stuck", "its run trained on, holding the lock")
     code, err = p.cli("train", "--resume", str(run), "--max-minutes", "0.01")
-    p.record("campaign", "kill -9 of the campaign mid-run", "traceback" if "Traceback" in err else
-             "ok" if code == 0 else "stuck", err)  # fmt: skip
+    p.record(
+        "campaign",
+        "kill -9 of the campaign mid-run",
+        "traceback" if "Traceback" in err else "ok" if code == 0 else "stuck",
+        err,
+    )
 
 
 def ship_faults(p: Pass) -> None:
@@ -671,27 +844,48 @@ def registry_faults(p: Pass) -> None:
     reg = p.work / "r" / "good" / "registry.json"
     assert p.cli(*ship_argv(p, make_run(p, p.work / "r" / "run"), reg))[0] == 0
     good = json.loads(reg.read_text())
-    nosha = {**good, "weights": {**good["weights"], "resnet20.cifar10_s9": {
-        k: v for k, v in good["weights"]["resnet20.cifar10_s0"].items() if k != "sha256"}}}  # fmt: skip
-    cases = {"a list": ([], "resnet20.cifar10_s0"), "without weights": ({"format": good.get("format")},
-             "resnet20.cifar10_s0"), "entry without sha256": (nosha, "resnet20.cifar10_s9")}  # fmt: skip
+    nosha = {
+        **good,
+        "weights": {
+            **good["weights"],
+            "resnet20.cifar10_s9": {k: v for k, v in good["weights"]["resnet20.cifar10_s0"].items() if k != "sha256"},
+        },
+    }
+    cases = {
+        "a list": ([], "resnet20.cifar10_s0"),
+        "without weights": ({"format": good.get("format")}, "resnet20.cifar10_s0"),
+        "entry without sha256": (nosha, "resnet20.cifar10_s9"),
+    }
     for name, (content, tag) in cases.items():
         folder = p.work / "r" / name.replace(" ", "_")
         shutil.copytree(reg.parent, folder)
         (folder / "registry.json").write_text(json.dumps(content))
         env = {**p.env, "FAULT_REGISTRY": str(folder / "registry.json")}
-        r = subprocess.run([sys.executable, "-c", REGISTRY_MAIN, "models", "--pattern", "resnet20"], env=env,
-                           capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+        r = subprocess.run(
+            [sys.executable, "-c", REGISTRY_MAIN, "models", "--pattern", "resnet20"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
         ok = r.returncode == 0 and "resnet20" in r.stdout and str(folder / "registry.json") in r.stderr
-        p.record("registry", f"registry {name}: odearch models", "traceback" if "Traceback" in r.stderr else
-                 "ok" if ok else "stuck", r.stderr)  # fmt: skip
+        p.record(
+            "registry",
+            f"registry {name}: odearch models",
+            "traceback" if "Traceback" in r.stderr else "ok" if ok else "stuck",
+            r.stderr,
+        )
         code, err = p.cli(*eval_argv(p, tag), pre=["-c", REGISTRY_MAIN], env=env)
         if judge(p, "registry", f"registry {name}: eval {tag}", code, err) == "ok" and str(folder) not in err:
             p.records[-1]["outcome"] = "unclear"
         if name == "entry without sha256":
             code, err = p.cli(*eval_argv(p, "resnet20.cifar10_s0"), pre=["-c", REGISTRY_MAIN], env=env)
-            p.record("registry", f"registry {name}: eval of a good entry", "traceback" if "Traceback" in err else
-                     "ok" if code == 0 else "stuck", err)  # fmt: skip
+            p.record(
+                "registry",
+                f"registry {name}: eval of a good entry",
+                "traceback" if "Traceback" in err else "ok" if code == 0 else "stuck",
+                err,
+            )
 
 
 def report_run(root: Path, model: str, data_dir: str) -> Path:
@@ -701,10 +895,24 @@ def report_run(root: Path, model: str, data_dir: str) -> Path:
     run = RunDir(root)
     run.create(TrainConfig(model=model, epochs=3, data_dir=data_dir, out=str(root), amp="off"), overwrite=False)
     for e in (1, 2, 3):
-        run.append_metrics({"epoch": e, "step": 390 * e, "train_loss": 1.0 / e, "train_acc": 0.5, "test_loss": 1.0,
-                            "test_acc": 0.5 + 0.1 * e, "lr": 0.1, "seconds": 75.0, "images_per_s": 665.0,
-                            "lm_k": {}, "git_commit": "a" * 40, "git_dirty": False, "device_name": "cpu",
-                            "amp_dtype": "float32"})  # fmt: skip
+        run.append_metrics(
+            {
+                "epoch": e,
+                "step": 390 * e,
+                "train_loss": 1.0 / e,
+                "train_acc": 0.5,
+                "test_loss": 1.0,
+                "test_acc": 0.5 + 0.1 * e,
+                "lr": 0.1,
+                "seconds": 75.0,
+                "images_per_s": 665.0,
+                "lm_k": {},
+                "git_commit": "a" * 40,
+                "git_dirty": False,
+                "device_name": "cpu",
+                "amp_dtype": "float32",
+            }
+        )
     run.write_result({"status": "complete", "epochs_done": 3, "wall_seconds": 225.0, "device": "cpu"})
     return root
 
@@ -806,9 +1014,20 @@ def eval_faults(p: Pass) -> None:
 
 def issue30(p: Pass) -> None:
     """The issue-30 group: no training but a few tiny campaign runs."""
-    for group in (campaign_queues, campaign_end_and_data, campaign_logs, campaign_stale_stopped,
-                  campaign_crash_before_checkpoint, campaign_signals, ship_faults, prune_faults, registry_faults,
-                  report_faults, train_faults, eval_faults):  # fmt: skip
+    for group in (
+        campaign_queues,
+        campaign_end_and_data,
+        campaign_logs,
+        campaign_stale_stopped,
+        campaign_crash_before_checkpoint,
+        campaign_signals,
+        ship_faults,
+        prune_faults,
+        registry_faults,
+        report_faults,
+        train_faults,
+        eval_faults,
+    ):
         group(p)
 
 
@@ -834,14 +1053,22 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--out", type=Path, default=REPO / "results" / "bench" / "faults.json")
-    ap.add_argument("--surfaces", choices=("all", "issue15", "issue30"), default="all",
-                    help="issue15: checkpoints, kills, files, inputs of a run; issue30: the campaign, ship / prune, "
-                         "the registry, report, train and eval inputs (a few minutes); all: both")  # fmt: skip
+    ap.add_argument(
+        "--surfaces",
+        choices=("all", "issue15", "issue30"),
+        default="all",
+        help="issue15: checkpoints, kills, files, inputs of a run; issue30: the campaign, ship / prune, "
+        "the registry, report, train and eval inputs (a few minutes); all: both",
+    )
     ap.add_argument("--random-kills", type=int, default=6)
     ap.add_argument("--save-ops", type=int, default=12, help="kill before each of the first N operations of a save")
     ap.add_argument("--enospc-step", type=int, default=1, help="fail every K-th fsync with ENOSPC (1: each one)")
-    ap.add_argument("--flips", type=int, default=24, help="byte flips in last.safetensors (a third as many in the "
-                                                             "state and best files)")  # fmt: skip
+    ap.add_argument(
+        "--flips",
+        type=int,
+        default=24,
+        help="byte flips in last.safetensors (a third as many in the state and best files)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     rng = random.Random(args.seed)
@@ -855,10 +1082,19 @@ def main() -> int:
             issue30(p)
         records = p.records
     summary = _summary(records)
-    out = {"command": " ".join([sys.executable, *sys.argv]), "git_commit": commit, "git_dirty": dirty, "device": _cpu(),
-           "torch": torch.__version__, "python": platform.python_version(), "seed": args.seed,
-           "surfaces": args.surfaces, "wall_seconds": round(time.time() - t0, 1), "summary": summary,
-           "faults": records}  # fmt: skip
+    out = {
+        "command": " ".join([sys.executable, *sys.argv]),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "device": _cpu(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "seed": args.seed,
+        "surfaces": args.surfaces,
+        "wall_seconds": round(time.time() - t0, 1),
+        "summary": summary,
+        "faults": records,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
@@ -867,11 +1103,19 @@ def main() -> int:
 
 def _summary(records: list[dict[str, Any]]) -> dict[str, int]:
     count = lambda o: sum(r["outcome"] == o for r in records)  # noqa: E731
-    return {"faults_tried": len(records), "ok_clean": count("ok"), "tracebacks": count("traceback"),
-            "hangs": count("hang"), "runs_lost": count("lost"), "stuck_until_repaired": count("stuck"),
-            "silently_wrong": count("wrong"), "refused_without_error_line": count("unclear"),
-            "code_executed_from_untrusted_files": count("executed"), "accepted_bad_input": count("accepted"),
-            "enospc_unnamed": count("unnamed")}  # fmt: skip
+    return {
+        "faults_tried": len(records),
+        "ok_clean": count("ok"),
+        "tracebacks": count("traceback"),
+        "hangs": count("hang"),
+        "runs_lost": count("lost"),
+        "stuck_until_repaired": count("stuck"),
+        "silently_wrong": count("wrong"),
+        "refused_without_error_line": count("unclear"),
+        "code_executed_from_untrusted_files": count("executed"),
+        "accepted_bad_input": count("accepted"),
+        "enospc_unnamed": count("unnamed"),
+    }
 
 
 def _git(*args: str) -> str:

@@ -37,8 +37,10 @@ def load_net(source: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     if not path.exists():
         entry = read_registry().get(source)
         if entry is None:
-            raise SystemExit(f"probe_lm: error: {source} is neither a run directory nor shipped weights "
-                             f"(known: {', '.join(read_registry())})")  # fmt: skip
+            raise SystemExit(
+                f"probe_lm: error: {source} is neither a run directory nor shipped weights "
+                f"(known: {', '.join(read_registry())})"
+            )
         model = create_model(source, pretrained=True)
         run_cfg = REPO / str(entry.get("run", "-")) / "config.yaml"
         cfg = yaml.safe_load(run_cfg.read_text()) if run_cfg.is_file() else {**entry["recipe"], "model": entry["model"]}
@@ -49,17 +51,24 @@ def load_net(source: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     if ckpt is None:
         raise SystemExit(f"probe_lm: error: {path}: no checkpoints/last.safetensors and no shipped copy")
     state, _ = load_weights(ckpt)
-    model = create_model(cfg["model"], num_classes=cfg.get("num_classes"), scheme=cfg.get("scheme"),
-                         **(cfg.get("model_kwargs") or {}))  # fmt: skip
+    model = create_model(
+        cfg["model"], num_classes=cfg.get("num_classes"), scheme=cfg.get("scheme"), **(cfg.get("model_kwargs") or {})
+    )
     model.load_state_dict(state)
     return model, {"source": str(path), "weights": str(ckpt), **_recipe(cfg)}
 
 
 def _recipe(cfg: dict[str, Any]) -> dict[str, Any]:
     decay = cfg.get("lm_weight_decay", "k") if str(cfg["model"]).startswith("lm_") else None
-    return {"model": cfg["model"], "dataset": cfg.get("dataset", "cifar10"), "train_seed": cfg.get("seed"),
-            "amp": cfg.get("amp"), "lm_weight_decay": decay, "weight_decay": float(cfg.get("weight_decay", 1e-4)),
-            "batch_size": int(cfg.get("batch_size", 128))}  # fmt: skip
+    return {
+        "model": cfg["model"],
+        "dataset": cfg.get("dataset", "cifar10"),
+        "train_seed": cfg.get("seed"),
+        "amp": cfg.get("amp"),
+        "lm_weight_decay": decay,
+        "weight_decay": float(cfg.get("weight_decay", 1e-4)),
+        "batch_size": int(cfg.get("batch_size", 128)),
+    }
 
 
 def probe(source: str, data_dir: str | None, only: list[str], calib: int, seed: int) -> dict[str, Any]:
@@ -75,10 +84,15 @@ def probe(source: str, data_dir: str | None, only: list[str], calib: int, seed: 
     is_lm = bool(lm_parameters(model))
     if "forces" in only and is_lm:
         train = load_cifar(data_dir, info["dataset"], train=True, download=False)
-        out["forces"] = probes.force_balance(model, *train, dataset=info["dataset"],
-                                             lm_weight_decay=info["lm_weight_decay"],
-                                             weight_decay=info["weight_decay"], batch_size=info["batch_size"],
-                                             seed=seed)  # fmt: skip
+        out["forces"] = probes.force_balance(
+            model,
+            *train,
+            dataset=info["dataset"],
+            lm_weight_decay=info["lm_weight_decay"],
+            weight_decay=info["weight_decay"],
+            batch_size=info["batch_size"],
+            seed=seed,
+        )
     if "ablation" in only and is_lm:
         train = load_cifar(data_dir, info["dataset"], train=True, download=False)
         out["ablation"] = probes.k_ablation(model, train, test, dataset=info["dataset"], calib=calib)
@@ -103,9 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     for source in args.sources:
         t0 = time.perf_counter()
         result = probe(source, args.data_dir, args.only, args.calib, args.seed)
-        record = {"command": shlex.join([sys.executable, *sys.argv]), **provenance(torch.device("cpu")),
-                  "seed": args.seed, "threads": torch.get_num_threads(), **result,
-                  "wall_seconds": time.perf_counter() - t0}  # fmt: skip
+        record = {
+            "command": shlex.join([sys.executable, *sys.argv]),
+            **provenance(torch.device("cpu")),
+            "seed": args.seed,
+            "threads": torch.get_num_threads(),
+            **result,
+            "wall_seconds": time.perf_counter() - t0,
+        }
         path = args.out / f"{Path(source).name}.json"
         path.write_text(json.dumps(record, indent=1) + "\n")
         print(f"probe_lm: wrote {path} ({record['wall_seconds']:.0f} s)", flush=True)

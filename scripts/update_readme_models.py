@@ -1,7 +1,7 @@
 """Regenerates the model table of docs/models.md (between the model-table markers) from the registry.
 
-    python scripts/update_readme_models.py          # rewrite docs/models.md in place
-    python scripts/update_readme_models.py --check  # exit 1 if it is out of date (tests/test_readme.py)
+python scripts/update_readme_models.py          # rewrite docs/models.md in place
+python scripts/update_readme_models.py --check  # exit 1 if it is out of date (tests/test_readme.py)
 """
 
 from __future__ import annotations

@@ -50,8 +50,14 @@ needs_glibc = pytest.mark.skipif(_glibc() is None, reason="mallopt tuning applie
 
 
 def probe(mode: str, **env: str) -> tuple[float, str]:
-    r = subprocess.run([sys.executable, "-c", PROBE, mode], env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **env},
-                       capture_output=True, text=True, timeout=300, check=True)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-c", PROBE, mode],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     faults, state = r.stdout.split()
     return float(faults), state
 
@@ -67,10 +73,12 @@ def test_training_steps_reuse_their_pages_once_configured() -> None:
 
 @needs_glibc
 def test_environment_opt_out_leaves_the_allocator_alone() -> None:
-    code = ("import torch; from odearch.train import TrainConfig;"
-            " from odearch.train.numerics import configure_numerics;"
-            " from odearch.train.allocator import allocator_state;"
-            " configure_numerics(TrainConfig(model='resnet20'), torch.device('cpu')); print(allocator_state())")
+    code = (
+        "import torch; from odearch.train import TrainConfig;"
+        " from odearch.train.numerics import configure_numerics;"
+        " from odearch.train.allocator import allocator_state;"
+        " configure_numerics(TrainConfig(model='resnet20'), torch.device('cpu')); print(allocator_state())"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "ODEARCH_KEEP_FREED_MEMORY": "0"}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=True)
     assert r.stdout.split() == ["system"]

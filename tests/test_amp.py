@@ -19,9 +19,18 @@ pytestmark = needs_cifar
 
 
 def _cfg(tmp_path: Path, **kw: object) -> TrainConfig:
-    base = {"model": "lm_resnet20", "subset": 128, "batch_size": 64, "epochs": 1, "eval_subset": 100,
-            "device": "cpu", "data_dir": str(CIFAR_ROOT), "download": False, "tensorboard": False,
-            "out": str(tmp_path / "run")}  # fmt: skip
+    base = {
+        "model": "lm_resnet20",
+        "subset": 128,
+        "batch_size": 64,
+        "epochs": 1,
+        "eval_subset": 100,
+        "device": "cpu",
+        "data_dir": str(CIFAR_ROOT),
+        "download": False,
+        "tensorboard": False,
+        "out": str(tmp_path / "run"),
+    }
     return TrainConfig.from_dict({**base, **kw})
 
 

@@ -167,9 +167,13 @@ def test_analyze_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str
     out = run / "analysis"
     rows = read_csv(out / "lm_table.csv")
     assert [(r["stage"], r["block"], r["depth"]) for r in rows] == [
-        ("stages.0", "1", "1"), ("stages.0", "2", "2"), ("stages.1", "1", "4"),
-        ("stages.1", "2", "5"), ("stages.2", "1", "7"), ("stages.2", "2", "8"),
-    ]  # fmt: skip
+        ("stages.0", "1", "1"),
+        ("stages.0", "2", "2"),
+        ("stages.1", "1", "4"),
+        ("stages.1", "2", "5"),
+        ("stages.2", "1", "7"),
+        ("stages.2", "2", "8"),
+    ]
     assert {r["run"] for r in rows} == {"run"}
     assert [float(r["k"]) for r in rows] == pytest.approx([-0.1, -0.4, -1.5, 0.2, -0.3, -0.7])
     assert [float(r["root_parasitic"]) for r in rows] == pytest.approx([0.1, 0.4, 1.5, -0.2, 0.3, 0.7])
@@ -198,8 +202,14 @@ def test_analyze_prefers_best_and_accepts_a_checkpoint_file(tmp_path: Path) -> N
 def test_analyze_bare_checkpoint_and_several_runs(tmp_path: Path) -> None:
     bare = tmp_path / "loose" / "model.safetensors"
     bare.parent.mkdir()
-    save_file({"stages.0.lm_k": torch.tensor([-0.25]), "stages.10.lm_k": torch.tensor([-0.5]),
-               "stages.2.lm_k": torch.tensor([-0.75])}, str(bare))  # fmt: skip
+    save_file(
+        {
+            "stages.0.lm_k": torch.tensor([-0.25]),
+            "stages.10.lm_k": torch.tensor([-0.5]),
+            "stages.2.lm_k": torch.tensor([-0.75]),
+        },
+        str(bare),
+    )
     assert analyze(bare) == 0
     out = bare.parent / "analysis"
     rows = read_csv(out / "lm_table.csv")

@@ -1,6 +1,7 @@
 """Static checks over ``src/odearch`` (read with :mod:`ast`; nothing is imported, no torch needed).
 
-- no function is longer than ``MAX_FUNCTION_LINES`` lines (``def`` line to last line, docstring included);
+- no function is longer than ``MAX_FUNCTION_LINES`` formatted lines (``def`` line to last line, docstring included;
+  a tripwire for functions that do more than one job, ``ruff format`` owning the layout);
 - docstrings are RST: literals are ``double`` backticks, never Markdown's single ones (:func:`roles` and
   `links`_ are RST and fine);
 - imports inside the package are relative (``from .x import y``), except under an ``if __name__ == "__main__":``
@@ -19,7 +20,7 @@ from pathlib import Path
 from datapaths import REPO
 
 PACKAGE = REPO / "src" / "odearch"
-MAX_FUNCTION_LINES = 60
+MAX_FUNCTION_LINES = 80  # a tripwire: the formatter owns the layout, a function with one job stays well below
 # Lowest first: a unit (a subpackage, or a top-level module by its stem) may import its own layer or one below.
 LAYERS = (
     ("schemes", "datastats", "data", "runfiles", "runsummary"),
@@ -203,8 +204,10 @@ def test_no_module_imports_from_a_higher_layer() -> None:
         for node in imports(tree):
             for target in imported_units(path, node):
                 if target != unit and RANK.get(target, len(LAYERS)) > RANK.get(unit, -1):
-                    upward.append(f"{path}:{node.lineno}: {unit} (layer {RANK.get(unit)}) imports {target} "
-                                  f"(layer {RANK.get(target)}): {ast.unparse(node)}")  # fmt: skip
+                    upward.append(
+                        f"{path}:{node.lineno}: {unit} (layer {RANK.get(unit)}) imports {target} "
+                        f"(layer {RANK.get(target)}): {ast.unparse(node)}"
+                    )
     assert not upward, "imports against the layering " + " -> ".join(map("/".join, LAYERS)) + ":\n" + "\n".join(upward)
 
 
@@ -223,8 +226,13 @@ def test_tracked_tree_stays_small() -> None:
         pytest.skip("not a git checkout")
     listing = subprocess.run(["git", "ls-files", "-s", "-z"], cwd=REPO, capture_output=True, check=True).stdout
     blobs = [entry.split(b" ")[1].decode() for entry in listing.split(b"\0") if entry]
-    sizes = subprocess.run(["git", "cat-file", "--batch-check=%(objectsize)"], cwd=REPO, check=True,
-                           input="\n".join(blobs).encode(), capture_output=True).stdout.split()  # fmt: skip
+    sizes = subprocess.run(
+        ["git", "cat-file", "--batch-check=%(objectsize)"],
+        cwd=REPO,
+        check=True,
+        input="\n".join(blobs).encode(),
+        capture_output=True,
+    ).stdout.split()
     total = sum(int(s) for s in sizes if s.isdigit())
     assert total < TRACKED_TREE_LIMIT, f"the tracked tree is {total / 1e6:.1f} MB (limit 15 MB): prune checkpoints"
 
@@ -260,8 +268,13 @@ def import_graph() -> dict[str, list[tuple[str, bool, int]]]:
     graph: dict[str, list[tuple[str, bool, int]]] = {}
     for path, tree in sources():
         module = module_name(path)
-        in_function = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-                       for n in ast.walk(f) if n is not f}  # fmt: skip
+        in_function = {
+            id(n)
+            for f in ast.walk(tree)
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for n in ast.walk(f)
+            if n is not f
+        }
         for node in imports(tree):
             if isinstance(node, ast.ImportFrom):
                 for target in imported_modules(module, node):
@@ -321,8 +334,11 @@ def test_no_module_imports_another_modules_private_names() -> None:
 
 def test_the_graph_checks_find_what_they_look_for() -> None:
     """The two checks above on a made-up module graph: a function-level cycle, and a private import."""
-    graph = {"odearch.a": [("odearch.b", True, 3)], "odearch.b": [("odearch.c", False, 1)],
-             "odearch.c": [("odearch.a", False, 1)]}  # fmt: skip
+    graph = {
+        "odearch.a": [("odearch.b", True, 3)],
+        "odearch.b": [("odearch.c", False, 1)],
+        "odearch.c": [("odearch.a", False, 1)],
+    }
     assert path_between(graph, "odearch.b", "odearch.a") == ["odearch.b", "odearch.c", "odearch.a"]
     assert path_between(graph, "odearch.c", "odearch.b") == ["odearch.c", "odearch.a", "odearch.b"]
     node = ast.parse("from ..models._pretrained import registry_problems").body[0]

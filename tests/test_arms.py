@@ -14,19 +14,47 @@ from odearch.report import HEADLINE_END, HEADLINE_START, ReportInputError, RunSu
 T_975 = {2: 4.302652729911275, 4: 2.7764451051977987}  # Student-t 97.5 % quantiles (tables)
 
 
-def _run(model: str, seed: int, phase_err: float, *, decay: str | None = "kappa", complete: bool = True,
-         diff: tuple[str, ...] = ()) -> RunSummary:  # fmt: skip
+def _run(
+    model: str,
+    seed: int,
+    phase_err: float,
+    *,
+    decay: str | None = "kappa",
+    complete: bool = True,
+    diff: tuple[str, ...] = (),
+) -> RunSummary:
     """A finished 160-epoch run whose test error is 20 % before epoch 121 and ``phase_err`` from then on."""
     curve = [(e, 20.0 if e < 121 else phase_err) for e in range(1, 161)]
     lm = model.startswith("lm_")
-    recipe_diff = list(diff) + ([f"lm_weight_decay {decay!r} (official code 'kappa')"] if lm and decay != "kappa"
-                                else [])  # fmt: skip
-    return RunSummary(name=f"{model}_{decay}_s{seed}", path=Path("x"), model=model, dataset="cifar10", seed=seed,
-                      epochs=160, epochs_done=160, complete=complete, final_err=phase_err, best_err=phase_err - 0.1,
-                      best_epoch=150, params=None, wall_s=None, wall_exact=False, img_s=None, devices=[], commits=[],
-                      dirty=False, precision="bf16 autocast" if seed else "fp32", recipe_diff=recipe_diff,
-                      curve=curve, lm_k={"stages.0": [0.1 * seed, -0.05]} if lm else {},
-                      lm_weight_decay=decay if lm else None, last_phase=121)  # fmt: skip
+    recipe_diff = list(diff) + (
+        [f"lm_weight_decay {decay!r} (official code 'kappa')"] if lm and decay != "kappa" else []
+    )
+    return RunSummary(
+        name=f"{model}_{decay}_s{seed}",
+        path=Path("x"),
+        model=model,
+        dataset="cifar10",
+        seed=seed,
+        epochs=160,
+        epochs_done=160,
+        complete=complete,
+        final_err=phase_err,
+        best_err=phase_err - 0.1,
+        best_epoch=150,
+        params=None,
+        wall_s=None,
+        wall_exact=False,
+        img_s=None,
+        devices=[],
+        commits=[],
+        dirty=False,
+        precision="bf16 autocast" if seed else "fp32",
+        recipe_diff=recipe_diff,
+        curve=curve,
+        lm_k={"stages.0": [0.1 * seed, -0.05]} if lm else {},
+        lm_weight_decay=decay if lm else None,
+        last_phase=121,
+    )
 
 
 def test_paired_interval_and_p_match_the_hand_computation() -> None:
@@ -50,9 +78,16 @@ def test_pairs_only_common_seeds_and_seed_subsets() -> None:
     assert one.n == 1 and one.lo is None and verdict(one) == "undecided" and one.welch is None
 
 
-@pytest.mark.parametrize(("lo", "hi", "word"), [
-    (-0.6, -0.1, "reproduced"), (-0.15, -0.05, "reproduced, but smaller than 0.2 points"),
-    (-0.19, 0.4, "not reproduced"), (-0.5, 0.1, "inconclusive"), (-0.2, 0.0, "inconclusive")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("lo", "hi", "word"),
+    [
+        (-0.6, -0.1, "reproduced"),
+        (-0.15, -0.05, "reproduced, but smaller than 0.2 points"),
+        (-0.19, 0.4, "not reproduced"),
+        (-0.5, 0.1, "inconclusive"),
+        (-0.2, 0.0, "inconclusive"),
+    ],
+)
 def test_the_registered_verdict_rule(lo: float, hi: float, word: str) -> None:
     assert verdict(PairedTest([1, 2], [lo, hi], (lo + hi) / 2, lo, hi, 0.5, None)) == word
 
@@ -61,17 +96,22 @@ def test_arms_count_finished_recipe_runs_and_the_section_states_the_verdict(tmp_
     runs = [_run("preact_resnet20", s, e) for s, e in ((0, 8.6), (1, 8.5), (2, 8.7), (3, 8.4))]
     runs += [_run("lm_resnet20", s, e) for s, e in ((0, 8.96), (1, 8.9), (2, 8.8), (3, 8.9))]
     runs += [_run("lm_resnet20", s, e, decay="none") for s, e in ((1, 8.3), (2, 8.5), (3, 8.2))]
-    runs += [_run("lm_resnet20", 4, 5.0, complete=False), _run("preact_resnet20", 4, 5.0, diff=("subset 5000",)),
-             _run("resnet20", 0, 8.75)]  # in progress, another recipe, not a twin: none counts
-    (plain, lms), = arms_of(runs)
+    runs += [
+        _run("lm_resnet20", 4, 5.0, complete=False),
+        _run("preact_resnet20", 4, 5.0, diff=("subset 5000",)),
+        _run("resnet20", 0, 8.75),
+    ]  # in progress, another recipe, not a twin: none counts
+    ((plain, lms),) = arms_of(runs)
     assert sorted(plain.runs) == [0, 1, 2, 3] and [a.decay for a in lms] == ["kappa", "none"]
     assert sorted(lms[0].runs) == [0, 1, 2, 3] and sorted(lms[1].runs) == [1, 2, 3]
     text = "\n".join(arm_section(runs, tmp_path))
     b = paired_test(lms[0].primary(), plain.primary())
     assert b.diffs == pytest.approx([0.36, 0.4, 0.1, 0.5])
     assert verdict(b) == "not reproduced"
-    assert (f"**not reproduced**: LM - plain = {b.mean:+.2f} points (95 % CI {b.lo:+.2f}..{b.hi:+.2f}, n = 4, "
-            f"p = {b.p:.3f})") in text  # fmt: skip
+    assert (
+        f"**not reproduced**: LM - plain = {b.mean:+.2f} points (95 % CI {b.lo:+.2f}..{b.hi:+.2f}, n = 4, "
+        f"p = {b.p:.3f})"
+    ) in text
     c = paired_test(lms[1].primary(), plain.primary())
     assert c.n == 3 and f"n = 3, p = {c.p:.3f}" in text
     assert "| A | `preact_resnet20` | 4 | 0, 1, 2, 3 | 8.55 ± 0.13 |" in text

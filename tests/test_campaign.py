@@ -43,14 +43,19 @@ def _run(queue: Path, name: str, status: str | None, checkpoint: bool = True) ->
         (d / "result.json").write_text(json.dumps({"status": status}))
 
 
-def test_next_run_skips_complete_and_waiting_runs_and_resumes_a_started_one(tmp_path: Path, capsys,
-                                                                            monkeypatch) -> None:  # fmt: skip
+def test_next_run_skips_complete_and_waiting_runs_and_resumes_a_started_one(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
     monkeypatch.delenv("ODEARCH_DATA", raising=False)
-    queue = _queue(tmp_path, [
-        {"name": "done", "config": "configs/cifar10/resnet20.yaml"},
-        {"name": "waits", "config": "configs/cifar10/lm_resnet20.yaml", "requires": "no_such_option"},
-        {"name": "stopped", "config": "configs/cifar10/resnet20.yaml"},
-        {"name": "later", "config": "configs/cifar10/resnet20.yaml"}])  # fmt: skip
+    queue = _queue(
+        tmp_path,
+        [
+            {"name": "done", "config": "configs/cifar10/resnet20.yaml"},
+            {"name": "waits", "config": "configs/cifar10/lm_resnet20.yaml", "requires": "no_such_option"},
+            {"name": "stopped", "config": "configs/cifar10/resnet20.yaml"},
+            {"name": "later", "config": "configs/cifar10/resnet20.yaml"},
+        ],
+    )
     _run(queue, "done", "complete")
     _run(queue, "stopped", "stopped")
     assert campaign.main(["--queue", str(queue), "--max-minutes", "60", "--dry-run"]) == 0
@@ -68,16 +73,33 @@ def test_a_new_run_starts_from_its_config_seed_and_extra_args_in_fp32(tmp_path: 
     entry = {"name": "x", "config": "configs/cifar10/lm_resnet20.yaml", "seed": 1, "args": ["--lm-weight-decay", "k"]}
     cmd = campaign.train_command(entry, tmp_path / "x", "new", 12.34, None)
     config = str(REPO / "configs/cifar10/lm_resnet20.yaml")
-    assert cmd[4:] == ["--config", config, "--seed", "1", "--out", str(tmp_path / "x"), "--amp", "off",
-                       "--lm-weight-decay", "k", "--max-minutes", "12.3"]  # fmt: skip
+    assert cmd[4:] == [
+        "--config",
+        config,
+        "--seed",
+        "1",
+        "--out",
+        str(tmp_path / "x"),
+        "--amp",
+        "off",
+        "--lm-weight-decay",
+        "k",
+        "--max-minutes",
+        "12.3",
+    ]
 
 
-def test_a_bf16_run_is_passed_over_without_native_bf16_and_the_next_fp32_run_taken(tmp_path: Path, capsys,
-                                                                                 monkeypatch) -> None:  # fmt: skip
-    queue = _queue(tmp_path, [
-        {"name": "fast", "config": "configs/cifar10/resnet20.yaml", "amp": "bf16"},
-        {"name": "was_bf16", "config": "configs/cifar10/resnet20.yaml"},
-        {"name": "fp32", "config": "configs/cifar10/resnet20.yaml", "seed": 4}])  # fmt: skip
+def test_a_bf16_run_is_passed_over_without_native_bf16_and_the_next_fp32_run_taken(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    queue = _queue(
+        tmp_path,
+        [
+            {"name": "fast", "config": "configs/cifar10/resnet20.yaml", "amp": "bf16"},
+            {"name": "was_bf16", "config": "configs/cifar10/resnet20.yaml"},
+            {"name": "fp32", "config": "configs/cifar10/resnet20.yaml", "seed": 4},
+        ],
+    )
     _run(queue, "was_bf16", "stopped")
     (queue.parent / "was_bf16" / "config.yaml").write_text("model: resnet20\namp: bf16\n")  # its own precision
     monkeypatch.setattr(campaign, "fast_bf16", lambda: False)
@@ -186,8 +208,10 @@ BAD_QUEUES = {
     "no name": (f"runs: [{{config: {CONFIG}}}]\n", "runs[0] needs a 'name'"),
     "no config": ("runs: [{name: a}]\n", "runs[0] needs a 'config'"),
     "args a string": (f"runs: [{{name: a, config: {CONFIG}, args: '--lr 0.05'}}]\n", "split into characters"),
-    "duplicate": ("runs: [" + ", ".join(f"{{name: {n}, config: {CONFIG}}}" for n in "aba") + "]\n",
-                  "runs[0] and runs[2] are both named 'a'"),
+    "duplicate": (
+        "runs: [" + ", ".join(f"{{name: {n}, config: {CONFIG}}}" for n in "aba") + "]\n",
+        "runs[0] and runs[2] are both named 'a'",
+    ),
     "typo": (f"runs: [{{name: a, config: {CONFIG}, reqiures: lm_init}}]\n", "unknown key(s) reqiures"),
     "missing config": ("runs: [{name: a, config: configs/none.yaml}]\n", "config configs/none.yaml does not exist"),
     "bad name": (f"runs: [{{name: ../a, config: {CONFIG}}}]\n", "plain directory name"),
@@ -197,8 +221,9 @@ BAD_QUEUES = {
 
 
 @pytest.mark.parametrize("case", list(BAD_QUEUES))
-def test_a_queue_it_cannot_run_is_one_error_line_and_nothing_runs(case: str, tmp_path: Path, capsys,
-                                                                  monkeypatch) -> None:  # fmt: skip
+def test_a_queue_it_cannot_run_is_one_error_line_and_nothing_runs(
+    case: str, tmp_path: Path, capsys, monkeypatch
+) -> None:
     text, expected = BAD_QUEUES[case]
     queue = tmp_path / "queue.yaml"
     queue.write_text(text)
@@ -244,7 +269,7 @@ def test_a_read_only_runs_dir_is_refused_before_anything_runs(tmp_path: Path, ca
 
 def test_save_log_of_a_missing_log_or_into_a_read_only_run_is_one_line_and_writes_nothing(
     tmp_path: Path, capsys, monkeypatch
-) -> None:  # fmt: skip
+) -> None:
     queue = _queue(tmp_path, [])
     assert campaign.main(["--queue", str(queue), "--save-log", str(tmp_path / "none.log")]) == 2
     assert "cannot read the log" in _one_error_line(capsys)
@@ -274,9 +299,13 @@ def test_a_log_part_of_a_run_without_directory_is_left_out(tmp_path: Path, capsy
 
 # ------------------------------------------------------------------- issue 30: what is done, what is waiting
 def test_the_end_names_waiting_runs_instead_of_claiming_all_complete(tmp_path: Path, capsys, monkeypatch) -> None:
-    queue = _queue(tmp_path, [
-        {"name": "done", "config": CONFIG},
-        {"name": "waits", "config": "configs/cifar10/lm_resnet20.yaml", "requires": "no_such_option"}])  # fmt: skip
+    queue = _queue(
+        tmp_path,
+        [
+            {"name": "done", "config": CONFIG},
+            {"name": "waits", "config": "configs/cifar10/lm_resnet20.yaml", "requires": "no_such_option"},
+        ],
+    )
     _run(queue, "done", "complete")
     _no_training(monkeypatch)
     assert campaign.main(["--queue", str(queue), "--max-minutes", "60"]) == 0
@@ -371,9 +400,14 @@ def _start_campaign(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
     signals it receives; returns it once the stand-in runs, and the run directory."""
     queue = _queue(tmp_path, [{"name": "a", "config": CONFIG}, {"name": "b", "config": CONFIG}])
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(REPO / "scripts" / "campaign.py"), CHILD, str(queue)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(REPO / "scripts" / "campaign.py"), CHILD, str(queue)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     run = queue.parent / "a"
     deadline = time.monotonic() + 300  # the campaign imports torch first: seconds, more on a busy machine
     while not (run / "child.pid").is_file() or not (run / "child.pid").read_text():

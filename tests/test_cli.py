@@ -24,8 +24,9 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
 
 def odearch_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "odearch", *args], env=ENV, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "odearch", *args], env=ENV, capture_output=True, text=True, timeout=600
+    )
 
 
 def snapshot(path: Path) -> dict[str, bytes]:
@@ -39,9 +40,26 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (DATA / "cifar-10-batches-py" / "data_batch_1").is_file():
         pytest.skip(f"real CIFAR-10 not found in {DATA}")
     out = tmp_path_factory.mktemp("cli") / "run"
-    r = odearch_cli("train", "--model", "resnet20", "--subset", "1000", "--epochs", "1", "--batch-size", "100",
-                    "--eval-subset", "500", "--data-dir", str(DATA), "--no-download", "--seed", "3",
-                    "--out", str(out))  # fmt: skip
+    r = odearch_cli(
+        "train",
+        "--model",
+        "resnet20",
+        "--subset",
+        "1000",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "100",
+        "--eval-subset",
+        "500",
+        "--data-dir",
+        str(DATA),
+        "--no-download",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     assert "epoch   1/1" in r.stdout
     return out
@@ -70,9 +88,24 @@ def test_train_writes_every_output(run_dir: Path) -> None:
     assert state["epoch"] == 1 and state["step"] == 10 and state["scheduler"]["step"] == 10
     assert {"torch", "cuda", "python"} <= set(state["rng"])
     res = json.loads((run_dir / "result.json").read_text())
-    for key in ("command", "git_commit", "git_dirty", "torch_version", "device_name", "seed", "wall_seconds",
-                "epochs", "final_test_acc", "final_test_error_pct", "best_acc", "best_epoch", "params", "model",
-                "dataset", "metrics"):  # fmt: skip
+    for key in (
+        "command",
+        "git_commit",
+        "git_dirty",
+        "torch_version",
+        "device_name",
+        "seed",
+        "wall_seconds",
+        "epochs",
+        "final_test_acc",
+        "final_test_error_pct",
+        "best_acc",
+        "best_epoch",
+        "params",
+        "model",
+        "dataset",
+        "metrics",
+    ):
         assert key in res, key
     assert res["command"].startswith("odearch train --model resnet20") and res["status"] == "complete"
     assert res["params"] == 269722 and res["final_test_acc"] == row["test_acc"] and res["best_epoch"] == 1
@@ -118,8 +151,20 @@ def test_models_lists_every_model_with_params(capsys: pytest.CaptureFixture[str]
 # ------------------------------------------------------------------------------------- YAML + flag precedence
 def test_yaml_sets_defaults_and_flags_override(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("model: lm_resnet56\nlr: 0.05\nepochs: 10\nmodel_kwargs: {a: 1, b: 2}\n")
-    args = build_parser().parse_args(["train", "--config", str(tmp_path / "c.yaml"), "--epochs", "2",
-                                      "--model-kw", "b=[3, 4]", "--p-last", "0.8", "--no-channels-last"])  # fmt: skip
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--config",
+            str(tmp_path / "c.yaml"),
+            "--epochs",
+            "2",
+            "--model-kw",
+            "b=[3, 4]",
+            "--p-last",
+            "0.8",
+            "--no-channels-last",
+        ]
+    )
     cfg, resume = _config_from_args(args)
     assert not resume
     assert (cfg.model, cfg.lr, cfg.epochs, cfg.channels_last) == ("lm_resnet56", 0.05, 2, False)
@@ -160,15 +205,36 @@ def test_unknown_yaml_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_model_rejecting_its_keywords(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["train", "--model", "resnet20", "--model-kw", "no_such_option=1", "--out", str(tmp_path / "r"),
-               "--data-dir", str(tmp_path)])  # fmt: skip
+    rc = main(
+        [
+            "train",
+            "--model",
+            "resnet20",
+            "--model-kw",
+            "no_such_option=1",
+            "--out",
+            str(tmp_path / "r"),
+            "--data-dir",
+            str(tmp_path),
+        ]
+    )
     assert rc == 2 and "rejected its options" in error_line(capsys)
     assert not (tmp_path / "r").exists()
 
 
 def test_missing_data_without_download(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["train", "--model", "resnet20", "--data-dir", str(tmp_path / "nodata"), "--no-download",
-               "--out", str(tmp_path / "r")])  # fmt: skip
+    rc = main(
+        [
+            "train",
+            "--model",
+            "resnet20",
+            "--data-dir",
+            str(tmp_path / "nodata"),
+            "--no-download",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
     assert rc == 1 and "CIFAR-10 files missing" in error_line(capsys)
     assert not (tmp_path / "r").exists() and not (tmp_path / "nodata").exists()
 
@@ -192,8 +258,9 @@ def test_resume_cannot_change_the_recipe(run_dir: Path, capsys: pytest.CaptureFi
 @pytest.mark.slow
 @needs_cifar
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
-def test_corrupt_checkpoint_on_resume_and_eval(run_dir: Path, tmp_path: Path, damage: str,
-                                               capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_corrupt_checkpoint_on_resume_and_eval(
+    run_dir: Path, tmp_path: Path, damage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     w = run / "checkpoints" / "last.safetensors"
@@ -227,8 +294,11 @@ def test_checkpoint_of_another_model(run_dir: Path, tmp_path: Path, capsys: pyte
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    save_weights(run / "checkpoints" / "last.safetensors", odearch.create_model("lm_resnet20"),
-                 {"model": "lm_resnet20", "num_classes": 10, "step": 10})  # fmt: skip
+    save_weights(
+        run / "checkpoints" / "last.safetensors",
+        odearch.create_model("lm_resnet20"),
+        {"model": "lm_resnet20", "num_classes": 10, "step": 10},
+    )
     before = snapshot(run)
     assert main(["train", "--resume", str(run), "--epochs", "2", "--data-dir", str(DATA)]) == 1
     assert "saved from model 'lm_resnet20'" in error_line(capsys)
@@ -247,9 +317,30 @@ def test_analyze_a_trained_lm_run(tmp_path: Path, capsys: pytest.CaptureFixture[
     if not (DATA / "cifar-10-batches-py" / "data_batch_1").is_file():
         pytest.skip(f"real CIFAR-10 not found in {DATA}")
     run = tmp_path / "lm"
-    assert main(["train", "--model", "lm_resnet20", "--subset", "256", "--epochs", "2", "--batch-size", "64",
-                 "--eval-subset", "256", "--data-dir", str(DATA), "--no-download", "--no-tensorboard",
-                 "--out", str(run)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "lm_resnet20",
+                "--subset",
+                "256",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "64",
+                "--eval-subset",
+                "256",
+                "--data-dir",
+                str(DATA),
+                "--no-download",
+                "--no-tensorboard",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["analyze", str(run), "--out", str(tmp_path / "an")]) == 0
     assert "max|xi|" in capsys.readouterr().out

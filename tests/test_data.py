@@ -61,8 +61,12 @@ def _write_cifar10(root: Path, n_per_batch: int = 3, seed: int = 0) -> dict[str,
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         hwc = rng.integers(0, 256, (n_per_batch, 32, 32, 3), dtype=np.uint8)
         labels = rng.integers(0, 10, n_per_batch).tolist()
-        d = {b"batch_label": name.encode(), b"labels": labels, b"data": _rows_from_hwc(hwc),
-             b"filenames": [f"img_{i}.png".encode() for i in range(n_per_batch)]}  # fmt: skip
+        d = {
+            b"batch_label": name.encode(),
+            b"labels": labels,
+            b"data": _rows_from_hwc(hwc),
+            b"filenames": [f"img_{i}.png".encode() for i in range(n_per_batch)],
+        }
         _dump(folder / name, d, legacy_numpy_path=True)
         out[name] = (hwc, np.array(labels))
     return out
@@ -77,8 +81,13 @@ def _write_cifar100(root: Path, n: int = 4, seed: int = 1) -> dict[str, tuple[np
         hwc = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
         fine = rng.integers(0, 100, n)
         fine[0] = 99  # exercise the top of the label range
-        d = {b"filenames": [b"x.png"] * n, b"batch_label": b"b", b"fine_labels": fine.tolist(),
-             b"coarse_labels": (fine // 5).tolist(), b"data": _rows_from_hwc(hwc)}  # fmt: skip
+        d = {
+            b"filenames": [b"x.png"] * n,
+            b"batch_label": b"b",
+            b"fine_labels": fine.tolist(),
+            b"coarse_labels": (fine // 5).tolist(),
+            b"data": _rows_from_hwc(hwc),
+        }
         _dump(folder / name, d)
         out[name] = (hwc, fine)
     return out
@@ -409,8 +418,12 @@ def test_the_data_set_table_is_what_config_and_cli_read() -> None:
     assert field.metadata["choices"] == tuple(DATASETS)
     for name, spec in DATASETS.items():
         cfg = TrainConfig(model="resnet20", dataset=name.upper())
-        assert (cfg.dataset, cfg.num_classes, cfg.epochs, cfg.milestones) == (name, spec.num_classes, spec.epochs,
-                                                                               spec.milestones)  # fmt: skip
+        assert (cfg.dataset, cfg.num_classes, cfg.epochs, cfg.milestones) == (
+            name,
+            spec.num_classes,
+            spec.epochs,
+            spec.milestones,
+        )
     assert DATASETS["cifar100"].mean == CIFAR100_MEAN and DATASETS["cifar10"].num_classes == len(CIFAR10_CLASSES)
     eval_parser = build_parser()._subparsers._group_actions[0].choices["eval"]  # type: ignore[union-attr]
     dataset_flag = next(a for a in eval_parser._actions if "--dataset" in a.option_strings)
@@ -429,8 +442,15 @@ def test_the_table_builds_the_training_splits_and_the_test_loader() -> None:
     from odearch.train import TrainConfig
 
     spec = DATASETS["cifar10"]
-    cfg = TrainConfig(model="resnet20", data_dir=str(CIFAR_ROOT), download=False, val_split=100, subset=64,
-                      eval_subset=50, batch_size=32)  # fmt: skip
+    cfg = TrainConfig(
+        model="resnet20",
+        data_dir=str(CIFAR_ROOT),
+        download=False,
+        val_split=100,
+        subset=64,
+        eval_subset=50,
+        batch_size=32,
+    )
     splits = spec.splits(cfg, torch.device("cpu"), 0, 1)
     assert (splits.num_train, set(splits.evals), splits.evals["val"].num_images) == (64, {"val", "test"}, 100)
     other = spec.splits(cfg.replace(seed=7), torch.device("cpu"), 0, 1)

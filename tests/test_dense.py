@@ -330,10 +330,13 @@ def test_paired_init_shares_every_weight_and_the_rng_stream_with_the_plain_twin(
     assert not torch.equal(shifted["stages.2.blocks.2.conv2.weight"], plain["stages.2.blocks.2.conv2.weight"])
 
 
-@pytest.mark.parametrize(("name", "twin", "count", "steps"), [
-    ("dense_resnet20", "preact_resnet20", 272_393, 3),
-    ("dense_resnet110", "preact_resnet110", 1_731_128, 18),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "twin", "count", "steps"),
+    [
+        ("dense_resnet20", "preact_resnet20", 272_393, 3),
+        ("dense_resnet110", "preact_resnet110", 1_731_128, 18),
+    ],
+)
 def test_parameter_counts_are_the_twin_plus_one_k_per_pair(name: str, twin: str, count: int, steps: int) -> None:
     """N(N + 1)/2 - 1 k per stage of N steps (the official DenseBlock stores N^2, of which N(N - 1)/2 are never read
     and k_00 cancels out)."""
@@ -387,8 +390,18 @@ def test_analyze_a_dense_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_analyze_dense_and_lm_together_and_a_bad_dense_vector(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     save_file(create_model("dense_resnet20").state_dict(), str(tmp_path / "dense.safetensors"))
     save_file(create_model("lm_resnet20").state_dict(), str(tmp_path / "lm.safetensors"))
-    assert main(["analyze", str(tmp_path / "dense.safetensors"), str(tmp_path / "lm.safetensors"),
-                 "--out", str(tmp_path / "both")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "analyze",
+                str(tmp_path / "dense.safetensors"),
+                str(tmp_path / "lm.safetensors"),
+                "--out",
+                str(tmp_path / "both"),
+            ]
+        )
+        == 0
+    )
     assert {r["run"] for r in _read(tmp_path / "both" / "dense_table.csv")} == {"dense"}
     assert {r["run"] for r in _read(tmp_path / "both" / "lm_table.csv")} == {"lm"}
     capsys.readouterr()

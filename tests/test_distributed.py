@@ -36,15 +36,46 @@ from odearch.train.distributed import torchrun_command, without_option
 
 ROOT = REPO
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-RUN_FILES = ["checkpoints/best.safetensors", "checkpoints/last.safetensors", "checkpoints/last.state.pt",
-             "config.yaml", "metrics.jsonl", "result.json"]  # fmt: skip
+RUN_FILES = [
+    "checkpoints/best.safetensors",
+    "checkpoints/last.safetensors",
+    "checkpoints/last.state.pt",
+    "config.yaml",
+    "metrics.jsonl",
+    "result.json",
+]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def args(data: Path, *extra: str) -> list[str]:
-    return ["--dataset", "imagenet", "--data-dir", str(data), "--model", "resnet20", "--num-classes", "4",
-            "--crop-size", "32", "--resize-size", "36", "--batch-size", "8", "--workers", "0", "--device", "cpu",
-            "--no-augment", "--sync-bn", "--lr", "0.005", "--no-tensorboard", "--log-every", "0", *extra]  # fmt: skip
+    return [
+        "--dataset",
+        "imagenet",
+        "--data-dir",
+        str(data),
+        "--model",
+        "resnet20",
+        "--num-classes",
+        "4",
+        "--crop-size",
+        "32",
+        "--resize-size",
+        "36",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--no-augment",
+        "--sync-bn",
+        "--lr",
+        "0.005",
+        "--no-tensorboard",
+        "--log-every",
+        "0",
+        *extra,
+    ]
 
 
 def torchrun(*cli_args: str) -> None:
@@ -79,8 +110,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("PYTHONPATH", str(ROOT / "src"))  # for the torchrun children
             assert main(["train", *args(data, "--epochs", "1", "--out", str(tmp / "one"))]) == 0
-            assert main(["train", "--nproc", "2", *args(data, "--epochs", "1", "--tensorboard"),
-                         "--out", str(tmp / "two")]) == 0  # fmt: skip
+            assert (
+                main(
+                    ["train", "--nproc", "2", *args(data, "--epochs", "1", "--tensorboard"), "--out", str(tmp / "two")]
+                )
+                == 0
+            )
         yield {"data": data, "tmp": tmp, "one": tmp / "one", "two": tmp / "two"}
     finally:
         torch.set_num_threads(threads)
@@ -191,9 +226,17 @@ def test_without_option_and_torchrun_command() -> None:
     kept = without_option(["--nproc", "2", "--lr", "0.1", "--nproc=4", "--nprocs"], "--nproc")
     assert kept == ["--lr", "0.1", "--nprocs"]
     cmd = torchrun_command(4, ["--model", "resnet20"])
-    assert cmd[0] == sys.executable and cmd[1:] == ["-m", "torch.distributed.run", "--standalone",
-                                                     "--nproc_per_node=4", "-m", "odearch", "train", "--model",
-                                                     "resnet20"]  # fmt: skip
+    assert cmd[0] == sys.executable and cmd[1:] == [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=4",
+        "-m",
+        "odearch",
+        "train",
+        "--model",
+        "resnet20",
+    ]
 
 
 def test_imagenet_config_defaults() -> None:

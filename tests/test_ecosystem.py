@@ -166,7 +166,7 @@ def test_timm_registration_and_data_config() -> None:
     assert "odearch_lm_resnet20" in names and set(timm.list_models("odearch_*")) == set(names)
     model = timm.create_model(
         "odearch_lm_resnet20", pretrained=False, num_classes=100, drop_rate=0.0, drop_path_rate=0.1
-    )  # fmt: skip  (train.py's arguments)
+    )  # train.py's arguments
     assert model(_x(32)).shape == (2, 100) and model.stages[-1].survival[-1] == pytest.approx(0.9)
     cfg = timm.data.resolve_data_config({}, model=model)
     assert cfg["input_size"] == (3, 32, 32) and cfg["mean"] == data.CIFAR100_MEAN
@@ -359,9 +359,20 @@ def test_fit_without_a_terminal_prints_progress_and_stores_initial_k(
     from odearch.analysis.command import load_source
     from odearch.train import TrainConfig, fit
 
-    cfg = TrainConfig.from_dict({"model": "lm_resnet20", "subset": 128, "batch_size": 32, "epochs": 1,
-                                 "eval_subset": 64, "data_dir": str(CIFAR_ROOT), "download": False,
-                                 "tensorboard": False, "log_every": 2, "out": str(tmp_path / "run")})  # fmt: skip
+    cfg = TrainConfig.from_dict(
+        {
+            "model": "lm_resnet20",
+            "subset": 128,
+            "batch_size": 32,
+            "epochs": 1,
+            "eval_subset": 64,
+            "data_dir": str(CIFAR_ROOT),
+            "download": False,
+            "tensorboard": False,
+            "log_every": 2,
+            "out": str(tmp_path / "run"),
+        }
+    )
     fit(cfg, progress_bar=False)
     lines = capsys.readouterr().out.splitlines()
     steps = [line for line in lines if line.startswith("epoch 1 step ")]

@@ -27,8 +27,17 @@ from odearch.train.rundir import RunDir, RunExistsError, RunLockedError
 pytestmark = needs_cifar
 ROOT = REPO
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-BASE = {"model": "resnet20", "subset": 128, "batch_size": 64, "epochs": 2, "eval_subset": 100,
-        "data_dir": str(CIFAR_ROOT), "download": False, "tensorboard": False, "device": "cpu"}  # fmt: skip
+BASE = {
+    "model": "resnet20",
+    "subset": 128,
+    "batch_size": 64,
+    "epochs": 2,
+    "eval_subset": 100,
+    "data_dir": str(CIFAR_ROOT),
+    "download": False,
+    "tensorboard": False,
+    "device": "cpu",
+}
 
 
 def cfg_for(out: Path, **kw: Any) -> TrainConfig:
@@ -40,8 +49,10 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def rows(run: Path, drop: tuple[str, ...] = ("seconds", "images_per_s")) -> list[dict[str, Any]]:
-    return [{k: v for k, v in json.loads(line).items() if k not in drop}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in drop}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -62,25 +73,43 @@ def restore_step(run: Path) -> int:
 
 
 # ------------------------------------------------------------------------------------ format 1 (older runs)
-def _format1_save_last(run: RunDir, cfg: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                       scaler: Any, progress: Any, *, best: bool = False, row: Any = None) -> None:  # fmt: skip
+def _format1_save_last(
+    run: RunDir,
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    progress: Any,
+    *,
+    best: bool = False,
+    row: Any = None,
+) -> None:
     """The checkpoint writer of dbe7c8e (format 1), verbatim but for the `best` argument: best.safetensors, then
     last.state.pt, then last.safetensors, each atomic on its own, no manifest."""
     if best:
         save_weights(run.best_weights, model, train_state.checkpoint_metadata(cfg, progress))
     state = {
-        "format": "odearch-train-state/1", "model": cfg.model, "config_hash": train_state.config_hash(cfg),
-        "step": progress.step, "epoch": progress.epoch, "batch": progress.batch, "partial": progress.partial,
-        "best": progress.best, "wall_seconds": progress.wall_seconds,
-        "optimizer": optimizer.state_dict(), "scheduler": {"schedule": cfg.schedule, "step": progress.step},
-        "scaler": scaler.state_dict() if scaler is not None else {}, "rng": train_state.capture_rng(),
-    }  # fmt: skip
+        "format": "odearch-train-state/1",
+        "model": cfg.model,
+        "config_hash": train_state.config_hash(cfg),
+        "step": progress.step,
+        "epoch": progress.epoch,
+        "batch": progress.batch,
+        "partial": progress.partial,
+        "best": progress.best,
+        "wall_seconds": progress.wall_seconds,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": {"schedule": cfg.schedule, "step": progress.step},
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "rng": train_state.capture_rng(),
+    }
     save_state(run.last_state, state)
     save_weights(run.last_weights, model, train_state.checkpoint_metadata(cfg, progress))
 
 
-def test_format1_run_resumes_bitwise_and_is_rewritten_as_format2(ref: Path, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_format1_run_resumes_bitwise_and_is_rewritten_as_format2(
+    ref: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A run checkpointed by the old writer mid-epoch 2 (the campaign's runs) resumes with the new code exactly."""
     out = tmp_path / "old"
     with monkeypatch.context() as m:
@@ -91,8 +120,11 @@ def test_format1_run_resumes_bitwise_and_is_rewritten_as_format2(ref: Path, tmp_
     assert not (ck / "current").exists() and not (ck / "last.state.pt").is_symlink()
     result = fit(cfg_for(out), resume=True)
     assert result["status"] == "complete" and same(weights(out), weights(ref))
-    assert rows(out) == [{k: v for k, v in r.items() if k not in ("git_commit", "git_dirty")} | {
-        k: r[k] for k in ("git_commit", "git_dirty")} for r in rows(ref)]  # fmt: skip
+    assert rows(out) == [
+        {k: v for k, v in r.items() if k not in ("git_commit", "git_dirty")}
+        | {k: r[k] for k in ("git_commit", "git_dirty")}
+        for r in rows(ref)
+    ]
     assert (ck / "current").is_symlink() and all((ck / n).is_symlink() for n in generations.FILES)
     assert sorted(p.name for p in ck.iterdir() if p.name.startswith("gen-")) == [os.readlink(ck / "current")]
     assert same(load_weights(ck / "best.safetensors")[0], load_weights(ref / "checkpoints" / "best.safetensors")[0])
@@ -155,8 +187,9 @@ def test_a_kill_before_any_write_of_a_save_leaves_a_resumable_checkpoint(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("at", [1, 4, 7, 10])
-def test_enospc_during_a_save_names_the_file_and_keeps_the_run(at: int, ref: Path, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_enospc_during_a_save_names_the_file_and_keeps_the_run(
+    at: int, ref: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = tmp_path / "run"
     fit(cfg_for(run, epochs=1))
 
@@ -184,10 +217,12 @@ def test_a_real_sigkill_at_the_checkpoint_switch_then_resume(ref: Path, tmp_path
     """A subprocess SIGKILLs itself (os._exit) right before the ``current`` switch of epoch 2, then resumes."""
     run = tmp_path / "run"
     fit(cfg_for(run, epochs=1))
-    code = ("import os, sys; from odearch.train import generations as g; from odearch.cli import main\n"
-            "def kill(*a):\n    os._exit(9)\n"
-            "g._point_current = kill\n"
-            f"sys.exit(main(['train', '--resume', {str(run)!r}, '--epochs', '2']))\n")  # fmt: skip
+    code = (
+        "import os, sys; from odearch.train import generations as g; from odearch.cli import main\n"
+        "def kill(*a):\n    os._exit(9)\n"
+        "g._point_current = kill\n"
+        f"sys.exit(main(['train', '--resume', {str(run)!r}, '--epochs', '2']))\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 9, r.stderr
     assert restore_step(run) == 2
@@ -197,8 +232,9 @@ def test_a_real_sigkill_at_the_checkpoint_switch_then_resume(ref: Path, tmp_path
 
 # ------------------------------------------------------------------------------------- corrupted bytes
 @pytest.mark.parametrize("name", ["last.safetensors", "last.state.pt", "best.safetensors"])
-def test_flipped_bytes_are_refused_naming_the_file(name: str, ref: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_flipped_bytes_are_refused_naming_the_file(
+    name: str, ref: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """24 random 8-byte flips per file (each on a fresh copy): every one is refused by resume or eval."""
     gen = torch.Generator().manual_seed(1)
     accepted = []
@@ -211,8 +247,11 @@ def test_flipped_bytes_are_refused_naming_the_file(name: str, ref: Path, tmp_pat
         data[at : at + 8] = bytes((b ^ 0xA5) for b in data[at : at + 8])
         os.chmod(os.path.realpath(path), 0o644)
         Path(os.path.realpath(path)).write_bytes(bytes(data))
-        argv = ["eval", str(run), "--checkpoint", "best", "--subset", "10"] if name.startswith("best") else [
-            "train", "--resume", str(run), "--epochs", "3"]  # fmt: skip
+        argv = (
+            ["eval", str(run), "--checkpoint", "best", "--subset", "10"]
+            if name.startswith("best")
+            else ["train", "--resume", str(run), "--epochs", "3"]
+        )
         code = main(argv)
         err = capsys.readouterr().err.strip().splitlines()
         if code == 0:
@@ -227,10 +266,17 @@ def test_second_writer_is_refused_and_a_dead_holders_lock_is_reclaimed(ref: Path
     run = tmp_path / "run"
     shutil.copytree(ref, run, symlinks=True)
     (run / "result.json").unlink()  # unfinished, so that --overwrite would be allowed but for the lock
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
-                               f"fd = os.open({str(run)!r}, os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX)\n"
-                               "print('locked', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(run)!r}, os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         before = (run / "metrics.jsonl").read_bytes()
@@ -249,8 +295,9 @@ def test_two_concurrent_resumes_one_refused(ref: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(ref, run, symlinks=True)
     cmd = [sys.executable, "-m", "odearch", "train", "--resume", str(run), "--epochs", "4"]
-    procs = [subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]  # fmt: skip
+    procs = [
+        subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 1], outs
@@ -268,8 +315,9 @@ def test_overwrite_refuses_a_directory_with_foreign_files(ref: Path, tmp_path: P
     with pytest.raises(RunExistsError, match=r"setup\.py, src"):
         fit(cfg_for(d), overwrite=True)
     assert (d / "setup.py").is_file() and (d / "src").is_dir()
-    flags = [x for k, v in BASE.items() if k not in ("download", "tensorboard") for x in ("--" + k.replace("_", "-"),
-                                                                                         str(v))]  # fmt: skip
+    flags = [
+        x for k, v in BASE.items() if k not in ("download", "tensorboard") for x in ("--" + k.replace("_", "-"), str(v))
+    ]
     assert main(["train", *flags, "--out", str(d), "--overwrite"]) == 1
     run = tmp_path / "run"  # a genuine unfinished run (plus eval output) is replaced; a finished one never
     shutil.copytree(ref, run, symlinks=True)

@@ -147,8 +147,11 @@ def test_imagenet_baseline_numbers_are_labelled_v1_beside_torchvision_v1_5() -> 
 
     import odearch.models.imagenet_resnet as mod
 
-    for depth, weights, v1 in ((50, tvm.ResNet50_Weights, "24.7"), (101, tvm.ResNet101_Weights, "23.6"),
-                               (152, tvm.ResNet152_Weights, "23.0")):  # fmt: skip
+    for depth, weights, v1 in (
+        (50, tvm.ResNet50_Weights, "24.7"),
+        (101, tvm.ResNet101_Weights, "23.6"),
+        (152, tvm.ResNet152_Weights, "23.0"),
+    ):
         metrics = weights.IMAGENET1K_V1.meta["_metrics"]["ImageNet-1K"]
         top1, top5 = 100 - metrics["acc@1"], 100 - metrics["acc@5"]
         doc = model_entrypoint(f"resnet{depth}").__doc__ or ""  # the row's docstring

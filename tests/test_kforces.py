@@ -32,8 +32,9 @@ def _model() -> nn.Module:
 def test_epoch_means_equal_the_gradients_and_decay_terms_step_by_step(decay: str, center: float | None) -> None:
     def build() -> tuple[nn.Module, torch.optim.Optimizer]:
         model = _model()
-        return model, build_optimizer(model, lr=0.5, momentum=0.9, nesterov=False, weight_decay=WD,
-                                      lm_weight_decay=decay)  # fmt: skip
+        return model, build_optimizer(
+            model, lr=0.5, momentum=0.9, nesterov=False, weight_decay=WD, lm_weight_decay=decay
+        )
 
     batches = [(torch.randn(8, 4), torch.randint(0, 4, (8,))) for _ in range(3)]
     model, opt = build()
@@ -58,16 +59,25 @@ def test_a_model_without_lm_coefficients_adds_nothing() -> None:
     model = nn.Sequential(nn.Linear(4, 4))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     forces = KForces(model, opt)
-    out = train_one_epoch(model, [(torch.randn(8, 4), torch.randint(0, 4, (8,)))], TrainStep(opt, lambda s: 0.1),
-                          step=0, kforces=forces)  # fmt: skip
+    out = train_one_epoch(
+        model, [(torch.randn(8, 4), torch.randint(0, 4, (8,)))], TrainStep(opt, lambda s: 0.1), step=0, kforces=forces
+    )
     assert not forces and forces.row(out) == {} and "lm_grad_sum" not in out
 
 
 @pytest.mark.slow
 @needs_cifar
 def test_rows_record_the_forces_and_a_run_cut_every_step_records_the_same(tmp_path: Path) -> None:
-    base = {"model": "lm_resnet20", "subset": 192, "batch_size": 64, "epochs": 1, "eval_subset": 100,
-            "data_dir": str(CIFAR_ROOT), "download": False, "tensorboard": False}  # fmt: skip
+    base = {
+        "model": "lm_resnet20",
+        "subset": 192,
+        "batch_size": 64,
+        "epochs": 1,
+        "eval_subset": 100,
+        "data_dir": str(CIFAR_ROOT),
+        "download": False,
+        "tensorboard": False,
+    }
     fit(TrainConfig.from_dict({**base, "out": str(tmp_path / "ref")}))
     cfg = TrainConfig.from_dict({**base, "out": str(tmp_path / "cut"), "max_minutes": 1e-5})
     result = fit(cfg)
@@ -76,8 +86,11 @@ def test_rows_record_the_forces_and_a_run_cut_every_step_records_the_same(tmp_pa
     rows = [json.loads((tmp_path / d / "metrics.jsonl").read_text().splitlines()[0]) for d in ("ref", "cut")]
     assert rows[0]["lm_k_grad"] == rows[1]["lm_k_grad"] and rows[0]["lm_k_decay"] == rows[1]["lm_k_decay"]
     ref = rows[0]
-    assert {s: len(v) for s, v in ref["lm_k_grad"].items()} == {s: len(v) for s, v in ref["lm_k"].items()} == {
-        "stages.0": 2, "stages.1": 2, "stages.2": 2}  # fmt: skip
+    assert (
+        {s: len(v) for s, v in ref["lm_k_grad"].items()}
+        == {s: len(v) for s, v in ref["lm_k"].items()}
+        == {"stages.0": 2, "stages.1": 2, "stages.2": 2}
+    )
     assert all(v != 0.0 for stage in ref["lm_k_grad"].values() for v in stage)
     # the official decay pulls k (near -0.05 after init) toward 1: wd (k - 1) is about -1.05e-4, negative
     assert all(-1.11e-4 < v < -1.0e-4 for stage in ref["lm_k_decay"].values() for v in stage)

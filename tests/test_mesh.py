@@ -50,8 +50,10 @@ def linear_stage(scheme: object, n: int, g: torch.Tensor = A, per_step: int = 1)
 def rev_stage(n: int) -> Stage:
     """X' = Y, Y' = -X on the two halves of a (1, 2) state, n mesh steps after a zero first step."""
     h = T / n
-    pair = lambda a, b: (linear(torch.tensor([[a]], dtype=torch.float64)),  # noqa: E731
-                         linear(torch.tensor([[b]], dtype=torch.float64)))  # fmt: skip
+
+    def pair(a: float, b: float) -> tuple[nn.Linear, nn.Linear]:
+        return linear(torch.tensor([[a]], dtype=torch.float64)), linear(torch.tensor([[b]], dtype=torch.float64))
+
     return Stage("rev", [pair(0.0, 0.0), *(pair(h, -h) for _ in range(n))])
 
 
@@ -67,9 +69,14 @@ def refined_errors(stage: Stage, exact: torch.Tensor, factors=(1, 2, 4, 8)) -> l
 # ------------------------------------------------------------------------------------------------------ shapes
 @pytest.mark.parametrize(
     ("shallow", "factor", "deep"),
-    [("lm_resnet20", 2, "lm_resnet32"), ("lm_resnet20", 4, "lm_resnet56"), ("preact_resnet20", 2, "preact_resnet32"),
-     ("resnet20", 4, "resnet56"), ("rev_resnet20", 4, "rev_resnet56")],
-)  # fmt: skip
+    [
+        ("lm_resnet20", 2, "lm_resnet32"),
+        ("lm_resnet20", 4, "lm_resnet56"),
+        ("preact_resnet20", 2, "preact_resnet32"),
+        ("resnet20", 4, "resnet56"),
+        ("rev_resnet20", 4, "rev_resnet56"),
+    ],
+)
 def test_refine_gives_the_deeper_registered_net_and_coarsen_goes_back(shallow: str, factor: int, deep: str) -> None:
     """1 + 2 blocks a stage refined by 2 is 1 + 4 (ResNet-32), by 4 is 1 + 8 (ResNet-56): same keys, shapes and
     parameter count; coarsening the deep net gives the shallow one's."""
@@ -91,8 +98,19 @@ def test_the_input_model_is_left_as_it_was_and_shares_nothing() -> None:
 
 
 # ------------------------------------------------------------------------------------------------- round trips
-ROUND_TRIP = ["resnet20", "preact_resnet20", "lm_resnet20", "rk2_resnet20", "rk4_resnet20", "fractal_resnet20",
-              "ab2_resnet20", "poly2_resnet20", "rev_resnet20", "resnext29_8x64d", "shake_resnet26_2x32d"]  # fmt: skip
+ROUND_TRIP = [
+    "resnet20",
+    "preact_resnet20",
+    "lm_resnet20",
+    "rk2_resnet20",
+    "rk4_resnet20",
+    "fractal_resnet20",
+    "ab2_resnet20",
+    "poly2_resnet20",
+    "rev_resnet20",
+    "resnext29_8x64d",
+    "shake_resnet26_2x32d",
+]
 
 
 @pytest.mark.parametrize("name", ROUND_TRIP)
@@ -202,8 +220,9 @@ EXACT = torch.linalg.matrix_exp(A * T) @ U0.view(2)
     ("scheme", "per_step", "order"),
     [("euler", 1, 1), ("rk2", 1, 2), ("rk2", 2, 2), ("rk4", 1, 4), ("poly2", 1, 1), ("ab2", 1, 1)],
 )
-def test_a_refined_stage_converges_to_the_ode_solution_at_the_scheme_order(scheme: str, per_step: int,
-                                                                           order: int) -> None:  # fmt: skip
+def test_a_refined_stage_converges_to_the_ode_solution_at_the_scheme_order(
+    scheme: str, per_step: int, order: int
+) -> None:
     """u' = A u over [0, 1] in 4 steps, refined by 1, 2, 4, 8: the error falls at the scheme's order (rk2 with one
     function per inner stage is FractalNet). ab2 is first order here: the mesh inherits the first block's f_0 = 0
     as its history, a first-order start that no refinement of the mesh removes."""
@@ -257,8 +276,15 @@ def _rk4_reference(a_of_t, n: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- parameter map
-@pytest.mark.parametrize(("name", "kind"), [("lm_resnet20", "refine"), ("lm_resnet56", "coarsen"),
-                                            ("rev_resnet56", "coarsen"), ("fractal_resnet20", "refine")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("lm_resnet20", "refine"),
+        ("lm_resnet56", "coarsen"),
+        ("rev_resnet56", "coarsen"),
+        ("fractal_resnet20", "refine"),
+    ],
+)
 def test_the_parameter_map_rebuilds_every_new_parameter_from_the_old(name: str, kind: str) -> None:
     """For every parameter of the new model, map.combine(old parameters) is its value: the linear map an optimizer's
     momentum follows (odearch train --refine-at)."""
@@ -275,14 +301,16 @@ def test_the_parameter_map_rebuilds_every_new_parameter_from_the_old(name: str, 
 # ------------------------------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize(
     ("call", "message"),
-    [(lambda: refine(odearch.create_model("lm_resnet20"), 0), "factor must be an integer >= 1"),
-     (lambda: refine(odearch.create_model("lm_resnet20"), 1.5), "factor must be an integer >= 1"),
-     (lambda: coarsen(odearch.create_model("lm_resnet20"), 4), "2 mesh steps .* not divisible by 4"),
-     (lambda: refine(odearch.create_model("dense_resnet20"), 2), "dense stage"),
-     (lambda: refine(nn.Linear(2, 2), 2), "has no odearch Stage"),
-     (lambda: refine(Stage("euler", [nn.Linear(2, 2)]), 2), "one step only"),
-     (lambda: remesh(odearch.create_model("resnet20"), 2, "halve"), "kind must be one of")],
-)  # fmt: skip
+    [
+        (lambda: refine(odearch.create_model("lm_resnet20"), 0), "factor must be an integer >= 1"),
+        (lambda: refine(odearch.create_model("lm_resnet20"), 1.5), "factor must be an integer >= 1"),
+        (lambda: coarsen(odearch.create_model("lm_resnet20"), 4), "2 mesh steps .* not divisible by 4"),
+        (lambda: refine(odearch.create_model("dense_resnet20"), 2), "dense stage"),
+        (lambda: refine(nn.Linear(2, 2), 2), "has no odearch Stage"),
+        (lambda: refine(Stage("euler", [nn.Linear(2, 2)]), 2), "one step only"),
+        (lambda: remesh(odearch.create_model("resnet20"), 2, "halve"), "kind must be one of"),
+    ],
+)
 def test_bad_requests_are_refused_in_one_sentence(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()

@@ -1,6 +1,5 @@
 """The model zoo: every registered model builds, runs forward and backward, and has the paper's parameter count."""
 
-
 import pytest
 import torch
 from torch import nn

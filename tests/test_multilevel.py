@@ -19,8 +19,17 @@ from odearch.train.multilevel import carry_momentum, mesh_level, refined_model
 from odearch.train.ship import ShipError, ship_run
 from odearch.train.state import make_optimizer
 
-BASE = {"model": "lm_resnet20", "subset": 128, "batch_size": 64, "epochs": 3, "eval_subset": 100,
-        "refine_at": [1, 2], "data_dir": str(CIFAR_ROOT), "download": False, "tensorboard": False}  # fmt: skip
+BASE = {
+    "model": "lm_resnet20",
+    "subset": 128,
+    "batch_size": 64,
+    "epochs": 3,
+    "eval_subset": 100,
+    "refine_at": [1, 2],
+    "data_dir": str(CIFAR_ROOT),
+    "download": False,
+    "tensorboard": False,
+}
 
 
 def rows(run: Path) -> list[dict]:
@@ -35,9 +44,14 @@ def test_the_mesh_level_follows_the_position_in_the_run() -> None:
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [({"refine_at": [2, 1]}, "strictly increasing"), ({"refine_at": [0]}, "strictly increasing"),
-     ({"refine_at": [3]}, r"in 1\.\.2"), ({"refine_at": ["x"]}, "list of epochs"), ({"refine_factor": 1}, ">= 2")],
-)  # fmt: skip
+    [
+        ({"refine_at": [2, 1]}, "strictly increasing"),
+        ({"refine_at": [0]}, "strictly increasing"),
+        ({"refine_at": [3]}, r"in 1\.\.2"),
+        ({"refine_at": ["x"]}, "list of epochs"),
+        ({"refine_factor": 1}, ">= 2"),
+    ],
+)
 def test_bad_refinement_options_are_refused(change: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         TrainConfig.from_dict({**BASE, **change})
@@ -71,13 +85,32 @@ def test_carried_momentum_commutes_with_refinement() -> None:
 def test_a_multilevel_run_records_its_levels_and_resumes_bitwise(tmp_path: Path) -> None:
     """lm_resnet20 refined after epochs 1 and 2 ends with lm_resnet56's shape; a run stopped after every single
     step (so also right after each refinement) and resumed each time ends with the same weights and rows."""
-    flags = ["--model", "lm_resnet20", "--subset", "128", "--batch-size", "64", "--epochs", "3", "--eval-subset",
-             "100", "--refine-at", "1", "2", "--data-dir", str(CIFAR_ROOT), "--no-download", "--no-tensorboard"]
+    flags = [
+        "--model",
+        "lm_resnet20",
+        "--subset",
+        "128",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "3",
+        "--eval-subset",
+        "100",
+        "--refine-at",
+        "1",
+        "2",
+        "--data-dir",
+        str(CIFAR_ROOT),
+        "--no-download",
+        "--no-tensorboard",
+    ]
     assert main(["train", *flags, "--out", str(tmp_path / "ref")]) == 0  # the command line a user types
     ref = json.loads((tmp_path / "ref" / "result.json").read_text())
     got = rows(tmp_path / "ref")
-    counts = [sum(p.numel() for p in odearch.create_model(n).parameters()) for n in ("lm_resnet20", "lm_resnet32",
-                                                                                     "lm_resnet56")]  # fmt: skip
+    counts = [
+        sum(p.numel() for p in odearch.create_model(n).parameters())
+        for n in ("lm_resnet20", "lm_resnet32", "lm_resnet56")
+    ]
     assert [r["mesh_level"] for r in got] == [0, 1, 2] and [r["params"] for r in got] == counts
     assert [len(r["lm_k"]["stages.0"]) for r in got] == [2, 4, 8]
     assert ref["refine_at"] == [1, 2] and ref["params"] == counts[-1]
@@ -98,4 +131,5 @@ def test_a_multilevel_run_records_its_levels_and_resumes_bitwise(tmp_path: Path)
     assert all(torch.equal(final[k], cut[k]) for k in final)
     drop = ("seconds", "images_per_s", "git_dirty")
     assert [{k: v for k, v in r.items() if k not in drop} for r in rows(tmp_path / "cut")] == [
-        {k: v for k, v in r.items() if k not in drop} for r in got]  # fmt: skip
+        {k: v for k, v in r.items() if k not in drop} for r in got
+    ]

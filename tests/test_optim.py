@@ -119,8 +119,14 @@ def test_old_config_yaml_without_the_key_reads_as_k(tmp_path: Path) -> None:
         assert cfg.lm_weight_decay == "k"
         assert config_hash(cfg) == json.loads((src / "result.json").read_text())["config_hash"]
         model = build_model(cfg)
-        opt = build_optimizer(model, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                              weight_decay=cfg.weight_decay, lm_weight_decay=cfg.lm_weight_decay)  # fmt: skip
+        opt = build_optimizer(
+            model,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+            lm_weight_decay=cfg.lm_weight_decay,
+        )
         assert type(opt) is torch.optim.SGD and len(opt.param_groups) == 1
     assert config_hash(cfg.replace(lm_weight_decay="kappa")) != config_hash(cfg)
 
@@ -128,8 +134,9 @@ def test_old_config_yaml_without_the_key_reads_as_k(tmp_path: Path) -> None:
 def test_cli_flag_and_config_yaml_record_the_option(tmp_path: Path) -> None:
     from odearch.cli import _config_from_args, build_parser
 
-    args = build_parser().parse_args(["train", "--model", "lm_resnet20", "--lm-weight-decay", "none",
-                                      "--out", str(tmp_path / "run")])  # fmt: skip
+    args = build_parser().parse_args(
+        ["train", "--model", "lm_resnet20", "--lm-weight-decay", "none", "--out", str(tmp_path / "run")]
+    )
     cfg, resume = _config_from_args(args)
     assert cfg.lm_weight_decay == "none" and not resume
     run = RunDir(tmp_path / "run")

@@ -59,8 +59,9 @@ def test_run_config_decides_the_init_and_old_runs_read_as_global(tmp_path) -> No
     torch.manual_seed(0)
     twin = create_model("preact_resnet20").state_dict()
     torch.manual_seed(0)
-    assert torch.equal(build_model(new).state_dict()["stages.2.blocks.2.conv2.weight"],
-                       twin["stages.2.blocks.2.conv2.weight"])  # fmt: skip
+    assert torch.equal(
+        build_model(new).state_dict()["stages.2.blocks.2.conv2.weight"], twin["stages.2.blocks.2.conv2.weight"]
+    )
     torch.manual_seed(0)
     old = build_model(new.replace(lm_init="global")).state_dict()
     assert not torch.equal(old["stages.2.blocks.2.conv2.weight"], twin["stages.2.blocks.2.conv2.weight"])
@@ -81,8 +82,9 @@ def test_twins_see_the_same_images_in_the_same_order() -> None:
     from odearch.train.state import build_data
 
     def first_batches(model: str) -> list[torch.Tensor]:
-        cfg = TrainConfig(model=model, dataset="cifar10", data_dir=str(CIFAR_ROOT), subset=512, seed=2,
-                          batch_size=128, download=False)  # fmt: skip
+        cfg = TrainConfig(
+            model=model, dataset="cifar10", data_dir=str(CIFAR_ROOT), subset=512, seed=2, batch_size=128, download=False
+        )
         loader = build_data(cfg, torch.device("cpu"), DistEnv()).train
         out = []
         for epoch in (0, 1):

@@ -18,9 +18,15 @@ from odearch.train.peakmem import PeakMemory
 
 @pytest.mark.parametrize(
     ("option", "mode", "policy"),
-    [("auto", "store", "keep"), ("auto", "mixed", "keep"), ("auto", "recompute", "return"),
-     ("auto", "reversible", "return"), ("keep", "reversible", "keep"), ("return", "store", "return")],
-)  # fmt: skip
+    [
+        ("auto", "store", "keep"),
+        ("auto", "mixed", "keep"),
+        ("auto", "recompute", "return"),
+        ("auto", "reversible", "return"),
+        ("keep", "reversible", "keep"),
+        ("return", "store", "return"),
+    ],
+)
 def test_the_policy_follows_the_memory_mode_unless_chosen(option: str, mode: str, policy: str) -> None:
     assert policy_for(option, mode) == policy
 
@@ -54,8 +60,17 @@ def test_the_epoch_line_shows_the_peak() -> None:
 def test_every_run_records_its_peak_memory_and_its_allocator(model: str, state: str, tmp_path: Path) -> None:
     """Each metrics row holds the epoch's peak RSS, result.json the run's; a reversible model (rev_resnet20 trains
     reversibly by default) runs with freed memory returned, a stored one keeps it."""
-    cfg = TrainConfig(model=model, subset=128, batch_size=64, epochs=2, eval_subset=100, data_dir=str(CIFAR_ROOT),
-                      download=False, tensorboard=False, out=str(tmp_path / "run"))  # fmt: skip
+    cfg = TrainConfig(
+        model=model,
+        subset=128,
+        batch_size=64,
+        epochs=2,
+        eval_subset=100,
+        data_dir=str(CIFAR_ROOT),
+        download=False,
+        tensorboard=False,
+        out=str(tmp_path / "run"),
+    )
     try:
         result = fit(cfg)
         assert allocator_state() == state and result["cpu_allocator"] == state

@@ -60,8 +60,22 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not HAS_CIFAR:
         pytest.skip(SKIP_REASON)
     out = tmp_path_factory.mktemp("ship") / "resnet20_tiny"
-    fit(TrainConfig(model="resnet20", epochs=1, subset=256, eval_subset=200, batch_size=64, data_dir=str(CIFAR_ROOT),
-                    download=False, device="cpu", amp="off", tensorboard=False, out=str(out)), progress_bar=False)
+    fit(
+        TrainConfig(
+            model="resnet20",
+            epochs=1,
+            subset=256,
+            eval_subset=200,
+            batch_size=64,
+            data_dir=str(CIFAR_ROOT),
+            download=False,
+            device="cpu",
+            amp="off",
+            tensorboard=False,
+            out=str(out),
+        ),
+        progress_bar=False,
+    )
     return out
 
 
@@ -110,17 +124,20 @@ def test_sha256_mismatch_is_refused(registry: tuple[Path, dict]) -> None:
 
 
 def test_pretrained_without_weights_lists_the_models_that_have_them(registry: tuple[Path, dict]) -> None:
-    with pytest.raises(ValueError, match=r"no pretrained weights for 'lm_resnet20'; models with weights: "
-                                         r"resnet20\.cifar10_s0$"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"no pretrained weights for 'lm_resnet20'; models with weights: "
+        r"resnet20\.cifar10_s0$",
+    ):
         odearch.create_model("lm_resnet20", pretrained=True)
     with pytest.raises(ValueError, match=r"no pretrained weights for 'resnet20\.other'"):
         odearch.create_model("resnet20.other", pretrained=True)
     assert odearch.list_pretrained() == ["resnet20.cifar10_s0"] and odearch.list_pretrained("lm_*") == []
 
 
-def test_eval_and_analyze_take_a_shipped_weights_name(registry: tuple[Path, dict], tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_eval_and_analyze_take_a_shipped_weights_name(
+    registry: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``odearch eval NAME`` evaluates shipped weights as their file would be; a tag that does not exist, a model
     without weights and a damaged file each fail with a message naming what there is."""
     reg, entry = registry
@@ -148,8 +165,9 @@ def test_eval_and_analyze_take_a_shipped_weights_name(registry: tuple[Path, dict
 
 
 @pytest.mark.skipif("lm_resnet20.cifar10_s0" not in SHIPPED, reason="lm_resnet20 weights not shipped")
-def test_analyze_a_shipped_lm_net_by_name_writes_beside_the_caller(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_analyze_a_shipped_lm_net_by_name_writes_beside_the_caller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["analyze", "lm_resnet20.cifar10_s0"]) == 0
     with open(tmp_path / "analysis" / "lm_resnet20.cifar10_s0" / "lm_table.csv") as f:
@@ -167,8 +185,9 @@ def test_empty_registry_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         odearch.create_model("lm_resnet20", pretrained=True)
 
 
-def test_models_command_marks_the_names_with_weights(registry: tuple[Path, dict],
-                                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_models_command_marks_the_names_with_weights(
+    registry: tuple[Path, dict], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["models", "--pattern", "*resnet20"]) == 0
     lines = {line.split()[0]: line.split()[-1] for line in capsys.readouterr().out.splitlines()[1:]}
     assert lines["resnet20"] == "cifar10_s0" and lines["lm_resnet20"] == "-"
@@ -190,8 +209,9 @@ def test_ship_refuses_unfinished_and_short_runs(tiny_run: Path, tmp_path: Path) 
     assert not reg.exists()
 
 
-def test_ship_cli_refuses_a_second_entry_of_the_same_name(tiny_run: Path, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_ship_cli_refuses_a_second_entry_of_the_same_name(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     reg = tmp_path / "w" / "registry.json"
     args = ["ship", str(tiny_run), "--registry", str(reg), "--any-recipe", "--test-subset", "100", "--tag", "tiny"]
     assert main(args) == 0
@@ -208,8 +228,22 @@ def test_wheel_carries_the_weights(tmp_path: Path) -> None:
     for f in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / f, tmp_path / f)
     (src / "odearch" / "weights" / "probe.cifar10_s0.safetensors").write_bytes(b"not really weights")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(tmp_path), "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path / "dist")], check=True, cwd=tmp_path)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(tmp_path),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
     (wheel,) = (tmp_path / "dist").glob("odearch-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "odearch/weights/registry.json" in names and "odearch/weights/probe.cifar10_s0.safetensors" in names
@@ -227,9 +261,9 @@ def test_a_real_run_records_and_reports_its_device_and_commit(tiny_run: Path) ->
     assert s.recipe_diff and s.params == result["params"] and s.precision == "fp32" and s.wall_exact
 
 
-def test_prune_checkpoints_keeps_the_final_weights_reachable(tiny_run: Path, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_prune_checkpoints_keeps_the_final_weights_reachable(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``odearch ship RUN --prune-checkpoints`` deletes the checkpoints only once the final weights ship byte for byte;
     ``odearch eval RUN`` then evaluates the shipped copy and gets the same numbers, and asks for the history for the
     best-epoch weights."""
@@ -245,8 +279,17 @@ def test_prune_checkpoints_keeps_the_final_weights_reachable(tiny_run: Path, tmp
         prune_checkpoints(run, reg)
     assert (run / "checkpoints" / "last.safetensors").is_file()
 
-    ship = ["ship", str(run), "--registry", str(reg), "--any-recipe", "--test-subset", "100", "--prune-checkpoints",
-            "--force"]  # a temp folder: no git history holds the checkpoints (tests/test_ship.py tests that refusal)
+    ship = [
+        "ship",
+        str(run),
+        "--registry",
+        str(reg),
+        "--any-recipe",
+        "--test-subset",
+        "100",
+        "--prune-checkpoints",
+        "--force",
+    ]  # a temp folder: no git history holds the checkpoints (tests/test_ship.py tests that refusal)
     assert main(ship) == 0
     out = capsys.readouterr().out
     assert "shipped resnet20.cifar10_s0" in out and "deleted" in out
@@ -263,7 +306,8 @@ def test_prune_checkpoints_keeps_the_final_weights_reachable(tiny_run: Path, tmp
     after = json.loads((tmp_path / "e.json").read_text())
     assert "pruned after shipping" in capsys.readouterr().err
     assert {k: after[k] for k in ("test_acc", "test_loss", "per_class_acc", "epoch")} == {
-        k: before[k] for k in ("test_acc", "test_loss", "per_class_acc", "epoch")}
+        k: before[k] for k in ("test_acc", "test_loss", "per_class_acc", "epoch")
+    }
     assert main([*ev[:2], "--checkpoint", "best", *ev[2:]]) == 1
     assert "git log" in capsys.readouterr().err
     assert main(ship) == 0 and "already shipped as resnet20.cifar10_s0 and pruned" in capsys.readouterr().out
@@ -273,8 +317,9 @@ def test_prune_checkpoints_keeps_the_final_weights_reachable(tiny_run: Path, tmp
     assert main(ev) == 1 and "differs" in capsys.readouterr().err
 
 
-def test_prune_of_an_already_shipped_run_does_not_ship_again(tiny_run: Path, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_prune_of_an_already_shipped_run_does_not_ship_again(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, symlinks=True)
     reg = tmp_path / "w" / "registry.json"

@@ -18,8 +18,9 @@ from odearch.nn import lm_coefficients
 
 def _data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,),
-                                                                                                 generator=g)
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(
+        0, 10, (n,), generator=g
+    )
 
 
 def _net() -> nn.Module:
@@ -29,8 +30,9 @@ def _net() -> nn.Module:
 
 def test_force_balance_is_the_mean_gradient_over_the_augmented_epoch_and_the_decay_term() -> None:
     model, (x, y) = _net(), _data(64)
-    out = probes.force_balance(model, x, y, dataset="cifar10", lm_weight_decay="kappa", weight_decay=1e-4,
-                               batch_size=32, seed=3)  # fmt: skip
+    out = probes.force_balance(
+        model, x, y, dataset="cifar10", lm_weight_decay="kappa", weight_decay=1e-4, batch_size=32, seed=3
+    )
     assert out["steps"] == 2 and out["decay_center"] == 1.0
     info = dataset_info("cifar10")
     from odearch.data.loader import CifarLoader
@@ -46,15 +48,18 @@ def test_force_balance_is_the_mean_gradient_over_the_augmented_epoch_and_the_dec
     torch.testing.assert_close(got, (total / 2).double(), rtol=1e-4, atol=1e-7)
     k = lm_coefficients(model)
     assert out["decay"]["stages.0"] == pytest.approx([1e-4 * (v - 1) for v in k["stages.0"]])
-    assert out["net"]["stages.1"] == pytest.approx([a + b for a, b in zip(out["grad"]["stages.1"],
-                                                                          out["decay"]["stages.1"], strict=True)])
+    assert out["net"]["stages.1"] == pytest.approx(
+        [a + b for a, b in zip(out["grad"]["stages.1"], out["decay"]["stages.1"], strict=True)]
+    )
     assert lm_coefficients(model) == k  # the probe trained nothing: BN statistics and k of the model unchanged
-    none = probes.force_balance(model, x, y, dataset="cifar10", lm_weight_decay="none", weight_decay=1e-4,
-                                batch_size=32)  # fmt: skip
+    none = probes.force_balance(
+        model, x, y, dataset="cifar10", lm_weight_decay="none", weight_decay=1e-4, batch_size=32
+    )
     assert all(v == 0.0 for stage in none["decay"].values() for v in stage)
     with pytest.raises(ValueError, match="no learnable LM coefficients"):
-        probes.force_balance(create_model("preact_resnet20"), x, y, dataset="cifar10", lm_weight_decay="kappa",
-                             weight_decay=1e-4)  # fmt: skip
+        probes.force_balance(
+            create_model("preact_resnet20"), x, y, dataset="cifar10", lm_weight_decay="kappa", weight_decay=1e-4
+        )
 
 
 def test_recalibrated_batchnorm_statistics_are_the_exact_mean_over_the_images() -> None:

@@ -125,8 +125,11 @@ def test_imagenet_resnet_takes_p_last_and_builds_drop_gates() -> None:
 
 
 def test_stochastic_depth_is_validated_once_when_made() -> None:
-    for kwargs, message in [({"p_last": 0.0}, "p_last"), ({"drop_mode": "layer"}, "drop_mode"),
-                            ({"noise_sigma": float("nan")}, "noise_sigma")]:  # fmt: skip
+    for kwargs, message in [
+        ({"p_last": 0.0}, "p_last"),
+        ({"drop_mode": "layer"}, "drop_mode"),
+        ({"noise_sigma": float("nan")}, "noise_sigma"),
+    ]:
         with pytest.raises(ValueError, match=message):
             StochasticDepth(**kwargs)
     off = StochasticDepth()
@@ -174,8 +177,16 @@ def test_cli_model_flags_say_which_models_take_them() -> None:
 # ------------------------------------------------------------------------------------------------ make_stages
 def test_make_stages_chains_widths_and_cuts_the_decay_per_stage() -> None:
     specs = [StageSpec(8, 8, 2), StageSpec(16, 16, 3, stride=2, history=True)]
-    stages = make_stages("lm", specs, 4, block=BasicBlock, shortcut=Projection, history_shortcut=Projection,
-                         post_act=nn.ReLU, stochastic=StochasticDepth(p_last=0.6))  # fmt: skip
+    stages = make_stages(
+        "lm",
+        specs,
+        4,
+        block=BasicBlock,
+        shortcut=Projection,
+        history_shortcut=Projection,
+        post_act=nn.ReLU,
+        stochastic=StochasticDepth(p_last=0.6),
+    )
     assert [len(s.blocks) for s in stages] == [2, 3]
     assert stages[0].shortcut is not None and stages[1].history_shortcut is not None
     assert stages[0].history_shortcut is None and isinstance(stages[1].post_act, nn.ReLU)

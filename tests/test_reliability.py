@@ -28,10 +28,33 @@ from odearch.train.rundir import RunDir, resolve_data_dir
 
 ROOT = REPO
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-BASE = {"model": "resnet20", "subset": 128, "batch_size": 64, "epochs": 1, "eval_subset": 100,
-        "data_dir": str(CIFAR_ROOT), "download": False, "tensorboard": False, "device": "cpu"}  # fmt: skip
-FLAGS = ["--model", "resnet20", "--subset", "128", "--batch-size", "64", "--eval-subset", "100", "--device", "cpu",
-         "--data-dir", str(CIFAR_ROOT), "--no-download", "--no-tensorboard"]  # fmt: skip
+BASE = {
+    "model": "resnet20",
+    "subset": 128,
+    "batch_size": 64,
+    "epochs": 1,
+    "eval_subset": 100,
+    "data_dir": str(CIFAR_ROOT),
+    "download": False,
+    "tensorboard": False,
+    "device": "cpu",
+}
+FLAGS = [
+    "--model",
+    "resnet20",
+    "--subset",
+    "128",
+    "--batch-size",
+    "64",
+    "--eval-subset",
+    "100",
+    "--device",
+    "cpu",
+    "--data-dir",
+    str(CIFAR_ROOT),
+    "--no-download",
+    "--no-tensorboard",
+]
 
 
 @pytest.fixture(scope="module")
@@ -55,28 +78,49 @@ class _Payload:
         return (os.system, ("touch pwned",))
 
 
-def test_malicious_data_pickle_is_one_line_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_malicious_data_pickle_is_one_line_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "data" / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]:
         (folder / name).write_bytes(pickle.dumps({"data": _Payload()}))
     monkeypatch.chdir(tmp_path)
-    code = main(["train", "--model", "resnet20", "--data-dir", str(tmp_path / "data"), "--no-download", "--out",
-                 str(tmp_path / "run"), "--device", "cpu"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--model",
+            "resnet20",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--no-download",
+            "--out",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+        ]
+    )
     line = error_line(capsys)
     assert code == 1 and "refusing to unpickle global" in line and "data_batch_1" in line
     assert not (tmp_path / "pwned").exists()
 
 
 @needs_cifar
-@pytest.mark.parametrize("damage", [
-    lambda s: s.pop("optimizer"), lambda s: s.update(epoch="2"), lambda s: s.update(rng={"torch": 1}),
-    lambda s: s.update(best=[]), lambda s: s.update(partial=None), lambda s: s["optimizer"].update(param_groups=7),
-    lambda s: s.update(batch=1, partial={}),
-])  # fmt: skip
-def test_crafted_training_state_is_one_line(damage: Any, run1: Path, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda s: s.pop("optimizer"),
+        lambda s: s.update(epoch="2"),
+        lambda s: s.update(rng={"torch": 1}),
+        lambda s: s.update(best=[]),
+        lambda s: s.update(partial=None),
+        lambda s: s["optimizer"].update(param_groups=7),
+        lambda s: s.update(batch=1, partial={}),
+    ],
+)
+def test_crafted_training_state_is_one_line(
+    damage: Any, run1: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = copy(run1, tmp_path)
     path = Path(os.path.realpath(run / "checkpoints" / "last.state.pt"))
     state = torch.load(path, weights_only=True)
@@ -89,8 +133,9 @@ def test_crafted_training_state_is_one_line(damage: Any, run1: Path, tmp_path: P
 
 @needs_cifar
 @pytest.mark.parametrize("line", ['{"step": 2}\n', "garbage\n", "[1, 2]\n"])
-def test_bad_metrics_line_names_file_and_line(line: str, run1: Path, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_bad_metrics_line_names_file_and_line(
+    line: str, run1: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = copy(run1, tmp_path)
     with open(run / "metrics.jsonl", "a") as f:
         f.write(line)
@@ -137,8 +182,9 @@ def test_enospc_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 @needs_cifar
-def test_tensorboard_on_a_full_disk_is_one_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_tensorboard_on_a_full_disk_is_one_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     def full(self: Any) -> None:
@@ -215,8 +261,9 @@ def test_huge_seed_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @needs_cifar
-def test_resume_before_the_first_checkpoint_says_start_again(run1: Path, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_resume_before_the_first_checkpoint_says_start_again(
+    run1: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = copy(run1, tmp_path)  # as a kill during the first epoch leaves it: no checkpoint, no metrics, no result
     for name in ("checkpoints", "metrics.jsonl", "result.json"):
         shutil.rmtree(run / name) if (run / name).is_dir() else (run / name).unlink()
@@ -285,8 +332,14 @@ def test_resume_of_a_run_killed_after_its_last_checkpoint_finishes_it(
     """A SIGKILL right after the final generation became current leaves the result.json of an earlier stop."""
     run = copy(run1, tmp_path)
     done = json.loads((run / "result.json").read_text())
-    stale = {**done, "status": "stopped", "stop_reason": "SIGTERM", "epochs_done": 0, "final_test_acc": None,
-             "resume_with": f"odearch train --resume {run}"}  # fmt: skip
+    stale = {
+        **done,
+        "status": "stopped",
+        "stop_reason": "SIGTERM",
+        "epochs_done": 0,
+        "final_test_acc": None,
+        "resume_with": f"odearch train --resume {run}",
+    }
     (run / "result.json").write_text(json.dumps(stale))
     metrics, config = (run / "metrics.jsonl").read_bytes(), (run / "config.yaml").read_bytes()
     assert main(["train", "--resume", str(run)]) == 0  # was: "nothing to do", exit 143
@@ -361,8 +414,10 @@ def test_eval_falls_back_to_best_and_takes_a_bare_file_with_model(
     save_file(tensors, str(bare))
     assert main(["eval", str(bare), "--subset", "10", "--json", "-"]) == 1
     assert "--model" in error_line(capsys)
-    assert main(["eval", str(bare), "--model", "resnet20", "--data-dir", str(CIFAR_ROOT), "--subset", "10",
-                 "--json", "-"]) == 0  # fmt: skip
+    assert (
+        main(["eval", str(bare), "--model", "resnet20", "--data-dir", str(CIFAR_ROOT), "--subset", "10", "--json", "-"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert json.loads(out[out.index("{\n") :])["model"] == "resnet20"
 
@@ -379,8 +434,12 @@ def test_resume_with_nothing_to_do_keeps_config(run1: Path, tmp_path: Path) -> N
 def test_files_follow_the_umask(run1: Path) -> None:
     mask = os.umask(0o022)
     os.umask(mask)
-    for p in [run1 / "config.yaml", run1 / "result.json", run1 / "metrics.jsonl",
-              *(run1 / "checkpoints" / "current").iterdir()]:  # fmt: skip
+    for p in [
+        run1 / "config.yaml",
+        run1 / "result.json",
+        run1 / "metrics.jsonl",
+        *(run1 / "checkpoints" / "current").iterdir(),
+    ]:
         assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask, p
 
 
@@ -388,9 +447,13 @@ def test_files_follow_the_umask(run1: Path) -> None:
 @needs_cifar
 def test_sigterm_saves_a_resumable_checkpoint_and_result(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "odearch", "train", *FLAGS, "--subset", "2048", "--epochs", "50",
-                             "--out", str(run)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "odearch", "train", *FLAGS, "--subset", "2048", "--epochs", "50", "--out", str(run)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text():
@@ -413,9 +476,11 @@ def test_sigterm_saves_a_resumable_checkpoint_and_result(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_launcher_forwards_sigterm_and_waits(tmp_path: Path) -> None:
     marker = tmp_path / "child_got_term"
-    child = (f"import signal, sys, time\n"
-             f"signal.signal(signal.SIGTERM, lambda *a: (open({str(marker)!r}, 'w').close(), sys.exit(7)))\n"
-             "print('ready', flush=True); time.sleep(60)")  # fmt: skip
+    child = (
+        f"import signal, sys, time\n"
+        f"signal.signal(signal.SIGTERM, lambda *a: (open({str(marker)!r}, 'w').close(), sys.exit(7)))\n"
+        "print('ready', flush=True); time.sleep(60)"
+    )
     parent = (
         "import subprocess, sys\nfrom odearch.train.distributed import wait_forwarding\n"
         f"p = subprocess.Popen([sys.executable, '-c', {child!r}])\nsys.exit(wait_forwarding(p))"

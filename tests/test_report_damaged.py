@@ -59,29 +59,42 @@ def _metrics(epoch: int = 7, **change: object) -> Damage:
 DAMAGES: dict[str, tuple[Damage, str]] = {
     "result not JSON": (_write("result.json", '{"status": "compl'), "result.json is not JSON"),
     "result a list": (_write("result.json", "[1, 2]"), "result.json holds a list, not an object"),
-    "result wall NaN": (_write("result.json", json.dumps(_done() | {"wall_seconds": math.nan})),
-                        "result.json: wall_seconds must be a number in [0, 1e+12], got nan"),
+    "result wall NaN": (
+        _write("result.json", json.dumps(_done() | {"wall_seconds": math.nan})),
+        "result.json: wall_seconds must be a number in [0, 1e+12], got nan",
+    ),
     "config invalid YAML": (_write("config.yaml", "model: [resnet20\n"), "config.yaml is not readable YAML"),
     "config a list": (_write("config.yaml", "- model\n- resnet20\n"), "config.yaml holds a list, not a mapping"),
-    "config seed a string": (_write("config.yaml", "model: resnet20\nseed: one\n"),
-                             "config.yaml: seed must be an integer >= 0, got 'one'"),
+    "config seed a string": (
+        _write("config.yaml", "model: resnet20\nseed: one\n"),
+        "config.yaml: seed must be an integer >= 0, got 'one'",
+    ),
     "test_acc a string": (_metrics(test_acc="0.9"), "metrics.jsonl, epoch 7: test_acc must be a number in [0, 1]"),
-    "first test_acc NaN": (_metrics(1, test_acc=math.nan), "metrics.jsonl, epoch 1: test_acc must be a number in "
-                                                           "[0, 1], got nan"),
-    "last test_acc NaN": (_metrics(160, test_acc=math.nan), "metrics.jsonl, epoch 160: test_acc must be a number in "
-                                                            "[0, 1], got nan"),
+    "first test_acc NaN": (
+        _metrics(1, test_acc=math.nan),
+        "metrics.jsonl, epoch 1: test_acc must be a number in [0, 1], got nan",
+    ),
+    "last test_acc NaN": (
+        _metrics(160, test_acc=math.nan),
+        "metrics.jsonl, epoch 160: test_acc must be a number in [0, 1], got nan",
+    ),
     "test_acc above 1": (_metrics(test_acc=91.5), "test_acc must be a number in [0, 1], got 91.5"),
     "seconds a string": (_metrics(seconds="75"), "metrics.jsonl, epoch 7: seconds must be a number in [0, 1e+12]"),
-    "lm_k a list": (_metrics(160, lm_k=[0.1, 0.2]), "metrics.jsonl, epoch 160: lm_k must map each stage to a list of "
-                                                    "finite numbers, got [0.1, 0.2]"),
-    "metrics not JSON": (_write("metrics.jsonl", '{"epoch": 1}\n{"epoch": 2, "test_acc": \n'),
-                         "metrics.jsonl:2: not a JSON line"),
+    "lm_k a list": (
+        _metrics(160, lm_k=[0.1, 0.2]),
+        "metrics.jsonl, epoch 160: lm_k must map each stage to a list of finite numbers, got [0.1, 0.2]",
+    ),
+    "metrics not JSON": (
+        _write("metrics.jsonl", '{"epoch": 1}\n{"epoch": 2, "test_acc": \n'),
+        "metrics.jsonl:2: not a JSON line",
+    ),
 }
 
 
 @pytest.mark.parametrize("damage", DAMAGES, ids=list(DAMAGES))
-def test_a_damaged_run_is_skipped_with_a_warning_naming_it(damage: str, root: Path, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_a_damaged_run_is_skipped_with_a_warning_naming_it(
+    damage: str, root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     do, message = DAMAGES[damage]
     do(root / "damaged")
     with pytest.raises(RunFileError) as e:
@@ -99,8 +112,9 @@ def test_a_damaged_run_is_skipped_with_a_warning_naming_it(damage: str, root: Pa
 
 
 @pytest.mark.parametrize("queue", ["runs: [name: x\n", "- a\n- b\n", "runs:\n  - config: c.yaml\n", "runs: 3\n"])
-def test_a_malformed_queue_is_ignored_with_a_warning(queue: str, root: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_a_malformed_queue_is_ignored_with_a_warning(
+    queue: str, root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (root / "queue.yaml").write_text(queue)
     assert [p.name for p in find_runs([root])] == ["damaged", "lm_resnet20_s0", "resnet20_s0"]  # by name
     err = capsys.readouterr().err.strip().splitlines()
@@ -114,8 +128,9 @@ def test_a_good_queue_still_orders_the_runs(root: Path, capsys: pytest.CaptureFi
 
 
 @pytest.mark.parametrize("kind", ["missing", "a file"])
-def test_a_results_path_that_is_no_folder_is_one_line_exit_2(kind: str, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_a_results_path_that_is_no_folder_is_one_line_exit_2(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "results"
     if kind == "a file":
         path.write_text("not a folder\n")

@@ -21,8 +21,22 @@ ROOT = REPO
 DATA = CIFAR_ROOT
 pytestmark = needs_cifar
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-ARGS = ["--model", "resnet20", "--subset", "512", "--batch-size", "64", "--epochs", "3", "--eval-subset", "200",
-        "--data-dir", str(DATA), "--no-download", "--no-tensorboard"]  # fmt: skip
+ARGS = [
+    "--model",
+    "resnet20",
+    "--subset",
+    "512",
+    "--batch-size",
+    "64",
+    "--epochs",
+    "3",
+    "--eval-subset",
+    "200",
+    "--data-dir",
+    str(DATA),
+    "--no-download",
+    "--no-tensorboard",
+]
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -40,12 +54,21 @@ def metric_rows(run: Path) -> list[dict]:
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bitwise_exact(tmp_path: Path) -> None:
     ref, killed = tmp_path / "ref", tmp_path / "killed"
-    r = subprocess.run([sys.executable, "-m", "odearch", "train", *ARGS, "--out", str(ref)], env=ENV,
-                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "odearch", "train", *ARGS, "--out", str(ref)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
 
-    proc = subprocess.Popen([sys.executable, "-m", "odearch", "train", *ARGS, "--out", str(killed)], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "odearch", "train", *ARGS, "--out", str(killed)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         # metrics.jsonl gets its first row right after epoch 1's checkpoint: epoch 2 is then under way.
         deadline = time.monotonic() + 300
@@ -65,8 +88,13 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_exact(tmp_path: Path) -> None:
     assert len(metric_rows(killed)) == 1, "the kill was meant to land in epoch 2"
     assert not (killed / "result.json").exists()
 
-    r = subprocess.run([sys.executable, "-m", "odearch", "train", "--resume", str(killed)], env=ENV,
-                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "odearch", "train", "--resume", str(killed)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     assert_same_weights(ref / "checkpoints" / "last.safetensors", killed / "checkpoints" / "last.safetensors")
     drop = ("seconds", "images_per_s")
@@ -78,8 +106,16 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_exact(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_max_minutes_stops_mid_epoch_and_resumes_exactly(tmp_path: Path) -> None:
     """A budget far below one step stops every session after its first step, always mid-epoch but at the end."""
-    base = {"model": "resnet20", "subset": 192, "batch_size": 64, "epochs": 2, "eval_subset": 100,
-            "data_dir": str(DATA), "download": False, "tensorboard": False}  # fmt: skip
+    base = {
+        "model": "resnet20",
+        "subset": 192,
+        "batch_size": 64,
+        "epochs": 2,
+        "eval_subset": 100,
+        "data_dir": str(DATA),
+        "download": False,
+        "tensorboard": False,
+    }
     fit(TrainConfig.from_dict({**base, "out": str(tmp_path / "ref")}))
     cfg = TrainConfig.from_dict({**base, "out": str(tmp_path / "cut"), "max_minutes": 1e-5})
     result = fit(cfg)
@@ -90,8 +126,9 @@ def test_max_minutes_stops_mid_epoch_and_resumes_exactly(tmp_path: Path) -> None
         sessions += 1
         assert sessions <= 6
     assert sessions == 6  # 3 steps per epoch, 2 epochs, one step per session
-    assert_same_weights(tmp_path / "ref" / "checkpoints" / "last.safetensors",
-                        tmp_path / "cut" / "checkpoints" / "last.safetensors")  # fmt: skip
+    assert_same_weights(
+        tmp_path / "ref" / "checkpoints" / "last.safetensors", tmp_path / "cut" / "checkpoints" / "last.safetensors"
+    )
     ref, cut = metric_rows(tmp_path / "ref"), metric_rows(tmp_path / "cut")
     assert [(r["train_loss"], r["train_acc"], r["test_acc"]) for r in ref] == [
         (r["train_loss"], r["train_acc"], r["test_acc"]) for r in cut

@@ -38,9 +38,20 @@ N = 20  # test images per evaluation
 def make_run(root: Path, model: str = "resnet20", seed: int = 0, **options: Any) -> Path:
     """A finished one-epoch run of ``model`` (untrained weights, saved as the trainer saves them)."""
     precision = {"bf16": "bfloat16", "fp16": "float16"}.get(options.get("amp", "off"), "float32")
-    cfg = TrainConfig(model=model, seed=seed, epochs=1, subset=128, eval_subset=100, batch_size=64,
-                      data_dir=str(CIFAR_ROOT), download=False, device="cpu", tensorboard=False, out=str(root),
-                      **{"amp": "off", **options})  # fmt: skip
+    cfg = TrainConfig(
+        model=model,
+        seed=seed,
+        epochs=1,
+        subset=128,
+        eval_subset=100,
+        batch_size=64,
+        data_dir=str(CIFAR_ROOT),
+        download=False,
+        device="cpu",
+        tensorboard=False,
+        out=str(root),
+        **{"amp": "off", **options},
+    )
     run = RunDir(root)
     run.create(cfg, overwrite=False)
     torch.manual_seed(seed)
@@ -50,15 +61,35 @@ def make_run(root: Path, model: str = "resnet20", seed: int = 0, **options: Any)
     row = {"epoch": 1, "test_acc": 0.1, "git_commit": "0" * 40, "git_dirty": False, "amp_dtype": precision}
     save_checkpoint(run, cfg, net, opt, None, prog, best=True, row=row)
     run.append_metrics(row)
-    run.write_result({"status": "complete", "epochs_done": 1, "config_hash": config_hash(cfg), "amp": cfg.amp,
-                      "amp_dtype": precision, "train_images": 128, "git_commit": "0" * 40, "device": "cpu"})
+    run.write_result(
+        {
+            "status": "complete",
+            "epochs_done": 1,
+            "config_hash": config_hash(cfg),
+            "amp": cfg.amp,
+            "amp_dtype": precision,
+            "train_images": 128,
+            "git_commit": "0" * 40,
+            "device": "cpu",
+        }
+    )
     return root
 
 
 def ship(run: Path, reg: Path, *extra: str) -> list[str]:
     """The argv of ``odearch ship RUN`` into ``reg`` on a few test images."""
-    return ["ship", str(run), "--registry", str(reg), "--any-recipe", "--test-subset", str(N),
-            "--data-dir", str(CIFAR_ROOT), *extra]  # fmt: skip
+    return [
+        "ship",
+        str(run),
+        "--registry",
+        str(reg),
+        "--any-recipe",
+        "--test-subset",
+        str(N),
+        "--data-dir",
+        str(CIFAR_ROOT),
+        *extra,
+    ]
 
 
 def evaluate(target: Path | str, *extra: str) -> list[str]:
@@ -81,8 +112,9 @@ def files_of(run: Path) -> dict[str, bytes]:
 
 # --------------------------------------------------------------------------------- 1: damaged final weights
 @needs_cifar
-def test_ship_verifies_the_checkpoint_manifest_before_copying(tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_ship_verifies_the_checkpoint_manifest_before_copying(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A byte flipped in checkpoints/current/last.safetensors (which eval and --resume refuse) is not shipped, and
     --prune-checkpoints keeps the manifest that proves the damage."""
     run, reg = make_run(tmp_path / "run"), tmp_path / "w" / "registry.json"
@@ -109,7 +141,8 @@ def test_default_tags_set_the_recipes_of_a_model_and_seed_apart() -> None:
     rows = [{"epoch": 1, "amp_dtype": "float32"}]
     lm, plain = _tensors("lm_resnet20"), _tensors("preact_resnet20")
     tag = lambda model, t, rows=rows, result=None, **kw: default_tag(  # noqa: E731
-        TrainConfig(model=model, seed=1, **kw), result or {}, rows, t)
+        TrainConfig(model=model, seed=1, **kw), result or {}, rows, t
+    )
     assert tag("lm_resnet20", lm) == "cifar10_s1"  # the paper recipe: decay on kappa, fp32
     assert tag("lm_resnet20", lm, lm_weight_decay="none") == "cifar10_nokdecay_s1"
     assert tag("lm_resnet20", lm, lm_weight_decay="k") == "cifar10_kdecay_s1"
@@ -138,8 +171,9 @@ def test_the_shipped_weights_keep_their_tags_under_the_default_rule() -> None:
 
 
 @needs_cifar
-def test_a_tag_that_a_pruned_run_names_is_never_overwritten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_a_tag_that_a_pruned_run_names_is_never_overwritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``ship --overwrite`` (which the refusal suggests) must not replace the only copy of a pruned run's weights."""
     reg = tmp_path / "w" / "registry.json"
     monkeypatch.setattr(_pretrained, "REGISTRY_FILE", reg)
@@ -160,8 +194,9 @@ def test_a_tag_that_a_pruned_run_names_is_never_overwritten(tmp_path: Path, monk
 
 
 @needs_cifar
-def test_overwrite_replaces_only_weights_that_still_exist_elsewhere(tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_overwrite_replaces_only_weights_that_still_exist_elsewhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     reg = tmp_path / "w" / "registry.json"
     first, second = make_run(tmp_path / "a", seed=2), make_run(tmp_path / "b", seed=2, lr=0.05)
     assert main(ship(first, reg)) == 0
@@ -176,13 +211,18 @@ def test_overwrite_replaces_only_weights_that_still_exist_elsewhere(tmp_path: Pa
 
 # --------------------------------------------------------------------------------- 3: what git holds
 def _git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false", *args],
-                   cwd=repo, check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
 
 
 @needs_cifar
-def test_prune_refuses_checkpoints_that_git_does_not_hold(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_prune_refuses_checkpoints_that_git_does_not_hold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The README promises the deleted checkpoints stay in the repository history: without a commit of every one
     of them, unchanged, the prune is refused (``--force`` deletes them, saying which are lost)."""
     repo = tmp_path / "repo"
@@ -256,9 +296,9 @@ def _prune_and_die(run: Path, reg: Path, how: str, monkeypatch: pytest.MonkeyPat
 
 @needs_cifar
 @pytest.mark.parametrize("how", ["crash", pytest.param("sigkill", marks=pytest.mark.slow)])
-def test_a_prune_killed_while_deleting_is_readable_and_completed(how: str, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_prune_killed_while_deleting_is_readable_and_completed(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Killed inside the deletion: ``eval`` reads the shipped copy, a second prune finishes, a third says so."""
     run, reg = make_run(tmp_path / "run"), tmp_path / "w" / "registry.json"
     assert main(ship(run, reg)) == 0
@@ -301,8 +341,13 @@ def preact_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         pytest.skip(SKIP_REASON)
     reg = tmp_path / "w" / "registry.json"
     monkeypatch.setattr(_pretrained, "REGISTRY_FILE", reg)
-    ship_run(make_run(tmp_path / "run", model="preact_resnet20"), registry=reg, any_recipe=True, test_subset=N,
-             data_dir=CIFAR_ROOT)  # fmt: skip
+    ship_run(
+        make_run(tmp_path / "run", model="preact_resnet20"),
+        registry=reg,
+        any_recipe=True,
+        test_subset=N,
+        data_dir=CIFAR_ROOT,
+    )
     return reg
 
 
@@ -320,8 +365,9 @@ def test_pretrained_weights_refuse_another_scheme_without_opting_in(preact_regis
         odearch.create_model("preact_resnet20", scheme=scheme, allow_scheme_change=True)
 
 
-def test_eval_of_shipped_weights_checks_the_model_in_their_metadata(preact_registry: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_of_shipped_weights_checks_the_model_in_their_metadata(
+    preact_registry: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """An entry whose file holds another model's weights (here: preact_resnet20 weights listed as rk2_resnet20,
     which has the same tensors) is refused by eval and create_model, not evaluated as what the file says."""
     data = json.loads(preact_registry.read_text())
@@ -364,9 +410,9 @@ BROKEN = {
 
 
 @pytest.mark.parametrize("kind", list(BROKEN))
-def test_a_broken_registry_is_one_line_and_unrelated_commands_work(kind: str, tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_broken_registry_is_one_line_and_unrelated_commands_work(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     reg = tmp_path / "registry.json"
     reg.write_text(BROKEN[kind] if isinstance(BROKEN[kind], str) else json.dumps(BROKEN[kind]))
     monkeypatch.setattr(_pretrained, "REGISTRY_FILE", reg)
@@ -385,8 +431,9 @@ def test_a_broken_registry_is_one_line_and_unrelated_commands_work(kind: str, tm
 
 
 @needs_cifar
-def test_a_malformed_entry_spoils_only_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_a_malformed_entry_spoils_only_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     reg = tmp_path / "w" / "registry.json"
     monkeypatch.setattr(_pretrained, "REGISTRY_FILE", reg)
     ship_run(make_run(tmp_path / "run"), registry=reg, any_recipe=True, test_subset=N, data_dir=CIFAR_ROOT)

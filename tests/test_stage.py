@@ -149,12 +149,26 @@ def test_lm_velocity_form_is_the_two_state_update(transition: str, post_act: boo
     (history P(u_0) or Q(u_0)) and a post-activation (where v is re-formed as u_{n+1} - u_n)."""
     torch.manual_seed(0)
     p, q = nn.Conv2d(4, 6, 1).double(), nn.Conv2d(4, 6, 1).double()
-    blocks = [nn.Sequential(nn.Tanh(), nn.Conv2d(4 if (i == 0 and transition != "none") else 6 if transition != "none"
-                                                 else 4, 6 if transition != "none" else 4, 3, padding=1)).double()
-              for i in range(4)]  # fmt: skip
+    blocks = [
+        nn.Sequential(
+            nn.Tanh(),
+            nn.Conv2d(
+                4 if (i == 0 and transition != "none") else 6 if transition != "none" else 4,
+                6 if transition != "none" else 4,
+                3,
+                padding=1,
+            ),
+        ).double()
+        for i in range(4)
+    ]
     act = nn.Tanh() if post_act else None
-    stage = Stage("lm", blocks, shortcut=p if transition != "none" else None,
-                  history_shortcut=q if transition == "P and Q" else None, post_act=act).double()  # fmt: skip
+    stage = Stage(
+        "lm",
+        blocks,
+        shortcut=p if transition != "none" else None,
+        history_shortcut=q if transition == "P and Q" else None,
+        post_act=act,
+    ).double()
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
     out, hist = stage(x, return_history=True)
     k = stage.lm_k
@@ -176,9 +190,17 @@ def test_lm_velocity_form_is_the_two_state_update(transition: str, post_act: boo
 
 @pytest.mark.parametrize(
     "case",
-    ["plain", "transition P", "transition P and Q", "post-act", "noise", "stochastic depth", "per channel",
-     "first step dropped"],
-)  # fmt: skip
+    [
+        "plain",
+        "transition P",
+        "transition P and Q",
+        "post-act",
+        "noise",
+        "stochastic depth",
+        "per channel",
+        "first step dropped",
+    ],
+)
 def test_the_fused_lm_path_agrees_with_the_reference_update(case: str) -> None:
     """LMRunner.run (velocity form, odearch.nn.lm_combine) against LMRunner.run_reference (the paper's update as
     written): float64 outputs, history and every gradient, dk included, to 1e-12, with the same random draws."""
@@ -191,9 +213,13 @@ def test_the_fused_lm_path_agrees_with_the_reference_update(case: str) -> None:
     kwargs: dict = {"shortcut": nn.Conv2d(c_in, c, 1)} if transition else {}
     if case == "transition P and Q":
         kwargs["history_shortcut"] = nn.Conv2d(c_in, c, 1)
-    kwargs |= {"post-act": {"post_act": nn.Tanh()}, "noise": {"noise_sigma": 0.1},
-               "stochastic depth": {"survival": (0.9, 0.5, 0.7, 0.5)}, "per channel": {"channels": c},
-               "first step dropped": {"survival": (0.5, 1.0, 1.0, 1.0)}}.get(case, {})  # fmt: skip
+    kwargs |= {
+        "post-act": {"post_act": nn.Tanh()},
+        "noise": {"noise_sigma": 0.1},
+        "stochastic depth": {"survival": (0.9, 0.5, 0.7, 0.5)},
+        "per channel": {"channels": c},
+        "first step dropped": {"survival": (0.5, 1.0, 1.0, 1.0)},
+    }.get(case, {})
     scheme = LMScheme(name="lm_channel", per_channel=True) if case == "per channel" else "lm"
     stage = Stage(scheme, blocks, **kwargs).double()
     with torch.no_grad():

@@ -97,9 +97,18 @@ class TestConfig:
             TrainConfig(model="lm_resnet21")
 
     @pytest.mark.parametrize(
-        "bad", [{"lr": "fast"}, {"epochs": 2.5}, {"batch_size": 0}, {"amp": "fp8"}, {"milestones": 80},
-                {"nesterov": "yes"}, {"select_on": "val"}, {"model_kwargs": [1]}],
-    )  # fmt: skip
+        "bad",
+        [
+            {"lr": "fast"},
+            {"epochs": 2.5},
+            {"batch_size": 0},
+            {"amp": "fp8"},
+            {"milestones": 80},
+            {"nesterov": "yes"},
+            {"select_on": "val"},
+            {"model_kwargs": [1]},
+        ],
+    )
     def test_bad_values_raise_config_error(self, bad: dict) -> None:
         with pytest.raises(ConfigError):
             TrainConfig.from_dict({"model": "resnet20", **bad})
@@ -206,8 +215,9 @@ def test_a_train_step_override_is_the_one_place_to_change_the_update() -> None:
 
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     before = [p.detach().clone() for p in model.parameters()]
-    out = train_one_epoch(model, iter(batches[1:]), ClippedStep(opt, lr_fn=lambda s: 1.0), step=1,
-                          on_step=lambda step, sums: step == 3)  # fmt: skip
+    out = train_one_epoch(
+        model, iter(batches[1:]), ClippedStep(opt, lr_fn=lambda s: 1.0), step=1, on_step=lambda step, sums: step == 3
+    )
     assert (out["step"], out["batches"], out["n"], out["stopped"]) == (3, 2, 8, True) and len(norms) == 2
     moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)]).norm()
     assert norms[0] > 1e-3 and float(moved) <= 2 * 1e-3 + 1e-6  # two clipped steps of lr 1 move at most 2e-3
@@ -215,8 +225,17 @@ def test_a_train_step_override_is_the_one_place_to_change_the_update() -> None:
 
 # ------------------------------------------------------------------------------------------------- fit (real data)
 def _cfg(tmp_path: Path, **kw: object) -> TrainConfig:
-    base = {"model": "resnet20", "subset": 128, "batch_size": 64, "epochs": 1, "eval_subset": 100,
-            "data_dir": str(DATA), "download": False, "tensorboard": False, "out": str(tmp_path / "run")}  # fmt: skip
+    base = {
+        "model": "resnet20",
+        "subset": 128,
+        "batch_size": 64,
+        "epochs": 1,
+        "eval_subset": 100,
+        "data_dir": str(DATA),
+        "download": False,
+        "tensorboard": False,
+        "out": str(tmp_path / "run"),
+    }
     return TrainConfig.from_dict({**base, **kw})
 
 
@@ -255,15 +274,52 @@ def test_distributed_two_processes_match_one(tmp_path: Path) -> None:
     comparison, with --sync-bn, is in tests/test_distributed.py.
     """
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    args = ["--model", "resnet20", "--subset", "256", "--batch-size", "64", "--epochs", "1", "--eval-subset", "100",
-            "--data-dir", str(DATA), "--no-download", "--no-tensorboard", "--lr", "0.02"]  # fmt: skip
+    args = [
+        "--model",
+        "resnet20",
+        "--subset",
+        "256",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "1",
+        "--eval-subset",
+        "100",
+        "--data-dir",
+        str(DATA),
+        "--no-download",
+        "--no-tensorboard",
+        "--lr",
+        "0.02",
+    ]
     one, two = tmp_path / "one", tmp_path / "two"
-    r = subprocess.run([sys.executable, "-m", "odearch", "train", *args, "--out", str(one)], env=env,
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "odearch", "train", *args, "--out", str(one)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "odearch", "train", *args, "--out", str(two)], env=env, capture_output=True,
-                       text=True, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "odearch",
+            "train",
+            *args,
+            "--out",
+            str(two),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((two / "result.json").read_text())
     assert res["world_size"] == 2 and res["train_images"] == 256
@@ -278,6 +334,9 @@ def test_distributed_two_processes_match_one(tmp_path: Path) -> None:
     assert w1.keys() == w2.keys()
     rows = (two / "metrics.jsonl").read_text().splitlines()
     names = sorted(p.name for p in (two / "checkpoints").iterdir())  # one generation behind the stable names
-    assert len(rows) == 1 and [n for n in names if not n.startswith("gen-")] == [
-        "best.safetensors", "current", "last.safetensors", "last.state.pt"] and sum(
-        n.startswith("gen-") for n in names) == 1  # fmt: skip
+    assert (
+        len(rows) == 1
+        and [n for n in names if not n.startswith("gen-")]
+        == ["best.safetensors", "current", "last.safetensors", "last.state.pt"]
+        and sum(n.startswith("gen-") for n in names) == 1
+    )

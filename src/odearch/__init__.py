@@ -28,11 +28,33 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 # The names that need torch are imported on first use, so that `odearch --help` answers without importing it.
-_LAZY = {"from_lm": "convert", "to_lm": "convert", "coarsen": "mesh", "refine": "mesh", "create_model": "models",
-         "list_models": "models", "list_pretrained": "models", "register_model": "models", "Stage": "nn",
-         "lm_coefficients": "nn", "set_memory": "nn"}  # fmt: skip
-_SUBMODULES = ("analysis", "arms", "cli", "convert", "data", "mesh", "models", "nn", "report", "runfiles",
-               "timm_models", "train")  # fmt: skip
+_LAZY = {
+    "from_lm": "convert",
+    "to_lm": "convert",
+    "coarsen": "mesh",
+    "refine": "mesh",
+    "create_model": "models",
+    "list_models": "models",
+    "list_pretrained": "models",
+    "register_model": "models",
+    "Stage": "nn",
+    "lm_coefficients": "nn",
+    "set_memory": "nn",
+}
+_SUBMODULES = (
+    "analysis",
+    "arms",
+    "cli",
+    "convert",
+    "data",
+    "mesh",
+    "models",
+    "nn",
+    "report",
+    "runfiles",
+    "timm_models",
+    "train",
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -20,8 +20,19 @@ from pathlib import Path
 
 from .runsummary import PAPER_RECIPE, RunSummary, last_phase_mean
 
-__all__ = ["NOT_REPRODUCED_ABOVE", "REPRODUCED_BELOW", "Arm", "PairedTest", "arm_section", "arms_of", "headline",
-           "paired_test", "plot_arm_curves", "sentence", "verdict"]  # fmt: skip
+__all__ = [
+    "NOT_REPRODUCED_ABOVE",
+    "REPRODUCED_BELOW",
+    "Arm",
+    "PairedTest",
+    "arm_section",
+    "arms_of",
+    "headline",
+    "paired_test",
+    "plot_arm_curves",
+    "sentence",
+    "verdict",
+]
 
 REPRODUCED_BELOW = 0.0
 """The paired 95 % interval of LM - plain (points) lies wholly below this: the LM gain is reproduced."""
@@ -78,8 +89,9 @@ def arms_of(runs: Sequence[RunSummary]) -> list[tuple[Arm, list[Arm]]]:
             continue
         lm = s.model.startswith("lm_")
         net = s.model.removeprefix("lm_" if lm else "preact_")
-        arm = arms.setdefault((s.model, s.lm_weight_decay if lm else None),
-                              Arm(net, s.model, s.lm_weight_decay if lm else None, {}))  # fmt: skip
+        arm = arms.setdefault(
+            (s.model, s.lm_weight_decay if lm else None), Arm(net, s.model, s.lm_weight_decay if lm else None, {})
+        )
         arm.runs.setdefault(s.seed, s)
     out = []
     for (model, _), plain in arms.items():
@@ -127,7 +139,7 @@ def verdict(t: PairedTest) -> str:
 
 
 def sentence(lm: Arm, plain: Arm, t: PairedTest) -> str:
-    """"<arm>: <verdict>: LM - plain = <mean> points (95 % CI lo..hi, n = n, p = p)", from the numbers."""
+    """ "<arm>: <verdict>: LM - plain = <mean> points (95 % CI lo..hi, n = n, p = p)", from the numbers."""
     head = f"{lm.label} against `{plain.model}`: **{verdict(t)}**"
     if t.n == 0:
         return head + ": no seed finished in both arms yet"
@@ -153,25 +165,48 @@ def _arm_row(arm: Arm, tag: str) -> list[str]:
         by_precision.setdefault(s.precision, []).append(str(s.seed))
     precisions = "; ".join(f"{p}: seed {', '.join(seeds)}" for p, seeds in by_precision.items())
     seeds = ", ".join(str(s.seed) for s in runs)
-    return [tag, arm.label, str(len(runs)), seeds, _mean_sd(list(arm.primary().values())),
-            _mean_sd([s.final_err for s in runs if s.final_err is not None]),
-            _mean_sd([s.best_err for s in runs if s.best_err is not None]), precisions]  # fmt: skip
+    return [
+        tag,
+        arm.label,
+        str(len(runs)),
+        seeds,
+        _mean_sd(list(arm.primary().values())),
+        _mean_sd([s.final_err for s in runs if s.final_err is not None]),
+        _mean_sd([s.best_err for s in runs if s.best_err is not None]),
+        precisions,
+    ]
 
 
 def _test_row(lm: Arm, plain: Arm, t: PairedTest, which: str) -> list[str]:
     """A row of :data:`TEST_HEADER`; the verdict and Welch's test only for the primary (all seeds) row."""
     ci = f"{t.lo:+.2f}..{t.hi:+.2f}" if t.lo is not None and t.hi is not None else "—"
-    welch = (f"{t.welch[0]:+.2f} ({t.welch[1]:+.2f}..{t.welch[2]:+.2f}, p = {t.welch[3]:.3f})" if t.welch and
-             which == "all seeds" else "—")  # fmt: skip
+    welch = (
+        f"{t.welch[0]:+.2f} ({t.welch[1]:+.2f}..{t.welch[2]:+.2f}, p = {t.welch[3]:.3f})"
+        if t.welch and which == "all seeds"
+        else "—"
+    )
     per_seed = ", ".join(f"s{s}: {d:+.2f}" for s, d in zip(t.seeds, t.diffs, strict=True)) or "—"
-    return [f"{lm.label} − {plain.label}", which, str(t.n), per_seed, "—" if t.n == 0 else f"{t.mean:+.2f}", ci,
-            "—" if t.p is None else f"{t.p:.3f}", welch, verdict(t) if which == "all seeds" else ""]  # fmt: skip
+    return [
+        f"{lm.label} − {plain.label}",
+        which,
+        str(t.n),
+        per_seed,
+        "—" if t.n == 0 else f"{t.mean:+.2f}",
+        ci,
+        "—" if t.p is None else f"{t.p:.3f}",
+        welch,
+        verdict(t) if which == "all seeds" else "",
+    ]
 
 
-ARM_HEADER = ("| arm | runs | n | seeds | primary: mean test error % over epochs 121-160 (mean ± sd) | error % after "
-              "epoch 160 | best epoch, chosen on test (optimistic) | precision |")  # fmt: skip
-TEST_HEADER = ("| LM − plain | seeds | n | per seed (points) | mean | 95 % CI (paired t) | p | Welch, unpaired: mean "
-               "(95 % CI, p) | verdict |")  # fmt: skip
+ARM_HEADER = (
+    "| arm | runs | n | seeds | primary: mean test error % over epochs 121-160 (mean ± sd) | error % after "
+    "epoch 160 | best epoch, chosen on test (optimistic) | precision |"
+)
+TEST_HEADER = (
+    "| LM − plain | seeds | n | per seed (points) | mean | 95 % CI (paired t) | p | Welch, unpaired: mean "
+    "(95 % CI, p) | verdict |"
+)
 
 
 def _k_rows(arm: Arm) -> list[list[str]]:
@@ -179,9 +214,10 @@ def _k_rows(arm: Arm) -> list[list[str]]:
     for s in arm.runs.values():
         for stage, ks in s.lm_k.items():
             by_stage.setdefault(stage, []).append([float(k) for k in ks])  # type: ignore[arg-type]
-    return [[arm.label, stage, str(len(vals)),
-             ", ".join(_mean_sd([v[i] for v in vals], 3) for i in range(len(vals[0])))]
-            for stage, vals in by_stage.items()]  # fmt: skip
+    return [
+        [arm.label, stage, str(len(vals)), ", ".join(_mean_sd([v[i] for v in vals], 3) for i in range(len(vals[0])))]
+        for stage, vals in by_stage.items()
+    ]
 
 
 def arm_section(runs: Sequence[RunSummary], base: Path, curves: Sequence[Path] = ()) -> list[str]:
@@ -189,9 +225,14 @@ def arm_section(runs: Sequence[RunSummary], base: Path, curves: Sequence[Path] =
     groups = arms_of(runs)
     if not groups:
         return []
-    lines = ["", "## Is the LM gain real? The pre-registered paired test", "",
-             "Arms, metric, tests and the verdict rule as registered in `docs/campaign-plan.md` before the runs "
-             f"finished; only finished runs at the paper's recipe count ({PAPER_RECIPE['epochs']} epochs).", ""]
+    lines = [
+        "",
+        "## Is the LM gain real? The pre-registered paired test",
+        "",
+        "Arms, metric, tests and the verdict rule as registered in `docs/campaign-plan.md` before the runs "
+        f"finished; only finished runs at the paper's recipe count ({PAPER_RECIPE['epochs']} epochs).",
+        "",
+    ]
     for plain, lms in groups:
         tags = {id(plain): "A"} | {id(a): "BCDE"[i] for i, a in enumerate(lms)}
         lines += [*_table(ARM_HEADER, [_arm_row(a, tags[id(a)]) for a in (plain, *lms)]), ""]
@@ -201,8 +242,11 @@ def arm_section(runs: Sequence[RunSummary], base: Path, curves: Sequence[Path] =
             rows.append(_test_row(lm, plain, t, "all seeds"))
             paired_init = [s for s in t.seeds if s != 0]
             if paired_init and len(paired_init) < t.n:
-                rows.append(_test_row(lm, plain, paired_test(lm.primary(), plain.primary(), paired_init),
-                                      "seeds ≥ 1 (paired init)"))  # fmt: skip
+                rows.append(
+                    _test_row(
+                        lm, plain, paired_test(lm.primary(), plain.primary(), paired_init), "seeds ≥ 1 (paired init)"
+                    )
+                )
             sentences.append("- " + sentence(lm, plain, t) + ".")
         if len(lms) > 1:
             b, c = lms[0], lms[1]
@@ -211,8 +255,12 @@ def arm_section(runs: Sequence[RunSummary], base: Path, curves: Sequence[Path] =
         lines += [*_table(TEST_HEADER, rows), "", "Verdicts (generated by the registered rule):", "", *sentences]
         k_rows = [r for a in lms for r in _k_rows(a)]
         if k_rows:
-            lines += ["", "Learned k_n after epoch 160, mean ± sd over the arm's seeds:", "",
-                      *_table("| arm | stage | n | k_n, block by block |", k_rows)]  # fmt: skip
+            lines += [
+                "",
+                "Learned k_n after epoch 160, mean ± sd over the arm's seeds:",
+                "",
+                *_table("| arm | stage | n | k_n, block by block |", k_rows),
+            ]
     for c in curves:
         lines += ["", f"![{c.stem}]({Path(_relpath(c, base)).as_posix()})"]
     return lines
@@ -261,8 +309,13 @@ def plot_arm_curves(runs: Sequence[RunSummary], out_dir: str | Path) -> list[Pat
             curves = [dict(s.curve) for s in arm.runs.values()]
             epochs = sorted(set.intersection(*(set(c) for c in curves)))
             per_epoch = [[c[e] for c in curves] for e in epochs]
-            ax.plot(epochs, [sum(v) / len(v) for v in per_epoch], color=color, lw=1.2,
-                    label=f"{arm.label.replace('`', '')} (n = {len(curves)})")  # fmt: skip
+            ax.plot(
+                epochs,
+                [sum(v) / len(v) for v in per_epoch],
+                color=color,
+                lw=1.2,
+                label=f"{arm.label.replace('`', '')} (n = {len(curves)})",
+            )
             ax.fill_between(epochs, [min(v) for v in per_epoch], [max(v) for v in per_epoch], color=color, alpha=0.2)
         ax.set_yscale("log")
         ax.set_ylim(top=min(100.0, ax.get_ylim()[1]))

@@ -44,8 +44,18 @@ def __getattr__(name: str) -> Any:
 
 
 # What `--resume` may change: how and where the run continues, never what it computes (except extending epochs).
-RESUME_OVERRIDES = ("epochs", "max_minutes", "data_dir", "download", "log_every", "tensorboard", "device", "workers",
-                    "memory", "dist_timeout")  # fmt: skip
+RESUME_OVERRIDES = (
+    "epochs",
+    "max_minutes",
+    "data_dir",
+    "download",
+    "log_every",
+    "tensorboard",
+    "device",
+    "workers",
+    "memory",
+    "dist_timeout",
+)
 
 
 class UsageError(Exception):
@@ -87,8 +97,13 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     from .models import MODEL_OPTIONS, option_help
 
     m = p.add_argument_group("model keywords (passed only when given; YAML: model_kwargs)")
-    m.add_argument("--model-kw", action="append", default=[], metavar="KEY=VALUE",
-                   help="any model keyword, VALUE parsed as YAML (repeatable)")  # fmt: skip
+    m.add_argument(
+        "--model-kw",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any model keyword, VALUE parsed as YAML (repeatable)",
+    )
     for name, spec in MODEL_OPTIONS.items():
         kw = {k: v for k, v in spec.items() if k != "help"}
         if kw.get("type") is bool:
@@ -105,8 +120,11 @@ def _add_eval_arguments(e: argparse.ArgumentParser) -> None:
     """The flags of ``odearch eval`` (``--dataset`` choices: the data set table)."""
     from .data import DATASETS
 
-    e.add_argument("target", help="a run directory, a .safetensors checkpoint, or the name of shipped weights "
-                   "(lm_resnet20.cifar10_s0, or lm_resnet20 for its first)")
+    e.add_argument(
+        "target",
+        help="a run directory, a .safetensors checkpoint, or the name of shipped weights "
+        "(lm_resnet20.cifar10_s0, or lm_resnet20 for its first)",
+    )
     e.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which checkpoint of a run")
     e.add_argument("--model", help="model of a bare weights file without odearch metadata (e.g. lm_resnet20)")
     e.add_argument("--dataset", choices=tuple(DATASETS), help="data set of a bare weights file (default: cifar10)")
@@ -116,9 +134,13 @@ def _add_eval_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
     e.add_argument("--batch-size", type=int, default=1000)
     e.add_argument("--subset", type=int, help="evaluate on the first N test images")
-    e.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE ('-': stdout, the table going "
-                                                  "to stderr; default: RUN/eval_<checkpoint>.json for a run, none "
-                                                  "for a checkpoint file or shipped weights)")  # fmt: skip
+    e.add_argument(
+        "--json",
+        metavar="FILE",
+        help="write the results as JSON to FILE ('-': stdout, the table going "
+        "to stderr; default: RUN/eval_<checkpoint>.json for a run, none "
+        "for a checkpoint file or shipped weights)",
+    )
 
 
 def _add_train_arguments(t: argparse.ArgumentParser) -> None:
@@ -126,8 +148,12 @@ def _add_train_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--config", help="YAML file of TrainConfig keys (flags given here override it)")
     t.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    t.add_argument("--nproc", type=int, metavar="N", help="train in N processes on this machine (re-launches itself "
-                                                          "under torchrun; --batch-size stays global)")  # fmt: skip
+    t.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train in N processes on this machine (re-launches itself under torchrun; --batch-size stays global)",
+    )
     _add_config_flags(t)
     _add_model_flags(t)
 
@@ -173,8 +199,11 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = 
 def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser of every subcommand; with ``commands``, only those get their arguments (the others are listed by
     name and help line: ``odearch --help`` imports neither torch nor the training code)."""
-    parser = _Parser(prog="odearch", description="LM-ResNet and friends: train, evaluate, list and analyze models.",
-                     allow_abbrev=False)  # fmt: skip
+    parser = _Parser(
+        prog="odearch",
+        description="LM-ResNet and friends: train, evaluate, list and analyze models.",
+        allow_abbrev=False,
+    )
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"odearch {__version__}")
@@ -217,8 +246,10 @@ def _config_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
             extra = (["--config"] if args.config else []) + [f"--{k.replace('_', '-')}" for k in changed]
             extra += (["model keywords"] if model_kw else []) + (["--overwrite"] if args.overwrite else [])
             allowed = ", ".join("--" + k.replace("_", "-") for k in RESUME_OVERRIDES)
-            raise UsageError(f"--resume takes its config from RUN/config.yaml; it cannot change {', '.join(extra)} "
-                             f"(allowed: {allowed})")  # fmt: skip
+            raise UsageError(
+                f"--resume takes its config from RUN/config.yaml; it cannot change {', '.join(extra)} "
+                f"(allowed: {allowed})"
+            )
         if "out" in flags and Path(flags["out"]) != Path(args.resume):
             raise UsageError("--out and --resume name different directories; --resume RUN continues RUN in place")
         cfg = RunDir(Path(args.resume)).read_config()
@@ -233,8 +264,10 @@ def _config_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
     cfg = TrainConfig.from_dict(values, source=source)
     late = [m for m in cfg.milestones if m >= cfg.epochs] if "milestones" in flags else []
     if late:  # a milestone m divides the lr from epoch m + 1 on (a YAML recipe shortened by --epochs keeps its own)
-        raise UsageError(f"--milestones {' '.join(map(str, late))} not below the {cfg.epochs} epochs: the lr would "
-                         "never drop there; give milestones below --epochs")  # fmt: skip
+        raise UsageError(
+            f"--milestones {' '.join(map(str, late))} not below the {cfg.epochs} epochs: the lr would "
+            "never drop there; give milestones below --epochs"
+        )
     return cfg, False
 
 
@@ -279,9 +312,11 @@ def _shipped_checkpoint(run: Any, which: str) -> Path:
     path = shipped_run_weights(run.root)
     assert path is not None  # the caller saw shipped.json
     if which != "last":
-        raise CheckpointError(f"the checkpoints of {run.root} were pruned after shipping ({run.shipped}); only the "
-                              f"final weights remain, as {path.name}: evaluate --checkpoint last, or restore the rest "
-                              f"from the repository history (git log -- {run.checkpoints})")  # fmt: skip
+        raise CheckpointError(
+            f"the checkpoints of {run.root} were pruned after shipping ({run.shipped}); only the "
+            f"final weights remain, as {path.name}: evaluate --checkpoint last, or restore the rest "
+            f"from the repository history (git log -- {run.checkpoints})"
+        )
     print(f"odearch: {run.root} was pruned after shipping; evaluating its final weights {path}", file=sys.stderr)
     return path
 
@@ -296,8 +331,10 @@ def _shipped_or_path(target: str) -> Path:
         return path
     shipped = shipped_weights_named(target)
     if shipped is None:
-        raise FileNotFoundError(f"{target}: no such run directory or checkpoint file, nor the name of shipped weights "
-                                f"({', '.join(list_pretrained()) or 'none shipped'})")  # fmt: skip
+        raise FileNotFoundError(
+            f"{target}: no such run directory or checkpoint file, nor the name of shipped weights "
+            f"({', '.join(list_pretrained()) or 'none shipped'})"
+        )
     return shipped
 
 
@@ -315,21 +352,26 @@ def _eval_target(args: argparse.Namespace) -> tuple[Any, Path, Path | None, dict
         cfg = run.read_config()
         for flag, given, own in (("--model", args.model, cfg.model), ("--dataset", args.dataset, cfg.dataset)):
             if given is not None and given != own:
-                raise UsageError(f"{flag} {given}: {run.root} is a run of {cfg.model} on {cfg.dataset}, and a run is "
-                                 f"evaluated as what it trained; drop {flag}")  # fmt: skip
+                raise UsageError(
+                    f"{flag} {given}: {run.root} is a run of {cfg.model} on {cfg.dataset}, and a run is "
+                    f"evaluated as what it trained; drop {flag}"
+                )
         ckpt = _run_checkpoint(run, args.checkpoint)
         json_default: Path | None = run.root / f"eval_{ckpt.stem}.json"
         tensors, meta = load_weights(ckpt)
         if meta.get("model", cfg.model) != cfg.model:
-            raise CheckpointError(f"{ckpt} holds weights of model {meta['model']!r} (its metadata), but {run.root} "
-                                  f"is a run of {cfg.model!r}; refusing to evaluate them as that")  # fmt: skip
+            raise CheckpointError(
+                f"{ckpt} holds weights of model {meta['model']!r} (its metadata), but {run.root} "
+                f"is a run of {cfg.model!r}; refusing to evaluate them as that"
+            )
         cfg = cfg.replace(data_dir=resolve_data_dir(cfg.data_dir, run.root, args.data_dir))
     elif target.is_file():
         ckpt, json_default = target, None
         tensors, meta = load_weights(ckpt)
-        cfg = TrainConfig.from_dict({**_file_model(args, ckpt, meta),
-                                     "data_dir": resolve_data_dir(None, ckpt.parent, args.data_dir)},
-                                    source=str(ckpt))  # fmt: skip
+        cfg = TrainConfig.from_dict(
+            {**_file_model(args, ckpt, meta), "data_dir": resolve_data_dir(None, ckpt.parent, args.data_dir)},
+            source=str(ckpt),
+        )
     else:
         raise FileNotFoundError(f"{target}: no such run directory or checkpoint file")
     return cfg, ckpt, json_default, tensors, meta
@@ -342,20 +384,27 @@ def _file_model(args: argparse.Namespace, ckpt: Path, meta: dict[str, Any]) -> d
 
     if "model" in meta:
         if args.model is not None and args.model != meta["model"]:
-            raise UsageError(f"--model {args.model}: {ckpt} holds weights of model {meta['model']!r} (its metadata); "
-                             "--model only names the model of a bare weights file without it: drop --model")
+            raise UsageError(
+                f"--model {args.model}: {ckpt} holds weights of model {meta['model']!r} (its metadata); "
+                "--model only names the model of a bare weights file without it: drop --model"
+            )
         if args.dataset is not None and meta.get("dataset", args.dataset) != args.dataset:
-            raise UsageError(f"--dataset {args.dataset}: {ckpt} holds {meta['model']} weights trained on "
-                             f"{meta['dataset']} (its metadata); drop --dataset")  # fmt: skip
+            raise UsageError(
+                f"--dataset {args.dataset}: {ckpt} holds {meta['model']} weights trained on "
+                f"{meta['dataset']} (its metadata); drop --dataset"
+            )
         if args.dataset is not None and "dataset" not in meta:
             meta = {k: v for k, v in meta.items() if k != "num_classes"} | {"dataset": args.dataset}
     elif args.model:  # a bare weights file: the flags say what it is
         meta = {**meta, "model": args.model} | ({"dataset": args.dataset} if args.dataset else {})
     else:
-        raise CheckpointError(f"{ckpt} has no odearch metadata (model name): give --model NAME (and --dataset), "
-                              "or evaluate its run directory")  # fmt: skip
-    return {k: meta[k] for k in ("model", "num_classes", "dataset", "scheme", "model_kwargs", "refine_factor")
-            if k in meta}  # fmt: skip
+        raise CheckpointError(
+            f"{ckpt} has no odearch metadata (model name): give --model NAME (and --dataset), "
+            "or evaluate its run directory"
+        )
+    return {
+        k: meta[k] for k in ("model", "num_classes", "dataset", "scheme", "model_kwargs", "refine_factor") if k in meta
+    }
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -380,10 +429,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     amp = amp_dtype(args.amp, device)
     res = evaluate(model, loader, autocast=lambda: autocast(device, amp), num_classes=cfg.num_classes)
     per_class = dict(zip(classes, res["per_class_acc"]))
-    out = {"checkpoint": str(ckpt), "model": cfg.model, "dataset": cfg.dataset, "epoch": meta.get("epoch"),
-           "step": meta.get("step"), "test_images": res["n"], "test_loss": res["loss"], "test_acc": res["acc"],
-           "test_error_pct": round(100 * (1 - res["acc"]), 10), "per_class_acc": per_class,
-           "per_class_n": dict(zip(classes, res["per_class_n"]))}  # fmt: skip
+    out = {
+        "checkpoint": str(ckpt),
+        "model": cfg.model,
+        "dataset": cfg.dataset,
+        "epoch": meta.get("epoch"),
+        "step": meta.get("step"),
+        "test_images": res["n"],
+        "test_loss": res["loss"],
+        "test_acc": res["acc"],
+        "test_error_pct": round(100 * (1 - res["acc"]), 10),
+        "per_class_acc": per_class,
+        "per_class_n": dict(zip(classes, res["per_class_n"])),
+    }
     dest = args.json or (str(json_default) if json_default else None)
     print(_eval_table(out), file=sys.stderr if dest == "-" else sys.stdout)
     text = json.dumps(out, indent=2)
@@ -416,12 +474,22 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     model, info = load_akamaster(args.input, args.model)
     dataset = args.dataset or ("cifar100" if info["num_classes"] == 100 else "cifar10")
-    meta = {"model": info["model"], "num_classes": info["num_classes"], "dataset": dataset, "scheme": None,
-            "model_kwargs": {}, "format": "odearch/1", "converted_from": f"akamaster:{Path(args.input).name}",
-            **({"best_prec1": info["best_prec1"]} if "best_prec1" in info else {})}  # fmt: skip
+    meta = {
+        "model": info["model"],
+        "num_classes": info["num_classes"],
+        "dataset": dataset,
+        "scheme": None,
+        "model_kwargs": {},
+        "format": "odearch/1",
+        "converted_from": f"akamaster:{Path(args.input).name}",
+        **({"best_prec1": info["best_prec1"]} if "best_prec1" in info else {}),
+    }
     save_weights(args.output, model, meta)
-    print(f"{args.input} -> {args.output}: {info['model']} ({info['num_classes']} classes"
-          + (f", their best_prec1 {info['best_prec1']:.2f}%" if "best_prec1" in info else "") + ")")
+    print(
+        f"{args.input} -> {args.output}: {info['model']} ({info['num_classes']} classes"
+        + (f", their best_prec1 {info['best_prec1']:.2f}%" if "best_prec1" in info else "")
+        + ")"
+    )
     return 0
 
 
@@ -512,6 +580,13 @@ def _exit_code(e: Exception) -> int | None:
 
     if isinstance(e, ConfigError):
         return 2
-    failures = (RunExistsError, CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError, OSError,
-                pickle.UnpicklingError)  # fmt: skip
+    failures = (
+        RunExistsError,
+        CheckpointError,
+        NonFiniteLossError,
+        FileNotFoundError,
+        ValueError,
+        OSError,
+        pickle.UnpicklingError,
+    )
     return 1 if isinstance(e, failures) else None

@@ -121,8 +121,10 @@ def remesh(model: nn.Module, factor: int, kind: str) -> tuple[nn.Module, dict[nn
         raise ValueError(f"{kind}: factor must be an integer >= 1, got {factor!r}")
     stages = [(name, m) for name, m in model.named_modules() if isinstance(m, Stage)]
     if not stages:
-        raise ValueError(f"{kind}: {type(model).__name__} has no odearch Stage (build it with odearch.create_model, "
-                         "or convert a ResNet with odearch.to_lm)")  # fmt: skip
+        raise ValueError(
+            f"{kind}: {type(model).__name__} has no odearch Stage (build it with odearch.create_model, "
+            "or convert a ResNet with odearch.to_lm)"
+        )
     for name, stage in stages:
         _check_stage(stage, name or "the model", factor, kind)
     maps: dict[nn.Parameter, ParamMap] = {}
@@ -136,8 +138,10 @@ def remesh(model: nn.Module, factor: int, kind: str) -> tuple[nn.Module, dict[nn
 
 def _check_stage(stage: Stage, name: str, factor: int, kind: str) -> None:
     if stage.scheme.name == "dense" or hasattr(stage, "dense_k"):
-        raise ValueError(f"{kind}: {name} is a dense stage (a weight k_nj for every pair of its steps), which has no "
-                         "mesh interpolation rule")  # fmt: skip
+        raise ValueError(
+            f"{kind}: {name} is a dense stage (a weight k_nj for every pair of its steps), which has no "
+            "mesh interpolation rule"
+        )
     mesh = mesh_steps(stage)
     if kind == "refine" and mesh == 0:
         raise ValueError(f"refine: {name} has one step only (its first block stays one step): no mesh to refine")

@@ -43,9 +43,25 @@ from .arms import arm_section, headline, plot_arm_curves
 from .runfiles import read_metrics
 from .runsummary import PAPER_CIFAR10, PAPER_LM_WEIGHT_DECAY, PAPER_RECIPE, RunSummary, last_phase_mean
 
-__all__ = ["HEADLINE_END", "HEADLINE_START", "PAPER_CIFAR10", "ReportInputError", "RunFileError", "RunSummary",
-           "add_report_arguments", "find_runs", "headline_block", "last_phase_mean", "plot_curves", "render",
-           "run_report", "summarize", "twin_rows", "write_headline", "write_report"]  # fmt: skip
+__all__ = [
+    "HEADLINE_END",
+    "HEADLINE_START",
+    "PAPER_CIFAR10",
+    "ReportInputError",
+    "RunFileError",
+    "RunSummary",
+    "add_report_arguments",
+    "find_runs",
+    "headline_block",
+    "last_phase_mean",
+    "plot_curves",
+    "render",
+    "run_report",
+    "summarize",
+    "twin_rows",
+    "write_headline",
+    "write_report",
+]
 
 _COLORS = {"resnet": "tab:blue", "preact": "tab:orange", "lm": "tab:green"}
 _STYLES = ("-", "--", ":", "-.")
@@ -102,8 +118,10 @@ def _queue_order(queue: Path) -> list[str]:
         return []
     runs = data.get("runs") if isinstance(data, dict) else None
     if not isinstance(runs, list) or not all(isinstance(r, dict) and isinstance(r.get("name"), str) for r in runs):
-        _warn(f"ignoring {queue} (runs listed by name): expected a mapping with `runs:`, a list of entries each "
-              "with a `name:`")  # fmt: skip
+        _warn(
+            f"ignoring {queue} (runs listed by name): expected a mapping with `runs:`, a list of entries each "
+            "with a `name:`"
+        )
         return []
     return [r["name"] for r in runs]
 
@@ -126,8 +144,13 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _check_fields(where: str, d: dict[str, Any], strings: Sequence[str] = (), ints: dict[str, int] | None = None,
-                  numbers: dict[str, tuple[float, float]] | None = None) -> None:  # fmt: skip
+def _check_fields(
+    where: str,
+    d: dict[str, Any],
+    strings: Sequence[str] = (),
+    ints: dict[str, int] | None = None,
+    numbers: dict[str, tuple[float, float]] | None = None,
+) -> None:
     """Raises :class:`RunFileError` for the first value of ``d`` the report cannot use: each key of ``strings`` a
     string, of ``ints`` an integer at least its minimum, of ``numbers`` a finite number within its (low, high); an
     absent key or a null passes."""
@@ -154,8 +177,12 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
     cfg = {} if cfg is None else cfg
     if not isinstance(cfg, dict):
         raise RunFileError(f"config.yaml holds a {type(cfg).__name__}, not a mapping of config keys")
-    _check_fields("config.yaml", cfg, strings=("model", "dataset", "scheme", "schedule", "amp", "device",
-                                               "lm_weight_decay"), ints={"epochs": 1, "seed": 0, "num_classes": 0})
+    _check_fields(
+        "config.yaml",
+        cfg,
+        strings=("model", "dataset", "scheme", "schedule", "amp", "device", "lm_weight_decay"),
+        ints={"epochs": 1, "seed": 0, "num_classes": 0},
+    )
     ms = cfg.get("milestones")
     if ms is not None and not (isinstance(ms, list) and all(map(_is_int, ms))):
         raise RunFileError(f"config.yaml: milestones must be a list of epochs, got {_short(ms)}")
@@ -175,8 +202,13 @@ def _read_result(run_dir: Path) -> dict[str, Any] | None:
         raise RunFileError(f"result.json is not JSON ({_first_line(e)})") from None
     if not isinstance(result, dict):
         raise RunFileError(f"result.json holds a {type(result).__name__}, not an object")
-    _check_fields("result.json", result, strings=("status", "device", "device_name", "git_commit", "precision"),
-                  ints={"epochs_done": 0, "params": 0}, numbers={"wall_seconds": (0.0, _MAX_SECONDS)})  # fmt: skip
+    _check_fields(
+        "result.json",
+        result,
+        strings=("status", "device", "device_name", "git_commit", "precision"),
+        ints={"epochs_done": 0, "params": 0},
+        numbers={"wall_seconds": (0.0, _MAX_SECONDS)},
+    )
     return result
 
 
@@ -190,12 +222,16 @@ def _read_rows(run_dir: Path) -> list[dict[str, Any]]:
         raise RunFileError(_first_line(e).replace(str(run_dir) + os.sep, "")) from None
     for r in rows:
         where = f"metrics.jsonl, epoch {r['epoch']}"
-        _check_fields(where, r, strings=("device_name", "git_commit"),
-                      numbers={"test_acc": (0.0, 1.0), "seconds": (0.0, _MAX_SECONDS),
-                               "images_per_s": (0.0, _MAX_SECONDS)})  # fmt: skip
+        _check_fields(
+            where,
+            r,
+            strings=("device_name", "git_commit"),
+            numbers={"test_acc": (0.0, 1.0), "seconds": (0.0, _MAX_SECONDS), "images_per_s": (0.0, _MAX_SECONDS)},
+        )
         lm_k = r.get("lm_k")
-        if lm_k is not None and not (isinstance(lm_k, dict) and all(
-                isinstance(ks, list) and all(map(_is_number, ks)) for ks in lm_k.values())):  # fmt: skip
+        if lm_k is not None and not (
+            isinstance(lm_k, dict) and all(isinstance(ks, list) and all(map(_is_number, ks)) for ks in lm_k.values())
+        ):
             raise RunFileError(f"{where}: lm_k must map each stage to a list of finite numbers, got {_short(lm_k)}")
     return rows
 
@@ -208,8 +244,12 @@ def _count_params(cfg: dict[str, Any]) -> int | None:
 
     try:
         with torch.device("meta"):
-            model = create_model(cfg["model"], num_classes=cfg.get("num_classes"), scheme=cfg.get("scheme"),
-                                 **(cfg.get("model_kwargs") or {}))  # fmt: skip
+            model = create_model(
+                cfg["model"],
+                num_classes=cfg.get("num_classes"),
+                scheme=cfg.get("scheme"),
+                **(cfg.get("model_kwargs") or {}),
+            )
     except (ValueError, TypeError, RuntimeError):  # a config this version cannot build: no count
         return None
     return sum(p.numel() for p in model.parameters())
@@ -248,13 +288,20 @@ def summarize(run_dir: str | Path) -> RunSummary:
     seconds = sum(r.get("seconds") or 0.0 for r in rows)
     images = sum((r.get("seconds") or 0.0) * (r.get("images_per_s") or 0.0) for r in rows)
     res = result or {}
-    devices = list(dict.fromkeys([r["device_name"] for r in rows if r.get("device_name")]
-                                 + ([res["device_name"]] if res.get("device_name") else [])))  # fmt: skip
+    devices = list(
+        dict.fromkeys(
+            [r["device_name"] for r in rows if r.get("device_name")]
+            + ([res["device_name"]] if res.get("device_name") else [])
+        )
+    )
     commits = list(dict.fromkeys(r["git_commit"] for r in rows if r.get("git_commit")))
     if not commits and res.get("git_commit"):
         commits = [res["git_commit"]]
-    diff = [f"{k} {cfg.get(k)!r} (paper {v!r})" for k, v in PAPER_RECIPE.items()
-            if k in cfg and _norm(cfg.get(k)) != _norm(v)]  # fmt: skip
+    diff = [
+        f"{k} {cfg.get(k)!r} (paper {v!r})"
+        for k, v in PAPER_RECIPE.items()
+        if k in cfg and _norm(cfg.get(k)) != _norm(v)
+    ]
     diff += [f"{k} {cfg[k]!r}" for k in ("scheme", "model_kwargs") if cfg.get(k)]  # another net than the name's
     is_lm = str(cfg.get("model", "")).startswith("lm_")
     milestones = [int(m) for m in cfg.get("milestones") or []]
@@ -262,18 +309,33 @@ def summarize(run_dir: str | Path) -> RunSummary:
     if is_lm and lm_decay != PAPER_LM_WEIGHT_DECAY:
         diff.append(f"lm_weight_decay {lm_decay!r} (official code {PAPER_LM_WEIGHT_DECAY!r})")
     return RunSummary(
-        name=run_dir.name, path=run_dir, model=cfg.get("model") or "?", dataset=cfg.get("dataset") or "?",
-        seed=int(cfg.get("seed") or 0), epochs=epochs, epochs_done=done, complete=complete,
-        final_err=curve[-1][1] if curve else None, best_err=best[1] if best else None,
-        best_epoch=best[0] if best else None, params=res.get("params") or _count_params(cfg),
-        wall_s=res["wall_seconds"] if up_to_date else (seconds or None), wall_exact=up_to_date,
-        img_s=images / seconds if seconds else None, devices=devices, commits=commits,
+        name=run_dir.name,
+        path=run_dir,
+        model=cfg.get("model") or "?",
+        dataset=cfg.get("dataset") or "?",
+        seed=int(cfg.get("seed") or 0),
+        epochs=epochs,
+        epochs_done=done,
+        complete=complete,
+        final_err=curve[-1][1] if curve else None,
+        best_err=best[1] if best else None,
+        best_epoch=best[0] if best else None,
+        params=res.get("params") or _count_params(cfg),
+        wall_s=res["wall_seconds"] if up_to_date else (seconds or None),
+        wall_exact=up_to_date,
+        img_s=images / seconds if seconds else None,
+        devices=devices,
+        commits=commits,
         dirty=any(bool(r.get("git_dirty")) for r in rows) or bool(res.get("git_dirty")),
-        precision=_precision(cfg, result), recipe_diff=diff, curve=curve,
-        lm_k=(rows[-1].get("lm_k") or {}) if rows else {}, lm_weight_decay=lm_decay if is_lm else None,
+        precision=_precision(cfg, result),
+        recipe_diff=diff,
+        curve=curve,
+        lm_k=(rows[-1].get("lm_k") or {}) if rows else {},
+        lm_weight_decay=lm_decay if is_lm else None,
         last_phase=max(milestones) + 1 if milestones and cfg.get("schedule", "step") == "step" else None,
-        lm_init=str(cfg.get("lm_init", "global")) if is_lm else None, superseded=_superseded(run_dir),
-    )  # fmt: skip
+        lm_init=str(cfg.get("lm_init", "global")) if is_lm else None,
+        superseded=_superseded(run_dir),
+    )
 
 
 SUPERSEDED_FILE = "superseded.txt"
@@ -288,8 +350,11 @@ def _superseded(run_dir: Path) -> str | None:
 
 
 def _norm(v: Any) -> Any:
-    return [float(x) for x in v] if isinstance(v, list | tuple) else (float(v) if isinstance(v, int | float) and
-                                                                       not isinstance(v, bool) else v)  # fmt: skip
+    return (
+        [float(x) for x in v]
+        if isinstance(v, list | tuple)
+        else (float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v)
+    )
 
 
 # ------------------------------------------------------------------------------------------------- cells
@@ -344,29 +409,57 @@ def _link(s: RunSummary, base: Path) -> str:
     return f"[{s.name}]({Path(rel).as_posix()})"
 
 
-MAIN_HEADER = ("| run | model | seed | paper error % | ours: error % after the last epoch | ours − paper | "
-               "best epoch, chosen on test: error % | epochs | params | wall time | train images/s | device | "
-               "commits | precision |")  # fmt: skip
-OTHER_HEADER = ("| run | model | seed | differs from the paper's recipe in | error % after the last epoch | epochs | "
-                "wall time | device | commits | precision |")  # fmt: skip
+MAIN_HEADER = (
+    "| run | model | seed | paper error % | ours: error % after the last epoch | ours − paper | "
+    "best epoch, chosen on test: error % | epochs | params | wall time | train images/s | device | "
+    "commits | precision |"
+)
+OTHER_HEADER = (
+    "| run | model | seed | differs from the paper's recipe in | error % after the last epoch | epochs | "
+    "wall time | device | commits | precision |"
+)
 
 
 def main_row(s: RunSummary, base: Path) -> list[str]:
     """The cells of ``s`` in the main table (the order of :data:`MAIN_HEADER`)."""
-    return [_link(s, base), f"`{s.model}`", str(s.seed), _paper_cell(s), _final_cell(s), _delta_cell(s),
-            _best_cell(s), _epochs_cell(s), "—" if s.params is None else f"{s.params / 1e6:.3f}M", _wall_cell(s),
-            "—" if s.img_s is None else f"{s.img_s:.0f}", " + ".join(s.devices) or "?", _commit_cell(s),
-            _precision_cell(s)]  # fmt: skip
+    return [
+        _link(s, base),
+        f"`{s.model}`",
+        str(s.seed),
+        _paper_cell(s),
+        _final_cell(s),
+        _delta_cell(s),
+        _best_cell(s),
+        _epochs_cell(s),
+        "—" if s.params is None else f"{s.params / 1e6:.3f}M",
+        _wall_cell(s),
+        "—" if s.img_s is None else f"{s.img_s:.0f}",
+        " + ".join(s.devices) or "?",
+        _commit_cell(s),
+        _precision_cell(s),
+    ]
 
 
 def other_row(s: RunSummary, base: Path) -> list[str]:
     """The cells of ``s`` in the table of runs that are not the paper's recipe."""
-    return [_link(s, base), f"`{s.model}`", str(s.seed), "; ".join(s.recipe_diff), _final_cell(s), _epochs_cell(s),
-            _wall_cell(s), " + ".join(s.devices) or "?", _commit_cell(s), _precision_cell(s)]  # fmt: skip
+    return [
+        _link(s, base),
+        f"`{s.model}`",
+        str(s.seed),
+        "; ".join(s.recipe_diff),
+        _final_cell(s),
+        _epochs_cell(s),
+        _wall_cell(s),
+        " + ".join(s.devices) or "?",
+        _commit_cell(s),
+        _precision_cell(s),
+    ]
 
 
-TWIN_HEADER = ("| twins | seed | plain: error % | LM: error % | LM − plain (points) | LM − plain, mean over the "
-               "last lr phase (points) | paper: LM-ResNet − ResNet (points) |")  # fmt: skip
+TWIN_HEADER = (
+    "| twins | seed | plain: error % | LM: error % | LM − plain (points) | LM − plain, mean over the "
+    "last lr phase (points) | paper: LM-ResNet − ResNet (points) |"
+)
 
 
 def twin_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
@@ -388,8 +481,17 @@ def twin_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
                     continue
                 both = lm.complete and plain.complete and lm.final_err is not None and plain.final_err is not None
                 diff = f"{lm.final_err - plain.final_err:+.2f}" if both else ""  # type: ignore[operator]
-                rows.append([f"`{lm.model}` vs `{plain.model}` ({label})", str(lm.seed), _final_cell(plain),
-                             _final_cell(lm), diff, _phase_diff_cell(lm, plain), paper])  # fmt: skip
+                rows.append(
+                    [
+                        f"`{lm.model}` vs `{plain.model}` ({label})",
+                        str(lm.seed),
+                        _final_cell(plain),
+                        _final_cell(lm),
+                        diff,
+                        _phase_diff_cell(lm, plain),
+                        paper,
+                    ]
+                )
     return rows
 
 
@@ -406,9 +508,13 @@ _DECAY_ON_K = {"kappa": "on 1 - k (toward 1)", "k": "on k (toward 0)", "none": "
 
 def _lm_k_row(s: RunSummary, base: Path) -> list[str]:
     ks = [k for stage in s.lm_k.values() for k in stage]
-    return [_link(s, base), str(s.epochs_done) + ("" if s.complete else ", in progress"),
-            "; ".join(f"{stage}: " + ", ".join(f"{k:+.3f}" for k in stage_ks) for stage, stage_ks in s.lm_k.items()),
-            f"{max(map(abs, ks)):.3f}", _DECAY_ON_K.get(str(s.lm_weight_decay), "?")]  # fmt: skip
+    return [
+        _link(s, base),
+        str(s.epochs_done) + ("" if s.complete else ", in progress"),
+        "; ".join(f"{stage}: " + ", ".join(f"{k:+.3f}" for k in stage_ks) for stage, stage_ks in s.lm_k.items()),
+        f"{max(map(abs, ks)):.3f}",
+        _DECAY_ON_K.get(str(s.lm_weight_decay), "?"),
+    ]
 
 
 def lm_k_section(runs: Sequence[RunSummary], base: Path) -> list[str]:
@@ -416,10 +522,16 @@ def lm_k_section(runs: Sequence[RunSummary], base: Path) -> list[str]:
     rows = [_lm_k_row(s, base) for s in runs if any(s.lm_k.values())]
     if not rows:
         return []
-    return ["", "## Learned LM coefficients k_n", "", *_table(LM_K_HEADER, rows), "",
-            "The first block of each stage is a plain residual step and has no k_n. The LM step is zero-stable while "
-            "every abs k_n <= 1; `odearch analyze RUN` gives the modified equation each k_n implies and plots k_n "
-            "over the epochs."]  # fmt: skip
+    return [
+        "",
+        "## Learned LM coefficients k_n",
+        "",
+        *_table(LM_K_HEADER, rows),
+        "",
+        "The first block of each stage is a plain residual step and has no k_n. The LM step is zero-stable while "
+        "every abs k_n <= 1; `odearch analyze RUN` gives the modified equation each k_n implies and plots k_n "
+        "over the epochs.",
+    ]
 
 
 def _table(header: str, rows: list[list[str]]) -> list[str]:
@@ -459,8 +571,14 @@ def plot_curves(runs: Sequence[RunSummary], out_dir: str | Path) -> list[Path]:
             color = _COLORS[_family(s.model)]
             ep, err = zip(*s.curve)
             state = f"final {s.final_err:.2f}%" if s.complete else f"in progress, epoch {s.epochs_done}"
-            ax.plot(ep, err, color=color, ls=_STYLES[seeds.index(s.seed) % len(_STYLES)], lw=1.2,
-                    label=f"{s.model} seed {s.seed} ({state})")  # fmt: skip
+            ax.plot(
+                ep,
+                err,
+                color=color,
+                ls=_STYLES[seeds.index(s.seed) % len(_STYLES)],
+                lw=1.2,
+                label=f"{s.model} seed {s.seed} ({state})",
+            )
         models = list(dict.fromkeys(s.model for s in members))
         values = [e for s in members for _, e in s.curve]
         twins = [m for m in PAPER_CIFAR10 if group.startswith("cifar10_") and _group_of(m, "cifar10") == group]
@@ -468,8 +586,13 @@ def plot_curves(runs: Sequence[RunSummary], out_dir: str | Path) -> list[Path]:
             paper = PAPER_CIFAR10.get(model) if group.startswith("cifar10_") else None
             if paper:
                 values.append(paper[0])
-                ax.axhline(paper[0], color=_COLORS[_family(model)], ls=":", lw=1,
-                           label=f"paper {model}: {paper[0]:.2f}%" + ("" if paper[1] else " (?)"))  # fmt: skip
+                ax.axhline(
+                    paper[0],
+                    color=_COLORS[_family(model)],
+                    ls=":",
+                    lw=1,
+                    label=f"paper {model}: {paper[0]:.2f}%" + ("" if paper[1] else " (?)"),
+                )
         epochs = max(s.epochs for s in members)
         for m in PAPER_RECIPE["milestones"] if epochs == PAPER_RECIPE["epochs"] else []:
             ax.axvline(m, color="0.8", lw=0.8, zorder=0)
@@ -482,8 +605,7 @@ def plot_curves(runs: Sequence[RunSummary], out_dir: str | Path) -> list[Path]:
         ax.set_xlim(0, epochs)
         ax.set_xlabel("epoch")
         ax.set_ylabel("test error % (log scale)")
-        ax.set_title(f"{s.dataset.upper().replace('CIFAR', 'CIFAR-')} test error after each epoch: "
-                     f"{', '.join(models)}")  # fmt: skip
+        ax.set_title(f"{s.dataset.upper().replace('CIFAR', 'CIFAR-')} test error after each epoch: {', '.join(models)}")
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8)
         path = Path(out_dir) / f"curves_{group}.png"
@@ -494,45 +616,59 @@ def plot_curves(runs: Sequence[RunSummary], out_dir: str | Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------------- report
-def render(runs: Sequence[RunSummary], out: Path, command: str, curves: Sequence[Path] = (),
-           arm_curves: Sequence[Path] = ()) -> str:  # fmt: skip
+def render(
+    runs: Sequence[RunSummary], out: Path, command: str, curves: Sequence[Path] = (), arm_curves: Sequence[Path] = ()
+) -> str:
     """The Markdown text of the report written to ``out`` (links are relative to its folder)."""
     base = out.parent
     superseded = [s for s in runs if s.superseded]
     runs = [s for s in runs if not s.superseded]
     main = [s for s in runs if not s.recipe_diff]
     other = [s for s in runs if s.recipe_diff]
-    lines = ["# Results", "",
-             f"Generated by `{command}` from the run directories (`config.yaml`, `metrics.jsonl`, `result.json`); "
-             "do not edit by hand, regenerate.", ""]  # fmt: skip
-    lines += ["## CIFAR-10 at the paper's recipe", "",
-              "SGD momentum 0.9, batch 128, lr 0.1 / 10 at epochs 80 and 120, 160 epochs, weight decay 1e-4, "
-              "4-pixel pad + crop + flip, all 50k training images, tested on the 10k test images.", ""]  # fmt: skip
+    lines = [
+        "# Results",
+        "",
+        f"Generated by `{command}` from the run directories (`config.yaml`, `metrics.jsonl`, `result.json`); "
+        "do not edit by hand, regenerate.",
+        "",
+    ]
+    lines += [
+        "## CIFAR-10 at the paper's recipe",
+        "",
+        "SGD momentum 0.9, batch 128, lr 0.1 / 10 at epochs 80 and 120, 160 epochs, weight decay 1e-4, "
+        "4-pixel pad + crop + flip, all 50k training images, tested on the 10k test images.",
+        "",
+    ]
     lines += _table(MAIN_HEADER, [main_row(s, base) for s in main]) if main else ["No run at the paper's recipe."]
-    lines += ["",
-              "- Headline: ours = test error after the last epoch done, as the paper reports. For a run in progress "
-              "it is the error after its current epoch (named in parentheses), not a result.",
-              "- Best epoch: the lowest test error over all epochs, chosen on the test set itself (no validation "
-              "split, as in the paper): optimistic, for reference only.",
-              "- Paper: the paper's CIFAR-10 table; (?) marks a number recalled, not confirmed against the PDF "
-              "(../shared/PAPER.md). `resnet*` are the post-activation ResNets of the paper's baseline rows; the "
-              "paper has no row for `preact_resnet20..56` (the LM nets' exact plain twins): compare those with "
-              "their `lm_` twin.",
-              "- One seed per row unless the seed column says otherwise; a difference under ~0.3 points is "
-              "within seed noise for ResNet-20.",
-              "- Wall time over all stretches of a run (≥: the sum of the epochs' training seconds, while "
-              "`result.json` is older than the last epoch); train images/s over the training passes only; "
-              "commits: first..last of the code that trained the epochs (`+dirty`: some epoch ran on a modified "
-              "tree)."]  # fmt: skip
+    lines += [
+        "",
+        "- Headline: ours = test error after the last epoch done, as the paper reports. For a run in progress "
+        "it is the error after its current epoch (named in parentheses), not a result.",
+        "- Best epoch: the lowest test error over all epochs, chosen on the test set itself (no validation "
+        "split, as in the paper): optimistic, for reference only.",
+        "- Paper: the paper's CIFAR-10 table; (?) marks a number recalled, not confirmed against the PDF "
+        "(../shared/PAPER.md). `resnet*` are the post-activation ResNets of the paper's baseline rows; the "
+        "paper has no row for `preact_resnet20..56` (the LM nets' exact plain twins): compare those with "
+        "their `lm_` twin.",
+        "- One seed per row unless the seed column says otherwise; a difference under ~0.3 points is "
+        "within seed noise for ResNet-20.",
+        "- Wall time over all stretches of a run (≥: the sum of the epochs' training seconds, while "
+        "`result.json` is older than the last epoch); train images/s over the training passes only; "
+        "commits: first..last of the code that trained the epochs (`+dirty`: some epoch ran on a modified "
+        "tree).",
+    ]
     twins = twin_rows(main)
     if twins:
         lines += ["", "## The LM nets against their plain twins (same seed and recipe)", ""]
         lines += _table(TWIN_HEADER, twins)
-        lines += ["", "The exact twin (`preact_*`: the same pre-activation backbone with k_n = 0) isolates the LM "
-                  "coupling; the paper compares LM-ResNet (pre-activation) with the post-activation ResNet of He et "
-                  "al. (`resnet*`), which also differs in block layout. One seed: a difference under ~0.3 points is "
-                  "within seed noise. The mean over the last lr phase (every epoch after the last lr drop) takes "
-                  "out the epoch-to-epoch jitter of a single final epoch, not the noise between seeds."]  # fmt: skip
+        lines += [
+            "",
+            "The exact twin (`preact_*`: the same pre-activation backbone with k_n = 0) isolates the LM "
+            "coupling; the paper compares LM-ResNet (pre-activation) with the post-activation ResNet of He et "
+            "al. (`resnet*`), which also differs in block layout. One seed: a difference under ~0.3 points is "
+            "within seed noise. The mean over the last lr phase (every epoch after the last lr drop) takes "
+            "out the epoch-to-epoch jitter of a single final epoch, not the noise between seeds.",
+        ]
     lines += arm_section(runs, base, arm_curves)
     lines += lm_k_section(runs, base)
     if curves:
@@ -545,8 +681,13 @@ def render(runs: Sequence[RunSummary], out: Path, command: str, curves: Sequence
         lines += _table(OTHER_HEADER, [other_row(s, base) for s in other])
     if superseded:
         lines += ["", "## Superseded runs (kept as they stopped, not counted)", ""]
-        lines += _table("| run | model | seed | epochs | why |", [[_link(s, base), f"`{s.model}`", str(s.seed),
-                        f"{s.epochs_done}/{s.epochs}", s.superseded or ""] for s in superseded])  # fmt: skip
+        lines += _table(
+            "| run | model | seed | epochs | why |",
+            [
+                [_link(s, base), f"`{s.model}`", str(s.seed), f"{s.epochs_done}/{s.epochs}", s.superseded or ""]
+                for s in superseded
+            ],
+        )
     return "\n".join(lines) + "\n"
 
 

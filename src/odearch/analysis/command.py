@@ -211,8 +211,10 @@ def read_lm_k(checkpoint: Path, suffix: str = ".lm_k") -> dict[str, KValues]:
     """
     arrays = _arrays_ending(checkpoint, suffix)
     if not arrays:
-        raise AnalyzeError(f"{checkpoint}: no LM coefficients (no '*{suffix}' key; not an LM-architecture network) "
-                           "and no dense coefficients (no '*.dense_k' key)")  # fmt: skip
+        raise AnalyzeError(
+            f"{checkpoint}: no LM coefficients (no '*{suffix}' key; not an LM-architecture network) "
+            "and no dense coefficients (no '*.dense_k' key)"
+        )
     try:
         return lm_k_by_stage(arrays.items(), suffix)
     except ValueError as error:

@@ -63,13 +63,25 @@ def dense_table(dense_by_stage: Mapping[str, DenseRows], dt: float = 1.0, min_ab
         for n, k in enumerate(k_rows, start=1):
             s = dense_step(k, min_abs_sum)
             w = s["weights"]
-            rows.append({
-                "stage": stage, "step": n, "depth": depth + n, "states": n + 1, "k_sum": s["row_sum"],
-                "clamped": s["clamped"], "w_newest": w[-1], "w_oldest": w[0], "c": s["c"],
-                "effective_step": dt / s["c"], "consistent": s["consistent"], "order": s["order"],
-                "max_abs_root": s["max_abs_root"], "zero_stable": s["zero_stable"],
-                "alpha": " ".join(f"{a:.6g}" for a in s["alpha"]),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "stage": stage,
+                    "step": n,
+                    "depth": depth + n,
+                    "states": n + 1,
+                    "k_sum": s["row_sum"],
+                    "clamped": s["clamped"],
+                    "w_newest": w[-1],
+                    "w_oldest": w[0],
+                    "c": s["c"],
+                    "effective_step": dt / s["c"],
+                    "consistent": s["consistent"],
+                    "order": s["order"],
+                    "max_abs_root": s["max_abs_root"],
+                    "zero_stable": s["zero_stable"],
+                    "alpha": " ".join(f"{a:.6g}" for a in s["alpha"]),
+                }
+            )
         depth += len(k_rows) + 1  # block 0 of the stage carries no k
     return rows
 
@@ -117,8 +129,15 @@ def _cell(column: str, value: object) -> str:
     return str(value)
 
 
-_HEADERS = {"effective_step": "step/dt", "max_abs_root": "max|xi|", "zero_stable": "stable", "w_newest": "w_nn",
-            "w_oldest": "w_n0", "consistent": "cons.", "states": "m"}  # fmt: skip
+_HEADERS = {
+    "effective_step": "step/dt",
+    "max_abs_root": "max|xi|",
+    "zero_stable": "stable",
+    "w_newest": "w_nn",
+    "w_oldest": "w_n0",
+    "consistent": "cons.",
+    "states": "m",
+}
 
 
 def format_dense_table(rows: Sequence[dict]) -> str:
@@ -159,7 +178,9 @@ def write_dense_report(runs: Mapping[str, Mapping[str, DenseRows]], out: Path, d
     write_rows(steps, DENSE_COLUMNS, out / "dense_table.csv")
     weights = [{"run": run} | row for run, by_stage in runs.items() for row in weight_rows(by_stage)]
     write_rows(weights, WEIGHT_COLUMNS, out / "dense_weights.csv")
-    plot_dense_weights({run: {s: weight_matrix(k) for s, k in by_stage.items()} for run, by_stage in runs.items()},
-                       out / "dense_weights.png")  # fmt: skip
+    plot_dense_weights(
+        {run: {s: weight_matrix(k) for s, k in by_stage.items()} for run, by_stage in runs.items()},
+        out / "dense_weights.png",
+    )
     matrices = [f"run {run}\n{format_matrices(by_stage)}" for run, by_stage in runs.items()]
     return "\n".join([*matrices, format_dense_table(steps)])

@@ -85,8 +85,15 @@ def plot_k_vs_depth(runs: Mapping[str, dict[str, KValues]], path: str | Path, ti
     starts = stage_starts(next(iter(runs.values())))
     for stage, start in starts.items():
         ax.axvline(start, color="0.3", lw=0.8, ls="--", zorder=0)
-        ax.annotate(stage, (start, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
-                    textcoords="offset points", fontsize=8, color="0.3")  # fmt: skip
+        ax.annotate(
+            stage,
+            (start, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -12),
+            textcoords="offset points",
+            fontsize=8,
+            color="0.3",
+        )
     _reference_lines(ax)
     span = max(ks) - min(ks) or 0.1
     ax.set_ylim(min(ks) - 0.08 * span, max(ks) + 0.2 * span)  # the data, not the k = -1 line; room for stage names
@@ -184,8 +191,9 @@ def _stage_band(ax: Axes, epochs: np.ndarray, k: np.ndarray | None, color: objec
     ax.fill_between(epochs, k.min(axis=1), k.max(axis=1), color=color, alpha=0.2, lw=0)
 
 
-def plot_dense_weights(runs: Mapping[str, Mapping[str, Sequence[Sequence[float]]]], path: str | Path,
-                       title: str | None = None) -> Path:  # fmt: skip
+def plot_dense_weights(
+    runs: Mapping[str, Mapping[str, Sequence[Sequence[float]]]], path: str | Path, title: str | None = None
+) -> Path:
     """DenseResNet's weight matrices w_{nj} as heatmaps: a row of panels per run, one panel per stage.
 
     Args:
@@ -224,6 +232,7 @@ def plot_dense_weights(runs: Mapping[str, Mapping[str, Sequence[Sequence[float]]
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="w_nj")
-    fig.suptitle(title or "DenseResNet weights w_nj = k_nj / sum_j k_nj (u_{n+1} = sum_j w_nj u_j + f_n(u_n))",
-                 fontsize=10)  # fmt: skip
+    fig.suptitle(
+        title or "DenseResNet weights w_nj = k_nj / sum_j k_nj (u_{n+1} = sum_j w_nj u_j + f_n(u_n))", fontsize=10
+    )
     return _save(fig, path)

@@ -29,19 +29,28 @@ from ..mesh import coarsen, mesh_steps, refine
 from ..nn import Stage, lm_coefficients
 from ..train.optim import LM_WEIGHT_DECAY, lm_parameters
 
-__all__ = ["calibration_images", "evaluate_error", "force_balance", "k_ablation", "mesh_sweep", "precision_eval",
-           "recalibrate_bn"]
+__all__ = [
+    "calibration_images",
+    "evaluate_error",
+    "force_balance",
+    "k_ablation",
+    "mesh_sweep",
+    "precision_eval",
+    "recalibrate_bn",
+]
 
 
-def _loader(images: torch.Tensor, labels: torch.Tensor, dataset: str, *, train: bool, batch_size: int,
-            seed: int = 0) -> CifarLoader:  # fmt: skip
+def _loader(
+    images: torch.Tensor, labels: torch.Tensor, dataset: str, *, train: bool, batch_size: int, seed: int = 0
+) -> CifarLoader:
     info = dataset_info(dataset)
     return CifarLoader(images, labels, batch_size, train=train, mean=info["mean"], std=info["std"], seed=seed)
 
 
 @torch.no_grad()
-def evaluate_error(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
-                   amp: torch.dtype | None = None) -> float:  # fmt: skip
+def evaluate_error(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, amp: torch.dtype | None = None
+) -> float:
     """Test error (%) of ``model`` in eval mode over ``batches`` (under CPU autocast to ``amp`` if given)."""
     model.eval()
     wrong = total = 0
@@ -53,9 +62,18 @@ def evaluate_error(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
     return 100.0 * wrong / total
 
 
-def force_balance(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, dataset: str,
-                  lm_weight_decay: str, weight_decay: float, batch_size: int = 128, seed: int = 0,
-                  epoch: int = 0) -> dict[str, Any]:  # fmt: skip
+def force_balance(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    dataset: str,
+    lm_weight_decay: str,
+    weight_decay: float,
+    batch_size: int = 128,
+    seed: int = 0,
+    epoch: int = 0,
+) -> dict[str, Any]:
     """Mean dL/dk per k_n over one augmented training epoch (train-mode BatchNorm, on a copy of ``model``) and the
     decay term wd (k - c) at the trained k; per stage, like ``lm_k``."""
     net = copy.deepcopy(model).train()
@@ -76,8 +94,15 @@ def force_balance(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     k = lm_coefficients(model)
     grad = {name: (s / steps).tolist() for name, s in zip(names, sums, strict=True)}
     decay = {name: [0.0 if center is None else weight_decay * (kk - center) for kk in k[name]] for name in names}
-    return {"k": k, "grad": grad, "decay": decay, "net": {n: [g + d for g, d in zip(grad[n], decay[n], strict=True)]
-            for n in names}, "steps": steps, "images": steps * batch_size, "decay_center": center}  # fmt: skip
+    return {
+        "k": k,
+        "grad": grad,
+        "decay": decay,
+        "net": {n: [g + d for g, d in zip(grad[n], decay[n], strict=True)] for n in names},
+        "steps": steps,
+        "images": steps * batch_size,
+        "decay_center": center,
+    }
 
 
 @torch.no_grad()
@@ -143,8 +168,14 @@ def mesh_sweep(
     return rows
 
 
-def k_ablation(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
-               *, dataset: str, calib: int = 2000) -> dict[str, Any]:  # fmt: skip
+def k_ablation(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    *,
+    dataset: str,
+    calib: int = 2000,
+) -> dict[str, Any]:
     """Test error (%) of the trained net; recalibrated (BatchNorm on the first ``calib`` training images, randomly
     cropped and flipped as in training, seed 0); and with each k_n, then all of them, set to 0 and recalibrated.
     Keys: ``trained``, ``recalibrated``, ``k_zero`` (per stage and block), ``all_zero``."""
@@ -164,8 +195,10 @@ def k_ablation(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], test:
     names = [n.rsplit(".", 1)[0] for n, _ in model.named_parameters() if n.rsplit(".", 1)[-1] == "lm_k"]
     every = [(p, i) for p in lm_parameters(model) for i in range(p.shape[0])]
     out: dict[str, Any] = {"trained": error_with(None), "recalibrated": error_with([]), "calib_images": calib}
-    out["k_zero"] = {name: [error_with([(p, i)]) for i in range(p.shape[0])]
-                     for name, p in zip(names, lm_parameters(model), strict=True)}  # fmt: skip
+    out["k_zero"] = {
+        name: [error_with([(p, i)]) for i in range(p.shape[0])]
+        for name, p in zip(names, lm_parameters(model), strict=True)
+    }
     out["all_zero"] = error_with(every)
     return out
 

@@ -27,17 +27,107 @@ from .names import canonical_name
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Fine labels in the order of `cifar-100-python/meta` (alphabetical).
 CIFAR100_CLASSES = (
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
-    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
-    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
-    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
-    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
-    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
-    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
-    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
-    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger",
-    "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
-)  # fmt: skip
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
+    "worm",
+)
 
 
 @dataclass(frozen=True)
@@ -61,16 +151,32 @@ class _Spec:
 
 _SPECS = {
     "cifar10": _Spec(
-        "CIFAR-10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
-        b"labels", 10, "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
-        CIFAR10_MEAN, CIFAR10_STD, CIFAR10_CLASSES,
+        "CIFAR-10",
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        ("test_batch",),
+        b"labels",
+        10,
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "c58f30108f718f92721af3b95e74349a",
+        CIFAR10_MEAN,
+        CIFAR10_STD,
+        CIFAR10_CLASSES,
     ),
     "cifar100": _Spec(
-        "CIFAR-100", "cifar-100-python", ("train",), ("test",),
-        b"fine_labels", 100, "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-        "eb9058c3a382ffc7106e4002c42a8d85", CIFAR100_MEAN, CIFAR100_STD, CIFAR100_CLASSES,
+        "CIFAR-100",
+        "cifar-100-python",
+        ("train",),
+        ("test",),
+        b"fine_labels",
+        100,
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "eb9058c3a382ffc7106e4002c42a8d85",
+        CIFAR100_MEAN,
+        CIFAR100_STD,
+        CIFAR100_CLASSES,
     ),
-}  # fmt: skip
+}
 _FULL_SIZE = {True: 50000, False: 10000}
 
 
@@ -133,8 +239,9 @@ def _read_pickle(path: Path) -> Any:
         try:
             return RestrictedUnpickler(f, encoding="bytes").load()
         except ForbiddenGlobalError as e:  # name the file: the message says what was refused
-            raise ForbiddenGlobalError(f"{path}: {e}; the file is not an official CIFAR batch (delete it and "
-                                       "download again)") from None  # fmt: skip
+            raise ForbiddenGlobalError(
+                f"{path}: {e}; the file is not an official CIFAR batch (delete it and download again)"
+            ) from None
         except Exception as e:  # EOFError, UnpicklingError, numpy errors ... all mean "this file is damaged"
             raise ValueError(f"{path}: not a valid CIFAR file (truncated or corrupt): {type(e).__name__}: {e}") from e
 
@@ -224,9 +331,13 @@ def _resolve_root(root: str | Path | None, spec: _Spec) -> tuple[Path, Path]:
 
 
 def load_cifar(
-    root: str | Path | None, dataset: str = "cifar10", train: bool = True, download: bool = True, *,
+    root: str | Path | None,
+    dataset: str = "cifar10",
+    train: bool = True,
+    download: bool = True,
+    *,
     check_size: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Loads a whole CIFAR split from the official python-format files.
 
     Args:
@@ -273,8 +384,10 @@ def load_cifar(
     if check_size:
         expected = _FULL_SIZE[train]
         if len(labels) != expected:
-            raise ValueError(f"{spec.name} {'train' if train else 'test'} split in {folder} has {len(labels)} "
-                             f"images, expected {expected} (truncated copy?)")  # fmt: skip
+            raise ValueError(
+                f"{spec.name} {'train' if train else 'test'} split in {folder} has {len(labels)} "
+                f"images, expected {expected} (truncated copy?)"
+            )
         absent = (torch.bincount(labels, minlength=spec.num_classes) == 0).nonzero().flatten().tolist()
         if absent:
             raise ValueError(f"{spec.name} split in {folder} has no images of classes {absent}")

@@ -62,18 +62,39 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec(
-        "cifar10", len(CIFAR10_CLASSES), 160, (80, 120), CIFAR10_MEAN, CIFAR10_STD, cifar_splits, cifar_test_loader,
+        "cifar10",
+        len(CIFAR10_CLASSES),
+        160,
+        (80, 120),
+        CIFAR10_MEAN,
+        CIFAR10_STD,
+        cifar_splits,
+        cifar_test_loader,
         True,
     ),
     "cifar100": DatasetSpec(
-        "cifar100", len(CIFAR100_CLASSES), 300, (150, 225), CIFAR100_MEAN, CIFAR100_STD, cifar_splits,
-        cifar_test_loader, True,
+        "cifar100",
+        len(CIFAR100_CLASSES),
+        300,
+        (150, 225),
+        CIFAR100_MEAN,
+        CIFAR100_STD,
+        cifar_splits,
+        cifar_test_loader,
+        True,
     ),
     "imagenet": DatasetSpec(
-        "imagenet", NUM_CLASSES, IMAGENET_RECIPE["epochs"], tuple(IMAGENET_RECIPE["milestones"]), IMAGENET_MEAN,
-        IMAGENET_STD, imagenet_splits, imagenet_test_loader, False,
+        "imagenet",
+        NUM_CLASSES,
+        IMAGENET_RECIPE["epochs"],
+        tuple(IMAGENET_RECIPE["milestones"]),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        imagenet_splits,
+        imagenet_test_loader,
+        False,
     ),
-}  # fmt: skip
+}
 
 
 def get_dataset(name: str) -> DatasetSpec:
@@ -88,11 +109,22 @@ def get_dataset(name: str) -> DatasetSpec:
     return DATASETS[key]
 
 
-def make_test_loader(opts: SplitOptions, device: torch.device | str, batch_size: int,
-                     subset: int | None = None) -> tuple[Any, list[str]]:  # fmt: skip
+def make_test_loader(
+    opts: SplitOptions, device: torch.device | str, batch_size: int, subset: int | None = None
+) -> tuple[Any, list[str]]:
     """The test loader of ``opts.dataset`` (CIFAR test batch, or ImageNet ``val/`` single-crop) and its class names,
     with the crop, decoding and workers of ``opts`` (a ``TrainConfig``)."""
     spec = get_dataset(opts.dataset)
-    return spec.test_loader(spec.name, opts.data_dir, batch_size, device, subset=subset, download=opts.download,
-                            channels_last=opts.channels_last, crop=opts.crop_size, resize=opts.resize_size,
-                            decode=opts.decode, workers=opts.workers)  # fmt: skip
+    return spec.test_loader(
+        spec.name,
+        opts.data_dir,
+        batch_size,
+        device,
+        subset=subset,
+        download=opts.download,
+        channels_last=opts.channels_last,
+        crop=opts.crop_size,
+        resize=opts.resize_size,
+        decode=opts.decode,
+        workers=opts.workers,
+    )

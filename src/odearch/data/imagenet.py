@@ -252,14 +252,56 @@ class ImageNetLoader:
         return patch.flip(-1) if float(torch.rand(())) < 0.5 else patch
 
 
+def _worker_options(workers: int, persistent: bool | None, prefetch_factor: int | None) -> dict[str, Any]:
+    """DataLoader's worker keywords: ``workers`` processes, kept between epochs unless ``persistent`` is False."""
+    options: dict[str, Any] = {"num_workers": workers}
+    if workers > 0:
+        options["persistent_workers"] = True if persistent is None else persistent
+        if prefetch_factor is not None:
+            options["prefetch_factor"] = prefetch_factor
+    return options
+
+
+def _torch_loader(
+    dataset: Dataset, sampler: Any, collate: Any, batch: int, drop_last: bool, pin: bool, seed: int, options: dict
+) -> DataLoader:
+    """The DataLoader of one rank: ``batch`` images a step from ``sampler`` (made skippable for a resume), the
+    workers seeded from ``seed``. Encoded bytes (decode="device") are not worth pinning (``pin`` False)."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=_SkippableSampler(sampler),
+        collate_fn=collate,
+        drop_last=drop_last,
+        pin_memory=pin,
+        generator=generator,
+        **options,
+    )
+
+
 def make_imagenet_loader(
-    root: str | Path, split: Literal["train", "val"] | str = "train", batch_size: int = 256, *,
-    train: bool | None = None, augment: bool | None = None, indices: Sequence[int] | None = None, workers: int = 8,
-    rank: int = 0, world_size: int = 1, seed: int = 0, drop_last: bool | None = None, pin_memory: bool | None = None,
-    persistent_workers: bool | None = None, prefetch_factor: int | None = None,
-    decode: Literal["pil", "device"] = "pil", device: str | torch.device | None = None, crop: int = 224,
-    resize: int = 256, channels_last: bool = False,
-) -> ImageNetLoader:  # fmt: skip
+    root: str | Path,
+    split: Literal["train", "val"] | str = "train",
+    batch_size: int = 256,
+    *,
+    train: bool | None = None,
+    augment: bool | None = None,
+    indices: Sequence[int] | None = None,
+    workers: int = 8,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    drop_last: bool | None = None,
+    pin_memory: bool | None = None,
+    persistent_workers: bool | None = None,
+    prefetch_factor: int | None = None,
+    decode: Literal["pil", "device"] = "pil",
+    device: str | torch.device | None = None,
+    crop: int = 224,
+    resize: int = 256,
+    channels_last: bool = False,
+) -> ImageNetLoader:
     """A loader over ``root/split`` with the recipe's augmentation (see the module docstring).
 
     Args:
@@ -296,17 +338,21 @@ def make_imagenet_loader(
     dataset: Dataset = folder if indices is None else Subset(folder, list(indices))
     sampler = _sampler(dataset, train, drop_last, rank, world_size, seed)
     pin = (torch.cuda.is_available() if pin_memory is None else pin_memory) and decode == "pil"
-    extra: dict[str, Any] = {}
-    if workers > 0:
-        extra["persistent_workers"] = True if persistent_workers is None else persistent_workers
-        if prefetch_factor is not None:
-            extra["prefetch_factor"] = prefetch_factor
-    # Encoded bytes (decode="device") are not worth pinning; the generator seeds the workers.
-    loader = DataLoader(dataset, batch_size=batch_size // world_size, sampler=_SkippableSampler(sampler),
-                        num_workers=workers, collate_fn=collate, drop_last=drop_last, pin_memory=pin,
-                        generator=torch.Generator().manual_seed(seed), **extra)  # fmt: skip
-    out = ImageNetLoader(folder, loader, sampler, train=train, augment=augment, seed=seed, decode=decode, device=dev,
-                         crop=crop, resize=resize, channels_last=channels_last)  # fmt: skip
+    batch, options = batch_size // world_size, _worker_options(workers, persistent_workers, prefetch_factor)
+    loader = _torch_loader(dataset, sampler, collate, batch, drop_last, pin, seed, options)
+    out = ImageNetLoader(
+        folder,
+        loader,
+        sampler,
+        train=train,
+        augment=augment,
+        seed=seed,
+        decode=decode,
+        device=dev,
+        crop=crop,
+        resize=resize,
+        channels_last=channels_last,
+    )
     out.set_epoch(0)
     return out
 
@@ -342,8 +388,9 @@ def _sampler(dataset: Dataset, train: bool, drop_last: bool, rank: int, world_si
     """Training: shuffled (``DistributedSampler`` over ranks); evaluation: in order (every ``world_size``-th image
     from ``rank`` over ranks, without padding)."""
     if world_size > 1 and train:
-        return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
-                                  drop_last=drop_last)  # fmt: skip
+        return DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=drop_last
+        )
     if world_size > 1:
         return _ShardSampler(len(dataset), rank, world_size)  # type: ignore[arg-type]
     if train:

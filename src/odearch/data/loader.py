@@ -43,11 +43,24 @@ class CifarLoader:
     """
 
     def __init__(
-        self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool,
-        mean: Sequence[float], std: Sequence[float], device: str | torch.device = "cpu", seed: int = 0,
-        drop_last: bool | None = None, shuffle: bool | None = None, augment: bool | None = None,
-        channels_last: bool = True, dtype: torch.dtype = torch.float32, rank: int = 0, world_size: int = 1,
-    ) -> None:  # fmt: skip
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        train: bool,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        drop_last: bool | None = None,
+        shuffle: bool | None = None,
+        augment: bool | None = None,
+        channels_last: bool = True,
+        dtype: torch.dtype = torch.float32,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
         if labels.shape != images.shape[:1]:
@@ -133,8 +146,9 @@ class CifarLoader:
             cols = torch.arange(self.width, device=self.device).expand(len(idx), -1)
             cols = offsets[:, 1:] + torch.where(flips[:, None], self.width - 1 - cols, cols)  # flip = reversed cols
             chans = torch.arange(self._src.shape[1], device=self.device)
-            x = self._src[idx[:, None, None, None], chans[None, :, None, None], rows[:, None, :, None],
-                          cols[:, None, None, :]]  # fmt: skip
+            x = self._src[
+                idx[:, None, None, None], chans[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]
+            ]
         else:
             x = self._src[idx]
         x = (x.to(torch.float32) / 255 - self._mean) / self._std

@@ -94,15 +94,23 @@ def cifar_splits(opts: SplitOptions, device: torch.device, rank: int = 0, world_
         (images, labels), evals_raw["val"] = train_val_split(images, labels, opts.val_split, seed=VAL_SPLIT_SEED)
     if opts.subset is not None:
         if opts.subset > len(images):
-            raise DatasetError(f"--subset {opts.subset} exceeds the {len(images)} training images of {opts.dataset}"
-                               f"{' left after --val-split' if opts.val_split else ''}; use at most {len(images)} "
-                               "(or no --subset)")  # fmt: skip
+            raise DatasetError(
+                f"--subset {opts.subset} exceeds the {len(images)} training images of {opts.dataset}"
+                f"{' left after --val-split' if opts.val_split else ''}; use at most {len(images)} "
+                "(or no --subset)"
+            )
         images, labels = take_first(images, labels, opts.subset)
     test = load_cifar(opts.data_dir, opts.dataset, train=False, download=opts.download)
     _check_eval_subset(opts, len(test[0]))
     evals_raw["test"] = take_first(*test, opts.eval_subset) if opts.eval_subset else test
-    common = {"mean": info["mean"], "std": info["std"], "device": device, "channels_last": opts.channels_last,
-              "rank": rank, "world_size": world_size}  # fmt: skip
+    common = {
+        "mean": info["mean"],
+        "std": info["std"],
+        "device": device,
+        "channels_last": opts.channels_last,
+        "rank": rank,
+        "world_size": world_size,
+    }
     if len(images) < opts.batch_size:
         raise DatasetError(f"{len(images)} training images make no full batch of {opts.batch_size}")
     train = CifarLoader(images, labels, opts.batch_size, train=True, seed=opts.seed, augment=opts.augment, **common)
@@ -114,20 +122,38 @@ def cifar_splits(opts: SplitOptions, device: torch.device, rank: int = 0, world_
 def _check_eval_subset(opts: SplitOptions, n: int) -> None:
     """Refuses an ``eval_subset`` larger than the ``n`` test images (it would silently evaluate on all of them)."""
     if opts.eval_subset is not None and opts.eval_subset > n:
-        raise DatasetError(f"--eval-subset {opts.eval_subset} exceeds the {n} test images of {opts.dataset}; use at "
-                           f"most {n} (or no --eval-subset)")  # fmt: skip
+        raise DatasetError(
+            f"--eval-subset {opts.eval_subset} exceeds the {n} test images of {opts.dataset}; use at "
+            f"most {n} (or no --eval-subset)"
+        )
 
 
-def cifar_test_loader(dataset: str, data_dir: str | Path | None, batch_size: int, device: torch.device | str, *,
-                      subset: int | None = None, download: bool = False, channels_last: bool = True,
-                      **_: Any) -> tuple[CifarLoader, list[str]]:  # fmt: skip
+def cifar_test_loader(
+    dataset: str,
+    data_dir: str | Path | None,
+    batch_size: int,
+    device: torch.device | str,
+    *,
+    subset: int | None = None,
+    download: bool = False,
+    channels_last: bool = True,
+    **_: Any,
+) -> tuple[CifarLoader, list[str]]:
     """The CIFAR test batch (its first ``subset`` images) as an unaugmented loader, and the class names."""
     images, labels = load_cifar(data_dir, dataset, train=False, download=download)
     if subset:
         images, labels = take_first(images, labels, min(subset, len(images)))
     info = dataset_info(dataset)
-    loader = CifarLoader(images, labels, batch_size, train=False, mean=info["mean"], std=info["std"], device=device,
-                         channels_last=channels_last)  # fmt: skip
+    loader = CifarLoader(
+        images,
+        labels,
+        batch_size,
+        train=False,
+        mean=info["mean"],
+        std=info["std"],
+        device=device,
+        channels_last=channels_last,
+    )
     return loader, list(info["classes"])
 
 
@@ -166,9 +192,14 @@ def _root(opts: SplitOptions) -> str | Path:
 
 def _imagenet_common(opts: SplitOptions, device: torch.device | str) -> dict[str, Any]:
     """The ``make_imagenet_loader`` keywords every loader of a run shares (crop, decode, workers, device)."""
-    return {"decode": opts.decode, "device": device, "crop": opts.crop_size, "resize": opts.resize_size,
-            "channels_last": opts.channels_last,
-            "workers": default_workers() if opts.workers is None else opts.workers}  # fmt: skip
+    return {
+        "decode": opts.decode,
+        "device": device,
+        "crop": opts.crop_size,
+        "resize": opts.resize_size,
+        "channels_last": opts.channels_last,
+        "workers": default_workers() if opts.workers is None else opts.workers,
+    }
 
 
 def imagenet_splits(opts: SplitOptions, device: torch.device, rank: int = 0, world_size: int = 1) -> Splits:
@@ -194,22 +225,44 @@ def imagenet_splits(opts: SplitOptions, device: torch.device, rank: int = 0, wor
     if train.num_images < bs:
         raise DatasetError(f"{train.num_images} training images make no full batch of {bs}")
     if opts.num_classes is not None and train.num_classes > opts.num_classes:
-        raise DatasetError(f"{root}/train has {train.num_classes} classes but num_classes is "
-                           f"{opts.num_classes}: use --num-classes {train.num_classes}")  # fmt: skip
+        raise DatasetError(
+            f"{root}/train has {train.num_classes} classes but num_classes is "
+            f"{opts.num_classes}: use --num-classes {train.num_classes}"
+        )
     evals = {"test": make_imagenet_loader(root, "val", bs, train=False, indices=test_idx, **common)}
     if val_idx is not None:
         evals = {"val": make_imagenet_loader(root, "train", bs, train=False, indices=val_idx, **common), **evals}
     return Splits(train=train, evals=evals, num_train=train.num_images)
 
 
-def imagenet_test_loader(dataset: str, data_dir: str | Path | None, batch_size: int, device: torch.device | str, *,
-                         subset: int | None = None, channels_last: bool = True, crop: int = 224, resize: int = 256,
-                         decode: str = "pil", workers: int | None = None,
-                         **_: Any) -> tuple[ImageNetLoader, list[str]]:  # fmt: skip
+def imagenet_test_loader(
+    dataset: str,
+    data_dir: str | Path | None,
+    batch_size: int,
+    device: torch.device | str,
+    *,
+    subset: int | None = None,
+    channels_last: bool = True,
+    crop: int = 224,
+    resize: int = 256,
+    decode: str = "pil",
+    workers: int | None = None,
+    **_: Any,
+) -> tuple[ImageNetLoader, list[str]]:
     """``val/`` as the single-crop test loader (``subset`` images evenly spaced over it), and the class names."""
     root = data_dir if data_dir is not None else "data"
     indices = evenly_spaced(range(len(imagenet_folder(root, "val"))), subset) if subset else None
-    loader = make_imagenet_loader(root, "val", batch_size, train=False, indices=indices, device=device, crop=crop,
-                                  resize=resize, channels_last=channels_last, decode=decode,  # type: ignore[arg-type]
-                                  workers=default_workers() if workers is None else workers)  # fmt: skip
+    loader = make_imagenet_loader(
+        root,
+        "val",
+        batch_size,
+        train=False,
+        indices=indices,
+        device=device,
+        crop=crop,
+        resize=resize,
+        channels_last=channels_last,
+        decode=decode,  # type: ignore[arg-type]
+        workers=default_workers() if workers is None else workers,
+    )
     return loader, list(loader.classes)

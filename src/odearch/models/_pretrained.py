@@ -40,7 +40,7 @@ __all__ = [
     "registry_problems",
     "shipped_run_weights",
     "shipped_weights_named",
-]  # fmt: skip
+]
 
 REGISTRY_FILE = Path(__file__).resolve().parents[1] / "weights" / "registry.json"
 FORMAT = "odearch-weights/1"
@@ -84,8 +84,9 @@ def _load_registry(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str
         got = data.get("format") if isinstance(data, dict) else f"a JSON {type(data).__name__}"
         raise PretrainedError(f"{path}: not an odearch weights registry (format {got!r}, expected {FORMAT!r})")
     if not isinstance(data.get("weights"), dict):
-        raise PretrainedError(f"{path}: the weights registry has no 'weights' mapping; restore the file (odearch "
-                              "ship writes it)")  # fmt: skip
+        raise PretrainedError(
+            f"{path}: the weights registry has no 'weights' mapping; restore the file (odearch ship writes it)"
+        )
     good, bad = {}, {}
     for name, entry in data["weights"].items():
         problem = _entry_problem(name, entry)
@@ -174,8 +175,12 @@ def _record_ok(record: Any) -> bool:
     """A shipped.json's shape: ``weights`` and ``sha256`` strings, ``registry`` a string if any, ``deleted`` a map."""
     if not isinstance(record, dict):
         return False
-    return (isinstance(record.get("weights"), str) and isinstance(record.get("sha256"), str)
-            and isinstance(record.get("registry") or "", str) and isinstance(record.get("deleted", {}), dict))
+    return (
+        isinstance(record.get("weights"), str)
+        and isinstance(record.get("sha256"), str)
+        and isinstance(record.get("registry") or "", str)
+        and isinstance(record.get("deleted", {}), dict)
+    )
 
 
 def shipped_run_weights(run_dir: str | Path) -> Path | None:
@@ -195,8 +200,10 @@ def shipped_run_weights(run_dir: str | Path) -> Path | None:
         raise PretrainedError(f"{record_file} names {record['weights']}, which {registry} does not list; {fix}")
     path = registry.parent / entry["file"]
     if not path.is_file() or file_sha256(path) != record["sha256"]:
-        raise PretrainedError(f"{record_file} names {record['weights']} (sha256 {record['sha256']}), but {path} is "
-                              f"missing or differs; {fix}")  # fmt: skip
+        raise PretrainedError(
+            f"{record_file} names {record['weights']} (sha256 {record['sha256']}), but {path} is "
+            f"missing or differs; {fix}"
+        )
     return path
 
 
@@ -221,12 +228,16 @@ def _read_verified(name: str) -> tuple[str, dict[str, Any], bytes]:
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != entry["sha256"]:
-        raise PretrainedError(f"sha256 mismatch for {full!r}: {path} hashes to {digest}, the registry pins "
-                              f"{entry['sha256']}; the file is damaged or was replaced, reinstall odearch")  # fmt: skip
+        raise PretrainedError(
+            f"sha256 mismatch for {full!r}: {path} hashes to {digest}, the registry pins "
+            f"{entry['sha256']}; the file is damaged or was replaced, reinstall odearch"
+        )
     saved = _file_model(data)
     if saved is not None and saved != entry["model"]:
-        raise PretrainedError(f"{path} holds weights of model {saved!r} (its metadata), but {REGISTRY_FILE} lists "
-                              f"{full!r} as model {entry['model']!r}; refusing them")  # fmt: skip
+        raise PretrainedError(
+            f"{path} holds weights of model {saved!r} (its metadata), but {REGISTRY_FILE} lists "
+            f"{full!r} as model {entry['model']!r}; refusing them"
+        )
     return full, entry, data
 
 
@@ -269,9 +280,11 @@ def load_pretrained(
     shapes = sorted(k for k in (set(own) & set(tensors)) - drop if own[k].shape != tensors[k].shape)
     if missing or unexpected or shapes:
         first = (shapes or missing or unexpected)[0]
-        raise PretrainedError(f"the weights {full!r} ({entry['model']}, {entry['num_classes']} classes) do not fit "
-                              f"this model: {len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} "
-                              f"shape-mismatched keys, e.g. {first!r}")  # fmt: skip
+        raise PretrainedError(
+            f"the weights {full!r} ({entry['model']}, {entry['num_classes']} classes) do not fit "
+            f"this model: {len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} "
+            f"shape-mismatched keys, e.g. {first!r}"
+        )
     with torch.no_grad():
         for k, v in tensors.items():
             if k not in drop:

@@ -208,8 +208,9 @@ def _trained_classifier(entry: dict[str, Any]) -> str | None:
     return names[-1] if names else None
 
 
-def _create_pretrained(fn: ModelFn, name: str, num_classes: int | None, kwargs: dict[str, Any],
-                       allow_scheme_change: bool = False) -> nn.Module:  # fmt: skip
+def _create_pretrained(
+    fn: ModelFn, name: str, num_classes: int | None, kwargs: dict[str, Any], allow_scheme_change: bool = False
+) -> nn.Module:
     """The model of the shipped weights ``name`` (their scheme and options unless ``kwargs`` say otherwise), loaded;
     a ``num_classes`` other than the weights' keeps a fresh classifier. A ``scheme`` other than the one the weights
     were trained in is refused unless ``allow_scheme_change``."""
@@ -222,9 +223,11 @@ def _create_pretrained(fn: ModelFn, name: str, num_classes: int | None, kwargs: 
         trained, now = _trained_schemes(entry), _schemes(model)
         if trained != now:
             if not allow_scheme_change:
-                raise PretrainedError(f"the weights {full!r} were trained with scheme {', '.join(trained)}; scheme="
-                                      f"{kwargs['scheme']!r} makes another network of them ({', '.join(now)}), which "
-                                      "they were not trained for: pass allow_scheme_change=True to load them anyway")
+                raise PretrainedError(
+                    f"the weights {full!r} were trained with scheme {', '.join(trained)}; scheme="
+                    f"{kwargs['scheme']!r} makes another network of them ({', '.join(now)}), which "
+                    "they were not trained for: pass allow_scheme_change=True to load them anyway"
+                )
             change = {"trained": ",".join(trained), "loaded_as": ",".join(now)}
     model = load_pretrained(model, name, num_classes, _trained_classifier(entry))
     if change is not None:

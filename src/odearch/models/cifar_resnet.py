@@ -59,8 +59,9 @@ def cifar_resnet(
     if step_runner(scheme).split > 1:  # RevNet's (F, G) halves
         raise ValueError("the rev scheme needs a pre-activation backbone: use rev_resnet20 / preact_resnet*")
     specs = [StageSpec(w, w, n, stride) for w, n, stride in zip(widths, layers, (1, 2, 2))]
-    stages = make_stages(scheme, specs, widths[0], block=BasicBlock, shortcut=ZeroPadShortcut, post_act=nn.ReLU,
-                         stochastic=stochastic)  # fmt: skip
+    stages = make_stages(
+        scheme, specs, widths[0], block=BasicBlock, shortcut=ZeroPadShortcut, post_act=nn.ReLU, stochastic=stochastic
+    )
     stem = nn.Sequential(conv3x3(3, widths[0]), nn.BatchNorm2d(widths[0]), nn.ReLU())
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], num_classes))
     model = ResidualNetwork(stem, stages, head)

@@ -136,10 +136,15 @@ def _stage_specs(layers: Sequence[int], bottleneck: bool, groups: int, width_per
     if not bottleneck:
         return [StageSpec(p, p, n, s, block=BasicBlock) for p, n, s in zip((64, 128, 256, 512), layers, (1, 2, 2, 2))]
     return [
-        StageSpec(int(p * (width_per_group / 64.0)) * groups, 4 * p, n, s,
-                  block=partial(_bottleneck, out_planes=4 * p, groups=groups))
+        StageSpec(
+            int(p * (width_per_group / 64.0)) * groups,
+            4 * p,
+            n,
+            s,
+            block=partial(_bottleneck, out_planes=4 * p, groups=groups),
+        )
         for p, n, s in zip((64, 128, 256, 512), layers, (1, 2, 2, 2))
-    ]  # fmt: skip
+    ]
 
 
 def imagenet_resnet(

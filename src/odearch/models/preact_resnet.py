@@ -67,8 +67,9 @@ def preact_resnet(
     """
     block = PreActBottleneck if bottleneck else PreActBasicBlock
     specs = [StageSpec(w, w * block.expansion, n, stride) for w, n, stride in zip(widths, layers, (1, 2, 2))]
-    stages = make_stages(scheme, specs, widths[0], block=block, shortcut=PreActProjection, fractal=fractal,
-                         stochastic=stochastic)  # fmt: skip
+    stages = make_stages(
+        scheme, specs, widths[0], block=block, shortcut=PreActProjection, fractal=fractal, stochastic=stochastic
+    )
     width = specs[-1].out_planes
     head = nn.Sequential(
         nn.BatchNorm2d(width), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes)

@@ -64,12 +64,19 @@ def cifar_resnext(
         raise ValueError("history_projection carries the LM history u_{n-1}: it needs the lm scheme")
     n = (depth - 2) // 9
     specs = [
-        StageSpec(cardinality * base_width * 2**i, out, n, stride, history=history_projection and i > 0,
-                  block=partial(_resnext_block, out_planes=out, cardinality=cardinality))
+        StageSpec(
+            cardinality * base_width * 2**i,
+            out,
+            n,
+            stride,
+            history=history_projection and i > 0,
+            block=partial(_resnext_block, out_planes=out, cardinality=cardinality),
+        )
         for i, (out, stride) in enumerate(zip((256, 512, 1024), (1, 2, 2)))
-    ]  # fmt: skip
-    stages = make_stages(scheme, specs, 64, shortcut=Projection, history_shortcut=Projection, post_act=nn.ReLU,
-                         stochastic=stochastic)  # fmt: skip
+    ]
+    stages = make_stages(
+        scheme, specs, 64, shortcut=Projection, history_shortcut=Projection, post_act=nn.ReLU, stochastic=stochastic
+    )
     stem = nn.Sequential(conv3x3(3, 64), nn.BatchNorm2d(64), nn.ReLU())
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(specs[-1].out_planes, num_classes))
     model = ResidualNetwork(stem, stages, head)

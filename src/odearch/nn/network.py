@@ -52,8 +52,10 @@ class TimmInterface:
         if pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {pool!r}")
         if pool == "" and num_classes > 0:
-            raise ValueError("global_pool='' keeps the spatial map, which a linear classifier cannot take: "
-                             "use reset_classifier(0, '')")  # fmt: skip
+            raise ValueError(
+                "global_pool='' keeps the spatial map, which a linear classifier cannot take: "
+                "use reset_classifier(0, '')"
+            )
         self.global_pool = pool
         fc: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         ref = next(self.parameters())  # type: ignore[attr-defined]

@@ -688,8 +688,10 @@ class Stage(nn.Module):
         gates: list[StepGate] = [None if p == 1.0 else draw(p) for p in self.survival]
         if self.runner.gates_per_step > 1:  # the transition step keeps one draw
             first = int(self.shortcut is not None)
-            more = [[None if p == 1.0 else draw(p) for p in self.survival[first:]]
-                    for _ in range(self.runner.gates_per_step - 1)]  # fmt: skip
+            more = [
+                [None if p == 1.0 else draw(p) for p in self.survival[first:]]
+                for _ in range(self.runner.gates_per_step - 1)
+            ]
             gates[first:] = list(zip(gates[first:], *more))
         return gates
 

@@ -140,11 +140,19 @@ def dense_step(row: Sequence[float], min_abs_sum: float = 1e-3) -> dict[str, Any
     c = math.fsum(j * a for j, a in enumerate(alpha))
     why = root_condition_violation(alpha) or ""
     return {
-        "weights": w, "alpha": alpha, "beta": beta, "row_sum": row_sum, "clamped": abs(row_sum) < min_abs_sum,
-        "rho1": rho1, "c": c, "consistent": math.isclose(rho1, 0.0, abs_tol=1e-9) and math.isclose(c, 1.0),
-        "order": multistep_order(alpha, beta), "max_abs_root": float(np.abs(np.roots(alpha[::-1])).max()),
-        "zero_stable": not why, "stability": why,
-    }  # fmt: skip
+        "weights": w,
+        "alpha": alpha,
+        "beta": beta,
+        "row_sum": row_sum,
+        "clamped": abs(row_sum) < min_abs_sum,
+        "rho1": rho1,
+        "c": c,
+        "consistent": math.isclose(rho1, 0.0, abs_tol=1e-9) and math.isclose(c, 1.0),
+        "order": multistep_order(alpha, beta),
+        "max_abs_root": float(np.abs(np.roots(alpha[::-1])).max()),
+        "zero_stable": not why,
+        "stability": why,
+    }
 
 
 def dense_k_by_stage(items: Iterable[tuple[str, Any]], suffix: str = "") -> dict[str, DenseRows]:

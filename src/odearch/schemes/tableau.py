@@ -74,8 +74,12 @@ def tableau_order(a: tuple[tuple[float, ...], ...], b: tuple[float, ...]) -> int
     memo: dict[Tree, list[float]] = {}
     for p in range(1, s + 1):
         for t in rooted_trees(p):
-            if not math.isclose(sum(bi * x for bi, x in zip(b, phi(t, memo))), 1 / _size_and_density(t)[1],
-                                rel_tol=_ORDER_TOL, abs_tol=_ORDER_TOL):  # fmt: skip
+            if not math.isclose(
+                sum(bi * x for bi, x in zip(b, phi(t, memo))),
+                1 / _size_and_density(t)[1],
+                rel_tol=_ORDER_TOL,
+                abs_tol=_ORDER_TOL,
+            ):
                 return p - 1
     return s
 

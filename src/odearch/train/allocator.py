@@ -29,8 +29,14 @@ import ctypes
 import ctypes.util
 import os
 
-__all__ = ["ALLOCATOR_POLICIES", "allocator_state", "apply_policy", "keep_freed_memory", "policy_for",
-           "return_freed_memory"]  # fmt: skip
+__all__ = [
+    "ALLOCATOR_POLICIES",
+    "allocator_state",
+    "apply_policy",
+    "keep_freed_memory",
+    "policy_for",
+    "return_freed_memory",
+]
 
 ALLOCATOR_POLICIES = ("auto", "keep", "return")
 RETURN_MMAP_THRESHOLD = 64 * 1024  # blocks above 64 KiB are mmap'ed and unmapped on free: RSS follows live tensors

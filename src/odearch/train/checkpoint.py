@@ -157,8 +157,9 @@ def weights_from_bytes(data: bytes, path: str | Path) -> tuple[dict[str, torch.T
     return tensors, metadata
 
 
-def weights_into(model: nn.Module, tensors: dict[str, torch.Tensor], metadata: dict[str, Any], path: str | Path,
-                 expected_model: str) -> None:  # fmt: skip
+def weights_into(
+    model: nn.Module, tensors: dict[str, torch.Tensor], metadata: dict[str, Any], path: str | Path, expected_model: str
+) -> None:
     """Loads ``tensors`` into ``model`` strictly, explaining a mismatch by the model the checkpoint was saved from."""
     saved = metadata.get("model", "an unknown model")
     own = model.state_dict()
@@ -166,11 +167,16 @@ def weights_into(model: nn.Module, tensors: dict[str, torch.Tensor], metadata: d
     unexpected = sorted(set(tensors) - set(own))
     shapes = sorted(k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)
     if missing or unexpected or shapes:
-        what = ", ".join(f"{len(v)} {n}" for n, v in (("missing", missing), ("unexpected", unexpected),
-                                                      ("shape-mismatched", shapes)) if v)  # fmt: skip
+        what = ", ".join(
+            f"{len(v)} {n}"
+            for n, v in (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", shapes))
+            if v
+        )
         first = (shapes or missing or unexpected)[0]
-        raise CheckpointError(f"{path} was saved from model {saved!r} (num_classes {metadata.get('num_classes')}) "
-                              f"and does not fit {expected_model!r}: {what} keys, e.g. {first!r}")  # fmt: skip
+        raise CheckpointError(
+            f"{path} was saved from model {saved!r} (num_classes {metadata.get('num_classes')}) "
+            f"and does not fit {expected_model!r}: {what} keys, e.g. {first!r}"
+        )
     with torch.no_grad():
         for k, v in own.items():
             v.copy_(tensors[k])  # copy_ keeps the model's dtype, device and memory format
@@ -206,9 +212,17 @@ def load_state(path: str | Path) -> dict[str, Any]:
 
 _INT, _NUM = (int,), (int, float)
 STATE_TYPES: dict[str, tuple[type, ...]] = {
-    "step": _INT, "epoch": _INT, "batch": _INT, "partial": (dict,), "best": (dict,), "wall_seconds": _NUM,
-    "optimizer": (dict,), "scaler": (dict,), "rng": (dict,), "model": (str,),
-}  # fmt: skip
+    "step": _INT,
+    "epoch": _INT,
+    "batch": _INT,
+    "partial": (dict,),
+    "best": (dict,),
+    "wall_seconds": _NUM,
+    "optimizer": (dict,),
+    "scaler": (dict,),
+    "rng": (dict,),
+    "model": (str,),
+}
 
 
 def check_state(state: dict[str, Any], path: str | Path) -> None:
@@ -216,8 +230,9 @@ def check_state(state: dict[str, Any], path: str | Path) -> None:
 
     def bad(key: str, want: str) -> CheckpointError:
         got = type(state.get(key)).__name__ if key in state else "missing"
-        return CheckpointError(f"{path}: training state key {key!r} is {got}, expected {want}; the file is not "
-                               "a usable odearch checkpoint")  # fmt: skip
+        return CheckpointError(
+            f"{path}: training state key {key!r} is {got}, expected {want}; the file is not a usable odearch checkpoint"
+        )
 
     for key, types in STATE_TYPES.items():
         value = state.get(key)
@@ -229,14 +244,20 @@ def check_state(state: dict[str, Any], path: str | Path) -> None:
     if not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list):
         raise bad("optimizer", "an optimizer state_dict (state, param_groups)")
     rng = state["rng"]
-    if not isinstance(rng.get("torch"), torch.Tensor) or not isinstance(rng.get("python"), list | tuple) or \
-            len(rng["python"]) != 3 or not isinstance(rng.get("cuda"), list):  # fmt: skip
+    if (
+        not isinstance(rng.get("torch"), torch.Tensor)
+        or not isinstance(rng.get("python"), list | tuple)
+        or len(rng["python"]) != 3
+        or not isinstance(rng.get("cuda"), list)
+    ):
         raise bad("rng", "RNG states (torch tensor, cuda list, python triple)")
     if not all(k in state["best"] for k in ("acc", "epoch", "on")):
         raise bad("best", "a dict with acc, epoch, on")
-    if state["batch"] and not (isinstance(state["partial"].get("loss_sum"), torch.Tensor) and
-                               isinstance(state["partial"].get("correct"), torch.Tensor) and
-                               isinstance(state["partial"].get("n"), int)):  # fmt: skip
+    if state["batch"] and not (
+        isinstance(state["partial"].get("loss_sum"), torch.Tensor)
+        and isinstance(state["partial"].get("correct"), torch.Tensor)
+        and isinstance(state["partial"].get("n"), int)
+    ):
         raise bad("partial", "partial-epoch sums (loss_sum, correct tensors; n)")
 
 

@@ -53,8 +53,9 @@ class TrainConfig:
 
     # model
     model: str = _f("", "registered model name (see `odearch models`)")
-    dataset: str = _f("cifar10", "data set (imagenet: an ImageFolder with train/ and val/ in --data-dir)",
-                      choices=tuple(DATASETS))  # fmt: skip
+    dataset: str = _f(
+        "cifar10", "data set (imagenet: an ImageFolder with train/ and val/ in --data-dir)", choices=tuple(DATASETS)
+    )
     num_classes: int | None = _f(None, "classifier size (default: from the data set)")
     scheme: str | None = _f(None, "integrator of every stage, e.g. euler, lm, rk2 (default: the model's own)")
     model_kwargs: dict[str, Any] = field(  # a mutable default needs a factory
@@ -65,36 +66,57 @@ class TrainConfig:
     momentum: float = _f(0.9, "SGD momentum")
     nesterov: bool = _f(False, "Nesterov momentum (the paper's code: off)")
     weight_decay: float = _f(1e-4, "L2 weight decay (paper: 1e-4; 5e-4 for LM-ResNeXt)")
-    lm_weight_decay: str = _f("kappa", "weight decay on the LM coefficients k_n: kappa (the official code: decay "
-                                       "kappa = 1 - k, pulling k toward 1), k (toward 0; runs made before this "
-                                       "option), none", choices=("kappa", "k", "none"))  # fmt: skip
-    lm_init: str = _f("paired", "how the LM coefficients k_n are drawn at initialisation: paired (from a copy of the "
-                                "RNG: every other weight equals the plain twin's at the same seed), global (from the "
-                                "global RNG, shifting later draws; runs made before this option)",
-                      choices=("paired", "global"))  # fmt: skip
+    lm_weight_decay: str = _f(
+        "kappa",
+        "weight decay on the LM coefficients k_n: kappa (the official code: decay "
+        "kappa = 1 - k, pulling k toward 1), k (toward 0; runs made before this "
+        "option), none",
+        choices=("kappa", "k", "none"),
+    )
+    lm_init: str = _f(
+        "paired",
+        "how the LM coefficients k_n are drawn at initialisation: paired (from a copy of the "
+        "RNG: every other weight equals the plain twin's at the same seed), global (from the "
+        "global RNG, shifting later draws; runs made before this option)",
+        choices=("paired", "global"),
+    )
     batch_size: int = _f(128, "GLOBAL batch size (split over ranks when distributed)")
-    epochs: int | None = _f(None, "epochs (default: " + ", ".join(f"{d.epochs} on {n}" for n, d in DATASETS.items())
-                            + ")")  # fmt: skip
-    milestones: tuple[int, ...] | None = _f(None, "step schedule: epochs where lr *= gamma (default: " + " / ".join(
-        " ".join(map(str, d.milestones)) for d in DATASETS.values()) + ")")  # fmt: skip
+    epochs: int | None = _f(
+        None, "epochs (default: " + ", ".join(f"{d.epochs} on {n}" for n, d in DATASETS.items()) + ")"
+    )
+    milestones: tuple[int, ...] | None = _f(
+        None,
+        "step schedule: epochs where lr *= gamma (default: "
+        + " / ".join(" ".join(map(str, d.milestones)) for d in DATASETS.values())
+        + ")",
+    )
     gamma: float = _f(0.1, "step schedule factor")
-    refine_at: tuple[int, ...] = _f((), "multi-level training: after each of these epochs, refine every stage's mesh "
-                                        "(odearch.refine: more, smaller steps; momentum carried over) before the next "
-                                        "epoch trains")  # fmt: skip
+    refine_at: tuple[int, ...] = _f(
+        (),
+        "multi-level training: after each of these epochs, refine every stage's mesh "
+        "(odearch.refine: more, smaller steps; momentum carried over) before the next "
+        "epoch trains",
+    )
     refine_factor: int = _f(2, "multi-level training: steps per old step at each --refine-at epoch")
     schedule: str = _f("step", "learning-rate schedule", choices=("step", "cosine"))
     warmup_epochs: float = _f(0.0, "linear warm-up length in epochs (per step)")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing")
     # data
-    data_dir: str | None = _f(None, "directory holding cifar-10-batches-py/, or ImageNet's train/ and val/ (default: "
-                                    "$ODEARCH_DATA, else ./data)")  # fmt: skip
+    data_dir: str | None = _f(
+        None,
+        "directory holding cifar-10-batches-py/, or ImageNet's train/ and val/ (default: $ODEARCH_DATA, else ./data)",
+    )
     download: bool = _f(True, "download the official archive when files are missing")
     val_split: int = _f(0, "hold out this many training images for validation (0 or e.g. 5000: 45k/5k)")
-    select_on: str = _f("auto", "metric that picks best.safetensors (auto: val if split else test, labelled)",
-                        choices=("auto", "val", "test"))  # fmt: skip
+    select_on: str = _f(
+        "auto",
+        "metric that picks best.safetensors (auto: val if split else test, labelled)",
+        choices=("auto", "val", "test"),
+    )
     subset: int | None = _f(None, "train on the first N training images (imagenet: N evenly spaced over the classes)")
-    eval_subset: int | None = _f(None, "evaluate on the first N test images (smoke tests only; imagenet: evenly "
-                                       "spaced)")  # fmt: skip
+    eval_subset: int | None = _f(
+        None, "evaluate on the first N test images (smoke tests only; imagenet: evenly spaced)"
+    )
     augment: bool = _f(True, "random crops and flips of the training images (off: train on unaugmented images)")
     crop_size: int = _f(224, "imagenet: training and evaluation crop (small, e.g. 32, for smoke tests)")
     resize_size: int = _f(256, "imagenet: evaluation resize of the shorter side before the centre crop")
@@ -106,26 +128,41 @@ class TrainConfig:
     tensorboard: bool = _f(True, "write TensorBoard events to RUN/tb/")
     # speed and numerics
     device: str = _f("auto", "where to train", choices=("auto", "cpu", "cuda"))
-    amp: str = _f("auto", "autocast dtype (auto: bf16 on CUDA, off = float32 on CPU; bf16 on CPU: see README)",
-                  choices=("auto", "bf16", "fp16", "off"))
+    amp: str = _f(
+        "auto",
+        "autocast dtype (auto: bf16 on CUDA, off = float32 on CPU; bf16 on CPU: see README)",
+        choices=("auto", "bf16", "fp16", "off"),
+    )
     channels_last: bool = _f(True, "channels_last memory format for model and batches")
     compile: bool = _f(False, "torch.compile the model")
-    memory: str = _f("auto", "activation memory of the backward pass: store (autograd), recompute (checkpoint every "
-                             "residual function), reversible (rev stages: rebuild inputs by the inverse); auto: the "
-                             "model's own (reversible for rev_ models, else store; a run dir's config.yaml without "
-                             "this key reads as store)",
-                     choices=("auto", "store", "recompute", "reversible"))  # fmt: skip
-    allocator: str = _f("auto", "CPU host allocator: keep (freed memory stays in the process: fewer page faults, "
-                                "faster), return (freed memory goes back: resident size follows live tensors); auto: "
-                                "return under --memory recompute / reversible, keep otherwise",
-                        choices=("auto", "keep", "return"))  # fmt: skip
+    memory: str = _f(
+        "auto",
+        "activation memory of the backward pass: store (autograd), recompute (checkpoint every "
+        "residual function), reversible (rev stages: rebuild inputs by the inverse); auto: the "
+        "model's own (reversible for rev_ models, else store; a run dir's config.yaml without "
+        "this key reads as store)",
+        choices=("auto", "store", "recompute", "reversible"),
+    )
+    allocator: str = _f(
+        "auto",
+        "CPU host allocator: keep (freed memory stays in the process: fewer page faults, "
+        "faster), return (freed memory goes back: resident size follows live tensors); auto: "
+        "return under --memory recompute / reversible, keep otherwise",
+        choices=("auto", "keep", "return"),
+    )
     deterministic: bool = _f(False, "deterministic algorithms (torch.use_deterministic_algorithms, cudnn flags)")
     sync_bn: bool = _f(False, "BatchNorm statistics over the global batch when distributed (SyncBatchNorm)")
-    dist_timeout: float = _f(600.0, "distributed: seconds a rank waits for the others in a collective before the run "
-                                    "fails (torch's default is 30 min)")  # fmt: skip
+    dist_timeout: float = _f(
+        600.0,
+        "distributed: seconds a rank waits for the others in a collective before the run "
+        "fails (torch's default is 30 min)",
+    )
     workers: int | None = _f(None, "imagenet: DataLoader worker processes per rank (default: min(8, CPUs per rank))")
-    decode: str = _f("pil", "imagenet: decode JPEGs in the workers (pil) or on the device (nvJPEG on a GPU)",
-                     choices=("pil", "device"))  # fmt: skip
+    decode: str = _f(
+        "pil",
+        "imagenet: decode JPEGs in the workers (pil) or on the device (nvJPEG on a GPU)",
+        choices=("pil", "device"),
+    )
 
     def __post_init__(self) -> None:
         # Normalise types that YAML / argparse may hand over loosely, then fill data-set-dependent defaults.
@@ -173,8 +210,13 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ConfigError(f"{f.name} must be one of {', '.join(choices)}; got {getattr(self, f.name)!r}")
-        positive = {"batch_size": self.batch_size, "epochs": self.epochs, "num_classes": self.num_classes,
-                    "crop_size": self.crop_size, "resize_size": self.resize_size}  # fmt: skip
+        positive = {
+            "batch_size": self.batch_size,
+            "epochs": self.epochs,
+            "num_classes": self.num_classes,
+            "crop_size": self.crop_size,
+            "resize_size": self.resize_size,
+        }
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -196,13 +238,16 @@ class TrainConfig:
         if self.dist_timeout <= 0:
             raise ConfigError(f"dist_timeout must be positive (seconds), got {self.dist_timeout}")
         if list(self.milestones) != sorted(self.milestones) or any(m < 1 for m in self.milestones):
-            raise ConfigError(f"milestones (--milestones) must be increasing positive epochs, got "
-                              f"{list(self.milestones)}")  # fmt: skip
+            raise ConfigError(
+                f"milestones (--milestones) must be increasing positive epochs, got {list(self.milestones)}"
+            )
         self._check_refine()
         n = DATASETS[self.dataset].num_classes
         if self.dataset in FIXED_LABELS and self.num_classes != n:
-            raise ConfigError(f"num_classes (--num-classes) must be {n} on {self.dataset} (its labels are "
-                              f"0..{n - 1}), got {self.num_classes}")  # fmt: skip
+            raise ConfigError(
+                f"num_classes (--num-classes) must be {n} on {self.dataset} (its labels are "
+                f"0..{n - 1}), got {self.num_classes}"
+            )
         if not all(isinstance(k, str) and k.isidentifier() for k in self.model_kwargs):
             raise ConfigError(f"model_kwargs keys must be identifiers, got {list(self.model_kwargs)}")
 
@@ -210,8 +255,10 @@ class TrainConfig:
         """Refinement epochs strictly increasing inside the run (a refinement after the last epoch trains nothing)."""
         ra = list(self.refine_at)
         if ra and (ra != sorted(set(ra)) or ra[0] < 1 or ra[-1] >= self.epochs):
-            raise ConfigError(f"refine_at (--refine-at) must be strictly increasing epochs in 1..{self.epochs - 1} "
-                              f"(the model is refined after each, before the next trains), got {ra}")  # fmt: skip
+            raise ConfigError(
+                f"refine_at (--refine-at) must be strictly increasing epochs in 1..{self.epochs - 1} "
+                f"(the model is refined after each, before the next trains), got {ra}"
+            )
         if isinstance(self.refine_factor, bool) or self.refine_factor < 2:
             raise ConfigError(f"refine_factor (--refine-factor) must be an integer >= 2, got {self.refine_factor!r}")
 
@@ -224,11 +271,15 @@ class TrainConfig:
         if self.lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0 or not 0 < self.gamma <= 1:
             raise ConfigError("need lr > 0, 0 <= momentum < 1, weight_decay >= 0, 0 < gamma <= 1")
         if self.lr > MAX_LR:
-            raise ConfigError(f"lr (--lr) must be at most {MAX_LR:.4g} (the largest float32: the optimizer computes in "
-                              f"float32), got {self.lr:g}")  # fmt: skip
+            raise ConfigError(
+                f"lr (--lr) must be at most {MAX_LR:.4g} (the largest float32: the optimizer computes in "
+                f"float32), got {self.lr:g}"
+            )
         if self.weight_decay > MAX_WEIGHT_DECAY:
-            raise ConfigError(f"weight_decay (--weight-decay) must be at most {MAX_WEIGHT_DECAY:g} (paper: 1e-4), got "
-                              f"{self.weight_decay:g}")  # fmt: skip
+            raise ConfigError(
+                f"weight_decay (--weight-decay) must be at most {MAX_WEIGHT_DECAY:g} (paper: 1e-4), got "
+                f"{self.weight_decay:g}"
+            )
         if not 0 <= self.label_smoothing < 1 or self.warmup_epochs < 0:
             raise ConfigError("need 0 <= label_smoothing < 1 and warmup_epochs >= 0")
         if self.max_minutes is not None and self.max_minutes <= 0:
@@ -248,8 +299,10 @@ class TrainConfig:
         if unknown:
             import difflib
 
-            hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, known, 1)) else
-                     repr(k) for k in unknown]  # fmt: skip
+            hints = [
+                f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, known, 1)) else repr(k)
+                for k in unknown
+            ]
             raise ConfigError(f"{source or 'config'}: unknown key(s) {', '.join(hints)}")
         try:
             return cls(**values)
@@ -319,8 +372,20 @@ def yaml_error_what(e: yaml.YAMLError) -> str:
 
 def config_hash(cfg: TrainConfig) -> str:
     """Short hash of the fields that define the trained function (model, data, optimisation), not run control."""
-    volatile = {"out", "data_dir", "download", "max_minutes", "log_every", "tensorboard", "device", "compile",
-                "workers", "memory", "dist_timeout", "allocator"}  # fmt: skip
+    volatile = {
+        "out",
+        "data_dir",
+        "download",
+        "max_minutes",
+        "log_every",
+        "tensorboard",
+        "device",
+        "compile",
+        "workers",
+        "memory",
+        "dist_timeout",
+        "allocator",
+    }
     d = {k: v for k, v in cfg.to_dict().items() if k not in volatile}
     if d.get("lm_weight_decay") == "k":  # the only behaviour before the option existed: keep those runs' hashes
         del d["lm_weight_decay"]

@@ -61,8 +61,9 @@ class Eta:
         return epoch_left / rate, run_left / rate
 
 
-def progress_hook(bar: Any, log_every: int, epoch: int, t0: float, env: DistEnv,
-                  eta: Eta | None = None, start_n: int = 0) -> Callable[[int, dict[str, Any]], None]:  # fmt: skip
+def progress_hook(
+    bar: Any, log_every: int, epoch: int, t0: float, env: DistEnv, eta: Eta | None = None, start_n: int = 0
+) -> Callable[[int, dict[str, Any]], None]:
     """Per-step hook: advances the progress bar; every ``log_every`` steps reads the running loss (one sync),
     shows it, and fails fast on a non-finite loss. Without a bar (stdout/stderr a file or pipe: a cluster job,
     ``nohup``) rank 0 prints the same as a line, with the time left in the epoch and in the run. ``start_n``: the
@@ -75,20 +76,28 @@ def progress_hook(bar: Any, log_every: int, epoch: int, t0: float, env: DistEnv,
         if log_every and step % log_every == 0:
             loss = sums["loss_sum"].item() / max(1, sums["n"])
             if not math.isfinite(loss):
-                raise NonFiniteLossError(f"training loss became non-finite in epoch {epoch + 1} (step {step}); "
-                                         "stopped, keeping the last good checkpoint; try a lower --lr")  # fmt: skip
+                raise NonFiniteLossError(
+                    f"training loss became non-finite in epoch {epoch + 1} (step {step}); "
+                    "stopped, keeping the last good checkpoint; try a lower --lr"
+                )
             acc = sums["correct"].item() / max(1, sums["n"])
             elapsed = time.perf_counter() - t0
             rate = (sums["n"] - start_n) * env.world_size / max(1e-9, elapsed)
             epoch_left, run_left = eta(step, elapsed, epoch) if eta is not None else (math.nan, math.nan)
             if bar is not None:
-                bar.set_postfix(loss=f"{loss:.4f}", acc=f"{100 * acc:.2f}%", img_s=f"{rate:.0f}",
-                                run_eta=hms(run_left) if math.isfinite(run_left) else "?")  # fmt: skip
+                bar.set_postfix(
+                    loss=f"{loss:.4f}",
+                    acc=f"{100 * acc:.2f}%",
+                    img_s=f"{rate:.0f}",
+                    run_eta=hms(run_left) if math.isfinite(run_left) else "?",
+                )
             elif env.is_main:
                 where = f"{step - epoch * eta.steps_per_epoch}/{eta.steps_per_epoch}" if eta else f"{step}"
                 left = f"  epoch left {hms(epoch_left)}  run ETA {hms(run_left)}" if eta else ""
-                print(f"epoch {epoch + 1} step {where}  loss {loss:.4f} acc {100 * acc:.2f}%  {rate:.0f} img/s{left}",
-                      flush=True)  # fmt: skip
+                print(
+                    f"epoch {epoch + 1} step {where}  loss {loss:.4f} acc {100 * acc:.2f}%  {rate:.0f} img/s{left}",
+                    flush=True,
+                )
 
     return hook
 
@@ -127,11 +136,14 @@ def eval_progress(loader: Any, name: str, use_bar: bool, env: DistEnv) -> Iterab
 def epoch_line(row: dict[str, Any], epochs: int) -> str:
     """The line printed after an epoch: train, val and test loss and accuracy, lr, speed, time, run ETA."""
     epoch, seconds = row["epoch"], row["seconds"]
-    evals = "".join(f"{k} loss {row[f'{k}_loss']:.4f} acc {pct(row[f'{k}_acc'])}  " for k in ("val", "test")
-                    if f"{k}_acc" in row)  # fmt: skip
-    return (f"epoch {epoch:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {pct(row['train_acc'])}  {evals}"
-            f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {seconds:.1f}s{_peak(row)}"
-            + (f"  run ETA {hms(seconds * (epochs - epoch))}" if epoch < epochs else ""))  # fmt: skip
+    evals = "".join(
+        f"{k} loss {row[f'{k}_loss']:.4f} acc {pct(row[f'{k}_acc'])}  " for k in ("val", "test") if f"{k}_acc" in row
+    )
+    return (
+        f"epoch {epoch:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {pct(row['train_acc'])}  {evals}"
+        f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {seconds:.1f}s{_peak(row)}"
+        + (f"  run ETA {hms(seconds * (epochs - epoch))}" if epoch < epochs else "")
+    )
 
 
 def _peak(row: dict[str, Any]) -> str:

@@ -160,8 +160,9 @@ class _GlobalNormalize(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         dims, shape = (0, 2, 3), (1, -1, 1, 1)
-        sums = _all_reduce(torch.cat([x.sum(dims, dtype=torch.float64), x.new_full((1,), x.numel() / x.shape[1],
-                                                                                    dtype=torch.float64)]))  # fmt: skip
+        sums = _all_reduce(
+            torch.cat([x.sum(dims, dtype=torch.float64), x.new_full((1,), x.numel() / x.shape[1], dtype=torch.float64)])
+        )
         n = sums[-1]
         mean = sums[:-1] / n
         var = _all_reduce(((x.double() - mean.view(shape)) ** 2).sum(dims)) / n
@@ -219,9 +220,15 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if type(module) is nn.BatchNorm2d:
         like = module.weight if module.affine else module.running_mean
-        bn = AllReduceBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                                  module.track_running_stats, device=device,
-                                  dtype=None if like is None else like.dtype)  # fmt: skip
+        bn = AllReduceBatchNorm2d(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+            device=device,
+            dtype=None if like is None else like.dtype,
+        )
         bn.load_state_dict(module.state_dict())
         return bn.train(module.training)
     for name, child in module.named_children():
@@ -234,8 +241,17 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
 # ------------------------------------------------------------------------------------------------------ launcher
 def torchrun_command(nproc: int, args: Sequence[str]) -> list[str]:
     """The command that runs ``odearch train ARGS`` in ``nproc`` processes on this machine via torchrun's module."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
-            "odearch", "train", *args]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "odearch",
+        "train",
+        *args,
+    ]
 
 
 def without_option(args: Sequence[str], option: str) -> list[str]:
@@ -266,8 +282,10 @@ def relaunch(nproc: int, args: Sequence[str], batch_size: int) -> int:
     if world_size_from_env() > 1:
         raise ConfigError("--nproc re-launches under torchrun; it cannot be used inside a torchrun launch")
     if batch_size % nproc:
-        raise ConfigError(f"batch_size {batch_size} is the global batch and must split evenly over the {nproc} "
-                          f"processes: use a multiple of {nproc}")  # fmt: skip
+        raise ConfigError(
+            f"batch_size {batch_size} is the global batch and must split evenly over the {nproc} "
+            f"processes: use a multiple of {nproc}"
+        )
     cmd = torchrun_command(nproc, without_option(args, "--nproc"))
     print("odearch: " + " ".join(cmd), file=sys.stderr, flush=True)
     from .signals import die_with_parent
@@ -276,8 +294,9 @@ def relaunch(nproc: int, args: Sequence[str], batch_size: int) -> int:
     return wait_forwarding(proc)
 
 
-def wait_forwarding(proc: Any, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
-                    on_signal: Callable[[int], None] | None = None) -> int:  # fmt: skip
+def wait_forwarding(
+    proc: Any, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT), on_signal: Callable[[int], None] | None = None
+) -> int:
     """Waits for ``proc``, forwarding SIGTERM/SIGINT received meanwhile to it (torchrun passes them to its workers,
     which stop with a resumable checkpoint); returns its exit code (128 + signal for a killed child). ``on_signal``
     is called with each signal's number first (a caller that must know whether a stop was asked)."""

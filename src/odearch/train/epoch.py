@@ -93,10 +93,15 @@ def new_sums() -> dict[str, Any]:
 
 
 def train_one_epoch(
-    model: nn.Module, batches: Iterable[Batch], train_step: TrainStep, *, step: int,
-    sums: dict[str, Any] | None = None, on_step: Callable[[int, dict[str, Any]], bool | None] | None = None,
+    model: nn.Module,
+    batches: Iterable[Batch],
+    train_step: TrainStep,
+    *,
+    step: int,
+    sums: dict[str, Any] | None = None,
+    on_step: Callable[[int, dict[str, Any]], bool | None] | None = None,
     kforces: KForces | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Trains on ``batches`` (an epoch, or its rest after a resume), one ``train_step`` per batch from ``step`` on.
 
     Args:
@@ -136,10 +141,13 @@ def batches_from(loader: Iterable[Any], start: int) -> Iterable[Any]:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: Iterable[Batch], *,
-    autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext, num_classes: int | None = None,
+    model: nn.Module,
+    loader: Iterable[Batch],
+    *,
+    autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+    num_classes: int | None = None,
     env: DistEnv | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Mean cross-entropy and accuracy of ``model`` over ``loader`` (summed across ranks when distributed).
 
     Returns:
@@ -169,8 +177,16 @@ def evaluate(
 def _eval_row(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
     """[loss sum, correct, n, per-class correct (k), per-class count (k)] of one batch, on the device."""
     pred = logits.argmax(1)
-    return torch.cat([
-        torch.stack([F.cross_entropy(logits.float(), y, reduction="sum"), (pred == y).sum().float(),
-                     torch.tensor(float(len(y)), device=y.device)]),
-        torch.bincount(y[pred == y], minlength=k).float()[:k], torch.bincount(y, minlength=k).float()[:k],
-    ])  # fmt: skip
+    return torch.cat(
+        [
+            torch.stack(
+                [
+                    F.cross_entropy(logits.float(), y, reduction="sum"),
+                    (pred == y).sum().float(),
+                    torch.tensor(float(len(y)), device=y.device),
+                ]
+            ),
+            torch.bincount(y[pred == y], minlength=k).float()[:k],
+            torch.bincount(y, minlength=k).float()[:k],
+        ]
+    )

@@ -80,9 +80,11 @@ def verify(path: str | Path, data: bytes) -> None:
     if not isinstance(entry, dict):
         raise CheckpointError(f"{path}: not listed in its manifest {where}; the checkpoint is incomplete")
     if entry.get("bytes") != len(data) or entry.get("sha256") != sha256(data):
-        raise CheckpointError(f"{path}: checksum mismatch with {where} (sha256 {sha256(data)[:12]}..., expected "
-                              f"{str(entry.get('sha256'))[:12]}...): the file is corrupt; restore it or start the "
-                              "run again with --overwrite")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: checksum mismatch with {where} (sha256 {sha256(data)[:12]}..., expected "
+            f"{str(entry.get('sha256'))[:12]}...): the file is corrupt; restore it or start the "
+            "run again with --overwrite"
+        )
 
 
 def read_verified(path: str | Path) -> bytes:
@@ -205,8 +207,9 @@ def _adopt_format1(ckdir: Path) -> None:
         os.link(ckdir / name, gen / name)
         os.chmod(gen / name, default_mode())  # format-1 files were written 0600
         entries[name] = {"sha256": sha256(data), "bytes": len(data)}
-    write_fsync(gen / MANIFEST, (json.dumps({"format": FORMAT, "adopted": "format 1", "files": entries}) +
-                                 "\n").encode())  # fmt: skip
+    write_fsync(
+        gen / MANIFEST, (json.dumps({"format": FORMAT, "adopted": "format 1", "files": entries}) + "\n").encode()
+    )
     fsync_dir(gen)
     _point_current(ckdir, gen.name)
     _stable_links(ckdir, regular)

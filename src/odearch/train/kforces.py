@@ -65,8 +65,10 @@ class KForces:
         steps = sums["lm_steps"]
         grad, k = (sums["lm_grad_sum"] / steps).cpu(), (sums["lm_k_sum"] / steps).cpu()
         sizes = [p.numel() for _, p in self.named]
-        wd, center = (torch.tensor([d[i] for d, n in zip(self.decay, sizes, strict=True) for _ in range(n)],
-                                   dtype=torch.float64) for i in (0, 1))  # fmt: skip
+        wd, center = (
+            torch.tensor([d[i] for d, n in zip(self.decay, sizes, strict=True) for _ in range(n)], dtype=torch.float64)
+            for i in (0, 1)
+        )
         return {"lm_k_grad": self._by_stage(grad), "lm_k_decay": self._by_stage(wd * (k - center))}
 
     def _by_stage(self, flat: torch.Tensor) -> dict[str, Any]:

@@ -69,11 +69,16 @@ from .tensorboard import TensorBoard
 
 __all__ = ["INITIAL_K_FILE", "fit", "write_initial_k"]
 
+
 # ---------------------------------------------------------------------------------------------------------- fit
 def fit(
-    cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, command: str | None = None,
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    command: str | None = None,
     progress_bar: bool | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Trains ``cfg.model`` on ``cfg.dataset`` into the run directory ``cfg.out`` and returns the result summary.
 
     The run directory is locked (``flock``) for the whole call: a second writer is refused. SIGTERM and SIGINT stop
@@ -160,8 +165,11 @@ def _refine(s: TrainState, epoch: int) -> None:
     s.raw, s.optimizer, s.train_step.optimizer = raw, optimizer, optimizer
     s.model, s.eval_model = wrap_model(raw, s.cfg, s.env, s.device)
     level = mesh_level(s.cfg, epoch, 1)
-    log(s.env, f"odearch: refined by {s.cfg.refine_factor} after epoch {epoch} (mesh level {level}): "
-               f"{sum(p.numel() for p in raw.parameters()) / 1e6:.3f}M params")  # fmt: skip
+    log(
+        s.env,
+        f"odearch: refined by {s.cfg.refine_factor} after epoch {epoch} (mesh level {level}): "
+        f"{sum(p.numel() for p in raw.parameters()) / 1e6:.3f}M params",
+    )
 
 
 def _train_epoch(s: TrainState, epoch: int) -> dict[str, Any]:
@@ -184,12 +192,22 @@ def _train_epoch(s: TrainState, epoch: int) -> dict[str, Any]:
     show = progress_hook(bar, s.cfg.log_every, epoch, t0, s.env, eta, start_n=int(sums["n"]) if sums else 0)
     should_stop = _stopper(s)
     forces = KForces(s.raw, s.optimizer)
-    out = train_one_epoch(s.model, batches_from(s.data.train, s.prog.batch), s.train_step, step=s.prog.step,
-                          sums=sums, on_step=lambda step, sums: show(step, sums) or should_stop(),
-                          kforces=forces)  # fmt: skip
+    out = train_one_epoch(
+        s.model,
+        batches_from(s.data.train, s.prog.batch),
+        s.train_step,
+        step=s.prog.step,
+        sums=sums,
+        on_step=lambda step, sums: show(step, sums) or should_stop(),
+        kforces=forces,
+    )
     out["lm_forces"] = forces.row(out)
-    totals = all_reduce_sum(torch.stack([out["loss_sum"].double(), out["correct"].double(),
-                                         torch.tensor(float(out["n"]), device=s.device)]), s.env).cpu()  # fmt: skip
+    totals = all_reduce_sum(
+        torch.stack(
+            [out["loss_sum"].double(), out["correct"].double(), torch.tensor(float(out["n"]), device=s.device)]
+        ),
+        s.env,
+    ).cpu()
     seconds = prev_seconds + time.perf_counter() - t0
     if bar is not None:
         bar.close()
@@ -203,8 +221,12 @@ def _train_epoch(s: TrainState, epoch: int) -> dict[str, Any]:
 def _save_partial_epoch(s: TrainState, out: dict[str, Any]) -> None:
     """Records the unfinished epoch exactly (batches done, running sums, seconds) and checkpoints it (rank 0)."""
     s.prog.batch += out["batches"]
-    s.prog.partial = {"loss_sum": out["loss_sum"].cpu(), "correct": out["correct"].cpu(), "n": out["n"],
-                      "seconds": out["seconds"]}  # fmt: skip
+    s.prog.partial = {
+        "loss_sum": out["loss_sum"].cpu(),
+        "correct": out["correct"].cpu(),
+        "n": out["n"],
+        "seconds": out["seconds"],
+    }
     s.prog.partial |= {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in out.items() if k in KFORCE_SUMS}
     s.add_wall_time()
     if s.env.is_main:
@@ -215,20 +237,34 @@ def _evaluate_row(s: TrainState, epoch: int, out: dict[str, Any]) -> dict[str, A
     """Evaluates on "val" (if split) and "test"; returns the epoch's metrics row, with the code and the machine that
     ran it (runs span commits and machines)."""
     broadcast_buffers(s.raw, s.env)
-    evals = {k: evaluate(s.eval_model, eval_progress(v, k, s.ctl.use_bar, s.env), autocast=s.autocast, env=s.env)
-             for k, v in s.data.evals.items()}  # fmt: skip
+    evals = {
+        k: evaluate(s.eval_model, eval_progress(v, k, s.ctl.use_bar, s.env), autocast=s.autocast, env=s.env)
+        for k, v in s.data.evals.items()
+    }
     totals, seconds = out["totals"], out["seconds"]
-    row = {"epoch": epoch + 1, "step": s.prog.step, "train_loss": (totals[0] / totals[2]).item(),
-           "train_acc": (totals[1] / totals[2]).item()}  # fmt: skip
+    row = {
+        "epoch": epoch + 1,
+        "step": s.prog.step,
+        "train_loss": (totals[0] / totals[2]).item(),
+        "train_acc": (totals[1] / totals[2]).item(),
+    }
     for k in ("test", "val"):
         if k in evals:
             row[f"{k}_loss"], row[f"{k}_acc"] = evals[k]["loss"], evals[k]["acc"]
     prov = s.prov
-    return row | {"lr": s.lr(s.prog.step - 1), "seconds": seconds, "images_per_s": totals[2].item() / seconds,
-                  "lm_k": lm_coefficients(s.raw), **out["lm_forces"], "amp_dtype": s.prog.amp_dtype,
-                  **_mesh_row(s, epoch), **(s.peak.read() if s.peak is not None else {}),
-                  "git_commit": prov["git_commit"], "git_dirty": prov["git_dirty"],
-                  "device_name": prov["device_name"]}  # fmt: skip
+    return row | {
+        "lr": s.lr(s.prog.step - 1),
+        "seconds": seconds,
+        "images_per_s": totals[2].item() / seconds,
+        "lm_k": lm_coefficients(s.raw),
+        **out["lm_forces"],
+        "amp_dtype": s.prog.amp_dtype,
+        **_mesh_row(s, epoch),
+        **(s.peak.read() if s.peak is not None else {}),
+        "git_commit": prov["git_commit"],
+        "git_dirty": prov["git_dirty"],
+        "device_name": prov["device_name"],
+    }
 
 
 def _mesh_row(s: TrainState, epoch: int) -> dict[str, Any]:
@@ -267,12 +303,15 @@ def _stopper(s: TrainState, every: int = 10) -> Callable[[], bool]:
 # ------------------------------------------------------------------------------------------ opening and closing
 def _check_global_batch(batch_size: int, world_size: int) -> None:
     if batch_size % world_size:
-        raise ConfigError(f"batch_size {batch_size} is the global batch and must split evenly over the "
-                          f"{world_size} processes: use a multiple of {world_size}")  # fmt: skip
+        raise ConfigError(
+            f"batch_size {batch_size} is the global batch and must split evenly over the "
+            f"{world_size} processes: use a multiple of {world_size}"
+        )
 
 
-def _open_run(stack: contextlib.ExitStack, cfg: TrainConfig, env: DistEnv, device: torch.device, resume: bool,
-              overwrite: bool) -> tuple[TrainConfig, torch.device, RunDir, StopSignals]:  # fmt: skip
+def _open_run(
+    stack: contextlib.ExitStack, cfg: TrainConfig, env: DistEnv, device: torch.device, resume: bool, overwrite: bool
+) -> tuple[TrainConfig, torch.device, RunDir, StopSignals]:
     """Device of this rank, numerics, the run directory (rank 0's name, checked, then locked for the whole run) and
     the signal handlers; returns (config, device, run, signals)."""
     if env.enabled and device.type == "cuda":
@@ -347,12 +386,18 @@ def _nothing_to_do(s: TrainState) -> dict[str, Any]:
         log(s.env, f"odearch: {s.run.root} already finished its {old.get('epochs', own_epochs)} epochs; nothing to do")
         return old
     if s.prog.epoch >= own_epochs:
-        log(s.env, f"odearch: {s.run.root} trained its {own_epochs} epochs but was stopped before it recorded that "
-                   "(result.json missing or 'stopped'): writing its result as complete")  # fmt: skip
+        log(
+            s.env,
+            f"odearch: {s.run.root} trained its {own_epochs} epochs but was stopped before it recorded that "
+            "(result.json missing or 'stopped'): writing its result as complete",
+        )
         s.cfg = s.cfg.replace(epochs=own_epochs)
         return _summarise(s, False)
-    log(s.env, f"odearch: {s.run.root} has {s.prog.epoch} of its {own_epochs} epochs, at least the {s.cfg.epochs} "
-               "asked; nothing to do")  # fmt: skip
+    log(
+        s.env,
+        f"odearch: {s.run.root} has {s.prog.epoch} of its {own_epochs} epochs, at least the {s.cfg.epochs} "
+        "asked; nothing to do",
+    )
     return s.run.read_result() if s.run.result.is_file() else _summarise(s, False)
 
 
@@ -360,11 +405,17 @@ def _start(s: TrainState) -> None:
     """Records provenance, prints the run's header, and restores the RNG states of the checkpoint resumed from."""
     n_params = sum(p.numel() for p in s.raw.parameters())
     s.prov = provenance(s.device)
-    log(s.env, f"odearch: {s.cfg.model} ({n_params / 1e6:.3f}M params) on {s.cfg.dataset} ({s.data.num_train} train "
-               f"images), {s.prov['device_name']}, {s.env.world_size} process(es), run dir {s.run.root}")  # fmt: skip
+    log(
+        s.env,
+        f"odearch: {s.cfg.model} ({n_params / 1e6:.3f}M params) on {s.cfg.dataset} ({s.data.num_train} train "
+        f"images), {s.prov['device_name']}, {s.env.world_size} process(es), run dir {s.run.root}",
+    )
     if s.device.type == "cpu" and s.amp == torch.bfloat16 and not cpu_has_native_bf16():
-        log(s.env, "odearch: note: bf16 autocast on a CPU without AVX512-BF16 / AMX is emulated and usually slower "
-                   "than float32 (--amp off)")  # fmt: skip
+        log(
+            s.env,
+            "odearch: note: bf16 autocast on a CPU without AVX512-BF16 / AMX is emulated and usually slower "
+            "than float32 (--amp off)",
+        )
     if s.rng is not None:
         try:
             restore_rng(s.rng)
@@ -378,26 +429,47 @@ def _summarise(s: TrainState, stopped: bool, reason: str | None = None) -> dict[
     rows = run.read_metrics() if s.env.is_main else []
     last = rows[-1] if rows else {}
     result = {
-        "status": "stopped" if stopped else "complete", "stop_reason": reason,
+        "status": "stopped" if stopped else "complete",
+        "stop_reason": reason,
         "resume_with": f"odearch train --resume {run.root}" if stopped else None,
         "command": s.ctl.command or "odearch.train.fit (Python API)",
-        "model": cfg.model, "dataset": cfg.dataset, "num_classes": cfg.num_classes, "model_kwargs": cfg.model_kwargs,
-        "weight_decay": cfg.weight_decay, "lm_weight_decay": cfg.lm_weight_decay,
+        "model": cfg.model,
+        "dataset": cfg.dataset,
+        "num_classes": cfg.num_classes,
+        "model_kwargs": cfg.model_kwargs,
+        "weight_decay": cfg.weight_decay,
+        "lm_weight_decay": cfg.lm_weight_decay,
         **({"refine_at": list(cfg.refine_at), "refine_factor": cfg.refine_factor} if cfg.refine_at else {}),
-        "params": sum(p.numel() for p in s.raw.parameters()), "amp": cfg.amp, "amp_dtype": prog.amp_dtype,
-        "seed": cfg.seed, "epochs": cfg.epochs, "epochs_done": prog.epoch, "step": prog.step,
+        "params": sum(p.numel() for p in s.raw.parameters()),
+        "amp": cfg.amp,
+        "amp_dtype": prog.amp_dtype,
+        "seed": cfg.seed,
+        "epochs": cfg.epochs,
+        "epochs_done": prog.epoch,
+        "step": prog.step,
         "final_test_acc": last.get("test_acc"),
         "final_test_error_pct": None if last.get("test_acc") is None else 100 * (1 - last["test_acc"]),
         "final_val_acc": last.get("val_acc"),
-        "best_acc": prog.best["acc"], "best_epoch": prog.best["epoch"], "best_selected_on": prog.best["on"],
-        "best_note": None if s.select == "val" else (
+        "best_acc": prog.best["acc"],
+        "best_epoch": prog.best["epoch"],
+        "best_selected_on": prog.best["on"],
+        "best_note": None
+        if s.select == "val"
+        else (
             "no validation split: best epoch chosen on the TEST set, an optimistic estimate; report final_test_acc "
-            "or use --val-split 5000" if cfg.select_on == "auto" else "selected on the test set (--select-on test)"),
-        "test_images": s.data.evals["test"].num_images, "train_images": s.data.num_train,
-        "wall_seconds": prog.wall_seconds, "world_size": s.env.world_size, **provenance(s.device),
+            "or use --val-split 5000"
+            if cfg.select_on == "auto"
+            else "selected on the test set (--select-on test)"
+        ),
+        "test_images": s.data.evals["test"].num_images,
+        "train_images": s.data.num_train,
+        "wall_seconds": prog.wall_seconds,
+        "world_size": s.env.world_size,
+        **provenance(s.device),
         "peak_rss_mib": max((r["peak_rss_mib"] for r in rows if "peak_rss_mib" in r), default=None),
-        "metrics": str(run.metrics), "config_hash": config_hash(cfg),
-    }  # fmt: skip
+        "metrics": str(run.metrics),
+        "config_hash": config_hash(cfg),
+    }
     if s.env.is_main:
         run.write_result(result)
         why = f"after {cfg.max_minutes} min" if reason == "max_minutes" else f"by {reason}"
@@ -413,8 +485,10 @@ def _recovery_hint(run: RunDir, cfg: TrainConfig) -> str:
     if run.last_state.is_file():
         epoch = found[1].get("epoch", "?") if found else "?"
         kept = f"the last good checkpoint ({run.checkpoints}, epoch {epoch}) is kept"
-    return (f"stopped; {kept}. --resume cannot change the learning rate: start a new run with a lower one, e.g. "
-            f"odearch train --config {run.config} --lr {cfg.lr / 10:g} --warmup-epochs 1 --out NEW_DIR")  # fmt: skip
+    return (
+        f"stopped; {kept}. --resume cannot change the learning rate: start a new run with a lower one, e.g. "
+        f"odearch train --config {run.config} --lr {cfg.lr / 10:g} --warmup-epochs 1 --out NEW_DIR"
+    )
 
 
 def write_initial_k(root: Path, model: nn.Module) -> Path | None:

@@ -39,8 +39,9 @@ def refined_model(model: nn.Module, factor: int) -> tuple[nn.Module, dict[nn.Par
     return remesh(model, factor, "refine")
 
 
-def carry_momentum(old: dict[nn.Parameter, dict], new: dict[nn.Parameter, dict],
-                   maps: dict[nn.Parameter, ParamMap]) -> int:  # fmt: skip
+def carry_momentum(
+    old: dict[nn.Parameter, dict], new: dict[nn.Parameter, dict], maps: dict[nn.Parameter, ParamMap]
+) -> int:
     """Sets each new parameter's ``momentum_buffer`` in the optimizer state ``new`` from its sources' in ``old``
     through the parameter map; returns how many were set (none before the first step, when SGD has no buffers)."""
     done = 0

@@ -46,8 +46,17 @@ from .config import ConfigError, TrainConfig
 __all__ = ["LAYOUT", "RunDir", "RunExistsError", "RunLockedError", "default_out", "resolve_data_dir"]
 
 # What a run directory may hold (names a run writes); --overwrite deletes these and nothing else.
-LAYOUT = ("config.yaml", METRICS_FILE, "result.json", "tb", "checkpoints", "analysis", ".lock", INITIAL_K_FILE,
-          SHIPPED_FILE)  # fmt: skip
+LAYOUT = (
+    "config.yaml",
+    METRICS_FILE,
+    "result.json",
+    "tb",
+    "checkpoints",
+    "analysis",
+    ".lock",
+    INITIAL_K_FILE,
+    SHIPPED_FILE,
+)
 CHECKPOINT_NAMES = ("last.safetensors", "last.state.pt", "best.safetensors", "current")
 
 
@@ -66,8 +75,12 @@ class RunLockedError(RunExistsError):
 
 def _ours(name: str, allowed: tuple[str, ...]) -> bool:
     """A name a run writes: one of ``allowed``, eval_*.json, a generation, or a temporary file of an atomic write."""
-    return (name in allowed or (name.startswith("eval_") and name.endswith(".json")) or name.startswith("gen-")
-            or (name.startswith(".") and name.endswith(".tmp")))  # fmt: skip
+    return (
+        name in allowed
+        or (name.startswith("eval_") and name.endswith(".json"))
+        or name.startswith("gen-")
+        or (name.startswith(".") and name.endswith(".tmp"))
+    )
 
 
 def resolve_data_dir(stored: str | None, run_root: Path, flag: str | None = None) -> str | None:
@@ -158,8 +171,10 @@ class RunDir:
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise RunLockedError(f"{self.root} is being written by another odearch process (it holds the run's "
-                                     "lock); wait for it to end or stop it, then try again") from None  # fmt: skip
+                raise RunLockedError(
+                    f"{self.root} is being written by another odearch process (it holds the run's "
+                    "lock); wait for it to end or stop it, then try again"
+                ) from None
             raise
         try:
             yield
@@ -186,20 +201,26 @@ class RunDir:
         if not self.root.is_dir():
             raise RunExistsError(f"--out {self.root} exists and is not a directory")
         if not self.is_run():
-            raise RunExistsError(f"--out {self.root} is a non-empty directory that is not an odearch run; "
-                                 "choose another --out")  # fmt: skip
+            raise RunExistsError(
+                f"--out {self.root} is a non-empty directory that is not an odearch run; choose another --out"
+            )
         foreign, record = self.foreign(), self.finished_record()
         if foreign and overwrite:
-            raise RunExistsError(f"--overwrite refused: {self.root} holds files that are not part of an odearch run "
-                                 f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); move them or "
-                                 "choose another --out")  # fmt: skip
+            raise RunExistsError(
+                f"--overwrite refused: {self.root} holds files that are not part of an odearch run "
+                f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); move them or "
+                "choose another --out"
+            )
         if record and overwrite:
-            raise RunExistsError(f"--overwrite refused: {self.root} is a finished run; replacing it would delete "
-                                 f"{', '.join(record)}. Choose another --out (or move the run away first)")  # fmt: skip
+            raise RunExistsError(
+                f"--overwrite refused: {self.root} is a finished run; replacing it would delete "
+                f"{', '.join(record)}. Choose another --out (or move the run away first)"
+            )
         if not overwrite:
             hint = "--overwrite to replace it, " if not foreign and not record else ""
-            raise RunExistsError(f"{self.root} already holds a run: use --resume {self.root} to continue it, "
-                                 f"{hint}or another --out")  # fmt: skip
+            raise RunExistsError(
+                f"{self.root} already holds a run: use --resume {self.root} to continue it, {hint}or another --out"
+            )
 
     def has_checkpoint(self) -> bool:
         """Whether ``checkpoints/`` holds any trace of a checkpoint: ``current`` or a stable path, even a dangling
@@ -241,8 +262,13 @@ class RunDir:
     def never_trained(self) -> bool:
         """config.yaml, but no checkpoint (:meth:`has_checkpoint`), no metrics row, no complete result.json and no
         shipped.json: a run stopped before its first checkpoint, which starting again loses nothing."""
-        return (self.config.is_file() and not self.has_checkpoint() and self.complete_result() is None
-                and not self.shipped.exists() and self._metric_rows() == 0)  # fmt: skip
+        return (
+            self.config.is_file()
+            and not self.has_checkpoint()
+            and self.complete_result() is None
+            and not self.shipped.exists()
+            and self._metric_rows() == 0
+        )
 
     def _metric_rows(self) -> int | str:
         """The number of rows in metrics.jsonl (``?`` when a line is unreadable)."""
@@ -255,18 +281,26 @@ class RunDir:
         """Why a run without a checkpoint cannot be resumed, and what to do; ``--overwrite`` is suggested only for a
         run that never trained (nothing would be lost)."""
         if (name := self.shipped_as()) is not None:
-            return (f"{self.root} is a finished run, shipped as {name}, whose checkpoints were pruned after shipping "
-                    f"({self.shipped}): there is nothing to resume. Evaluate it with: odearch eval {self.root}; the "
-                    f"deleted checkpoints are in the repository history (git log -- {self.checkpoints})")  # fmt: skip
+            return (
+                f"{self.root} is a finished run, shipped as {name}, whose checkpoints were pruned after shipping "
+                f"({self.shipped}): there is nothing to resume. Evaluate it with: odearch eval {self.root}; the "
+                f"deleted checkpoints are in the repository history (git log -- {self.checkpoints})"
+            )
         if record := self.finished_record():
-            return (f"{self.root} is a finished run ({', '.join(record)}) without checkpoints: there is nothing to "
-                    f"resume; restore {self.checkpoints} (e.g. from the repository history) to extend it")  # fmt: skip
+            return (
+                f"{self.root} is a finished run ({', '.join(record)}) without checkpoints: there is nothing to "
+                f"resume; restore {self.checkpoints} (e.g. from the repository history) to extend it"
+            )
         if (rows := self._metric_rows()) != 0:
-            return (f"{self.root} has no checkpoint, but metrics.jsonl records {rows} epochs: its checkpoints were "
-                    f"deleted or lost and it cannot be resumed; restore {self.checkpoints}, or train it again with "
-                    "another --out")  # fmt: skip
-        return (f"{self.root} has no checkpoint yet (it was stopped before its first one was saved); start it again "
-                f"with: odearch train --config {self.config} --out {self.root} --overwrite")  # fmt: skip
+            return (
+                f"{self.root} has no checkpoint, but metrics.jsonl records {rows} epochs: its checkpoints were "
+                f"deleted or lost and it cannot be resumed; restore {self.checkpoints}, or train it again with "
+                "another --out"
+            )
+        return (
+            f"{self.root} has no checkpoint yet (it was stopped before its first one was saved); start it again "
+            f"with: odearch train --config {self.config} --out {self.root} --overwrite"
+        )
 
     def create(self, cfg: TrainConfig, overwrite: bool) -> None:
         """Creates the directory for a new run (replacing an old run if ``overwrite``: only the run's own files are

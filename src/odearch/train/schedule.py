@@ -11,9 +11,16 @@ __all__ = ["late_milestones", "lr_at", "lr_schedule"]
 
 
 def lr_at(
-    step: int, *, base_lr: float, steps_per_epoch: int, epochs: int, schedule: str = "step",
-    milestones: Iterable[int] = (), gamma: float = 0.1, warmup_epochs: float = 0.0,
-) -> float:  # fmt: skip
+    step: int,
+    *,
+    base_lr: float,
+    steps_per_epoch: int,
+    epochs: int,
+    schedule: str = "step",
+    milestones: Iterable[int] = (),
+    gamma: float = 0.1,
+    warmup_epochs: float = 0.0,
+) -> float:
     """Learning rate of optimizer step ``step`` (0-based), a pure function.
 
     1. Warm-up: during the first ``round(warmup_epochs * steps_per_epoch)`` steps, lr rises linearly to
@@ -36,9 +43,15 @@ def lr_at(
 def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     """``lr_at`` with the config's schedule bound: step -> lr."""
     return lambda step: lr_at(
-        step, base_lr=cfg.lr, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs, schedule=cfg.schedule,
-        milestones=cfg.milestones, gamma=cfg.gamma, warmup_epochs=cfg.warmup_epochs,
-    )  # fmt: skip
+        step,
+        base_lr=cfg.lr,
+        steps_per_epoch=steps_per_epoch,
+        epochs=cfg.epochs,
+        schedule=cfg.schedule,
+        milestones=cfg.milestones,
+        gamma=cfg.gamma,
+        warmup_epochs=cfg.warmup_epochs,
+    )
 
 
 def late_milestones(cfg: TrainConfig) -> str | None:

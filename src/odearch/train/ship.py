@@ -60,27 +60,53 @@ from .epoch import evaluate
 from .rundir import RunDir
 from .state import build_model
 
-__all__ = ["ShipError", "add_ship_arguments", "default_tag", "evaluate_weights", "prune_checkpoints", "run_ship",
-           "ship_run", "shipped_name"]
+__all__ = [
+    "ShipError",
+    "add_ship_arguments",
+    "default_tag",
+    "evaluate_weights",
+    "prune_checkpoints",
+    "run_ship",
+    "ship_run",
+    "shipped_name",
+]
 
 EVAL_BATCH = 1000
-RECIPE_KEYS = ("epochs", "milestones", "gamma", "schedule", "lr", "momentum", "nesterov", "weight_decay", "batch_size",
-               "warmup_epochs", "label_smoothing", "augment", "amp", "seed", "subset", "val_split")  # fmt: skip
+RECIPE_KEYS = (
+    "epochs",
+    "milestones",
+    "gamma",
+    "schedule",
+    "lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "batch_size",
+    "warmup_epochs",
+    "label_smoothing",
+    "augment",
+    "amp",
+    "seed",
+    "subset",
+    "val_split",
+)
 
 
 class ShipError(ValueError):
     """A run that may not ship (unfinished, not the full recipe, damaged) or a name already in the registry."""
 
 
-def evaluate_weights(model: nn.Module, dataset: str, data_dir: str | Path,
-                     subset: int | None = None) -> tuple[int, int]:  # fmt: skip
+def evaluate_weights(
+    model: nn.Module, dataset: str, data_dir: str | Path, subset: int | None = None
+) -> tuple[int, int]:
     """(correct, images) of ``model`` on the first ``subset`` (default: all) test images of ``dataset``, in fp32 on the
     CPU, batches of 1000, channels_last: the one evaluation that ships and the test suite repeat."""
     from ..data import get_dataset
 
     spec = get_dataset(dataset)
-    loader, _ = spec.test_loader(spec.name, data_dir, EVAL_BATCH, "cpu", subset=subset, download=False,
-                                 channels_last=True)  # fmt: skip
+    loader, _ = spec.test_loader(
+        spec.name, data_dir, EVAL_BATCH, "cpu", subset=subset, download=False, channels_last=True
+    )
     model = model.to("cpu", torch.float32, memory_format=torch.channels_last)
     res = evaluate(model, loader)
     return round(res["acc"] * res["n"]), res["n"]
@@ -91,16 +117,24 @@ def _recipe_problems(cfg: TrainConfig) -> list[str]:
     epochs, milestones = RECIPES[cfg.dataset]
     problems = []
     if cfg.epochs != epochs or tuple(cfg.milestones) != milestones:
-        problems.append(f"{cfg.epochs} epochs with lr steps at {list(cfg.milestones)} (the recipe: {epochs}, "
-                        f"{list(milestones)})")  # fmt: skip
+        problems.append(
+            f"{cfg.epochs} epochs with lr steps at {list(cfg.milestones)} (the recipe: {epochs}, {list(milestones)})"
+        )
     if cfg.subset is not None or cfg.val_split:
         problems.append(f"trained on part of the training set (subset {cfg.subset}, val_split {cfg.val_split})")
     return problems
 
 
-def ship_run(run_dir: str | Path, *, data_dir: str | Path | None = None, tag: str | None = None,
-             registry: str | Path | None = None, any_recipe: bool = False, test_subset: int | None = None,
-             overwrite: bool = False) -> tuple[str, dict[str, Any]]:  # fmt: skip
+def ship_run(
+    run_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    tag: str | None = None,
+    registry: str | Path | None = None,
+    any_recipe: bool = False,
+    test_subset: int | None = None,
+    overwrite: bool = False,
+) -> tuple[str, dict[str, Any]]:
     """Ships the final weights of the finished run in ``run_dir``; returns (``"<model>.<tag>"``, registry entry).
 
     Args:
@@ -114,8 +148,10 @@ def ship_run(run_dir: str | Path, *, data_dir: str | Path | None = None, tag: st
             those weights in its checkpoints.
     """
     if test_subset is not None and test_subset < 1:
-        raise ShipError(f"test_subset must be a positive number of test images, got {test_subset} (leave it out to "
-                        "evaluate the whole test set)")  # fmt: skip
+        raise ShipError(
+            f"test_subset must be a positive number of test images, got {test_subset} (leave it out to "
+            "evaluate the whole test set)"
+        )
     run = RunDir(Path(run_dir))
     registry = Path(registry) if registry is not None else registry_file()
     result, cfg, rows, problems = _finished_run(run, any_recipe)
@@ -135,7 +171,8 @@ def ship_run(run_dir: str | Path, *, data_dir: str | Path | None = None, tag: st
     registry.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(registry.parent / file, data)
     entries[name] = _entry(run, cfg, result, rows, generations.sha256(data), file, correct, n) | (
-        {"not_the_paper_recipe": problems} if problems else {})  # fmt: skip
+        {"not_the_paper_recipe": problems} if problems else {}
+    )
     atomic_write(registry, (json.dumps({"format": WEIGHTS_FORMAT, "weights": entries}, indent=2) + "\n").encode())
     return name, entries[name]
 
@@ -154,8 +191,9 @@ LM_DECAY_TAGS = {"kappa": "", "k": "kdecay", "none": "nokdecay"}  # kappa: the o
 PRECISION_TAGS = {"bfloat16": "bf16", "float16": "fp16"}
 
 
-def default_tag(cfg: TrainConfig, result: dict[str, Any], rows: list[dict[str, Any]],
-                tensors: dict[str, torch.Tensor]) -> str:  # fmt: skip
+def default_tag(
+    cfg: TrainConfig, result: dict[str, Any], rows: list[dict[str, Any]], tensors: dict[str, torch.Tensor]
+) -> str:
     """``<dataset>[_<lm decay>][_<precision>]_s<seed>``: the paper's recipe in fp32 has no suffix; a net with LM
     coefficients trained with ``lm_weight_decay`` none or k gets ``nokdecay`` / ``kdecay``; autocast ``bf16`` /
     ``fp16`` (the precision recorded per epoch, else in result.json, else implied by ``amp`` and the device)."""
@@ -171,16 +209,20 @@ def default_tag(cfg: TrainConfig, result: dict[str, Any], rows: list[dict[str, A
     return "_".join([p for p in parts if p] + [f"s{cfg.seed}"])
 
 
-def _check_name(name: str, entries: dict[str, dict[str, Any]], run: RunDir, result: dict[str, Any], registry: Path,
-                overwrite: bool) -> None:  # fmt: skip
+def _check_name(
+    name: str, entries: dict[str, dict[str, Any]], run: RunDir, result: dict[str, Any], registry: Path, overwrite: bool
+) -> None:
     """ShipError unless ``name`` may take the run's weights: a new name, or (``overwrite``) one shipped from this run
     or from another that still holds those weights in its checkpoints. Never one a pruned run's shipped.json names."""
     old = entries.get(name)
     if old is None:
         return
     other = _entry_run(old, registry)
-    if other is not None and other.resolve() == run.root.resolve() and \
-            old.get("run_config_hash") == result.get("config_hash"):  # fmt: skip
+    if (
+        other is not None
+        and other.resolve() == run.root.resolve()
+        and old.get("run_config_hash") == result.get("config_hash")
+    ):
         if not overwrite:
             raise ShipError(f"{name!r} is already in {registry}, shipped from this run; pass --overwrite to replace it")
         return
@@ -190,17 +232,23 @@ def _check_name(name: str, entries: dict[str, dict[str, Any]], run: RunDir, resu
     except PretrainedError:
         record = {"weights": name}  # a damaged record: assume the worst
     if record is not None and record["weights"] == name:
-        raise ShipError(f"{name!r} in {registry} holds the final weights of {where}, whose checkpoints were pruned "
-                        f"({other / SHIPPED_FILE} names it): that file is their only copy, never replaced; ship this "
-                        "run with another --tag")  # fmt: skip
+        raise ShipError(
+            f"{name!r} in {registry} holds the final weights of {where}, whose checkpoints were pruned "
+            f"({other / SHIPPED_FILE} names it): that file is their only copy, never replaced; ship this "
+            "run with another --tag"
+        )
     if not overwrite:
-        raise ShipError(f"{name!r} is already in {registry}, shipped from {where}; ship this run with another --tag "
-                        "(the default tag sets runs apart only by data set, LM decay, precision and seed)")
+        raise ShipError(
+            f"{name!r} is already in {registry}, shipped from {where}; ship this run with another --tag "
+            "(the default tag sets runs apart only by data set, LM decay, precision and seed)"
+        )
     theirs = RunDir(other).last_weights if other is not None else None
     if theirs is None or not theirs.is_file() or file_sha256(theirs) != old.get("sha256"):
-        raise ShipError(f"--overwrite refused: {name!r} in {registry} was shipped from {where}, which does not hold "
-                        "those weights any more (pruned, moved or changed): the shipped file may be their only copy; "
-                        "ship this run with another --tag")  # fmt: skip
+        raise ShipError(
+            f"--overwrite refused: {name!r} in {registry} was shipped from {where}, which does not hold "
+            "those weights any more (pruned, moved or changed): the shipped file may be their only copy; "
+            "ship this run with another --tag"
+        )
 
 
 def _entry_run(entry: dict[str, Any], registry: Path) -> Path | None:
@@ -224,8 +272,9 @@ def shipped_name(run_dir: str | Path, registry: str | Path | None = None) -> str
     return next((name for name, entry in entries.items() if entry["sha256"] == digest), None)
 
 
-def prune_checkpoints(run_dir: str | Path, registry: str | Path | None = None, *,
-                      force: bool = False) -> dict[str, Any]:  # fmt: skip
+def prune_checkpoints(
+    run_dir: str | Path, registry: str | Path | None = None, *, force: bool = False
+) -> dict[str, Any]:
     """Deletes ``RUN/checkpoints`` of a finished run whose final weights ship byte for byte (verified against their
     manifest, the shipped file's sha256 and the registry's), after writing ``RUN/shipped.json`` atomically: the
     weights' registry name, sha256, the registry file (when not the package's), and the files to delete with their
@@ -255,15 +304,21 @@ def prune_checkpoints(run_dir: str | Path, registry: str | Path | None = None, *
     files = sorted(p for p in run.checkpoints.rglob("*") if p.is_file() and not p.is_symlink())
     lost = _not_in_git(run.root, files)
     if lost and not force:
-        raise ShipError(f"not pruning {run.root}: git's HEAD does not hold {len(lost)} of its {len(files)} checkpoint "
-                        f"files unchanged ({_listed(run, lost)}), so deleting them would lose them (best-epoch "
-                        "weights, optimizer state); commit them first, or pass --force to delete them anyway")
-    record = {"weights": name, "sha256": entry["sha256"], "test_acc": entry["test_acc"],
-              **({} if _is_package_registry(reg) else {"registry": str(reg.resolve())}),
-              "deleted": {str(p.relative_to(run.root)): file_sha256(p) for p in files},
-              **({"not_in_git": [str(p.relative_to(run.root)) for p in lost]} if lost else {}),
-              "note": "checkpoints deleted after shipping: the final weights are the shipped file (odearch eval RUN "
-                      "reads it); the rest is in the repository history (git log -- RUN/checkpoints)"}  # fmt: skip
+        raise ShipError(
+            f"not pruning {run.root}: git's HEAD does not hold {len(lost)} of its {len(files)} checkpoint "
+            f"files unchanged ({_listed(run, lost)}), so deleting them would lose them (best-epoch "
+            "weights, optimizer state); commit them first, or pass --force to delete them anyway"
+        )
+    record = {
+        "weights": name,
+        "sha256": entry["sha256"],
+        "test_acc": entry["test_acc"],
+        **({} if _is_package_registry(reg) else {"registry": str(reg.resolve())}),
+        "deleted": {str(p.relative_to(run.root)): file_sha256(p) for p in files},
+        **({"not_in_git": [str(p.relative_to(run.root)) for p in lost]} if lost else {}),
+        "note": "checkpoints deleted after shipping: the final weights are the shipped file (odearch eval RUN "
+        "reads it); the rest is in the repository history (git log -- RUN/checkpoints)",
+    }
     atomic_write(run.shipped, (json.dumps(record, indent=2) + "\n").encode())  # first: a kill from here on is resumable
     shutil.rmtree(run.checkpoints)
     return record
@@ -292,8 +347,10 @@ def _complete_prune(run: RunDir, record: dict[str, Any]) -> dict[str, Any]:
     left = sorted(p for p in run.checkpoints.rglob("*") if p.is_file() and not p.is_symlink())
     strange = [p for p in left if listed.get(str(p.relative_to(run.root))) != file_sha256(p)]
     if strange:
-        raise ShipError(f"{run.shipped} records a prune of {run.checkpoints}, but it holds files that the record "
-                        f"does not list as deleted ({_listed(run, strange)}); move them out, then prune again")
+        raise ShipError(
+            f"{run.shipped} records a prune of {run.checkpoints}, but it holds files that the record "
+            f"does not list as deleted ({_listed(run, strange)}); move them out, then prune again"
+        )
     shutil.rmtree(run.checkpoints)
     return {**record, "completed": True, "deleted_now": len(left)}
 
@@ -322,55 +379,79 @@ def _git(args: list[str], cwd: Path) -> bytes:
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=True, timeout=120).stdout
 
 
-def _finished_run(run: RunDir, any_recipe: bool) -> tuple[dict[str, Any], TrainConfig, list[dict[str, Any]],
-                                                          list[str]]:  # fmt: skip
+def _finished_run(run: RunDir, any_recipe: bool) -> tuple[dict[str, Any], TrainConfig, list[dict[str, Any]], list[str]]:
     """(result, config, metrics rows, recipe problems) of a run that may ship (not yet pruned): finished, CIFAR, the
     paper's full recipe unless ``any_recipe``; else ShipError."""
     if run.shipped.is_file():
-        raise ShipError(f"{run.root} is already shipped and pruned: {run.shipped} names its weights (a prune cut short "
-                        "is finished by `odearch ship RUN --prune-checkpoints`)")  # fmt: skip
+        raise ShipError(
+            f"{run.root} is already shipped and pruned: {run.shipped} names its weights (a prune cut short "
+            "is finished by `odearch ship RUN --prune-checkpoints`)"
+        )
     if not run.result.is_file():
         raise ShipError(f"{run.root} has no result.json: the run has not finished (or never started)")
     result, cfg, rows = run.read_result(), run.read_config(), run.read_metrics()
     if result.get("status") != "complete" or result.get("epochs_done") != cfg.epochs or len(rows) != cfg.epochs:
-        raise ShipError(f"{run.root} is not finished: status {result.get('status')!r}, {len(rows)} of {cfg.epochs} "
-                        f"epochs in metrics.jsonl; resume it with `odearch train --resume {run.root}`")  # fmt: skip
+        raise ShipError(
+            f"{run.root} is not finished: status {result.get('status')!r}, {len(rows)} of {cfg.epochs} "
+            f"epochs in metrics.jsonl; resume it with `odearch train --resume {run.root}`"
+        )
     if cfg.dataset not in ("cifar10", "cifar100"):
         raise ShipError(f"{run.root}: only CIFAR runs ship (this one is {cfg.dataset})")
     if cfg.refine_at:
-        raise ShipError(f"{run.root} is a multi-level run (refined after epochs {list(cfg.refine_at)}): its weights "
-                        f"are not {cfg.model}'s shape, and the registry names weights by the model they load into; "
-                        "evaluate it with `odearch eval RUN`")  # fmt: skip
+        raise ShipError(
+            f"{run.root} is a multi-level run (refined after epochs {list(cfg.refine_at)}): its weights "
+            f"are not {cfg.model}'s shape, and the registry names weights by the model they load into; "
+            "evaluate it with `odearch eval RUN`"
+        )
     problems = _recipe_problems(cfg)
     if problems and not any_recipe:
         raise ShipError(f"{run.root} is not the paper's full recipe: {'; '.join(problems)}")
     return result, cfg, rows, problems
 
 
-def _entry(run: RunDir, cfg: TrainConfig, result: dict[str, Any], rows: list[dict[str, Any]], sha256: str, file: str,
-           correct: int, n: int) -> dict[str, Any]:  # fmt: skip
+def _entry(
+    run: RunDir,
+    cfg: TrainConfig,
+    result: dict[str, Any],
+    rows: list[dict[str, Any]],
+    sha256: str,
+    file: str,
+    correct: int,
+    n: int,
+) -> dict[str, Any]:
     """The registry entry of the shipped weights: recipe, this evaluation, and the run's provenance."""
     commits = list(dict.fromkeys(r["git_commit"] for r in rows if r.get("git_commit"))) or [result.get("git_commit")]
     return {
-        "file": file, "sha256": sha256, "model": cfg.model, "scheme": cfg.scheme,
-        "model_kwargs": cfg.model_kwargs, "num_classes": cfg.num_classes, "dataset": cfg.dataset,
+        "file": file,
+        "sha256": sha256,
+        "model": cfg.model,
+        "scheme": cfg.scheme,
+        "model_kwargs": cfg.model_kwargs,
+        "num_classes": cfg.num_classes,
+        "dataset": cfg.dataset,
         "recipe": {k: getattr(cfg, k) for k in RECIPE_KEYS} | {"train_images": result.get("train_images")},
-        "test_acc": correct / n, "test_correct": correct, "test_images": n,
+        "test_acc": correct / n,
+        "test_correct": correct,
+        "test_images": n,
         "eval": f"checkpoints/last.safetensors, fp32, CPU, channels_last, batch {EVAL_BATCH}, no augmentation",
-        "run_final_test_acc": rows[-1].get("test_acc"), "run": str(run.root),
+        "run_final_test_acc": rows[-1].get("test_acc"),
+        "run": str(run.root),
         "run_config_hash": result.get("config_hash"),
-        "commits": commits, "git_dirty": any(bool(r.get("git_dirty")) for r in rows) or bool(result.get("git_dirty")),
-        "wall_seconds": result.get("wall_seconds"), "device_name": result.get("device_name"),
+        "commits": commits,
+        "git_dirty": any(bool(r.get("git_dirty")) for r in rows) or bool(result.get("git_dirty")),
+        "wall_seconds": result.get("wall_seconds"),
+        "device_name": result.get("device_name"),
         "torch_version": result.get("torch_version"),
-    }  # fmt: skip
+    }
 
 
 def _positive(text: str) -> int:
     """argparse type: an integer >= 1."""
     value = int(text)
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive number of test images, got {value} (leave the flag out "
-                                         "to evaluate the whole test set)")  # fmt: skip
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of test images, got {value} (leave the flag out to evaluate the whole test set)"
+        )
     return value
 
 
@@ -378,24 +459,37 @@ def add_ship_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of ``odearch ship``."""
     p.add_argument("run", help="a finished run directory (result.json status complete)")
     p.add_argument("--data-dir", help="directory holding the test set (default: the run's)")
-    p.add_argument("--tag", help="weights tag after the dot (default: <dataset>_s<seed> for the paper's recipe in "
-                                 "fp32; what sets a run apart from it goes before the seed: nokdecay / kdecay for an "
-                                 "LM net with --lm-weight-decay none / k, bf16 / fp16 for autocast, e.g. "
-                                 "cifar10_nokdecay_bf16_s1; a run that differs otherwise from one already shipped "
-                                 "under its default tag is refused: give it a --tag)")  # fmt: skip
+    p.add_argument(
+        "--tag",
+        help="weights tag after the dot (default: <dataset>_s<seed> for the paper's recipe in "
+        "fp32; what sets a run apart from it goes before the seed: nokdecay / kdecay for an "
+        "LM net with --lm-weight-decay none / k, bf16 / fp16 for autocast, e.g. "
+        "cifar10_nokdecay_bf16_s1; a run that differs otherwise from one already shipped "
+        "under its default tag is refused: give it a --tag)",
+    )
     p.add_argument("--registry", help="registry file to write (default: the package's odearch/weights/registry.json)")
     p.add_argument("--any-recipe", action="store_true", help="ship a run that is not the paper's full recipe")
-    p.add_argument("--test-subset", type=_positive, metavar="N",
-                   help="evaluate on the first N >= 1 test images only (for tests)")  # fmt: skip
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an entry of the same name shipped from this run (or from another run that still "
-                        f"holds those weights in its checkpoints; never one a pruned run's {SHIPPED_FILE} names)")
-    p.add_argument("--prune-checkpoints", action="store_true",
-                   help=f"then delete RUN/checkpoints, after writing RUN/{SHIPPED_FILE} (a run already shipped byte "
-                        "for byte is only pruned; a prune cut short is completed); refused unless git's HEAD holds "
-                        "every file to delete unchanged")  # fmt: skip
-    p.add_argument("--force", action="store_true",
-                   help="with --prune-checkpoints: delete checkpoint files that git does not hold (they are lost)")
+    p.add_argument(
+        "--test-subset", type=_positive, metavar="N", help="evaluate on the first N >= 1 test images only (for tests)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an entry of the same name shipped from this run (or from another run that still "
+        f"holds those weights in its checkpoints; never one a pruned run's {SHIPPED_FILE} names)",
+    )
+    p.add_argument(
+        "--prune-checkpoints",
+        action="store_true",
+        help=f"then delete RUN/checkpoints, after writing RUN/{SHIPPED_FILE} (a run already shipped byte "
+        "for byte is only pruned; a prune cut short is completed); refused unless git's HEAD holds "
+        "every file to delete unchanged",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --prune-checkpoints: delete checkpoint files that git does not hold (they are lost)",
+    )
 
 
 def run_ship(args: argparse.Namespace) -> int:
@@ -419,22 +513,39 @@ def _prune_and_print(args: argparse.Namespace) -> None:
     if record.get("already_pruned"):
         print(f"{args.run}: already shipped as {record['weights']} and pruned ({shipped}); nothing to do")
     elif record.get("completed"):
-        print(f"{args.run}: completed a prune that was cut short: deleted the {record['deleted_now']} checkpoint "
-              f"files left; {shipped} names the shipped weights {record['weights']}")  # fmt: skip
+        print(
+            f"{args.run}: completed a prune that was cut short: deleted the {record['deleted_now']} checkpoint "
+            f"files left; {shipped} names the shipped weights {record['weights']}"
+        )
     else:
-        print(f"deleted {len(record['deleted'])} checkpoint files of {args.run}; {shipped} names the shipped weights "
-              f"{record['weights']}")  # fmt: skip
+        print(
+            f"deleted {len(record['deleted'])} checkpoint files of {args.run}; {shipped} names the shipped weights "
+            f"{record['weights']}"
+        )
         if record.get("not_in_git"):
-            print(f"odearch: warning: --force: {len(record['not_in_git'])} of them were not in git's HEAD and are "
-                  f"lost: {', '.join(record['not_in_git'])}", file=sys.stderr)  # fmt: skip
+            print(
+                f"odearch: warning: --force: {len(record['not_in_git'])} of them were not in git's HEAD and are "
+                f"lost: {', '.join(record['not_in_git'])}",
+                file=sys.stderr,
+            )
 
 
 def _ship_and_print(args: argparse.Namespace) -> None:
-    name, entry = ship_run(args.run, data_dir=args.data_dir, tag=args.tag, registry=args.registry,
-                           any_recipe=args.any_recipe, test_subset=args.test_subset,
-                           overwrite=args.overwrite)  # fmt: skip
-    print(f"shipped {name}: test accuracy {100 * entry['test_acc']:.2f}% ({entry['test_correct']}/"
-          f"{entry['test_images']}), sha256 {entry['sha256']}, {entry['file']}")  # fmt: skip
+    name, entry = ship_run(
+        args.run,
+        data_dir=args.data_dir,
+        tag=args.tag,
+        registry=args.registry,
+        any_recipe=args.any_recipe,
+        test_subset=args.test_subset,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"shipped {name}: test accuracy {100 * entry['test_acc']:.2f}% ({entry['test_correct']}/"
+        f"{entry['test_images']}), sha256 {entry['sha256']}, {entry['file']}"
+    )
     if entry["run_final_test_acc"] is not None and abs(entry["run_final_test_acc"] - entry["test_acc"]) > 0:
-        print(f"note: the run's own last-epoch evaluation read {100 * entry['run_final_test_acc']:.2f}% (another "
-              f"machine or evaluation order); the registry records this evaluation")  # fmt: skip
+        print(
+            f"note: the run's own last-epoch evaluation read {100 * entry['run_final_test_acc']:.2f}% (another "
+            f"machine or evaluation order); the registry records this evaluation"
+        )

@@ -34,8 +34,12 @@ class StopSignals:
             raise KeyboardInterrupt
         if self.received is None:
             self.received = signal.Signals(signum).name
-            print(f"odearch: {self.received} received: stopping after this step with a resumable checkpoint "
-                  "(Ctrl-C again to abort at once)", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"odearch: {self.received} received: stopping after this step with a resumable checkpoint "
+                "(Ctrl-C again to abort at once)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():

@@ -137,8 +137,9 @@ class TrainState:
         self.ctl.wall_start = now
 
 
-def build_state(cfg: TrainConfig, run: RunDir, env: DistEnv, device: torch.device, ctl: RunControl, *,
-                resume: bool) -> TrainState:  # fmt: skip
+def build_state(
+    cfg: TrainConfig, run: RunDir, env: DistEnv, device: torch.device, ctl: RunControl, *, resume: bool
+) -> TrainState:
     """Seeds, builds the model and the loaders, then the optimizer, scaler and precision (restored from the run's
     checkpoint on ``resume``), the DDP and compile wrappers, and the step rule. The order is the RNG's: model
     initialisation draws from the seeded global RNG first; a resume restores the RNG states before the first step."""
@@ -160,17 +161,42 @@ def build_state(cfg: TrainConfig, run: RunDir, env: DistEnv, device: torch.devic
             amp = dtype_from_name(prog.amp_dtype)
     prog.amp_dtype = dtype_name(amp)
     model, eval_model = wrap_model(raw, cfg, env, device)
-    step = TrainStep(optimizer, lr_schedule(cfg, len(data.train)), lambda: autocast(device, amp), scaler,
-                     cfg.label_smoothing)  # fmt: skip
+    step = TrainStep(
+        optimizer, lr_schedule(cfg, len(data.train)), lambda: autocast(device, amp), scaler, cfg.label_smoothing
+    )
     select = "val" if cfg.select_on == "val" or (cfg.select_on == "auto" and cfg.val_split) else "test"
-    return TrainState(cfg, run, env, device, ctl, raw, model, eval_model, optimizer, scaler, amp, step, data, prog,
-                      select, rng, saved_row, peak=PeakMemory(device))  # fmt: skip
+    return TrainState(
+        cfg,
+        run,
+        env,
+        device,
+        ctl,
+        raw,
+        model,
+        eval_model,
+        optimizer,
+        scaler,
+        amp,
+        step,
+        data,
+        prog,
+        select,
+        rng,
+        saved_row,
+        peak=PeakMemory(device),
+    )
 
 
 def make_optimizer(raw: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The run's SGD over the bare model's parameters (:func:`odearch.train.optim.build_optimizer`)."""
-    return build_optimizer(raw, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                           weight_decay=cfg.weight_decay, lm_weight_decay=cfg.lm_weight_decay)  # fmt: skip
+    return build_optimizer(
+        raw,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
+        lm_weight_decay=cfg.lm_weight_decay,
+    )
 
 
 def wrap_model(raw: nn.Module, cfg: TrainConfig, env: DistEnv, device: torch.device) -> tuple[nn.Module, nn.Module]:
@@ -198,8 +224,9 @@ def build_model(cfg: TrainConfig, level: int = 0) -> nn.Module:
     kwargs = {"scheme": cfg.scheme, **cfg.model_kwargs}
     try:
         with lm_k_draw(cfg.lm_init):
-            model = refine_times(create_model(cfg.model, num_classes=cfg.num_classes, **kwargs), cfg.refine_factor,
-                                 level)  # fmt: skip
+            model = refine_times(
+                create_model(cfg.model, num_classes=cfg.num_classes, **kwargs), cfg.refine_factor, level
+            )
         return model if cfg.memory == "auto" else set_memory(model, cfg.memory)
     except (TypeError, ValueError) as e:
         given = {k: v for k, v in kwargs.items() if v is not None}
@@ -224,17 +251,33 @@ def build_data(cfg: TrainConfig, device: torch.device, env: DistEnv) -> Splits:
 # -------------------------------------------------------------------------------------------------- checkpoint
 def checkpoint_metadata(cfg: TrainConfig, progress: Progress) -> dict[str, Any]:
     """The safetensors metadata of a run's weights (what ``odearch eval`` rebuilds the model from)."""
-    meta = {"model": cfg.model, "num_classes": cfg.num_classes, "dataset": cfg.dataset, "scheme": cfg.scheme,
-            "model_kwargs": cfg.model_kwargs, "step": progress.step, "epoch": progress.epoch,
-            "config_hash": config_hash(cfg), "format": "odearch/1"}  # fmt: skip
+    meta = {
+        "model": cfg.model,
+        "num_classes": cfg.num_classes,
+        "dataset": cfg.dataset,
+        "scheme": cfg.scheme,
+        "model_kwargs": cfg.model_kwargs,
+        "step": progress.step,
+        "epoch": progress.epoch,
+        "config_hash": config_hash(cfg),
+        "format": "odearch/1",
+    }
     if cfg.refine_at:  # a multi-level run: the model is cfg.model refined this many times
         meta |= {"mesh_level": mesh_level(cfg, progress.epoch, progress.batch), "refine_factor": cfg.refine_factor}
     return meta
 
 
-def save_checkpoint(run: RunDir, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler | None, progress: Progress, *, best: bool = False,
-                    row: dict[str, Any] | None = None) -> None:  # fmt: skip
+def save_checkpoint(
+    run: RunDir,
+    cfg: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    progress: Progress,
+    *,
+    best: bool = False,
+    row: dict[str, Any] | None = None,
+) -> None:
     """Writes the checkpoint as one generation (:func:`odearch.train.generations.commit`): last weights, state
     (with the epoch's metrics ``row``, so a resume can repair a log cut by a kill) and, if ``best``, the best weights.
 
@@ -243,17 +286,31 @@ def save_checkpoint(run: RunDir, cfg: TrainConfig, model: nn.Module, optimizer: 
     """
     _check_finite(model, optimizer, progress)
     state = {
-        "format": "odearch-train-state/1", "model": cfg.model, "config_hash": config_hash(cfg),
-        "step": progress.step, "epoch": progress.epoch, "batch": progress.batch, "partial": progress.partial,
-        "best": progress.best, "wall_seconds": progress.wall_seconds, "amp_dtype": progress.amp_dtype,
-        "optimizer": optimizer.state_dict(), "scheduler": {"schedule": cfg.schedule, "step": progress.step},
-        "scaler": scaler.state_dict() if scaler is not None else {}, "rng": capture_rng(), "row": row,
-    }  # fmt: skip
+        "format": "odearch-train-state/1",
+        "model": cfg.model,
+        "config_hash": config_hash(cfg),
+        "step": progress.step,
+        "epoch": progress.epoch,
+        "batch": progress.batch,
+        "partial": progress.partial,
+        "best": progress.best,
+        "wall_seconds": progress.wall_seconds,
+        "amp_dtype": progress.amp_dtype,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": {"schedule": cfg.schedule, "step": progress.step},
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "rng": capture_rng(),
+        "row": row,
+    }
     weights = weights_bytes(model, checkpoint_metadata(cfg, progress))
-    files = {"last.safetensors": weights, "last.state.pt": state_bytes(state), "best.safetensors": weights if best
-             else None}  # fmt: skip
-    generations.commit(run.checkpoints, files, {"step": progress.step, "epoch": progress.epoch,
-                                                "batch": progress.batch})  # fmt: skip
+    files = {
+        "last.safetensors": weights,
+        "last.state.pt": state_bytes(state),
+        "best.safetensors": weights if best else None,
+    }
+    generations.commit(
+        run.checkpoints, files, {"step": progress.step, "epoch": progress.epoch, "batch": progress.batch}
+    )
 
 
 def _check_finite(model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
@@ -262,14 +319,19 @@ def _check_finite(model: nn.Module, optimizer: torch.optim.Optimizer, progress: 
     named += [(f"optimizer state {i}.{k}", v) for i, st in enumerate(optimizer.state.values()) for k, v in st.items()]
     for name, t in named:
         if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise NonFiniteLossError(f"non-finite values (NaN/inf) in {name} after step {progress.step} (epoch "
-                                     f"{progress.epoch}): the checkpoint was NOT saved")  # fmt: skip
+            raise NonFiniteLossError(
+                f"non-finite values (NaN/inf) in {name} after step {progress.step} (epoch "
+                f"{progress.epoch}): the checkpoint was NOT saved"
+            )
 
 
 def restore_checkpoint(
-    run: RunDir, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+    run: RunDir,
+    cfg: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
-) -> tuple[Progress, dict[str, Any], dict[str, Any] | None]:  # fmt: skip
+) -> tuple[Progress, dict[str, Any], dict[str, Any] | None]:
     """Loads the last checkpoint of ``run`` into model and optimizer (checksums verified); returns the progress,
     the RNG states and the metrics row of the checkpoint's epoch (None in checkpoints older than the row)."""
     if not run.last_state.is_file() and not run.last_weights.is_file():
@@ -277,15 +339,18 @@ def restore_checkpoint(
     state = load_state(run.last_state)
     check_state(state, run.last_state)
     if state.get("model") != cfg.model:
-        raise CheckpointError(f"{run.last_state} was saved from model {state.get('model')!r}, but {run.config} "
-                              f"says {cfg.model!r}")  # fmt: skip
+        raise CheckpointError(
+            f"{run.last_state} was saved from model {state.get('model')!r}, but {run.config} says {cfg.model!r}"
+        )
     tensors, meta = load_weights(run.last_weights)
     weights_into(model, tensors, meta, run.last_weights, cfg.model)
     generations.read_verified(run.last_weights)
     generations.read_verified(run.last_state)
     if meta.get("step") != state["step"]:
-        raise CheckpointError(f"{run.last_weights} (step {meta.get('step')}) and {run.last_state} (step "
-                              f"{state['step']}) differ: the run was killed while saving")  # fmt: skip
+        raise CheckpointError(
+            f"{run.last_weights} (step {meta.get('step')}) and {run.last_state} (step "
+            f"{state['step']}) differ: the run was killed while saving"
+        )
     try:
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state["scaler"]:
@@ -295,6 +360,8 @@ def restore_checkpoint(
     keys = ("step", "epoch", "batch", "partial", "best", "wall_seconds")
     row = state.get("row") if isinstance(state.get("row"), dict) else None
     if state.get("amp_dtype") is not None and state["amp_dtype"] not in DTYPE_NAMES.values():
-        raise CheckpointError(f"{run.last_state}: training state key 'amp_dtype' is {state['amp_dtype']!r}, expected "
-                              f"one of {sorted(DTYPE_NAMES.values())}")  # fmt: skip
+        raise CheckpointError(
+            f"{run.last_state}: training state key 'amp_dtype' is {state['amp_dtype']!r}, expected "
+            f"one of {sorted(DTYPE_NAMES.values())}"
+        )
     return Progress(**{k: state[k] for k in keys}, amp_dtype=state.get("amp_dtype")), state["rng"], row

@@ -53,8 +53,12 @@ class TensorBoard:
 
     def _disable(self, e: BaseException) -> None:
         why = getattr(e, "strerror", None) or e
-        print(f"odearch: warning: TensorBoard events disabled, cannot write {self.logdir}: {why} (metrics.jsonl is "
-              "unaffected)", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"odearch: warning: TensorBoard events disabled, cannot write {self.logdir}: {why} (metrics.jsonl is "
+            "unaffected)",
+            file=sys.stderr,
+            flush=True,
+        )
         writer, self._writer = self._writer, None
         if writer is not None:
             try:
