@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..nn.cfg import per_channel
+from ..nn.network import TimmInterface
 from ..nn.stage import Stage
 from ..nn.stochastic import STOCHASTIC_KEYWORDS, fold_stochastic
 from ._pretrained import PretrainedError, load_pretrained, pretrained_entry
@@ -174,11 +175,16 @@ def _adapt(
     """``create_model``'s last steps: input channels, the data config's architecture, features-only mode."""
     if in_chans is not None and in_chans != 3:
         adapt_input_conv(model, in_chans)
-    if hasattr(model, "pretrained_cfg"):
+    if isinstance(model, TimmInterface):  # set as keys over the derived config: no probe forward at construction
+        keys = model.__dict__.setdefault("_cfg_overrides", {})
+        n = model.in_chans
+        keys |= {k: per_channel(keys[k], n) for k in ("mean", "std") if k in keys and len(keys[k]) != n}
+        keys["architecture"] = name.partition(".")[0]  # the weights' stats (kept in keys) fit the channels too
+    elif hasattr(model, "pretrained_cfg"):
         cfg = model.pretrained_cfg
         n = cfg["input_size"][0] if "input_size" in cfg else None
         stats = {k: per_channel(cfg[k], n) for k in ("mean", "std") if n and k in cfg and len(cfg[k]) != n}
-        model.pretrained_cfg = {**cfg, **stats, "architecture": name.partition(".")[0]}  # the weights' stats fit too
+        model.pretrained_cfg = {**cfg, **stats, "architecture": name.partition(".")[0]}
     if features_only:
         if not hasattr(model, "set_features_only"):
             raise ValueError(f"{name!r} has no stages to return as features")
