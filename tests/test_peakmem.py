@@ -79,3 +79,14 @@ def test_every_run_records_its_peak_memory_and_its_allocator(model: str, state: 
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["peak_rss_mib"] > 50 for r in rows)
     assert result["peak_rss_mib"] == max(r["peak_rss_mib"] for r in rows)
+
+
+def test_the_progress_line_shows_the_peak(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a progress bar (a log file), each logged step's line ends with the process's peak memory."""
+    from odearch.train.console import Eta, progress_hook
+    from odearch.train.distributed import DistEnv
+
+    hook = progress_hook(None, 1, 0, 0.0, DistEnv(), Eta(0, 10, 2))
+    hook(1, {"loss_sum": torch.tensor(2.0), "correct": torch.tensor(1), "n": 4})
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("epoch 1 step 1/10") and line.endswith(" MiB") and "peak " in line

@@ -14,6 +14,7 @@ from typing import Any
 
 from .distributed import DistEnv
 from .epoch import NonFiniteLossError
+from .peakmem import peak_rss_mib
 
 __all__ = ["Eta", "epoch_line", "eval_progress", "hms", "log", "make_bar", "outcome", "pct", "progress_hook"]
 
@@ -84,16 +85,19 @@ def progress_hook(
             elapsed = time.perf_counter() - t0
             rate = (sums["n"] - start_n) * env.world_size / max(1e-9, elapsed)
             epoch_left, run_left = eta(step, elapsed, epoch) if eta is not None else (math.nan, math.nan)
+            peak = peak_rss_mib()  # the process's peak resident size this epoch (reset at its start)
             if bar is not None:
                 bar.set_postfix(
                     loss=f"{loss:.4f}",
                     acc=f"{100 * acc:.2f}%",
                     img_s=f"{rate:.0f}",
                     run_eta=hms(run_left) if math.isfinite(run_left) else "?",
+                    **({"peak": f"{peak:.0f}MiB"} if peak is not None else {}),
                 )
             elif env.is_main:
                 where = f"{step - epoch * eta.steps_per_epoch}/{eta.steps_per_epoch}" if eta else f"{step}"
                 left = f"  epoch left {hms(epoch_left)}  run ETA {hms(run_left)}" if eta else ""
+                left += f"  peak {peak:.0f} MiB" if peak is not None else ""
                 print(
                     f"epoch {epoch + 1} step {where}  loss {loss:.4f} acc {100 * acc:.2f}%  {rate:.0f} img/s{left}",
                     flush=True,

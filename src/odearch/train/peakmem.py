@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["PeakMemory"]
+__all__ = ["PeakMemory", "peak_rss_mib"]
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -57,3 +57,9 @@ class PeakMemory:
             out["cuda_peak_allocated_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
             out["cuda_peak_reserved_mib"] = torch.cuda.max_memory_reserved(self.device) / 2**20
         return out
+
+
+def peak_rss_mib() -> float | None:
+    """The process's peak resident size in MiB since the last reset (Linux ``VmHWM``), None where unreadable."""
+    kib = _status_kib("VmHWM")
+    return None if kib is None else kib / 1024
