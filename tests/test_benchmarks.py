@@ -64,6 +64,19 @@ CASES = {
         "1",
         *TINY,
     ],
+    "multilevel": [
+        "--epochs",
+        "3",
+        "--refine-at",
+        "1",
+        "2",
+        "--subset",
+        "256",
+        "--amp",
+        "off",
+        "--data-dir",
+        str(CIFAR_ROOT),
+    ],
     "memory": ["--configs", "lm20:store", "rev20:reversible", "--repeats", "1", "--policy", "cli", *TINY],
     "throughput": [
         "--models",
@@ -106,7 +119,7 @@ def assert_provenance(record: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in CASES if n != "throughput"])
+@pytest.mark.parametrize("name", [n for n in CASES if n not in ("throughput", "multilevel")])
 def test_benchmark_writes_a_record_with_provenance(name: str, tmp_path: Path) -> None:
     record = run_benchmark(name, CASES[name], tmp_path / "bench")
     assert f"benchmarks/{name}.py" in record["command"]
@@ -119,6 +132,20 @@ def test_throughput_benchmark_writes_a_record_with_provenance(tmp_path: Path) ->
     record = run_benchmark("throughput", CASES["throughput"], tmp_path / "bench")
     assert "benchmarks/throughput.py" in record["command"]
     assert_provenance(record)
+
+
+@pytest.mark.slow
+@needs_cifar
+def test_multilevel_benchmark_compares_the_three_runs(tmp_path: Path) -> None:
+    """Three epochs of 256 images each: the multi-level run ends at lm_resnet56's parameter count, and the record holds
+    the gap and the time ratio against the direct LM run."""
+    record = run_benchmark("multilevel", CASES["multilevel"], tmp_path / "bench")
+    assert_provenance(record)
+    runs = {r["run"]: r for r in record["runs"]}
+    assert runs["multilevel"]["params"] == runs["direct_lm"]["params"]
+    assert [e["mesh_level"] for e in runs["multilevel"]["per_epoch"]] == [0, 1, 2]
+    gap = runs["multilevel"]["final_test_error_pct"] - runs["direct_lm"]["final_test_error_pct"]
+    assert record["error_gap_points"] == pytest.approx(gap)
 
 
 def test_every_benchmark_script_is_covered_or_named_as_left_out() -> None:
