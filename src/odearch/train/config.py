@@ -97,6 +97,11 @@ class TrainConfig:
         "(odearch.refine: more, smaller steps; momentum carried over) before the next "
         "epoch trains",
     )
+    ema_decay: float | None = _f(
+        None,
+        "keep an exponential moving average of the weights with this decay (e.g. 0.9998; timm's ModelEmaV3 rule "
+        "with warm-up), evaluated beside the raw model every epoch; the best epoch is chosen on it",
+    )
     refine_factor: int = _f(2, "multi-level training: steps per old step at each --refine-at epoch")
     schedule: str = _f("step", "learning-rate schedule", choices=("step", "cosine"))
     warmup_epochs: float = _f(0.0, "linear warm-up length in epochs (per step)")
@@ -259,6 +264,10 @@ class TrainConfig:
                 f"refine_at (--refine-at) must be strictly increasing epochs in 1..{self.epochs - 1} "
                 f"(the model is refined after each, before the next trains), got {ra}"
             )
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay (--ema-decay) must be in (0, 1), e.g. 0.9998, got {self.ema_decay}")
+        if self.ema_decay is not None and ra:
+            raise ConfigError("ema_decay with refine_at: the average of a model that changes shape is not defined")
         if isinstance(self.refine_factor, bool) or self.refine_factor < 2:
             raise ConfigError(f"refine_factor (--refine-factor) must be an integer >= 2, got {self.refine_factor!r}")
 
@@ -391,6 +400,8 @@ def config_hash(cfg: TrainConfig) -> str:
         del d["lm_weight_decay"]
     if d.get("lm_init") == "global":  # likewise the only LM init before paired init
         del d["lm_init"]
+    if d.get("ema_decay") is None:  # runs without an EMA (all runs before it) keep their hashes
+        d.pop("ema_decay", None)
     if not d.get("refine_at"):  # single-level runs (all runs before multi-level training) keep their hashes
         d.pop("refine_at", None)
         d.pop("refine_factor", None)

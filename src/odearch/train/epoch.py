@@ -15,10 +15,11 @@ Extending the step: gradient clipping, an EMA of the weights or another update r
             torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
             self.optimizer.step()
 
-An EMA overrides ``__call__`` likewise (``out = super().__call__(model, x, y, step)``, then
-``self.ema.update_parameters(model)``); another optimizer is one branch of
+An EMA of the weights is :class:`odearch.train.ema.EmaStep` (``--ema-decay``): an ``update`` override plus the three
+hooks every step has, :meth:`TrainStep.eval_models` (what evaluation reads), :meth:`TrainStep.state_dict` /
+:meth:`TrainStep.load_state_dict` (what checkpoints keep); another optimizer is one branch of
 :func:`odearch.train.optim.build_optimizer`. The trainer builds its step once, in
-:func:`odearch.train.state.build_state`.
+:func:`odearch.train.state.build_state` (:func:`odearch.train.state.make_train_step`).
 """
 
 from __future__ import annotations
@@ -74,6 +75,17 @@ class TrainStep:
             loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         self.update(loss)
         return loss, logits
+
+    def eval_models(self, model: nn.Module) -> dict[str, nn.Module]:
+        """The models an epoch's evaluation reads, by metrics-key prefix: ``model`` alone here (an EMA adds its own)."""
+        return {"": model}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the step beyond the optimizer (nothing here; an EMA keeps its weights)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict`'s output (a checkpoint's ``train_step`` entry)."""
 
     def update(self, loss: torch.Tensor) -> None:
         """Gradients of ``loss``, then the optimizer step (the hook for clipping, EMA or another rule)."""

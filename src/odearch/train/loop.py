@@ -230,15 +230,16 @@ def _save_partial_epoch(s: TrainState, out: dict[str, Any]) -> None:
     s.prog.partial |= {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in out.items() if k in KFORCE_SUMS}
     s.add_wall_time()
     if s.env.is_main:
-        save_checkpoint(s.run, s.cfg, s.raw, s.optimizer, s.scaler, s.prog)
+        save_checkpoint(s.run, s.cfg, s.raw, s.optimizer, s.scaler, s.prog, step=s.train_step.state_dict())
 
 
 def _evaluate_row(s: TrainState, epoch: int, out: dict[str, Any]) -> dict[str, Any]:
     """Evaluates on "val" (if split) and "test"; returns the epoch's metrics row, with the code and the machine that
     ran it (runs span commits and machines)."""
     broadcast_buffers(s.raw, s.env)
-    evals = {
-        k: evaluate(s.eval_model, eval_progress(v, k, s.ctl.use_bar, s.env), autocast=s.autocast, env=s.env)
+    evals = {  # prefix + split: "test", "val", and with an EMA "ema_test", "ema_val"
+        prefix + k: evaluate(m, eval_progress(v, prefix + k, s.ctl.use_bar, s.env), autocast=s.autocast, env=s.env)
+        for prefix, m in s.train_step.eval_models(s.eval_model).items()
         for k, v in s.data.evals.items()
     }
     totals, seconds = out["totals"], out["seconds"]
@@ -248,7 +249,7 @@ def _evaluate_row(s: TrainState, epoch: int, out: dict[str, Any]) -> dict[str, A
         "train_loss": (totals[0] / totals[2]).item(),
         "train_acc": (totals[1] / totals[2]).item(),
     }
-    for k in ("test", "val"):
+    for k in ("test", "val", "ema_test", "ema_val"):
         if k in evals:
             row[f"{k}_loss"], row[f"{k}_acc"] = evals[k]["loss"], evals[k]["acc"]
     prov = s.prov
@@ -278,13 +279,16 @@ def _end_epoch(s: TrainState, row: dict[str, Any]) -> None:
     """Records the finished epoch: progress and best epoch, the checkpoint, then (after it, so that a resume can
     restore a row a kill lost) the metrics row and TensorBoard (rank 0); prints the epoch's line."""
     s.prog.epoch, s.prog.batch, s.prog.partial = row["epoch"], 0, {}
-    acc = row[f"{s.select}_acc"]
+    on = f"ema_{s.select}" if f"ema_{s.select}_acc" in row else s.select  # with an EMA, the best EMA epoch
+    acc = row[f"{on}_acc"]
     improved = s.prog.best["acc"] is None or acc > s.prog.best["acc"]
     if improved:
-        s.prog.best = {"acc": acc, "epoch": row["epoch"], "on": s.select}
+        s.prog.best = {"acc": acc, "epoch": row["epoch"], "on": on}
     s.add_wall_time()
     if s.env.is_main:
-        save_checkpoint(s.run, s.cfg, s.raw, s.optimizer, s.scaler, s.prog, best=improved, row=row)
+        save_checkpoint(
+            s.run, s.cfg, s.raw, s.optimizer, s.scaler, s.prog, best=improved, row=row, step=s.train_step.state_dict()
+        )
         s.run.append_metrics(row)
         if s.writer is not None:
             s.writer.log(row, row["epoch"])

@@ -35,6 +35,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, TrainConfig, config_hash
 from .distributed import DistEnv, barrier, convert_sync_batchnorm
+from .ema import EmaStep
 from .epoch import NonFiniteLossError, TrainStep
 from .multilevel import mesh_level, refine_times
 from .numerics import DTYPE_NAMES, amp_dtype, autocast, dtype_from_name, dtype_name, seed_everything
@@ -161,9 +162,11 @@ def build_state(
             amp = dtype_from_name(prog.amp_dtype)
     prog.amp_dtype = dtype_name(amp)
     model, eval_model = wrap_model(raw, cfg, env, device)
-    step = TrainStep(
-        optimizer, lr_schedule(cfg, len(data.train)), lambda: autocast(device, amp), scaler, cfg.label_smoothing
+    step = make_train_step(
+        cfg, optimizer, lr_schedule(cfg, len(data.train)), lambda: autocast(device, amp), scaler, raw
     )
+    if resume:
+        step.load_state_dict(load_state(run.last_state).get("train_step") or {})
     select = "val" if cfg.select_on == "val" or (cfg.select_on == "auto" and cfg.val_split) else "test"
     return TrainState(
         cfg,
@@ -185,6 +188,20 @@ def build_state(
         saved_row,
         peak=PeakMemory(device),
     )
+
+
+def make_train_step(
+    cfg: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    lr_fn: Any,
+    autocast_fn: Any,
+    scaler: torch.amp.GradScaler | None,
+    raw: nn.Module,
+) -> TrainStep:
+    """The run's step rule: :class:`TrainStep`, or :class:`odearch.train.ema.EmaStep` with ``ema_decay``."""
+    if cfg.ema_decay is not None:
+        return EmaStep(optimizer, lr_fn, autocast_fn, scaler, cfg.label_smoothing, model=raw, decay=cfg.ema_decay)
+    return TrainStep(optimizer, lr_fn, autocast_fn, scaler, cfg.label_smoothing)
 
 
 def make_optimizer(raw: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -277,6 +294,7 @@ def save_checkpoint(
     *,
     best: bool = False,
     row: dict[str, Any] | None = None,
+    step: dict[str, Any] | None = None,
 ) -> None:
     """Writes the checkpoint as one generation (:func:`odearch.train.generations.commit`): last weights, state
     (with the epoch's metrics ``row``, so a resume can repair a log cut by a kill) and, if ``best``, the best weights.
@@ -301,6 +319,7 @@ def save_checkpoint(
         "scaler": scaler.state_dict() if scaler is not None else {},
         "rng": capture_rng(),
         "row": row,
+        "train_step": step or {},  # TrainStep.state_dict(): an EMA's weights
     }
     weights = weights_bytes(model, checkpoint_metadata(cfg, progress))
     files = {
