@@ -16,6 +16,7 @@ from odearch.train import TrainConfig, fit, load_weights
 from odearch.train.checkpoint import load_state
 from odearch.train.config import ConfigError
 from odearch.train.ema import EmaStep, ema_decay_at
+from odearch.train.ship import ShipError, ship_run
 
 
 def test_the_warmup_follows_timm_and_caps_at_the_decay() -> None:
@@ -89,3 +90,14 @@ def test_an_ema_run_records_both_models_and_resumes_bitwise(tmp_path: Path) -> N
     cut = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     keys = ("train_loss", "test_acc", "ema_test_acc")
     assert [[r[k] for k in keys] for r in cut] == [[r[k] for k in keys] for r in rows]
+
+    # odearch ship --ema: the final EMA, under a tag of its own; a run without an EMA is refused
+    reg = tmp_path / "weights" / "registry.json"
+    name, entry = ship_run(tmp_path / "ref", registry=reg, any_recipe=True, test_subset=100, ema=True)
+    assert name == "resnet20.cifar10_ema_s0" and entry["ema"] and entry["ema_decay"] == 0.9
+    shipped, meta = load_weights(reg.parent / entry["file"])
+    assert meta["ema"] and all(torch.equal(shipped[k], a[k]) for k in a)
+    plain = TrainConfig.from_dict({**base, "ema_decay": None, "epochs": 1, "out": str(tmp_path / "plain")})
+    fit(plain)
+    with pytest.raises(ShipError, match="without --ema-decay"):
+        ship_run(tmp_path / "plain", registry=reg, any_recipe=True, test_subset=100, ema=True)

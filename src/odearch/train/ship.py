@@ -31,6 +31,7 @@ them into the wheel). ResNet-20 weights are ~1.1 MB each in fp32.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -54,7 +55,7 @@ from ..models import (
 )
 from ..runfiles import SHIPPED_FILE
 from . import generations
-from .checkpoint import CheckpointError, atomic_write, weights_from_bytes, weights_into
+from .checkpoint import CheckpointError, atomic_write, weights_bytes, weights_from_bytes, weights_into
 from .config import RECIPES, TrainConfig
 from .epoch import evaluate
 from .rundir import RunDir
@@ -134,6 +135,7 @@ def ship_run(
     any_recipe: bool = False,
     test_subset: int | None = None,
     overwrite: bool = False,
+    ema: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     """Ships the final weights of the finished run in ``run_dir``; returns (``"<model>.<tag>"``, registry entry).
 
@@ -146,6 +148,8 @@ def ship_run(
         test_subset: evaluate on the first N >= 1 test images only (tests only).
         overwrite: replace an entry of the same name shipped from this run, or from another run that still holds
             those weights in its checkpoints.
+        ema: ship the final EMA of the weights (a run trained with ``--ema-decay``) instead; its default tag has
+            ``ema`` before the seed.
     """
     if test_subset is not None and test_subset < 1:
         raise ShipError(
@@ -156,16 +160,19 @@ def ship_run(
     registry = Path(registry) if registry is not None else registry_file()
     result, cfg, rows, problems = _finished_run(run, any_recipe)
     data, tensors, meta = _verified_final(run)
+    ema_tensors = _final_ema(run) if ema else None
     if meta.get("epoch") != cfg.epochs:
         raise ShipError(f"{run.last_weights} holds epoch {meta.get('epoch')}, not the final epoch {cfg.epochs}")
     damaged = registry_problems(registry)
     if damaged:
         raise ShipError(f"not shipping into a damaged registry: {damaged[0]}; repair it first (a ship rewrites it)")
-    name = f"{cfg.model}.{tag or default_tag(cfg, result, rows, tensors)}"
+    name = f"{cfg.model}.{tag or default_tag(cfg, result, rows, tensors, ema=ema)}"
     entries = read_registry(registry)
     _check_name(name, entries, run, result, registry, overwrite)
     model = build_model(cfg)
-    weights_into(model, tensors, meta, run.last_weights, cfg.model)
+    weights_into(model, tensors if ema_tensors is None else ema_tensors, meta, run.last_weights, cfg.model)
+    if ema_tensors is not None:
+        data = weights_bytes(model, {**meta, "ema": True})
     correct, n = evaluate_weights(model, cfg.dataset, data_dir or cfg.data_dir, test_subset)
     file = f"{name}.safetensors"
     registry.parent.mkdir(parents=True, exist_ok=True)
@@ -173,8 +180,23 @@ def ship_run(
     entries[name] = _entry(run, cfg, result, rows, generations.sha256(data), file, correct, n) | (
         {"not_the_paper_recipe": problems} if problems else {}
     )
+    if ema:
+        entries[name] |= {"ema": True, "ema_decay": cfg.ema_decay}
     atomic_write(registry, (json.dumps({"format": WEIGHTS_FORMAT, "weights": entries}, indent=2) + "\n").encode())
     return name, entries[name]
+
+
+def _final_ema(run: RunDir) -> dict[str, torch.Tensor]:
+    """The EMA weights kept in the run's final training state (checked against its manifest); ShipError if the run
+    kept no EMA."""
+    try:
+        state = torch.load(io.BytesIO(generations.read_verified(run.last_state)), map_location="cpu", weights_only=True)
+    except CheckpointError as e:
+        raise ShipError(f"not shipping {run.root}: {e}") from None
+    ema = (state.get("train_step") or {}).get("ema")
+    if not ema:
+        raise ShipError(f"{run.root} was trained without --ema-decay: it has no EMA weights to ship (drop --ema)")
+    return ema
 
 
 def _verified_final(run: RunDir) -> tuple[bytes, dict[str, torch.Tensor], dict[str, Any]]:
@@ -192,7 +214,11 @@ PRECISION_TAGS = {"bfloat16": "bf16", "float16": "fp16"}
 
 
 def default_tag(
-    cfg: TrainConfig, result: dict[str, Any], rows: list[dict[str, Any]], tensors: dict[str, torch.Tensor]
+    cfg: TrainConfig,
+    result: dict[str, Any],
+    rows: list[dict[str, Any]],
+    tensors: dict[str, torch.Tensor],
+    ema: bool = False,
 ) -> str:
     """``<dataset>[_<lm decay>][_<precision>]_s<seed>``: the paper's recipe in fp32 has no suffix; a net with LM
     coefficients trained with ``lm_weight_decay`` none or k gets ``nokdecay`` / ``kdecay``; autocast ``bf16`` /
@@ -206,6 +232,7 @@ def default_tag(
         cuda = str(result.get("device", "")).startswith("cuda")
         dtypes = {{"bf16": "bfloat16", "fp16": "float16", "auto": "bfloat16" if cuda else ""}.get(cfg.amp, "")}
     parts += sorted(PRECISION_TAGS[d] for d in dtypes if d in PRECISION_TAGS)
+    parts += ["ema"] if ema else []
     return "_".join([p for p in parts if p] + [f"s{cfg.seed}"])
 
 
@@ -490,12 +517,19 @@ def add_ship_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --prune-checkpoints: delete checkpoint files that git does not hold (they are lost)",
     )
+    p.add_argument(
+        "--ema",
+        action="store_true",
+        help="ship the final EMA of the weights of a run trained with --ema-decay (tag: ..._ema_s<seed>)",
+    )
 
 
 def run_ship(args: argparse.Namespace) -> int:
     """``odearch ship``: ships the run and prints the entry; with ``--prune-checkpoints`` deletes its checkpoints."""
     if args.force and not args.prune_checkpoints:
         raise ShipError("--force only applies to --prune-checkpoints")
+    if args.ema and args.prune_checkpoints:
+        raise ShipError("--ema with --prune-checkpoints: prune after shipping the run's raw final weights")
     if not (args.prune_checkpoints and Path(args.run, SHIPPED_FILE).is_file()):  # else: pruned, or being pruned
         already = shipped_name(args.run, args.registry) if args.prune_checkpoints and not args.overwrite else None
         if already is None:
@@ -539,6 +573,7 @@ def _ship_and_print(args: argparse.Namespace) -> None:
         any_recipe=args.any_recipe,
         test_subset=args.test_subset,
         overwrite=args.overwrite,
+        ema=args.ema,
     )
     print(
         f"shipped {name}: test accuracy {100 * entry['test_acc']:.2f}% ({entry['test_correct']}/"
