@@ -22,6 +22,18 @@ from datapaths import CIFAR_ROOT, REPO
 TINY = ["--batch-size", "4"]
 PAIR = ["--pairs", "preact_resnet20:lm_resnet20"]
 CASES = {
+    "compression_cost": [
+        "--models",
+        "lm_resnet20",
+        "resnet20",
+        "--steps",
+        "1",
+        "--rounds",
+        "1",
+        "--threads",
+        "1",
+        *TINY,
+    ],
     "allocator_policy": ["--runs", "lm_resnet20:store", "--rounds", "1", "--steps", "1", "--threads", "1", *TINY],
     "forward_backward": ["--models", "lm_resnet20", "--repeats", "1", *TINY],
     "host_allocator": [
