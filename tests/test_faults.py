@@ -48,7 +48,7 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def rows(run: Path, drop: tuple[str, ...] = ("seconds", "images_per_s")) -> list[dict[str, Any]]:
+def rows(run: Path, drop: tuple[str, ...] = ("seconds", "images_per_s", "peak_rss_mib")) -> list[dict[str, Any]]:
     return [
         {k: v for k, v in json.loads(line).items() if k not in drop}
         for line in (run / "metrics.jsonl").read_text().splitlines()
@@ -83,8 +83,10 @@ def _format1_save_last(
     *,
     best: bool = False,
     row: Any = None,
+    step: Any = None,
 ) -> None:
-    """The checkpoint writer of dbe7c8e (format 1), verbatim but for the `best` argument: best.safetensors, then
+    """The checkpoint writer of dbe7c8e (format 1), verbatim but for the `best` and `step` (an EMA's state, none
+    here) arguments: best.safetensors, then
     last.state.pt, then last.safetensors, each atomic on its own, no manifest."""
     if best:
         save_weights(run.best_weights, model, train_state.checkpoint_metadata(cfg, progress))
