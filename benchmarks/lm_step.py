@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from odearch.nn import lm_combine
 from odearch.nn import stage as stage_mod
 from odearch.train import TrainConfig, TrainStep, build_model, resolve_device, train_one_epoch
 from odearch.train.numerics import amp_dtype, configure_numerics
@@ -71,7 +72,7 @@ def _old_lm_dk(g: Tensor, u: Tensor, u_prev: Tensor, k: Tensor, scratch: Tensor 
         return (g * (u_prev - u)).sum(dims, dtype=acc).view(k.shape).to(k.dtype)
     d = torch.sub(u_prev, u) if scratch is None else torch.sub(u_prev, u, out=scratch)
     if k.dim() == 0:
-        fg, fd = stage_mod._flat(g), stage_mod._flat(d)
+        fg, fd = lm_combine._flat(g), lm_combine._flat(d)
         if fg is not None and fd is not None and g.stride() == d.stride():
             if fg.dtype == acc:
                 return torch.dot(fg, fd).to(k.dtype)
