@@ -7,6 +7,8 @@ stands for the record's folder; a case without it gets ``--out`` that folder.
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import needs_cifar
 from datapaths import CIFAR_ROOT, REPO
@@ -158,6 +161,51 @@ def test_multilevel_benchmark_compares_the_three_runs(tmp_path: Path) -> None:
     assert [e["mesh_level"] for e in runs["multilevel"]["per_epoch"]] == [0, 1, 2]
     gap = runs["multilevel"]["final_test_error_pct"] - runs["direct_lm"]["final_test_error_pct"]
     assert record["error_gap_points"] == pytest.approx(gap)
+
+
+def _multilevel_module():
+    spec = importlib.util.spec_from_file_location("multilevel_bench", REPO / "benchmarks" / "multilevel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_campaign_queue_holds_the_multilevel_benchmark_runs_as_the_benchmark_prints_them() -> None:
+    """The time-to-accuracy runs the campaign trains are the benchmark's recipe, entry for entry."""
+    printed = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "multilevel.py"),
+            "--queue-entries",
+            "--seed",
+            "1",
+            "--prefix",
+            "ttacc_",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    entries = yaml.safe_load("runs:\n" + printed)["runs"]
+    queue = yaml.safe_load((REPO / "results" / "campaign" / "queue.yaml").read_text())["runs"]
+    assert [e for e in queue if e["name"].startswith("ttacc_")] == entries
+    assert [e["name"] for e in entries] == ["ttacc_multilevel", "ttacc_direct_lm", "ttacc_direct_plain"]
+
+
+def test_multilevel_benchmark_refuses_a_run_of_another_recipe(tmp_path: Path) -> None:
+    bench = _multilevel_module()
+    run_dir = tmp_path / "ttacc_direct_lm"
+    run_dir.mkdir()
+    saved = {"model": "lm_resnet56", "epochs": 20, "milestones": [10, 15], "refine_at": [], "seed": 1, "amp": "bf16"}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved | {"subset": None}))
+    args = argparse.Namespace(
+        epochs=20, refine_at=[4, 9], seed=1, amp="bf16", subset=None, out=tmp_path, prefix="ttacc_", data_dir=None
+    )
+    bench.check_recipe("direct_lm", run_dir, args)  # the recipe: no complaint
+    with pytest.raises(
+        SystemExit, match=r"not trained with this recipe \(epochs: run has 20, recipe wants 30, milestones"
+    ):
+        bench.check_recipe("direct_lm", run_dir, argparse.Namespace(**vars(args) | {"epochs": 30}))
 
 
 def test_every_benchmark_script_is_covered_or_named_as_left_out() -> None:
