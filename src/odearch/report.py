@@ -288,26 +288,11 @@ def summarize(run_dir: str | Path) -> RunSummary:
     seconds = sum(r.get("seconds") or 0.0 for r in rows)
     images = sum((r.get("seconds") or 0.0) * (r.get("images_per_s") or 0.0) for r in rows)
     res = result or {}
-    devices = list(
-        dict.fromkeys(
-            [r["device_name"] for r in rows if r.get("device_name")]
-            + ([res["device_name"]] if res.get("device_name") else [])
-        )
-    )
-    commits = list(dict.fromkeys(r["git_commit"] for r in rows if r.get("git_commit")))
-    if not commits and res.get("git_commit"):
-        commits = [res["git_commit"]]
-    diff = [
-        f"{k} {cfg.get(k)!r} (paper {v!r})"
-        for k, v in PAPER_RECIPE.items()
-        if k in cfg and _norm(cfg.get(k)) != _norm(v)
-    ]
-    diff += [f"{k} {cfg[k]!r}" for k in ("scheme", "model_kwargs") if cfg.get(k)]  # another net than the name's
+    devices, commits = _devices_and_commits(rows, res)
+    diff = _recipe_diff(cfg)
     is_lm = str(cfg.get("model", "")).startswith("lm_")
     milestones = [int(m) for m in cfg.get("milestones") or []]
     lm_decay = cfg.get("lm_weight_decay", "k")  # absent: a run made before the option, whose decay pulled k to 0
-    if is_lm and lm_decay != PAPER_LM_WEIGHT_DECAY:
-        diff.append(f"lm_weight_decay {lm_decay!r} (official code {PAPER_LM_WEIGHT_DECAY!r})")
     return RunSummary(
         name=run_dir.name,
         path=run_dir,
@@ -336,6 +321,30 @@ def summarize(run_dir: str | Path) -> RunSummary:
         lm_init=str(cfg.get("lm_init", "global")) if is_lm else None,
         superseded=_superseded(run_dir),
     )
+
+
+def _devices_and_commits(rows: list[dict[str, Any]], result: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The devices and the commits that trained a run, in order of first appearance (the result's when no row says)."""
+    named = [r["device_name"] for r in rows if r.get("device_name")]
+    devices = list(dict.fromkeys(named + ([result["device_name"]] if result.get("device_name") else [])))
+    commits = list(dict.fromkeys(r["git_commit"] for r in rows if r.get("git_commit")))
+    if not commits and result.get("git_commit"):
+        commits = [result["git_commit"]]
+    return devices, commits
+
+
+def _recipe_diff(cfg: dict[str, Any]) -> list[str]:
+    """How a run's config departs from the paper's recipe (and, for an LM net, from the official decay on k)."""
+    diff = [
+        f"{k} {cfg.get(k)!r} (paper {v!r})"
+        for k, v in PAPER_RECIPE.items()
+        if k in cfg and _norm(cfg.get(k)) != _norm(v)
+    ]
+    diff += [f"{k} {cfg[k]!r}" for k in ("scheme", "model_kwargs") if cfg.get(k)]  # another net than the name's
+    lm_decay = cfg.get("lm_weight_decay", "k")  # absent: a run made before the option, whose decay pulled k to 0
+    if str(cfg.get("model", "")).startswith("lm_") and lm_decay != PAPER_LM_WEIGHT_DECAY:
+        diff.append(f"lm_weight_decay {lm_decay!r} (official code {PAPER_LM_WEIGHT_DECAY!r})")
+    return diff
 
 
 SUPERSEDED_FILE = "superseded.txt"

@@ -360,38 +360,50 @@ def load_cifar(
     spec = _spec(dataset)
     parent, folder = _resolve_root(root, spec)
     files = spec.train_files if train else spec.test_files
-    missing = [f for f in files if not (folder / f).is_file()]
-    if missing:
-        why = "download=False"
-        if download:
-            created = not parent.exists()
-            try:
-                parent.mkdir(parents=True, exist_ok=True)
-                _download(spec, parent)
-            except (OSError, ValueError, tarfile.TarError) as e:
-                if created:  # leave no trace of a failed attempt
-                    shutil.rmtree(parent, ignore_errors=True)
-                why = f"download failed: {type(e).__name__}: {e}".replace("\n", " ")
-            missing = [f for f in files if not (folder / f).is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{spec.name} files missing: {', '.join(missing)} in {folder}. Put the extracted {spec.folder}/ "
-                f"folder in {parent} (or set ODEARCH_DATA), or get it from {spec.url} ({why})"
-            )
+    _ensure_files(spec, parent, folder, files, download)
     parts = [_read_batch(folder / f, spec) for f in files]
     images = torch.from_numpy(np.ascontiguousarray(np.concatenate([p[0] for p in parts])))
     labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
     if check_size:
-        expected = _FULL_SIZE[train]
-        if len(labels) != expected:
-            raise ValueError(
-                f"{spec.name} {'train' if train else 'test'} split in {folder} has {len(labels)} "
-                f"images, expected {expected} (truncated copy?)"
-            )
-        absent = (torch.bincount(labels, minlength=spec.num_classes) == 0).nonzero().flatten().tolist()
-        if absent:
-            raise ValueError(f"{spec.name} split in {folder} has no images of classes {absent}")
+        _check_split(labels, spec, folder, train)
     return images, labels
+
+
+def _ensure_files(spec: _Spec, parent: Path, folder: Path, files: tuple[str, ...], download: bool) -> None:
+    """Download the official archive into ``parent`` when one of ``files`` is missing from ``folder`` (and
+    ``download``); raise ``FileNotFoundError`` naming where to put them when they are still missing."""
+    missing = [f for f in files if not (folder / f).is_file()]
+    if not missing:
+        return
+    why = "download=False"
+    if download:
+        created = not parent.exists()
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            _download(spec, parent)
+        except (OSError, ValueError, tarfile.TarError) as e:
+            if created:  # leave no trace of a failed attempt
+                shutil.rmtree(parent, ignore_errors=True)
+            why = f"download failed: {type(e).__name__}: {e}".replace("\n", " ")
+        missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{spec.name} files missing: {', '.join(missing)} in {folder}. Put the extracted {spec.folder}/ "
+            f"folder in {parent} (or set ODEARCH_DATA), or get it from {spec.url} ({why})"
+        )
+
+
+def _check_split(labels: torch.Tensor, spec: _Spec, folder: Path, train: bool) -> None:
+    """Raise ``ValueError`` unless the split has the official row count and every class occurs."""
+    expected = _FULL_SIZE[train]
+    if len(labels) != expected:
+        raise ValueError(
+            f"{spec.name} {'train' if train else 'test'} split in {folder} has {len(labels)} "
+            f"images, expected {expected} (truncated copy?)"
+        )
+    absent = (torch.bincount(labels, minlength=spec.num_classes) == 0).nonzero().flatten().tolist()
+    if absent:
+        raise ValueError(f"{spec.name} split in {folder} has no images of classes {absent}")
 
 
 # --------------------------------------------------------------------------------------------------------- subsets
