@@ -400,13 +400,13 @@ def test_a_scheme_family_without_a_runner_is_refused() -> None:
     ("scheme", "answers"),
     [
         ("euler", {"branches": 1, "accepts_tuple": True, "is_euler": True}),
-        ("rk4", {"branches": 4, "accepts_single": True, "accepts_tuple": True, "is_euler": False}),
+        ("rk4", {"branches": 4, "split": 1, "accepts_tuple": True, "is_euler": False}),
         ("midpoint", {"branches": 2, "is_euler": False}),
-        ("rev", {"branches": 2, "accepts_single": False, "split": 2, "gates_per_step": 2, "invertible": True}),
+        ("rev", {"branches": 2, "split": 2, "accepts_tuple": True, "invertible": True}),
         ("lm", {"has_k": True, "needs_channels": False, "accepts_tuple": False, "invertible": False}),
         ("lm_channel", {"has_k": True, "needs_channels": True}),
         ("ab2", {"has_k": False, "branches": 1, "accepts_tuple": False, "is_euler": False}),
-        ("poly2", {"has_k": False, "split": 1, "gates_per_step": 1, "accepts_tuple": False}),
+        ("poly2", {"has_k": False, "split": 1, "accepts_tuple": False}),
         ("dense", {"has_k": False, "branches": 1, "accepts_tuple": False, "invertible": False}),
     ],
 )

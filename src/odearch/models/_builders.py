@@ -58,9 +58,9 @@ def _step_layout(scheme: Scheme, fractal: bool, planes: int, out_planes: int) ->
     inner stage (the FractalNet reading) instead of sharing one; LM schemes may have one k per channel.
     """
     runner = step_runner(scheme)
-    if fractal and not (runner.accepts_single and runner.accepts_tuple):
+    if fractal and (runner.split > 1 or not runner.accepts_tuple):
         raise ValueError(f"fractal=True needs a Runge-Kutta scheme, not {scheme.name!r}")
-    if not runner.accepts_single:  # RevNet: one half-width function per part of the split state
+    if runner.split > 1:  # RevNet: one half-width function per part of the split state
         if out_planes % runner.split or planes % runner.split:
             raise ValueError(f"the {scheme.name} scheme splits the state in {runner.split}: widths must divide by it")
         return _Layout(count=runner.branches, split=runner.split, grouped=True)

@@ -186,14 +186,12 @@ class StepRunner:
 
     branches: int = 1
     """Residual functions a step holds when each evaluation has its own (tableau stages, RevNet's (F, G))."""
-    accepts_single: bool = True
-    """A step may be one function, shared by its ``branches`` evaluations."""
     accepts_tuple: bool = False
     """A step may be a tuple of ``branches`` functions (FractalNet's per-stage functions, RevNet's pair)."""
     split: int = 1
-    """The state is split into this many channel parts, one per function of a step (RevNet: 2 halves)."""
-    gates_per_step: int = 1
-    """Stochastic-depth draws per step after the transition (RevNet: one for F, one for G)."""
+    """The state is split into this many channel parts, each with a function of its own and a stochastic-depth draw
+    of its own after the transition (RevNet: 2 halves, F and G). With ``split`` 1 a step may also be one function,
+    shared by its ``branches`` evaluations."""
     invertible: bool = False
     """:meth:`inverse` undoes the steps exactly (RevNet; also what ``memory="reversible"`` needs)."""
     has_k: bool = False
@@ -458,10 +456,8 @@ class RevRunner(StepRunner):
 
     scheme: RevScheme
     branches = 2
-    accepts_single = False
     accepts_tuple = True
     split = 2
-    gates_per_step = 2
     invertible = True
 
     def check_step(self, fn: StepFns, n: int) -> None:
@@ -676,7 +672,7 @@ class Stage(nn.Module):
 
     def _draw_gates(self, u: Tensor) -> list[StepGate] | None:
         """This forward pass's stochastic-depth factors, one per step (None for a step with p_n = 1); a family with
-        ``gates_per_step`` > 1 (RevNet's F, G) gets a tuple per step after the transition, drawn pass by pass."""
+        ``split`` > 1 (RevNet's F, G) gets a tuple per step after the transition, drawn pass by pass."""
         if self.survival is None:
             return None
         if self.drop_mode == "batch" and not _tracing():  # CPU draws from the global RNG: no device sync, ranks
@@ -686,11 +682,10 @@ class Stage(nn.Module):
         else:
             draw = partial(sample_gate, u)
         gates: list[StepGate] = [None if p == 1.0 else draw(p) for p in self.survival]
-        if self.runner.gates_per_step > 1:  # the transition step keeps one draw
+        if self.runner.split > 1:  # the transition step keeps one draw
             first = int(self.shortcut is not None)
             more = [
-                [None if p == 1.0 else draw(p) for p in self.survival[first:]]
-                for _ in range(self.runner.gates_per_step - 1)
+                [None if p == 1.0 else draw(p) for p in self.survival[first:]] for _ in range(self.runner.split - 1)
             ]
             gates[first:] = list(zip(gates[first:], *more))
         return gates
