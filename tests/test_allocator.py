@@ -62,6 +62,7 @@ def probe(mode: str, **env: str) -> tuple[float, str]:
     return float(faults), state
 
 
+@pytest.mark.slow
 @needs_glibc
 def test_training_steps_reuse_their_pages_once_configured() -> None:
     system_faults, system_state = probe("system")
@@ -71,6 +72,7 @@ def test_training_steps_reuse_their_pages_once_configured() -> None:
     assert kept_faults < system_faults / 10, (system_faults, kept_faults)
 
 
+@pytest.mark.slow
 @needs_glibc
 def test_environment_opt_out_leaves_the_allocator_alone() -> None:
     code = (

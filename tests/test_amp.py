@@ -38,6 +38,7 @@ def _rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_bf16_on_cpu_trains_and_records_the_requested_and_effective_dtype(tmp_path: Path) -> None:
     seen: list[torch.dtype] = []
     fwd = torch.nn.Conv2d.forward
@@ -58,6 +59,7 @@ def test_bf16_on_cpu_trains_and_records_the_requested_and_effective_dtype(tmp_pa
     assert load_state(tmp_path / "run" / "checkpoints" / "last.state.pt")["amp_dtype"] == "bfloat16"
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_recorded_precision_when_auto_would_resolve_otherwise(tmp_path: Path) -> None:
     """A run started with amp auto on CPU trains in float32; were auto to mean bf16 later (another release, another
     machine), its resume still trains in float32, the dtype its checkpoint records."""
@@ -70,6 +72,7 @@ def test_resume_keeps_the_recorded_precision_when_auto_would_resolve_otherwise(t
     assert [r["amp_dtype"] for r in _rows(tmp_path / "run")] == ["float32", "float32"]
 
 
+@pytest.mark.slow
 def test_resume_of_a_checkpoint_without_a_recorded_dtype_uses_todays_resolution(tmp_path: Path) -> None:
     """Checkpoints written before the dtype was recorded resume as they started: auto is float32 on CPU."""
     cfg = _cfg(tmp_path, amp="auto")

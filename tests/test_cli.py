@@ -309,6 +309,7 @@ def test_checkpoint_of_another_model(run_dir: Path, tmp_path: Path, capsys: pyte
 
 
 # ------------------------------------------------------------------------------------------------------ analyze
+@pytest.mark.slow
 def test_analyze_a_trained_lm_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`odearch train` an LM-ResNet-20 for 2 short epochs, then `odearch analyze` its run directory: the table's
     k_n are the checkpoint's `lm_k` tensors, and both plots (k against depth, k over the 2 epochs) are written."""

@@ -102,6 +102,7 @@ def test_a_shortened_recipe_warns_that_the_lr_never_drops() -> None:
 
 
 # ------------------------------------------------------------------------ 6: config.yaml records what applies
+@pytest.mark.slow
 def test_config_yaml_of_a_cifar_run_has_no_imagenet_keys_and_the_same_hash(tmp_path: Path) -> None:
     imagenet_only = {"crop_size", "resize_size", "workers", "decode"}
     cfg = TrainConfig(model="resnet20", epochs=2, out=str(tmp_path / "r"))

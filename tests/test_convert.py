@@ -61,6 +61,7 @@ def test_per_channel_and_inplace() -> None:
     assert tv.layer3.lm_k.shape == (5, 1024) and tv.layer3.scheme.name == "lm_channel"
 
 
+@pytest.mark.slow
 def test_state_dict_loads_from_and_into_torchvision() -> None:
     src = randomise_bn(torchvision.models.resnet50()).eval()
     lm = to_lm(torchvision.models.resnet50()).eval()
@@ -73,6 +74,7 @@ def test_state_dict_loads_from_and_into_torchvision() -> None:
     assert back.load_state_dict({k: v for k, v in lm.state_dict().items() if not k.endswith("lm_k")})
 
 
+@pytest.mark.slow
 def test_odearch_models_convert_and_round_trip() -> None:
     plain = randomise_bn(odearch.create_model("resnet50", num_classes=5)).eval()
     lm = to_lm(plain).eval()

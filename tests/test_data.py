@@ -264,6 +264,7 @@ def test_dataset_info_and_subsets():
             take_first(x, y, n)
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_real_cifar10():
     x, y = load_cifar(REAL_DATA, train=True, download=False)
@@ -434,6 +435,7 @@ def test_the_data_set_table_is_what_config_and_cli_read() -> None:
         get_dataset("mnist")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (CIFAR_ROOT / "cifar-10-batches-py").is_dir(), reason="needs CIFAR-10")
 def test_the_table_builds_the_training_splits_and_the_test_loader() -> None:
     """The training side and ``odearch eval`` read the same test images through the table's builders; the held-out

@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+import conftest
 from datapaths import MARKER, REPO, candidates, find_cifar_root
 
 
@@ -38,6 +41,21 @@ def test_a_folder_named_by_the_environment_is_the_only_place_looked_at(tmp_path:
     assert not any("/work/shared" in str(p) for p in candidates({}, Path("/elsewhere/odearch")))
 
 
+def test_ci_without_cifar_exits_in_configure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hook itself (in-process): under CI without the data it exits, naming where it looked; else it lets be."""
+    monkeypatch.setattr(conftest, "HAS_CIFAR", False)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.exit.Exception, match=r"^CI: real CIFAR-10 not found in any of: ") as exit_info:
+        conftest.pytest_configure(None)
+    assert exit_info.value.returncode == 1
+    monkeypatch.setattr(conftest, "HAS_CIFAR", True)
+    conftest.pytest_configure(None)  # CI with the data: the run goes on
+    monkeypatch.setattr(conftest, "HAS_CIFAR", False)
+    monkeypatch.delenv("CI")
+    conftest.pytest_configure(None)  # no CI: the tests that need the data skip instead
+
+
+@pytest.mark.slow
 def test_ci_without_cifar_stops_the_run_with_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "CI": "1", "ODEARCH_TEST_DATA": str(tmp_path)}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "tests" / "test_datapaths.py")]

@@ -126,6 +126,7 @@ def test_stage_is_the_official_dense_block(transition: bool) -> None:
     assert torch.allclose(out, u, atol=1e-15) and history is None
 
 
+@pytest.mark.slow
 def test_one_hot_weights_on_u_n_reproduce_the_plain_twin_exactly() -> None:
     """k_{nj} = 0 for j < n (any k_{nn} != 0): w = e_n, u_{n+1} = u_n + f_n(u_n), bit for bit, in eval and training
     mode, and the gradients of the shared weights agree."""
@@ -298,6 +299,7 @@ def test_per_batch_stochastic_depth_keeps_the_real_history() -> None:
     assert seen == {True, False}
 
 
+@pytest.mark.slow
 def test_torch_export_fx_and_timm() -> None:
     model = create_model("dense_resnet20").eval()
     x = torch.randn(2, 3, 32, 32)

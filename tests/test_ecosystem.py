@@ -178,6 +178,7 @@ def test_timm_registration_and_data_config() -> None:
         timm.create_model("odearch_resnet20", drop_block_rate=0.5)
 
 
+@pytest.mark.slow
 def test_timm_scripts_and_import_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``python -m odearch.timm_models SCRIPT ARGS`` registers, then runs SCRIPT (timm's train.py) with ARGS; and
     ``import timm, odearch`` registers by itself."""
@@ -225,6 +226,7 @@ def test_torch_export_matches_eager(family: str) -> None:
     torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), model(x))
 
 
+@pytest.mark.slow
 def test_exported_training_graph_draws_stochastic_depth() -> None:
     model = odearch.create_model("lm_resnet56_sd").train()
     graph = torch.export.export(model, (_x(32),)).graph
@@ -239,6 +241,7 @@ def test_traced_training_graph_draws_stochastic_depth() -> None:
     assert len(draws) == 26  # every block but the first (p = 1)
 
 
+@pytest.mark.slow
 def test_batch_stochastic_depth_compiles_fullgraph_and_keeps_its_law() -> None:
     """Under torch.compile(fullgraph=True) a per-batch gate is a 0-d tensor eta / p: the step is u or u + f / p."""
     stage = odearch.Stage("euler", [nn.Conv2d(2, 2, 1, bias=False)], survival=[0.5], drop_mode="batch").train()
@@ -352,6 +355,7 @@ def test_akamaster_checkpoint_converts_to_the_same_function(tmp_path: Path) -> N
 
 
 # --------------------------------------------------------------------------------------- progress and k_n(0)
+@pytest.mark.slow
 @needs_cifar
 def test_fit_without_a_terminal_prints_progress_and_stores_initial_k(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

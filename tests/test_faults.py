@@ -109,6 +109,7 @@ def _format1_save_last(
     save_weights(run.last_weights, model, train_state.checkpoint_metadata(cfg, progress))
 
 
+@pytest.mark.slow
 def test_format1_run_resumes_bitwise_and_is_rewritten_as_format2(
     ref: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -233,6 +234,7 @@ def test_a_real_sigkill_at_the_checkpoint_switch_then_resume(ref: Path, tmp_path
 
 
 # ------------------------------------------------------------------------------------- corrupted bytes
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["last.safetensors", "last.state.pt", "best.safetensors"])
 def test_flipped_bytes_are_refused_naming_the_file(
     name: str, ref: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -264,6 +266,7 @@ def test_flipped_bytes_are_refused_naming_the_file(
 
 
 # ---------------------------------------------------------------------------------- concurrent writers
+@pytest.mark.slow
 def test_second_writer_is_refused_and_a_dead_holders_lock_is_reclaimed(ref: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(ref, run, symlinks=True)
@@ -308,6 +311,7 @@ def test_two_concurrent_resumes_one_refused(ref: Path, tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- overwrite
+@pytest.mark.slow
 def test_overwrite_refuses_a_directory_with_foreign_files(ref: Path, tmp_path: Path) -> None:
     d = tmp_path / "project"
     d.mkdir()

@@ -75,6 +75,7 @@ def test_run_config_decides_the_init_and_old_runs_read_as_global(tmp_path) -> No
     assert config_hash(cfg.replace(lm_init="paired")) != config_hash(cfg)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_CIFAR, reason=SKIP_REASON)
 def test_twins_see_the_same_images_in_the_same_order() -> None:
     from datapaths import CIFAR_ROOT

@@ -37,6 +37,7 @@ def test_a_bad_policy_is_refused() -> None:
         policy_for("lots", "store")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux /proc only")
 def test_the_peak_window_resets() -> None:
     """A 256 MiB tensor allocated and freed inside a window shows in its peak, and not in the next window's (in a
@@ -63,6 +64,7 @@ def test_the_epoch_line_shows_the_peak() -> None:
     assert "peak 80 MiB GPU" in epoch_line(row | {"peak_rss_mib": 900.0, "cuda_peak_allocated_mib": 80.0}, 3)
 
 
+@pytest.mark.slow
 @needs_cifar
 @pytest.mark.parametrize(("model", "state"), [("resnet20", "glibc-keep-freed"), ("rev_resnet20", "glibc-return-freed")])
 def test_every_run_records_its_peak_memory_and_its_allocator(model: str, state: str, tmp_path: Path) -> None:

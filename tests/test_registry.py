@@ -79,6 +79,7 @@ PINNED = {
 }
 
 
+@pytest.mark.slow
 def test_registry_names_and_parameter_counts_are_pinned() -> None:
     rows = {r["name"]: r["params"] for r in model_table()}
     assert rows == PINNED

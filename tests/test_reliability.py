@@ -181,6 +181,7 @@ def test_enospc_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_tensorboard_on_a_full_disk_is_one_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

@@ -219,6 +219,7 @@ def _git(repo: Path, *args: str) -> None:
     )
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_prune_refuses_checkpoints_that_git_does_not_hold(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

@@ -239,6 +239,7 @@ def _cfg(tmp_path: Path, **kw: object) -> TrainConfig:
     return TrainConfig.from_dict({**base, **kw})
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_fit_python_api_with_val_split(tmp_path: Path) -> None:
     result = fit(_cfg(tmp_path, model="lm_resnet20", val_split=300))
@@ -248,6 +249,7 @@ def test_fit_python_api_with_val_split(tmp_path: Path) -> None:
     assert set(row["lm_k"]) == {"stages.0", "stages.1", "stages.2"}
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     # lr 1e6: epoch 1 ends with a huge but finite loss yet non-finite weights; epoch 2 overflows to NaN. A checkpoint
