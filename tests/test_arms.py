@@ -121,6 +121,24 @@ def test_arms_count_finished_recipe_runs_and_the_section_states_the_verdict(tmp_
     assert [p.name for p in paths] == ["arms_cifar10_resnet20.png"] and paths[0].stat().st_size > 1000
 
 
+def test_a_verdict_on_fewer_than_the_registered_seeds_says_it_is_interim(tmp_path: Path) -> None:
+    """The plan registers seeds 0-3 for arm B: with 2 finished the verdict carries "interim: 2 of the 4"; with all
+    four it does not; a net the plan registers nothing for never does."""
+    plain = [_run("preact_resnet20", s, e) for s, e in ((0, 8.6), (1, 8.5), (2, 8.7), (3, 8.4))]
+    lm = [_run("lm_resnet20", s, e) for s, e in ((0, 8.96), (1, 8.9), (2, 8.8), (3, 8.9))]
+    two = "\n".join(arm_section([*plain, *lm[:2]], tmp_path))
+    assert "**not reproduced** (interim: 2 of the 4 registered seeds): LM - plain = +0.38 points" in two
+    assert "| not reproduced (interim: 2 of the 4 registered seeds) |" in two
+    assert headline([*plain, *lm[:2]], "r.md")[2].startswith(
+        "- `lm_resnet20`, decay on kappa = 1 - k (official) against `preact_resnet20`: **not reproduced** (interim: 2"
+    )
+    assert "interim" not in "\n".join(arm_section([*plain, *lm], tmp_path))
+    other = [_run("preact_resnet32", s, 8.0 - s / 10) for s in (1, 2)] + [
+        _run("lm_resnet32", s, 8.0 + s / 4) for s in (1, 2)
+    ]
+    assert "interim" not in "\n".join(arm_section(other, tmp_path))
+
+
 def test_no_arms_no_section(tmp_path: Path) -> None:
     assert arm_section([_run("resnet20", 0, 8.75), _run("lm_resnet20", 0, 9.0)], tmp_path) == []
 

@@ -22,12 +22,14 @@ from .runsummary import PAPER_RECIPE, RunSummary, last_phase_mean
 
 __all__ = [
     "NOT_REPRODUCED_ABOVE",
+    "REGISTERED_SEEDS",
     "REPRODUCED_BELOW",
     "Arm",
     "PairedTest",
     "arm_section",
     "arms_of",
     "headline",
+    "interim",
     "paired_test",
     "plot_arm_curves",
     "sentence",
@@ -38,6 +40,14 @@ REPRODUCED_BELOW = 0.0
 """The paired 95 % interval of LM - plain (points) lies wholly below this: the LM gain is reproduced."""
 NOT_REPRODUCED_ABOVE = -0.2
 """... wholly above this: a gain of 0.2 points or more is excluded (half the paper's 0.42 on the 20-layer row)."""
+REGISTERED_SEEDS: dict[tuple[str, str], tuple[int, ...]] = {
+    ("lm_resnet20", "kappa"): (0, 1, 2, 3),
+    ("lm_resnet20", "none"): (1, 2, 3),
+    ("lm_resnet56", "kappa"): (1,),
+}
+"""(LM model, its decay) -> the seeds ``docs/campaign-plan.md`` registers for its test against the plain twin. A
+verdict on fewer finished seeds is *interim*: the sentence says so (how many of how many), since a test read at
+every new seed could stop at a lucky one; only the verdict on every registered seed is the test's answer."""
 _DECAY = {"kappa": "decay on kappa = 1 - k (official)", "none": "no decay on k", "k": "decay on k (toward 0)"}
 
 
@@ -138,9 +148,18 @@ def verdict(t: PairedTest) -> str:
     return "inconclusive"
 
 
+def interim(lm: Arm, t: PairedTest) -> str:
+    """ " (interim: n of the N registered seeds)" while the test has fewer seeds than the plan registers, else ""."""
+    registered = REGISTERED_SEEDS.get((lm.model, lm.decay or ""))
+    if registered is None or set(registered) <= set(t.seeds):
+        return ""
+    return f" (interim: {t.n} of the {len(registered)} registered seeds)"
+
+
 def sentence(lm: Arm, plain: Arm, t: PairedTest) -> str:
-    """ "<arm>: <verdict>: LM - plain = <mean> points (95 % CI lo..hi, n = n, p = p)", from the numbers."""
-    head = f"{lm.label} against `{plain.model}`: **{verdict(t)}**"
+    """ "<arm>: <verdict>[ (interim: n of N registered seeds)]: LM - plain = <mean> points (95 % CI lo..hi, n = n,
+    p = p)", from the numbers."""
+    head = f"{lm.label} against `{plain.model}`: **{verdict(t)}**{interim(lm, t)}"
     if t.n == 0:
         return head + ": no seed finished in both arms yet"
     if t.lo is None or t.hi is None or t.p is None:
@@ -195,7 +214,7 @@ def _test_row(lm: Arm, plain: Arm, t: PairedTest, which: str) -> list[str]:
         ci,
         "—" if t.p is None else f"{t.p:.3f}",
         welch,
-        verdict(t) if which == "all seeds" else "",
+        verdict(t) + interim(lm, t) if which == "all seeds" else "",
     ]
 
 
