@@ -133,6 +133,51 @@ def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+TABLE_START, TABLE_END = "<!-- ttacc-table:start -->", "<!-- ttacc-table:end -->"
+
+
+def table(record: dict[str, Any]) -> str:
+    """The time-to-accuracy table of ``record`` and the sentence its ratios give (Markdown)."""
+    lm = next(r for r in record["runs"] if r["run"] == "direct_lm")
+    rows = [
+        "| run | model | params (end) | error % after the last epoch | mean error %, last lr phase | wall time | "
+        "summed epoch time | median img/s | time / direct LM |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["runs"]:
+        model = f"`{r['model']}`" + (", refined to `lm_resnet56`'s shape" if r["run"] == "multilevel" else "")
+        phase = r["last_phase_mean_error_pct"]
+        rows.append(
+            f"| {r['run']} | {model} | {r['params'] / 1e6:.3f}M | {r['final_test_error_pct']:.2f} | "
+            f"{'—' if phase is None else f'{phase:.2f}'} | {r['wall_seconds'] / 60:.1f} min | "
+            f"{r['epoch_seconds_sum'] / 60:.1f} min | {r['median_images_per_s']:.0f} | "
+            f"{r['wall_seconds'] / lm['wall_seconds']:.2f} |"
+        )
+    settings, prov = record["settings"], record["provenance"]
+    goal = "met" if record["goal_met"] else "not met"
+    return "\n".join(
+        [
+            *rows,
+            "",
+            f"Multi-level against direct LM training: {record['error_gap_points']:+.2f} points of test error in "
+            f"{100 * record['time_ratio']:.0f} % of its wall time ({100 * record['epoch_seconds_ratio']:.0f} % of its "
+            f"summed epoch time): the goal (within 0.3 points in at most 65 % of the time) is {goal}. "
+            f"{settings['epochs']} epochs, refined after epochs {', '.join(map(str, settings['refine_at']))}, seed "
+            f"{settings['seed']}, {settings['amp']}, {prov['device_name']}, torch {prov['torch_version']}; one seed, "
+            "so a gap under ~0.3 points is within seed noise.",
+        ]
+    )
+
+
+def write_table(record: dict[str, Any], page: Path) -> None:
+    """Replace the generated block of ``page`` (between the ttacc-table markers) with :func:`table`."""
+    text = page.read_text()
+    if TABLE_START not in text or TABLE_END not in text:
+        sys.exit(f"multilevel: error: {page} has no {TABLE_START} ... {TABLE_END} block to generate")
+    before, rest = text.split(TABLE_START, 1)
+    page.write_text(f"{before}{TABLE_START}\n{table(record)}\n{TABLE_END}{rest.split(TABLE_END, 1)[1]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=20, help="the shortened recipe's epochs")
@@ -145,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix", default="", help="each run's folder is --out/PREFIX + multilevel|direct_lm|direct_plain")
     p.add_argument("--record", type=Path, help="where the JSON record goes (default: --out/multilevel.json)")
     p.add_argument("--queue-entries", action="store_true", help="print the three runs as campaign queue entries")
+    p.add_argument("--page", type=Path, help="a page whose ttacc-table block gets the table (e.g. docs/mesh.md)")
     args = p.parse_args(argv)
     if args.queue_entries:
         print(queue_entries(args))
@@ -161,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "multilevel",
         "command": shlex.join([sys.executable, *sys.argv]),
         "provenance": provenance(torch.device("cpu")),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "record", "queue_entries")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "record", "queue_entries", "page")},
         "runs": runs,
         "error_gap_points": ml["final_test_error_pct"] - lm["final_test_error_pct"],
         "time_ratio": ml["wall_seconds"] / lm["wall_seconds"],
@@ -173,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"multilevel: gap {record['error_gap_points']:+.2f} points, time x{record['time_ratio']:.2f}; wrote {path}")
+    if args.page:
+        write_table(record, args.page)
+        print(f"multilevel: wrote the table of {args.page}")
     return 0
 
 

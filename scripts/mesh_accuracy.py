@@ -29,7 +29,7 @@ def sweep(name: str, data_dir: str | None, factors: tuple[int, ...], calib: int)
     from odearch import create_model
     from odearch.analysis.probes import mesh_sweep
     from odearch.data.cifar import load_cifar
-    from odearch.models._pretrained import read_registry
+    from odearch.models import read_registry
 
     entry = read_registry()[name]
     model = create_model(name, pretrained=True).eval()
@@ -107,7 +107,7 @@ def write_table(folder: Path, page: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from odearch.models._pretrained import read_registry
+    from odearch.models import read_registry
     from odearch.train.provenance import provenance
 
     shipped = [

@@ -30,7 +30,7 @@ PROBES = ("forces", "ablation", "precision")
 def load_net(source: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model with the final weights of ``source`` (a shipped name or a run directory) and its recipe."""
     from odearch import create_model
-    from odearch.models._pretrained import read_registry, shipped_run_weights
+    from odearch.models import read_registry, shipped_run_weights
     from odearch.train import load_weights
 
     path = Path(source)

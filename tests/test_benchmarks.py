@@ -161,6 +161,13 @@ def test_multilevel_benchmark_compares_the_three_runs(tmp_path: Path) -> None:
     assert [e["mesh_level"] for e in runs["multilevel"]["per_epoch"]] == [0, 1, 2]
     gap = runs["multilevel"]["final_test_error_pct"] - runs["direct_lm"]["final_test_error_pct"]
     assert record["error_gap_points"] == pytest.approx(gap)
+    page = tmp_path / "mesh.md"
+    page.write_text("# Mesh\n\n<!-- ttacc-table:start -->\nold\n<!-- ttacc-table:end -->\n\nafter\n")
+    _multilevel_module().write_table(record, page)
+    text = page.read_text()
+    assert "old" not in text and text.endswith("<!-- ttacc-table:end -->\n\nafter\n")
+    assert f"{gap:+.2f} points of test error in {100 * record['time_ratio']:.0f} % of its wall time" in text
+    assert text.count("\n| multilevel | `lm_resnet20`, refined to `lm_resnet56`'s shape | 0.856M |") == 1
 
 
 def _multilevel_module():
