@@ -3,6 +3,7 @@ keywords that the command line offers as flags (:data:`MODEL_OPTIONS`), each wit
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -43,21 +44,27 @@ def model_table(pattern: str | None = None) -> list[dict[str, Any]]:
         weights.setdefault(full.partition(".")[0], []).append(full.partition(".")[2])
     rows = []
     for name in list_models(pattern):
-        with torch.device("meta"):
-            model = create_model(name)
-        schemes = sorted({m.scheme.name for m in model.modules() if isinstance(m, Stage)})
-        heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-        rows.append(
-            {
-                "name": name,
-                "params": sum(p.numel() for p in model.parameters()),
-                "classes": heads[-1].out_features if heads else None,
-                "family": model_entrypoint(name).__module__.rsplit(".", 1)[-1],
-                "scheme": ",".join(schemes),
-                "pretrained": weights.get(name, []),
-            }
-        )
+        params, classes, family, scheme = _shape_of(name, model_entrypoint(name))
+        row = {"name": name, "params": params, "classes": classes, "family": family, "scheme": scheme}
+        rows.append(row | {"pretrained": weights.get(name, [])})
     return rows
+
+
+@functools.cache
+def _shape_of(name: str, entrypoint: Any) -> tuple[int, int | None, str, str]:
+    """Parameter count, classes, family and schemes of registered model ``name`` built on the meta device: once per
+    process and entry point (``odearch models``, docs and tests ask for the whole table several times)."""
+    with torch.device("meta"):
+        model = create_model(name)
+    schemes = sorted({m.scheme.name for m in model.modules() if isinstance(m, Stage)})
+    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    params = sum(p.numel() for p in model.parameters())
+    return (
+        params,
+        heads[-1].out_features if heads else None,
+        entrypoint.__module__.rsplit(".", 1)[-1],
+        ",".join(schemes),
+    )
 
 
 def models_markdown(pattern: str | None = None) -> str:
