@@ -222,7 +222,8 @@ def test_learned_k_get_gradients_under_bf16_autocast_in_channels_last() -> None:
     x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
-    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    ref = model(x).detach()
+    assert out.dtype == torch.bfloat16 and float((out.detach().float() - ref).norm() / ref.norm()) < 0.05
     out.float().sum().backward()
     for stage in model.stages:
         assert stage.dense_k.dtype == torch.float32 and stage.dense_k.grad.abs().sum() > 0
