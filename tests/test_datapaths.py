@@ -38,7 +38,8 @@ def test_a_folder_named_by_the_environment_is_the_only_place_looked_at(tmp_path:
     assert find_cifar_root({"ODEARCH_DATA": str(empty)}, repo) is None
     named = _cifar_at(tmp_path / "named")
     assert find_cifar_root({"ODEARCH_TEST_DATA": str(named), "ODEARCH_DATA": str(empty)}, repo) == named
-    assert not any("/work/shared" in str(p) for p in candidates({}, Path("/elsewhere/odearch")))
+    # without the environment: only shared/data beside the repository's ancestors, no fixed machine path
+    assert candidates({}, Path("/elsewhere/odearch")) == [Path("/elsewhere/shared/data"), Path("/shared/data")]
 
 
 def test_ci_without_cifar_exits_in_configure(monkeypatch: pytest.MonkeyPatch) -> None:
