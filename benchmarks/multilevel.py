@@ -4,6 +4,8 @@
     python benchmarks/multilevel.py --epochs 20 --refine-at 4 9 --out results/bench/multilevel-short
     python benchmarks/multilevel.py --queue-entries --seed 1 --prefix ttacc_       # the same three runs as campaign
     python benchmarks/multilevel.py --out results/campaign --prefix ttacc_ --seed 1 --record results/bench/m.json
+    python benchmarks/multilevel.py --epochs 160 --refine-at 32 72 --seed 1 --out results/campaign \
+        --folders lm_resnet20_ml56_bf16_s1 lm_resnet56_bf16_s1 preact_resnet56_bf16_s1   # the full recipe's runs
 
 Three runs of ``odearch train`` on CIFAR-10 with the paper's recipe (``configs/cifar10/<model>.yaml``: SGD momentum
 0.9, batch 128, weight decay 1e-4, the LM decay on kappa) shortened to ``--epochs`` (the lr dropped by 10 at half and
@@ -66,10 +68,17 @@ def recipe_flags(name: str, args: argparse.Namespace) -> list[str]:
     return flags
 
 
+def run_folder(name: str, args: argparse.Namespace) -> Path:
+    """Run ``name``'s directory: ``--out``/``--prefix``NAME, or its entry of ``--folders`` (runs named otherwise, as
+    the campaign's full-recipe runs are)."""
+    folders = getattr(args, "folders", None)
+    return args.out / (folders[list(RUNS).index(name)] if folders else args.prefix + name)
+
+
 def train_args(name: str, args: argparse.Namespace) -> list[str]:
     """All ``odearch train`` flags of a new run ``name``."""
     flags = ["--config", str(REPO / config_path(name)), *recipe_flags(name, args), "--seed", str(args.seed)]
-    flags += ["--amp", args.amp, "--out", str(args.out / (args.prefix + name)), "--no-tensorboard"]
+    flags += ["--amp", args.amp, "--out", str(run_folder(name, args)), "--no-tensorboard"]
     return flags + (["--data-dir", args.data_dir] if args.data_dir else [])
 
 
@@ -96,7 +105,7 @@ def check_recipe(name: str, folder: Path, args: argparse.Namespace) -> None:
 
 def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Trains (or resumes, or reads) run ``name``; returns its summary."""
-    folder = args.out / (args.prefix + name)
+    folder = run_folder(name, args)
     result_file = folder / "result.json"
     if (folder / "config.yaml").is_file():
         check_recipe(name, folder, args)
@@ -188,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subset", type=int, default=None, help="train and evaluate on this many images (smoke runs)")
     p.add_argument("--out", type=Path, default=REPO / "results" / "bench" / "multilevel", help="the runs' folder")
     p.add_argument("--prefix", default="", help="each run's folder is --out/PREFIX + multilevel|direct_lm|direct_plain")
+    p.add_argument(
+        "--folders",
+        nargs=3,
+        metavar=("MULTILEVEL", "DIRECT_LM", "DIRECT_PLAIN"),
+        help="the three runs' folders under --out instead of PREFIX + name (e.g. the campaign's full-recipe runs)",
+    )
     p.add_argument("--record", type=Path, help="where the JSON record goes (default: --out/multilevel.json)")
     p.add_argument("--queue-entries", action="store_true", help="print the three runs as campaign queue entries")
     p.add_argument("--page", type=Path, help="a page whose ttacc-table block gets the table (e.g. docs/mesh.md)")

@@ -199,6 +199,29 @@ def test_campaign_queue_holds_the_multilevel_benchmark_runs_as_the_benchmark_pri
     assert [e["name"] for e in entries] == ["ttacc_multilevel", "ttacc_direct_lm", "ttacc_direct_plain"]
 
 
+def test_campaign_queue_holds_the_full_recipe_multilevel_run_the_benchmark_reads() -> None:
+    """The full-recipe multi-level run is queued after the 56-layer twins with the flags of the benchmark's recipe at
+    160 epochs, and the benchmark finds the three by their campaign names."""
+    bench = _multilevel_module()
+    args = argparse.Namespace(epochs=160, refine_at=[32, 72], seed=1, amp="bf16", subset=None, out=Path("runs"))
+    args.folders = ["lm_resnet20_ml56_bf16_s1", "lm_resnet56_bf16_s1", "preact_resnet56_bf16_s1"]
+    queue = yaml.safe_load((REPO / "results" / "campaign" / "queue.yaml").read_text())["runs"]
+    names = [e["name"] for e in queue]
+    entry = queue[names.index("lm_resnet20_ml56_bf16_s1")]
+    assert names.index("lm_resnet20_ml56_bf16_s1") > names.index("lm_resnet56_bf16_s1")
+    assert entry == {
+        "name": "lm_resnet20_ml56_bf16_s1",
+        "config": bench.config_path("multilevel"),
+        "seed": 1,
+        "amp": "bf16",
+        "args": bench.recipe_flags("multilevel", args),
+    }
+    assert bench.recipe("multilevel", args)["milestones"] == [80, 120]  # the paper's schedule
+    for name, folder in zip(bench.RUNS, args.folders, strict=True):
+        assert folder in names and bench.run_folder(name, args) == Path("runs") / folder
+        assert queue[names.index(folder)]["config"] == bench.config_path(name)
+
+
 def test_multilevel_benchmark_refuses_a_run_of_another_recipe(tmp_path: Path) -> None:
     bench = _multilevel_module()
     run_dir = tmp_path / "ttacc_direct_lm"

@@ -24,15 +24,16 @@ def test_model_table_is_generated_from_the_registry() -> None:
 
 @pytest.mark.slow  # ~3 s: every run of the campaign summarised
 def test_readme_results_headline_is_the_one_the_report_generates(tmp_path: Path) -> None:
-    """The README's results headline is never typed: it is what ``odearch report results/campaign --out
-    docs/results.md --readme README.md`` writes from the run directories (here into a copy, without plots)."""
+    """The README's results headline is never typed: it is what ``odearch report results/campaign --probes
+    results/probes --out docs/results.md --readme README.md`` writes from the run directories (here into a copy,
+    without plots)."""
     from odearch.cli import main
 
     (tmp_path / "README.md").write_text((REPO / "README.md").read_text())
     argv = ["report", str(REPO / "results" / "campaign"), "--out", str(tmp_path / "docs" / "results.md")]
     assert main([*argv, "--no-plots", "--readme", str(tmp_path / "README.md")]) == 0
     assert (tmp_path / "README.md").read_text() == (REPO / "README.md").read_text(), (
-        "run: odearch report results/campaign --out docs/results.md --readme README.md"
+        "run: odearch report results/campaign --probes results/probes --out docs/results.md --readme README.md"
     )
 
 

@@ -426,6 +426,20 @@ def test_lm_run_without_the_official_decay_on_kappa_is_not_the_papers_recipe(cam
     ]
 
 
+def test_a_multi_level_run_is_not_the_papers_recipe_of_its_starting_net(campaign: Path) -> None:
+    """A full-length lm_resnet20 run refined to lm_resnet56's shape is neither arm B's lm_resnet20 nor a 56-layer
+    run."""
+    cfg = yaml.safe_load((campaign / "lm_resnet20_s0" / "config.yaml").read_text())
+    (campaign / "lm_resnet20_s0" / "config.yaml").write_text(yaml.safe_dump(cfg | {"refine_at": [32, 72]}))
+    assert summarize(campaign / "lm_resnet20_s0").recipe_diff == ["refine_at [32, 72] (multi-level, refined by 2)"]
+    out, _ = write_report([campaign], campaign.parent / "results.md", "odearch report", plots=False)
+    md = out.read_text()
+    assert "## The LM nets against" not in md  # not counted as the LM twin of preact_resnet20_s0
+    _, other = _tables(md)
+    diff = "refine_at [32, 72] (multi-level, refined by 2)"
+    assert [r[3] for r in other if r[0].startswith("[lm_resnet20_s0]")] == [diff]
+
+
 def test_learned_k_after_the_last_epoch_listed_per_stage(campaign: Path, tmp_path: Path) -> None:
     metrics = campaign / "lm_resnet20_s0" / "metrics.jsonl"
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]

@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from .arms import arm_section, headline, plot_arm_curves
+from .probe_report import probe_section
 from .runfiles import read_metrics
 from .runsummary import PAPER_CIFAR10, PAPER_LM_WEIGHT_DECAY, PAPER_RECIPE, RunSummary, last_phase_mean
 
@@ -341,6 +342,8 @@ def _recipe_diff(cfg: dict[str, Any]) -> list[str]:
         if k in cfg and _norm(cfg.get(k)) != _norm(v)
     ]
     diff += [f"{k} {cfg[k]!r}" for k in ("scheme", "model_kwargs") if cfg.get(k)]  # another net than the name's
+    if cfg.get("refine_at"):  # multi-level: trained at several depths, ends at another net's shape than the name's
+        diff.append(f"refine_at {list(cfg['refine_at'])!r} (multi-level, refined by {cfg.get('refine_factor', 2)})")
     lm_decay = cfg.get("lm_weight_decay", "k")  # absent: a run made before the option, whose decay pulled k to 0
     if str(cfg.get("model", "")).startswith("lm_") and lm_decay != PAPER_LM_WEIGHT_DECAY:
         diff.append(f"lm_weight_decay {lm_decay!r} (official code {PAPER_LM_WEIGHT_DECAY!r})")
@@ -626,9 +629,15 @@ def plot_curves(runs: Sequence[RunSummary], out_dir: str | Path) -> list[Path]:
 
 # ------------------------------------------------------------------------------------------------- report
 def render(
-    runs: Sequence[RunSummary], out: Path, command: str, curves: Sequence[Path] = (), arm_curves: Sequence[Path] = ()
+    runs: Sequence[RunSummary],
+    out: Path,
+    command: str,
+    curves: Sequence[Path] = (),
+    arm_curves: Sequence[Path] = (),
+    probes: str | Path | None = None,
 ) -> str:
-    """The Markdown text of the report written to ``out`` (links are relative to its folder)."""
+    """The Markdown text of the report written to ``out`` (links are relative to its folder); with ``probes``, the
+    tables of the probe records in that folder (:func:`odearch.probe_report.probe_section`)."""
     base = out.parent
     superseded = [s for s in runs if s.superseded]
     runs = [s for s in runs if not s.superseded]
@@ -680,6 +689,8 @@ def render(
         ]
     lines += arm_section(runs, base, arm_curves)
     lines += lm_k_section(runs, base)
+    if probes is not None:
+        lines += probe_section(probes, base)
     if curves:
         lines += ["", "## Learning curves", ""]
         for c in curves:
@@ -701,11 +712,23 @@ def render(
 
 
 def write_report(
-    paths: Sequence[str | Path], out: str | Path, command: str, plots: bool = True, readme: str | Path | None = None
+    paths: Sequence[str | Path],
+    out: str | Path,
+    command: str,
+    plots: bool = True,
+    readme: str | Path | None = None,
+    probes: str | Path | None = None,
 ) -> tuple[Path, list[Path]]:
     """Summarises every run under ``paths``, writes the curves beside ``out`` and the Markdown to ``out``; with
-    ``readme``, also rewrites that file's results headline (:func:`write_headline`)."""
+    ``readme``, also rewrites that file's results headline (:func:`write_headline`); with ``probes``, a folder of
+    ``scripts/probe_lm.py`` records, adds their tables.
+
+    Raises:
+        ReportInputError: ``probes`` is not a folder.
+    """
     out = Path(out)
+    if probes is not None and not Path(probes).is_dir():
+        raise ReportInputError(f"--probes {probes}: not a folder")
     runs = _summaries(find_runs(paths))
     if readme is not None:
         write_headline(readme, runs, out)
@@ -713,7 +736,7 @@ def write_report(
     curves = plot_curves([s for s in counted if not s.recipe_diff], out.parent) if plots else []
     arm_curves = plot_arm_curves(counted, out.parent) if plots else []
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(runs, out, command, curves, arm_curves))
+    out.write_text(render(runs, out, command, curves, arm_curves, probes))
     return out, curves + arm_curves
 
 
@@ -766,13 +789,20 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
         help=f"also rewrite the results headline between the {HEADLINE_START} and {HEADLINE_END} markers of this file "
         "(e.g. README.md)",
     )
+    p.add_argument(
+        "--probes",
+        metavar="DIR",
+        help="also tabulate the probe records of this folder (scripts/probe_lm.py; e.g. results/probes)",
+    )
 
 
 def run_report(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     """``odearch report``: writes the report and says where."""
     command = shlex.join(["odearch", *argv]) if argv is not None else "odearch report"
     try:
-        out, curves = write_report(args.results, args.out, command, plots=not args.no_plots, readme=args.readme)
+        out, curves = write_report(
+            args.results, args.out, command, plots=not args.no_plots, readme=args.readme, probes=args.probes
+        )
     except ReportInputError as e:  # a path the user gave: usage, not a failure
         print(f"odearch: error: {e}", file=sys.stderr)
         return 2
