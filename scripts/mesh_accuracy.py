@@ -45,6 +45,13 @@ def sweep(name: str, data_dir: str | None, factors: tuple[int, ...], calib: int)
     return {"net": net, "rows": rows}
 
 
+def sweeps(folder: Path) -> list[dict[str, Any]]:
+    """The sweep records of ``folder`` (a ``net`` and its ``rows``; other JSON there, e.g. the convergence record,
+    is not one), by file name."""
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    return [r for r in records if isinstance(r, dict) and "net" in r and "rows" in r]
+
+
 def plot(folder: Path, out: Path) -> None:
     """Error against steps per stage, one line per net, recalibrated dashed."""
     import matplotlib
@@ -53,15 +60,15 @@ def plot(folder: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for path in sorted(folder.glob("*.json")):
-        record = json.loads(path.read_text())
+    records = sweeps(folder)
+    for record in records:
         rows = sorted(record["rows"], key=lambda r: r["steps_per_stage"][0])
         steps = [r["steps_per_stage"][0] for r in rows]
         line = ax.plot(steps, [r["error"] for r in rows], "o-", label=record["net"]["name"])[0]
         ax.plot(steps, [r["error_recalibrated"] for r in rows], "s--", color=line.get_color(), alpha=0.7)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ticks = sorted({r["steps_per_stage"][0] for p in folder.glob("*.json") for r in json.loads(p.read_text())["rows"]})
+    ticks = sorted({r["steps_per_stage"][0] for record in records for r in record["rows"]})
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_yticks([5, 10, 20, 40, 80], ["5", "10", "20", "40", "80"])
     ax.minorticks_off()
@@ -79,7 +86,7 @@ def plot(folder: Path, out: Path) -> None:
 
 def table(folder: Path) -> str:
     """The Markdown table of every JSON in ``folder``: a row per net, a column per mesh, "error (recalibrated)"."""
-    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    records = sweeps(folder)
     meshes = sorted(
         {(r["kind"], r["factor"], r["steps_per_stage"][0]) for rec in records for r in rec["rows"]}, key=lambda m: m[2]
     )
