@@ -628,6 +628,9 @@ def plot_curves(runs: Sequence[RunSummary], out_dir: str | Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------------- report
+SUPERSEDED_HEADER = "| run | model | seed | epochs | why |"
+
+
 def render(
     runs: Sequence[RunSummary],
     out: Path,
@@ -699,16 +702,19 @@ def render(
     if other:
         lines += ["", "## Other runs (not the paper's recipe: not comparable to its numbers)", ""]
         lines += _table(OTHER_HEADER, [other_row(s, base) for s in other])
-    if superseded:
-        lines += ["", "## Superseded runs (kept as they stopped, not counted)", ""]
-        lines += _table(
-            "| run | model | seed | epochs | why |",
-            [
-                [_link(s, base), f"`{s.model}`", str(s.seed), f"{s.epochs_done}/{s.epochs}", s.superseded or ""]
-                for s in superseded
-            ],
-        )
+    lines += _superseded_section(superseded, base)
     return "\n".join(lines) + "\n"
+
+
+def _superseded_section(superseded: Sequence[RunSummary], base: Path) -> list[str]:
+    """The table of runs kept as they stopped and no longer counted (none: no lines)."""
+    if not superseded:
+        return []
+    rows = [
+        [_link(s, base), f"`{s.model}`", str(s.seed), f"{s.epochs_done}/{s.epochs}", s.superseded or ""]
+        for s in superseded
+    ]
+    return ["", "## Superseded runs (kept as they stopped, not counted)", "", *_table(SUPERSEDED_HEADER, rows)]
 
 
 def write_report(
