@@ -37,6 +37,7 @@ __all__ = [
     "save_state",
     "save_weights",
     "state_bytes",
+    "tensors_bytes",
     "weights_bytes",
     "weights_from_bytes",
     "weights_into",
@@ -130,9 +131,12 @@ def save_weights(path: str | Path, model: nn.Module, metadata: dict[str, Any]) -
 def weights_bytes(model: nn.Module, metadata: dict[str, Any]) -> bytes:
     """The safetensors file of ``model.state_dict()`` with JSON-encoded ``metadata``, as bytes."""
     # safetensors stores dense row-major tensors: channels_last weights are made contiguous in a copy.
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    header = {k: json.dumps(v) for k, v in metadata.items()}
-    return st_save(tensors, metadata=header)
+    return tensors_bytes({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, metadata)
+
+
+def tensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> bytes:
+    """The safetensors file of dense CPU ``tensors`` with JSON-encoded ``metadata``, as bytes."""
+    return st_save(tensors, metadata={k: json.dumps(v) for k, v in metadata.items()})
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -3,11 +3,17 @@
 Refuses a run that has not finished all its epochs (``result.json`` status ``complete``, one ``metrics.jsonl`` row
 per epoch) or that is not the paper's full recipe (all epochs of the data set's schedule, the whole training set);
 verifies the final weights (``checkpoints/last.safetensors``) against the sha256 of their checkpoint manifest, as
-``eval`` and ``--resume`` do; evaluates them on the test set in fp32 on the CPU and records the number of correct
-images; copies the verified bytes to ``odearch/weights/<model>.<tag>.safetensors`` and pins their sha256, with data
-set, recipe, test accuracy, the run and the commits that trained it, in ``odearch/weights/registry.json``
-(:mod:`odearch.models._pretrained` reads it). The test suite re-evaluates every shipped file the same way
-(:func:`evaluate_weights`) and checks the recorded count exactly.
+``eval`` and ``--resume`` do; writes them to ``odearch/weights/<model>.<tag>.safetensors``; evaluates the shipped
+file on the test set in fp32 on the CPU and records the number of correct images, with its sha256, data set, recipe,
+the run and the commits that trained it, in ``odearch/weights/registry.json`` (:mod:`odearch.models._pretrained`
+reads it). The test suite re-evaluates every shipped file the same way (:func:`evaluate_weights`) and checks the
+recorded count exactly.
+
+What is written: the verified bytes for a run trained in fp32 (or with ``--full-precision``); for a run trained under
+bf16 autocast, a compact file (:mod:`odearch.train.compact`) with the convolution and linear weights in bf16, as
+autocast used them at every step, and the rest fp32: half the bytes, and bitwise the same logits under autocast,
+which ship checks on the test set first (the entry's ``stored`` record; ``final_weights_sha256`` names the master
+weights it was made from). Its fp32 evaluation, the recorded one, differs slightly from the master weights'.
 
 Tags (:func:`default_tag`): ``<dataset>_s<seed>`` for the paper's recipe in fp32, with a suffix for each thing that
 sets a run apart from it, before the seed: ``bf16`` / ``fp16`` (trained under autocast), and for nets with LM
@@ -15,17 +21,17 @@ coefficients ``nokdecay`` (``lm_weight_decay none``) or ``kdecay`` (``k``), e.g.
 name already in the registry is never replaced by the weights of another run unless that run still holds them in its
 checkpoints (``--overwrite``); a run pruned after shipping (its ``shipped.json`` names the entry) keeps it always.
 
-``--prune-checkpoints`` then deletes the run's ``checkpoints/`` (the final weights are the shipped file, byte for
-byte), which ``odearch eval RUN`` then reads: a finished campaign run keeps ~1 MB in the package instead of ~3.3 MB of
-checkpoints in the tracked tree. It refuses unless git's ``HEAD`` holds every file to be deleted unchanged (the
-best-epoch weights and the optimizer state then stay in the repository's history), or ``--force`` is given. It is
-crash-safe: ``RUN/shipped.json`` (the weights' name, sha256, the registry used, the files to delete) is written
-atomically first, ``eval`` reads the shipped copy from then on, and a second ``--prune-checkpoints`` finishes a prune
-that a kill cut short. A run already shipped is pruned without shipping again.
+``--prune-checkpoints`` then deletes the run's ``checkpoints/`` (the final weights are the shipped file, byte for byte
+or compact), which ``odearch eval RUN`` then reads: a finished ResNet-20 campaign run keeps ~1.1 MB in the package
+(fp32; 0.57 MB compact) instead of ~3.3 MB of checkpoints in the tracked tree. It refuses unless git's ``HEAD`` holds
+every file to be deleted unchanged (the best-epoch weights and the optimizer state then stay in the repository's
+history), or ``--force`` is given. It is crash-safe: ``RUN/shipped.json`` (the weights' name, sha256, the registry used,
+the files to delete) is written atomically first, ``eval`` reads the shipped copy from then on, and a second
+``--prune-checkpoints`` finishes a prune that a kill cut short. A run already shipped is pruned without shipping again.
 
 Run it from a source checkout (``pip install -e .`` or ``PYTHONPATH=src``): it writes into the package's source
 tree, ``src/odearch/weights/``; commit the new ``.safetensors`` and ``registry.json`` (pyproject's package-data puts
-them into the wheel). ResNet-20 weights are ~1.1 MB each in fp32.
+them into the wheel).
 """
 
 from __future__ import annotations
@@ -55,7 +61,8 @@ from ..models import (
 )
 from ..runfiles import SHIPPED_FILE
 from . import generations
-from .checkpoint import CheckpointError, atomic_write, weights_bytes, weights_from_bytes, weights_into
+from .checkpoint import CheckpointError, atomic_write, tensors_bytes, weights_bytes, weights_from_bytes, weights_into
+from .compact import autocast_mismatches, compact_state, rounded_copy
 from .config import RECIPES, TrainConfig
 from .epoch import evaluate
 from .rundir import RunDir
@@ -102,15 +109,54 @@ def evaluate_weights(
 ) -> tuple[int, int]:
     """(correct, images) of ``model`` on the first ``subset`` (default: all) test images of ``dataset``, in fp32 on the
     CPU, batches of 1000, channels_last: the one evaluation that ships and the test suite repeat."""
+    model = model.to("cpu", torch.float32, memory_format=torch.channels_last)
+    res = evaluate(model, _test_loader(dataset, data_dir, subset))
+    return round(res["acc"] * res["n"]), res["n"]
+
+
+def _test_loader(dataset: str, data_dir: str | Path, subset: int | None) -> Any:
+    """The first ``subset`` (default: all) test images of ``dataset``, CPU, channels_last, batches of 1000."""
     from ..data import get_dataset
 
     spec = get_dataset(dataset)
-    loader, _ = spec.test_loader(
-        spec.name, data_dir, EVAL_BATCH, "cpu", subset=subset, download=False, channels_last=True
-    )
+    return spec.test_loader(spec.name, data_dir, EVAL_BATCH, "cpu", subset=subset, download=False, channels_last=True)[
+        0
+    ]
+
+
+STORED_TENSORS = "the weights and biases of the convolutions and linear layers (what autocast casts); the rest fp32"
+
+
+def _compact(
+    model: nn.Module, meta: dict[str, Any], dtype: torch.dtype, dataset: str, data_dir: str | Path, subset: int | None
+) -> tuple[nn.Module, bytes, dict[str, Any]]:
+    """(the net as its compact file loads, the file's bytes, the entry's record of the storage) of ``model`` stored
+    in ``dtype`` (:mod:`odearch.train.compact`); ShipError when, under autocast, the compact net's logits differ from
+    the master weights' in any bit on any test batch."""
     model = model.to("cpu", torch.float32, memory_format=torch.channels_last)
-    res = evaluate(model, loader)
-    return round(res["acc"] * res["n"]), res["n"]
+    compact = rounded_copy(model, dtype)
+    mismatched, correct, n = autocast_mismatches(model, compact, _test_loader(dataset, data_dir, subset), dtype)
+    name = str(dtype).removeprefix("torch.")
+    if mismatched:
+        raise ShipError(
+            f"storing the weights in {name} would change the net: under {name} autocast its logits differ from "
+            f"the fp32 master weights' on {mismatched} test batches; ship them byte for byte with --full-precision"
+        )
+    data = tensors_bytes(compact_state(model, dtype), {**meta, "stored_dtype": name})
+    stored = {"dtype": name, "tensors": STORED_TENSORS, "autocast_test_correct": correct, "autocast_test_images": n}
+    evaluated = f"the shipped file ({name} storage), fp32, CPU, channels_last, batch {EVAL_BATCH}, no augmentation"
+    return compact, data, {"stored": stored, "eval": evaluated}
+
+
+def _autocast_dtype(cfg: TrainConfig, result: dict[str, Any], rows: list[dict[str, Any]]) -> torch.dtype | None:
+    """bfloat16 for a run trained under bf16 autocast throughout (its weights ship compact), else None."""
+    return torch.bfloat16 if _precisions(cfg, result, rows) == {"bfloat16"} else None
+
+
+def _final_sha(entry: dict[str, Any]) -> str:
+    """The sha256 of the run's final weights that a registry entry holds: its file's, or for a compact file the
+    master weights' it was made from."""
+    return entry.get("final_weights_sha256") or entry["sha256"]
 
 
 def _recipe_problems(cfg: TrainConfig) -> list[str]:
@@ -136,6 +182,7 @@ def ship_run(
     test_subset: int | None = None,
     overwrite: bool = False,
     ema: bool = False,
+    full_precision: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     """Ships the final weights of the finished run in ``run_dir``; returns (``"<model>.<tag>"``, registry entry).
 
@@ -150,6 +197,8 @@ def ship_run(
             those weights in its checkpoints.
         ema: ship the final EMA of the weights (a run trained with ``--ema-decay``) instead; its default tag has
             ``ema`` before the seed.
+        full_precision: ship a bf16 run's fp32 master weights byte for byte instead of the compact file
+            (:mod:`odearch.train.compact`).
     """
     if test_subset is not None and test_subset < 1:
         raise ShipError(
@@ -171,15 +220,20 @@ def ship_run(
     _check_name(name, entries, run, result, registry, overwrite)
     model = build_model(cfg)
     weights_into(model, tensors if ema_tensors is None else ema_tensors, meta, run.last_weights, cfg.model)
+    final = {} if ema else {"final_weights_sha256": generations.sha256(data)}
+    meta = {**meta, "ema": True} if ema else meta
     if ema_tensors is not None:
-        data = weights_bytes(model, {**meta, "ema": True})
+        data = weights_bytes(model, meta)
+    store = None if full_precision else _autocast_dtype(cfg, result, rows)
+    stored: dict[str, Any] = {}
+    if store is not None:
+        model, data, stored = _compact(model, meta, store, cfg.dataset, data_dir or cfg.data_dir, test_subset)
     correct, n = evaluate_weights(model, cfg.dataset, data_dir or cfg.data_dir, test_subset)
     file = f"{name}.safetensors"
     registry.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(registry.parent / file, data)
-    entries[name] = _entry(run, cfg, result, rows, generations.sha256(data), file, correct, n) | (
-        {"not_the_paper_recipe": problems} if problems else {}
-    )
+    entries[name] = _entry(run, cfg, result, rows, generations.sha256(data), file, correct, n) | final | stored
+    entries[name] |= {"not_the_paper_recipe": problems} if problems else {}
     if ema:
         entries[name] |= {"ema": True, "ema_decay": cfg.ema_decay}
     atomic_write(registry, (json.dumps({"format": WEIGHTS_FORMAT, "weights": entries}, indent=2) + "\n").encode())
@@ -226,14 +280,20 @@ def default_tag(
     parts = [cfg.dataset]
     if any(k.rpartition(".")[2] == "lm_k" for k in tensors):
         parts.append(LM_DECAY_TAGS.get(cfg.lm_weight_decay, f"{cfg.lm_weight_decay}decay"))
-    dtypes = {r.get("amp_dtype") for r in rows} | {result.get("amp_dtype")}
-    dtypes.discard(None)
-    if not dtypes:  # a run from before the precision was recorded
-        cuda = str(result.get("device", "")).startswith("cuda")
-        dtypes = {{"bf16": "bfloat16", "fp16": "float16", "auto": "bfloat16" if cuda else ""}.get(cfg.amp, "")}
-    parts += sorted(PRECISION_TAGS[d] for d in dtypes if d in PRECISION_TAGS)
+    parts += sorted(PRECISION_TAGS[d] for d in _precisions(cfg, result, rows) if d in PRECISION_TAGS)
     parts += ["ema"] if ema else []
     return "_".join([p for p in parts if p] + [f"s{cfg.seed}"])
+
+
+def _precisions(cfg: TrainConfig, result: dict[str, Any], rows: list[dict[str, Any]]) -> set[str]:
+    """The autocast dtypes a run trained in (``"float32"``: none): recorded per epoch, else in result.json, else
+    implied by ``amp`` and the device (a run from before the precision was recorded)."""
+    dtypes = {r.get("amp_dtype") for r in rows} | {result.get("amp_dtype")}
+    dtypes.discard(None)
+    if not dtypes:
+        cuda = str(result.get("device", "")).startswith("cuda")
+        dtypes = {{"bf16": "bfloat16", "fp16": "float16", "auto": "bfloat16" if cuda else ""}.get(cfg.amp, "")}
+    return dtypes
 
 
 def _check_name(
@@ -270,7 +330,7 @@ def _check_name(
             "(the default tag sets runs apart only by data set, LM decay, precision and seed)"
         )
     theirs = RunDir(other).last_weights if other is not None else None
-    if theirs is None or not theirs.is_file() or file_sha256(theirs) != old.get("sha256"):
+    if theirs is None or not theirs.is_file() or file_sha256(theirs) != _final_sha(old):
         raise ShipError(
             f"--overwrite refused: {name!r} in {registry} was shipped from {where}, which does not hold "
             "those weights any more (pruned, moved or changed): the shipped file may be their only copy; "
@@ -290,23 +350,23 @@ def _entry_run(entry: dict[str, Any], registry: Path) -> Path | None:
 
 
 def shipped_name(run_dir: str | Path, registry: str | Path | None = None) -> str | None:
-    """The registry name whose file is byte for byte the run's final weights (None: not shipped)."""
+    """The registry name whose file holds the run's final weights, byte for byte or compact (None: not shipped)."""
     run = RunDir(Path(run_dir))
     if not run.last_weights.is_file():
         return None
     digest = file_sha256(run.last_weights)
     entries = read_registry(Path(registry) if registry is not None else registry_file())
-    return next((name for name, entry in entries.items() if entry["sha256"] == digest), None)
+    return next((name for name, entry in entries.items() if _final_sha(entry) == digest), None)
 
 
 def prune_checkpoints(
     run_dir: str | Path, registry: str | Path | None = None, *, force: bool = False
 ) -> dict[str, Any]:
-    """Deletes ``RUN/checkpoints`` of a finished run whose final weights ship byte for byte (verified against their
-    manifest, the shipped file's sha256 and the registry's), after writing ``RUN/shipped.json`` atomically: the
-    weights' registry name, sha256, the registry file (when not the package's), and the files to delete with their
-    sha256. Returns that record; ``already_pruned`` / ``completed`` set when it found shipped.json (a prune done, or
-    one cut short by a kill, which it completes).
+    """Deletes ``RUN/checkpoints`` of a finished run whose final weights ship, byte for byte or compact (verified
+    against their manifest, the shipped file's sha256 and the registry's), after writing ``RUN/shipped.json``
+    atomically: the weights' registry name, sha256, the registry file (when not the package's), and the files to
+    delete with their sha256. Returns that record; ``already_pruned`` / ``completed`` set when it found shipped.json
+    (a prune done, or one cut short by a kill, which it completes).
 
     Raises:
         ShipError: the run is not finished, its final weights are damaged or not shipped (ship them first), or git's
@@ -322,9 +382,9 @@ def prune_checkpoints(
     reg = Path(registry) if registry is not None else registry_file()
     _finished_run(run, any_recipe=True)
     digest = generations.sha256(_verified_final(run)[0])
-    name = next((n for n, e in read_registry(reg).items() if e["sha256"] == digest), None)
+    name = next((n for n, e in read_registry(reg).items() if _final_sha(e) == digest), None)
     if name is None:
-        raise ShipError(f"{run.last_weights} is not in {reg} byte for byte: ship the run before pruning it")
+        raise ShipError(f"{run.last_weights} is not shipped in {reg}: ship the run before pruning it")
     entry = read_registry(reg)[name]
     if file_sha256(reg.parent / entry["file"]) != entry["sha256"]:
         raise ShipError(f"{reg.parent / entry['file']} does not match its registry sha256; not pruning {run.root}")
@@ -343,12 +403,20 @@ def prune_checkpoints(
         **({} if _is_package_registry(reg) else {"registry": str(reg.resolve())}),
         "deleted": {str(p.relative_to(run.root)): file_sha256(p) for p in files},
         **({"not_in_git": [str(p.relative_to(run.root)) for p in lost]} if lost else {}),
-        "note": "checkpoints deleted after shipping: the final weights are the shipped file (odearch eval RUN "
-        "reads it); the rest is in the repository history (git log -- RUN/checkpoints)",
+        "note": PRUNE_NOTE[bool(entry.get("stored"))],
     }
     atomic_write(run.shipped, (json.dumps(record, indent=2) + "\n").encode())  # first: a kill from here on is resumable
     shutil.rmtree(run.checkpoints)
     return record
+
+
+PRUNE_NOTE = {
+    False: "checkpoints deleted after shipping: the final weights are the shipped file (odearch eval RUN reads it); "
+    "the rest is in the repository history (git log -- RUN/checkpoints)",
+    True: "checkpoints deleted after shipping: the final weights are the shipped file, stored as autocast computes "
+    "with them (odearch eval RUN reads it); the fp32 master weights and the rest are in the repository history "
+    "where they were committed (git log -- RUN/checkpoints)",
+}
 
 
 def _is_package_registry(reg: Path) -> bool:
@@ -522,6 +590,12 @@ def add_ship_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="ship the final EMA of the weights of a run trained with --ema-decay (tag: ..._ema_s<seed>)",
     )
+    p.add_argument(
+        "--full-precision",
+        action="store_true",
+        help="ship a bf16 run's fp32 master weights byte for byte (default: conv and linear weights in bf16, as "
+        "autocast used them, half the bytes, bitwise the same logits under bf16 autocast)",
+    )
 
 
 def run_ship(args: argparse.Namespace) -> int:
@@ -574,12 +648,20 @@ def _ship_and_print(args: argparse.Namespace) -> None:
         test_subset=args.test_subset,
         overwrite=args.overwrite,
         ema=args.ema,
+        full_precision=args.full_precision,
     )
     print(
         f"shipped {name}: test accuracy {100 * entry['test_acc']:.2f}% ({entry['test_correct']}/"
-        f"{entry['test_images']}), sha256 {entry['sha256']}, {entry['file']}"
+        f"{entry['test_images']}, fp32), sha256 {entry['sha256']}, {entry['file']}"
     )
-    if entry["run_final_test_acc"] is not None and abs(entry["run_final_test_acc"] - entry["test_acc"]) > 0:
+    stored = entry.get("stored")
+    if stored:
+        print(
+            f"stored compact: {stored['dtype']} {stored['tensors']}; under {stored['dtype']} autocast it scores "
+            f"{stored['autocast_test_correct']}/{stored['autocast_test_images']}, bitwise the master weights' logits"
+        )
+    own = stored["autocast_test_correct"] / stored["autocast_test_images"] if stored else entry["test_acc"]
+    if entry["run_final_test_acc"] is not None and abs(entry["run_final_test_acc"] - own) > 0:
         print(
             f"note: the run's own last-epoch evaluation read {100 * entry['run_final_test_acc']:.2f}% (another "
             f"machine or evaluation order); the registry records this evaluation"
