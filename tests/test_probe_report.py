@@ -94,3 +94,27 @@ def test_report_tabulates_the_probes_folder_it_is_given(tmp_path: Path) -> None:
     assert "## Probes of the trained nets (why)" in out.read_text()
     with pytest.raises(ReportInputError, match=r"--probes .*nothere: not a folder"):
         write_report([runs], out, "odearch report", plots=False, probes=tmp_path / "nothere")
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "says"),
+    [
+        ("ablation", {"trained": 9.0, "k_zero": {"stages.0": [9.0]}}, "'ablation' needs"),
+        ("ablation", LM["ablation"] | {"k_zero": {"stages.0": [9.02, 9.01]}}, "different k_n"),
+        ("forces", LM["forces"] | {"grad": {"stages.0": [1e-4], "stages.1": [1e-4, 1e-4]}}, "'forces' needs"),
+        ("forces", LM["forces"] | {"decay": None}, "'forces' needs"),
+        ("precision", {"fp32": 9.0, "bf16": "8.95"}, "'precision' needs"),
+    ],
+)
+def test_a_malformed_section_leaves_out_its_file_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], section: str, value: object, says: str
+) -> None:
+    """A record whose tables would raise (a missing number, grad and k of other shapes) is named and left out; the
+    other records still make their tables."""
+    _write(tmp_path, "bad.json", LM | {section: value})
+    _write(tmp_path, "plain.json", PLAIN | {"precision": {"fp32": 8.61, "bf16": 8.71}})
+    lines = probe_section(tmp_path, tmp_path)
+    err = capsys.readouterr().err
+    assert "ignoring probe file" in err and "bad.json" in err and says in err
+    assert [r[0] for r in _rows(lines, "net", "bf16 autocast")] == ["[preact_resnet20_bf16_s1](plain.json)"]
+    assert "mean dL/dk" not in "\n".join(lines)

@@ -25,13 +25,51 @@ def read_probes(folder: str | Path) -> list[dict[str, Any]]:
     for path in sorted(Path(folder).glob("*.json")):
         try:
             record = json.loads(path.read_text())
-            if not isinstance(record, dict) or not isinstance(record.get("net"), dict):
-                raise ValueError("no 'net' mapping")
+            problem = _problem(record)
+            if problem:
+                raise ValueError(problem)
         except (OSError, ValueError) as e:
             print(f"odearch: warning: ignoring probe file {path}: {e}", file=sys.stderr)
             continue
         records.append(record | {"_file": path})
     return records
+
+
+def _numbers(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _per_stage(x: Any, like: Any = None) -> bool:
+    """``x`` maps stage names to lists of numbers (with the stages and lengths of ``like``, when given)."""
+    if not isinstance(x, dict) or not all(isinstance(v, list) and all(map(_numbers, v)) for v in x.values()):
+        return False
+    return like is None or {k: len(v) for k, v in x.items()} == {k: len(v) for k, v in like.items()}
+
+
+def _problem(record: Any) -> str | None:
+    """Why ``record`` is not a probe record the tables can show (None: it is)."""
+    if not isinstance(record, dict) or not isinstance(record.get("net"), dict):
+        return "no 'net' mapping"
+    ab, f, pr = record.get("ablation"), record.get("forces"), record.get("precision")
+    if ab is not None and not (
+        isinstance(ab, dict)
+        and all(_numbers(ab.get(k)) for k in ("trained", "recalibrated", "all_zero"))
+        and _per_stage(ab.get("k_zero"))
+        and any(ab["k_zero"].values())
+    ):
+        return "'ablation' needs the numbers trained, recalibrated, all_zero and k_zero: {stage: [error, ...]}"
+    if f is not None and not (
+        isinstance(f, dict)
+        and _per_stage(f.get("k"))
+        and _per_stage(f.get("grad"), f["k"])
+        and _per_stage(f.get("decay"), f["k"])
+    ):
+        return "'forces' needs k, grad and decay as {stage: [number, ...]} of the same shape"
+    if ab is not None and f is not None and not _per_stage(ab["k_zero"], f["k"]):
+        return "'ablation' and 'forces' hold different k_n (stages or blocks)"
+    if pr is not None and not (isinstance(pr, dict) and _numbers(pr.get("fp32")) and _numbers(pr.get("bf16"))):
+        return "'precision' needs the numbers fp32 and bf16"
+    return None
 
 
 def _name(record: dict[str, Any]) -> str:
