@@ -229,12 +229,13 @@ def test_campaign_queue_holds_the_full_recipe_multilevel_run_the_benchmark_reads
         "config": bench.config_path("multilevel"),
         "seed": 1,
         "amp": "bf16",
-        "args": bench.recipe_flags("multilevel", args),
+        "args": [*bench.recipe_flags("multilevel", args), "--compile"],  # compiled, as the 56-layer twins
     }
     assert bench.recipe("multilevel", args)["milestones"] == [80, 120]  # the paper's schedule
     for name, folder in zip(bench.RUNS, args.folders, strict=True):
         assert folder in names and bench.run_folder(name, args) == Path("runs") / folder
         assert queue[names.index(folder)]["config"] == bench.config_path(name)
+        assert "--compile" in queue[names.index(folder)]["args"]  # the three time alike
 
 
 def test_multilevel_benchmark_refuses_a_run_of_another_recipe(tmp_path: Path) -> None:
