@@ -116,6 +116,7 @@ def test_old_config_yaml_without_the_key_reads_as_k(tmp_path: Path) -> None:
         (tmp_path / run).mkdir()
         (tmp_path / run / "config.yaml").write_text(text)
         cfg = RunDir(tmp_path / run).read_config()
+        assert RunDir(str(tmp_path / run)).read_config() == cfg  # a path given as a string
         assert cfg.lm_weight_decay == "k"
         assert config_hash(cfg) == json.loads((src / "result.json").read_text())["config_hash"]
         model = build_model(cfg)

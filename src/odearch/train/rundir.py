@@ -99,9 +99,12 @@ def resolve_data_dir(stored: str | None, run_root: Path, flag: str | None = None
 
 @dataclass(frozen=True)
 class RunDir:
-    """Paths of one run directory (nothing is created until :meth:`create`)."""
+    """Paths of one run directory (nothing is created until :meth:`create`); ``root`` may be given as a string."""
 
     root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
 
     @property
     def config(self) -> Path:
