@@ -265,7 +265,14 @@ def test_a_superseded_run_is_listed_apart_and_counts_nowhere(campaign: Path, tmp
     _make_run(
         campaign,
         "lm_resnet20_bf16_s1",
-        {"model": "lm_resnet20", "lm_weight_decay": "kappa", "seed": 1, "amp": "bf16", "lm_init": "paired"},
+        {
+            "model": "lm_resnet20",
+            "lm_weight_decay": "kappa",
+            "seed": 1,
+            "amp": "bf16",
+            "lm_init": "paired",
+            "compile": True,
+        },
         rows[:5],
         None,
     )
@@ -280,7 +287,7 @@ def test_a_superseded_run_is_listed_apart_and_counts_nowhere(campaign: Path, tmp
         "[resnet20_s0",
         "[lm_resnet20_bf16_s1",
     ]
-    assert main_table[-1][-1] == "bf16 autocast, paired init"
+    assert main_table[-1][-1] == "bf16 autocast, compiled, paired init"
     assert _tables(text)[-1] == [
         [
             "[lm_resnet20_s1](results/campaign/lm_resnet20_s1)",

@@ -13,7 +13,7 @@ ours from the files. Per run:
 - wall time: ``result.json``'s ``wall_seconds`` (all stretches) when it is up to date, else ``>=`` the sum of the
   epochs' training seconds; training images/s = sum(images) / sum(seconds) over the epochs;
 - device (CPU or GPU model), commits (a run spans commits: first..last and how many, ``+dirty`` if any epoch ran
-  on a modified tree), precision (fp32, or the autocast dtype).
+  on a modified tree), precision (fp32, or the autocast dtype; ``compiled`` for a run under torch.compile).
 
 Runs that are not the paper's full recipe (fewer epochs, a subset of the training set) go to a separate table,
 without the paper's numbers, so that a short run never reads as a reproduction.
@@ -257,7 +257,12 @@ def _count_params(cfg: dict[str, Any]) -> int | None:
 
 
 def _precision(cfg: dict[str, Any], result: dict[str, Any] | None) -> str:
-    """fp32, or the autocast dtype the run trained in (``amp: auto`` is bf16 on CUDA, off on CPU)."""
+    """fp32, or the autocast dtype the run trained in (``amp: auto`` is bf16 on CUDA, off on CPU); ``, compiled``
+    for a run trained under torch.compile."""
+    return _dtype(cfg, result) + (", compiled" if cfg.get("compile") else "")
+
+
+def _dtype(cfg: dict[str, Any], result: dict[str, Any] | None) -> str:
     if result and result.get("precision"):
         return str(result["precision"])
     amp = cfg.get("amp", "auto")
