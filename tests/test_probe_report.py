@@ -79,6 +79,14 @@ def test_the_decay_wins_where_it_is_larger(tmp_path: Path) -> None:
     assert forces[3][3:] == ["-1.00e-05", "-9.80e-05", "-1.08e-04", "decay (9.8x)"]
 
 
+def test_a_net_trained_without_decay_on_k_says_so_instead_of_a_ratio(tmp_path: Path) -> None:
+    record = json.loads(json.dumps(LM))
+    record["forces"]["decay"] = {"stages.0": [0.0, 0.0], "stages.1": [0.0, 0.0]}
+    _write(tmp_path, "lm.json", record)
+    forces = _rows(probe_section(tmp_path, tmp_path), "net", "mean dL/dk")
+    assert [r[6] for r in forces] == ["loss (no decay on k)"] * 4 and forces[2][4] == "+0.00e+00"
+
+
 def test_no_probe_records_no_section(tmp_path: Path) -> None:
     assert probe_section(tmp_path, tmp_path) == []
     assert read_probes(tmp_path / "absent") == []

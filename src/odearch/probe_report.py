@@ -111,6 +111,8 @@ def _force_rows(record: dict[str, Any], base: Path) -> list[list[str]]:
     for stage, i, k in _blocks(f["k"]):
         grad, decay = f["grad"][stage][i], f["decay"][stage][i]
         larger = "loss" if abs(grad) > abs(decay) else "decay"
+        ratio = max(abs(grad), abs(decay)) / max(min(abs(grad), abs(decay)), 1e-12)
+        verdict = "loss (no decay on k)" if decay == 0 and grad != 0 else f"{larger} ({ratio:.1f}x)"
         rows.append(
             [
                 _link(record, base) if not rows else "",
@@ -119,7 +121,7 @@ def _force_rows(record: dict[str, Any], base: Path) -> list[list[str]]:
                 f"{grad:+.2e}",
                 f"{decay:+.2e}",
                 f"{grad + decay:+.2e}",
-                f"{larger} ({max(abs(grad), abs(decay)) / max(min(abs(grad), abs(decay)), 1e-12):.1f}x)",
+                verdict,
             ]
         )
     return rows
