@@ -12,13 +12,13 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import error_line
-from datapaths import HAS_CIFAR, SKIP_REASON
+from datapaths import CIFAR_ROOT, HAS_CIFAR, SKIP_REASON
 from odearch.cli import main
 from odearch.models import create_model
 from odearch.models._pretrained import read_registry
 from odearch.train import compact
 from odearch.train.checkpoint import load_weights
-from odearch.train.ship import ShipError, ship_run
+from odearch.train.ship import ShipError, compact_shipped, ship_run
 from test_ship import N, eval_json, evaluate, make_run, ship
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -115,3 +115,49 @@ def test_a_compact_net_that_would_compute_otherwise_is_not_shipped(
         ship_run(run, registry=reg, any_recipe=True, test_subset=N)
     assert main(ship(run, reg)) == 1 and "--full-precision" in error_line(capsys)
     assert not reg.exists() and not reg.parent.exists()
+
+
+@needs_cifar
+def test_a_pruned_run_shipped_in_fp32_is_compacted_in_place(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``ship --compact-shipped``: same name and file, half the bytes, the entry a compact ship would write (the fp32
+    file's sha256 kept as the master weights'), shipped.json follows, and ``eval RUN --amp bf16`` reads the same
+    numbers; refused without git holding the fp32 file (nothing changes), and a second time."""
+    run, reg = make_run(tmp_path / "run", model="lm_resnet20", amp="bf16"), tmp_path / "w" / "registry.json"
+    assert main(ship(run, reg, "--full-precision")) == 0
+    assert main(ship(run, reg, "--prune-checkpoints", "--force")) == 0
+    capsys.readouterr()
+    ((name, old),) = read_registry(reg).items()
+    file = reg.parent / old["file"]
+    fp32_bytes = file.read_bytes()
+    assert main(evaluate(run, "--amp", "bf16")) == 0
+    before = eval_json(capsys, "pruned after shipping")
+    argv = ["ship", str(run), "--compact-shipped", "--test-subset", str(N), "--data-dir", str(CIFAR_ROOT)]
+    assert main(argv) == 1 and "git's HEAD does not hold" in error_line(capsys)
+    assert file.read_bytes() == fp32_bytes and read_registry(reg)[name] == old
+    assert main([*argv, "--force"]) == 0
+    assert f"compacted {name}" in capsys.readouterr().out
+    ((same, entry),) = read_registry(reg).items()
+    assert same == name and entry["file"] == old["file"] and entry["final_weights_sha256"] == old["sha256"]
+    assert entry["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest() != old["sha256"]
+    assert file.stat().st_size < 0.55 * len(fp32_bytes) and entry["stored"]["autocast_test_images"] == N
+    assert entry["stored"]["converted"].startswith(f"from the fp32 file shipped first (sha256 {old['sha256']}")
+    assert json.loads((run / "shipped.json").read_text())["sha256"] == entry["sha256"]
+    assert main(evaluate(run, "--amp", "bf16")) == 0
+    assert eval_json(capsys, "pruned after shipping") == before
+    assert main([*argv, "--force"]) == 1 and "already stored compact" in error_line(capsys)
+
+
+@needs_cifar
+def test_compact_shipped_refuses_what_it_cannot_compact(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unpruned run, a run trained in fp32, and flags that choose another name or registry."""
+    reg = tmp_path / "w" / "registry.json"
+    bf16 = make_run(tmp_path / "bf16", model="lm_resnet20", amp="bf16")
+    with pytest.raises(ShipError, match="is not pruned"):
+        compact_shipped(bf16)
+    fp32 = make_run(tmp_path / "fp32", seed=1)
+    assert main(ship(fp32, reg, "--prune-checkpoints", "--force")) == 0
+    capsys.readouterr()
+    assert main(["ship", str(fp32), "--compact-shipped", "--force"]) == 1
+    assert "trained in fp32: nothing to compact" in error_line(capsys)
+    assert main(["ship", str(fp32), "--compact-shipped", "--tag", "x", "--registry", str(reg)]) == 1
+    assert "not --tag, --registry" in error_line(capsys)

@@ -24,6 +24,7 @@ from ._pretrained import (
     read_shipped_record,
     registry_file,
     registry_problems,
+    shipped_record_registry,
     shipped_run_weights,
     shipped_weights_named,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "register_table",
     "registry_file",
     "registry_problems",
+    "shipped_record_registry",
     "shipped_run_weights",
     "shipped_weights_named",
 ]

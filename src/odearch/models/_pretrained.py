@@ -38,6 +38,7 @@ __all__ = [
     "read_shipped_record",
     "registry_file",
     "registry_problems",
+    "shipped_record_registry",
     "shipped_run_weights",
     "shipped_weights_named",
 ]
@@ -183,6 +184,13 @@ def _record_ok(record: Any) -> bool:
     )
 
 
+def shipped_record_registry(run_dir: str | Path, record: dict[str, Any]) -> Path:
+    """The registry file a run's ``shipped.json`` record names (relative: from the run directory; none: the
+    package's)."""
+    registry = Path(record["registry"]) if record.get("registry") else REGISTRY_FILE
+    return registry if registry.is_absolute() else Path(run_dir) / registry
+
+
 def shipped_run_weights(run_dir: str | Path) -> Path | None:
     """The shipped copy of the final weights of a run pruned by ``odearch ship --prune-checkpoints`` (its
     ``shipped.json`` names them and the registry they went to), checked against the sha256 recorded there; None for
@@ -191,9 +199,7 @@ def shipped_run_weights(run_dir: str | Path) -> Path | None:
     if record is None:
         return None
     record_file = Path(run_dir) / SHIPPED_FILE
-    registry = Path(record["registry"]) if record.get("registry") else REGISTRY_FILE
-    if not registry.is_absolute():
-        registry = Path(run_dir) / registry
+    registry = shipped_record_registry(run_dir, record)
     fix = "reinstall odearch" if registry == REGISTRY_FILE else f"restore {registry} and the weights beside it"
     entry = _load_registry(registry)[0].get(record["weights"])
     if entry is None:

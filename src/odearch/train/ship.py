@@ -14,6 +14,8 @@ bf16 autocast, a compact file (:mod:`odearch.train.compact`) with the convolutio
 autocast used them at every step, and the rest fp32: half the bytes, and bitwise the same logits under autocast,
 which ship checks on the test set first (the entry's ``stored`` record; ``final_weights_sha256`` names the master
 weights it was made from). Its fp32 evaluation, the recorded one, differs slightly from the master weights'.
+``--compact-shipped`` (:func:`compact_shipped`) makes that compact file, in place, from the fp32 file a pruned
+bf16 run shipped byte for byte before compact storage existed.
 
 Tags (:func:`default_tag`): ``<dataset>_s<seed>`` for the paper's recipe in fp32, with a suffix for each thing that
 sets a run apart from it, before the seed: ``bf16`` / ``fp16`` (trained under autocast), and for nets with LM
@@ -57,6 +59,7 @@ from ..models import (
     read_shipped_record,
     registry_file,
     registry_problems,
+    shipped_record_registry,
     shipped_run_weights,
 )
 from ..runfiles import SHIPPED_FILE
@@ -71,6 +74,7 @@ from .state import build_model
 __all__ = [
     "ShipError",
     "add_ship_arguments",
+    "compact_shipped",
     "default_tag",
     "evaluate_weights",
     "prune_checkpoints",
@@ -237,6 +241,62 @@ def ship_run(
     if ema:
         entries[name] |= {"ema": True, "ema_decay": cfg.ema_decay}
     atomic_write(registry, (json.dumps({"format": WEIGHTS_FORMAT, "weights": entries}, indent=2) + "\n").encode())
+    return name, entries[name]
+
+
+def compact_shipped(
+    run_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    test_subset: int | None = None,
+    force: bool = False,
+) -> tuple[str, dict[str, Any]]:
+    """Rewrites the fp32 weights that a pruned bf16 run shipped byte for byte (before compact storage existed, or
+    with ``--full-precision``) as the compact file a ship writes today, under the same name and file; returns
+    (name, new entry). The same bitwise check under autocast as :func:`ship_run`, then the fp32 evaluation the
+    registry records; ``final_weights_sha256`` keeps the master weights' sha256. Writes the weights, the registry,
+    then ``RUN/shipped.json``.
+
+    Raises:
+        ShipError: the run is not pruned, not trained in bf16, already compact, its shipped file is damaged, or git's
+            HEAD does not hold that file unchanged (the master weights would be lost) and not ``force``.
+    """
+    run = RunDir(Path(run_dir))
+    try:
+        record, path = read_shipped_record(run.root), shipped_run_weights(run.root)
+    except PretrainedError as e:
+        raise ShipError(f"not compacting {run.root}: {e}") from None
+    if record is None or path is None:
+        raise ShipError(f"{run.root} is not pruned: ship it (a bf16 run ships compact; --overwrite to re-ship)")
+    registry = shipped_record_registry(run.root, record)
+    damaged = registry_problems(registry)
+    if damaged:
+        raise ShipError(f"not compacting into a damaged registry: {damaged[0]}; repair it first")
+    name, entries = record["weights"], read_registry(registry)
+    entry = entries[name]
+    cfg = run.read_config()
+    store = _autocast_dtype(cfg, run.read_result(), run.read_metrics())
+    if entry.get("stored") or store is None:
+        why = "already stored compact" if entry.get("stored") else "trained in fp32: nothing to compact"
+        raise ShipError(f"{name} ({path}) is {why}")
+    if _not_in_git(path.parent, [path]) and not force:
+        raise ShipError(
+            f"not compacting {name}: git's HEAD does not hold {path} unchanged, and it is the only copy of the "
+            "run's fp32 master weights; commit it first, or pass --force to drop them"
+        )
+    data = path.read_bytes()
+    model = build_model(cfg)
+    tensors, meta = weights_from_bytes(data, path)
+    weights_into(model, tensors, meta, path, cfg.model)
+    model, compact, stored = _compact(model, meta, store, cfg.dataset, data_dir or cfg.data_dir, test_subset)
+    correct, n = evaluate_weights(model, cfg.dataset, data_dir or cfg.data_dir, test_subset)
+    stored["stored"]["converted"] = f"from the fp32 file shipped first (sha256 {entry['sha256']}, in git history)"
+    entries[name] = entry | {"sha256": generations.sha256(compact), "final_weights_sha256": entry["sha256"]}
+    entries[name] |= {"test_acc": correct / n, "test_correct": correct, "test_images": n} | stored
+    atomic_write(path, compact)  # a kill from here to shipped.json: `git checkout -- path` and run it again
+    atomic_write(registry, (json.dumps({"format": WEIGHTS_FORMAT, "weights": entries}, indent=2) + "\n").encode())
+    record |= {"sha256": entries[name]["sha256"], "test_acc": correct / n, "note": PRUNE_NOTE[True]}
+    atomic_write(run.shipped, (json.dumps(record, indent=2) + "\n").encode())
     return name, entries[name]
 
 
@@ -591,6 +651,12 @@ def add_ship_arguments(p: argparse.ArgumentParser) -> None:
         help="ship the final EMA of the weights of a run trained with --ema-decay (tag: ..._ema_s<seed>)",
     )
     p.add_argument(
+        "--compact-shipped",
+        action="store_true",
+        help="rewrite the fp32 file a pruned bf16 run shipped byte for byte (before compact storage existed) as "
+        "its compact file, under the same name; refused unless git's HEAD holds the fp32 file (--force: drop it)",
+    )
+    p.add_argument(
         "--full-precision",
         action="store_true",
         help="ship a bf16 run's fp32 master weights byte for byte (default: conv and linear weights in bf16, as "
@@ -600,8 +666,10 @@ def add_ship_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_ship(args: argparse.Namespace) -> int:
     """``odearch ship``: ships the run and prints the entry; with ``--prune-checkpoints`` deletes its checkpoints."""
+    if args.compact_shipped:
+        return _compact_shipped_and_print(args)
     if args.force and not args.prune_checkpoints:
-        raise ShipError("--force only applies to --prune-checkpoints")
+        raise ShipError("--force only applies to --prune-checkpoints and --compact-shipped")
     if args.ema and args.prune_checkpoints:
         raise ShipError("--ema with --prune-checkpoints: prune after shipping the run's raw final weights")
     if not (args.prune_checkpoints and Path(args.run, SHIPPED_FILE).is_file()):  # else: pruned, or being pruned
@@ -612,6 +680,27 @@ def run_ship(args: argparse.Namespace) -> int:
             print(f"{args.run}: final weights already shipped as {already}")
     if args.prune_checkpoints:
         _prune_and_print(args)
+    return 0
+
+
+COMPACT_SHIPPED_ALONE = ("tag", "registry", "any_recipe", "overwrite", "prune_checkpoints", "ema", "full_precision")
+
+
+def _compact_shipped_and_print(args: argparse.Namespace) -> int:
+    given = [f"--{k.replace('_', '-')}" for k in COMPACT_SHIPPED_ALONE if getattr(args, k)]
+    if given:
+        raise ShipError(
+            f"--compact-shipped takes --data-dir, --test-subset and --force only, not {', '.join(given)} (the "
+            f"run's {SHIPPED_FILE} names its weights and registry)"
+        )
+    name, entry = compact_shipped(args.run, data_dir=args.data_dir, test_subset=args.test_subset, force=args.force)
+    stored = entry["stored"]
+    print(
+        f"compacted {name}: {entry['file']} now stores {stored['dtype']} {stored['tensors']}, sha256 "
+        f"{entry['sha256']}; under {stored['dtype']} autocast {stored['autocast_test_correct']}/"
+        f"{stored['autocast_test_images']}, bitwise the fp32 file's logits; fp32 {entry['test_correct']}/"
+        f"{entry['test_images']}"
+    )
     return 0
 
 
