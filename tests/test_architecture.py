@@ -26,7 +26,7 @@ LAYERS = (
     ("schemes", "datastats", "data", "runfiles", "runsummary"),
     ("nn",),
     ("models",),
-    ("convert", "mesh", "timm_models", "train", "analysis", "report", "arms", "probe_report"),
+    ("convert", "mesh", "timm_models", "train", "analysis", "report", "arms", "depth", "probe_report"),
     ("__init__",),  # the public facade, ``import odearch``
     ("cli",),
     ("__main__",),

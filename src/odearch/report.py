@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from .arms import arm_section, headline, plot_arm_curves
+from .depth import depth_section
 from .probe_report import probe_section
 from .runfiles import read_metrics
 from .runsummary import PAPER_CIFAR10, PAPER_LM_WEIGHT_DECAY, PAPER_RECIPE, RunSummary, last_phase_mean
@@ -696,6 +697,7 @@ def render(
             "out the epoch-to-epoch jitter of a single final epoch, not the noise between seeds.",
         ]
     lines += arm_section(runs, base, arm_curves)
+    lines += depth_section(runs)
     lines += lm_k_section(runs, base)
     if probes is not None:
         lines += probe_section(probes, base)
