@@ -23,7 +23,7 @@ PACKAGE = REPO / "src" / "odearch"
 MAX_FUNCTION_LINES = 80  # a tripwire: the formatter owns the layout, a function with one job stays well below
 # Lowest first: a unit (a subpackage, or a top-level module by its stem) may import its own layer or one below.
 LAYERS = (
-    ("schemes", "datastats", "data", "runfiles", "runsummary"),
+    ("schemes", "datastats", "data", "packing", "runfiles", "runsummary"),
     ("nn",),
     ("models",),
     ("convert", "mesh", "timm_models", "train", "analysis", "report", "arms", "depth", "probe_report"),

@@ -6,19 +6,20 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from conftest import error_line
 from datapaths import CIFAR_ROOT, HAS_CIFAR, SKIP_REASON
 from odearch.cli import main
 from odearch.models import create_model
 from odearch.models._pretrained import read_registry
+from odearch.packing import unpack_weights
 from odearch.train import compact
 from odearch.train.checkpoint import load_weights
-from odearch.train.ship import ShipError, compact_shipped, ship_run
+from odearch.train.ship import ShipError, repack_shipped, ship_run
 from test_ship import N, eval_json, evaluate, make_run, ship
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,7 +74,8 @@ def test_a_bf16_run_ships_compact_and_prunes_to_the_same_net(
     file = reg.parent / entry["file"]
     assert name == "lm_resnet20.cifar10_bf16_s0" and entry["final_weights_sha256"] == master != entry["sha256"]
     assert entry["stored"]["dtype"] == "bfloat16" and entry["stored"]["autocast_test_images"] == N
-    assert file.stat().st_size < 0.55 * last.stat().st_size
+    assert file.name == f"{name}.safetensors.xz" and file.stat().st_size < 0.55 * last.stat().st_size
+    assert entry["weights_sha256"] == hashlib.sha256(unpack_weights(file.read_bytes())).hexdigest()
     tensors, meta = load_weights(file)
     assert tensors["head.4.weight"].dtype == torch.bfloat16 and tensors["head.0.weight"].dtype == torch.float32
     assert meta["stored_dtype"] == "bfloat16" and meta["model"] == "lm_resnet20"
@@ -90,11 +92,12 @@ def test_a_bf16_run_ships_compact_and_prunes_to_the_same_net(
 def test_full_precision_ships_the_master_weights_byte_for_byte(tmp_path: Path) -> None:
     run, reg = make_run(tmp_path / "run", amp="bf16"), tmp_path / "w" / "registry.json"
     _, entry = ship_run(run, registry=reg, any_recipe=True, test_subset=N, full_precision=True)
-    assert (reg.parent / entry["file"]).read_bytes() == (run / "checkpoints" / "last.safetensors").read_bytes()
-    assert "stored" not in entry and entry["final_weights_sha256"] == entry["sha256"]
+    packed = (reg.parent / entry["file"]).read_bytes()
+    assert unpack_weights(packed) == (run / "checkpoints" / "last.safetensors").read_bytes() != packed
+    assert "stored" not in entry and entry["final_weights_sha256"] == entry["weights_sha256"] != entry["sha256"]
     fp32_run = make_run(tmp_path / "fp32", seed=1)
     _, fp32 = ship_run(fp32_run, registry=reg, any_recipe=True, test_subset=N)
-    assert "stored" not in fp32 and load_file(reg.parent / fp32["file"])["head.2.weight"].dtype == torch.float32
+    assert "stored" not in fp32 and load_weights(reg.parent / fp32["file"])[0]["head.2.weight"].dtype == torch.float32
 
 
 @needs_cifar
@@ -118,46 +121,99 @@ def test_a_compact_net_that_would_compute_otherwise_is_not_shipped(
 
 
 @needs_cifar
-def test_a_pruned_run_shipped_in_fp32_is_compacted_in_place(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``ship --compact-shipped``: same name and file, half the bytes, the entry a compact ship would write (the fp32
-    file's sha256 kept as the master weights'), shipped.json follows, and ``eval RUN --amp bf16`` reads the same
-    numbers; refused without git holding the fp32 file (nothing changes), and a second time."""
+def test_repack_makes_a_pruned_fp32_shipped_bf16_run_compact_and_packed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ship --repack`` of a bf16 run shipped in fp32, unpacked (as before compact storage and packing): the entry a
+    ship writes today (the fp32 file's sha256 kept as the master weights'), the old file gone, shipped.json follows,
+    and ``eval RUN --amp bf16`` reads the same numbers; refused without git holding the old file (nothing changes),
+    and once done."""
     run, reg = make_run(tmp_path / "run", model="lm_resnet20", amp="bf16"), tmp_path / "w" / "registry.json"
-    assert main(ship(run, reg, "--full-precision")) == 0
-    assert main(ship(run, reg, "--prune-checkpoints", "--force")) == 0
+    assert main(ship(run, reg, "--full-precision", "--prune-checkpoints", "--force")) == 0
     capsys.readouterr()
     ((name, old),) = read_registry(reg).items()
-    file = reg.parent / old["file"]
-    fp32_bytes = file.read_bytes()
+    fp32_bytes = unpack_weights((reg.parent / old["file"]).read_bytes())
+    old = unpacked_entry(reg, run, name)  # as shipped before packing: a plain .safetensors file, no weights_sha256
     assert main(evaluate(run, "--amp", "bf16")) == 0
     before = eval_json(capsys, "pruned after shipping")
-    argv = ["ship", str(run), "--compact-shipped", "--test-subset", str(N), "--data-dir", str(CIFAR_ROOT)]
+    argv = ["ship", str(run), "--repack", "--test-subset", str(N), "--data-dir", str(CIFAR_ROOT)]
     assert main(argv) == 1 and "git's HEAD does not hold" in error_line(capsys)
-    assert file.read_bytes() == fp32_bytes and read_registry(reg)[name] == old
+    assert (reg.parent / old["file"]).read_bytes() == fp32_bytes and read_registry(reg)[name] == old
     assert main([*argv, "--force"]) == 0
-    assert f"compacted {name}" in capsys.readouterr().out
+    assert "bitwise the fp32 file's logits" in capsys.readouterr().out
     ((same, entry),) = read_registry(reg).items()
-    assert same == name and entry["file"] == old["file"] and entry["final_weights_sha256"] == old["sha256"]
-    assert entry["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest() != old["sha256"]
-    assert file.stat().st_size < 0.55 * len(fp32_bytes) and entry["stored"]["autocast_test_images"] == N
+    file = reg.parent / entry["file"]
+    assert same == name and entry["file"] == old["file"] + ".xz" and not (reg.parent / old["file"]).exists()
+    assert entry["final_weights_sha256"] == old["sha256"] == hashlib.sha256(fp32_bytes).hexdigest()
+    assert entry["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
+    unpacked = unpack_weights(file.read_bytes())
+    assert entry["weights_sha256"] == hashlib.sha256(unpacked).hexdigest() and len(unpacked) < 0.55 * len(fp32_bytes)
+    assert entry["stored"]["autocast_test_images"] == N and file.stat().st_size < len(unpacked)
     assert entry["stored"]["converted"].startswith(f"from the fp32 file shipped first (sha256 {old['sha256']}")
     assert json.loads((run / "shipped.json").read_text())["sha256"] == entry["sha256"]
     assert main(evaluate(run, "--amp", "bf16")) == 0
     assert eval_json(capsys, "pruned after shipping") == before
-    assert main([*argv, "--force"]) == 1 and "already stored compact" in error_line(capsys)
+    assert main([*argv, "--force"]) == 1 and "already stored as a ship writes it today" in error_line(capsys)
+
+
+def unpacked_entry(reg: Path, run: Path, name: str) -> dict[str, Any]:
+    """Rewrites the shipped entry ``name`` of ``reg`` (and ``run``'s shipped.json) as ship wrote it before packing:
+    an unpacked ``.safetensors`` file, no ``weights_sha256``; returns that entry."""
+    entries = read_registry(reg)
+    entry = entries[name]
+    packed = reg.parent / entry["file"]
+    data = unpack_weights(packed.read_bytes())
+    plain = packed.with_name(packed.name.removesuffix(".xz"))
+    plain.write_bytes(data)
+    packed.unlink()
+    sha = hashlib.sha256(data).hexdigest()
+    entry = {k: v for k, v in entry.items() if k != "weights_sha256"} | {"file": plain.name, "sha256": sha}
+    reg.write_text(json.dumps({"format": "odearch-weights/1", "weights": {**entries, name: entry}}))
+    record = json.loads((run / "shipped.json").read_text()) | {"sha256": sha}
+    (run / "shipped.json").write_text(json.dumps(record))
+    return entry
 
 
 @needs_cifar
-def test_compact_shipped_refuses_what_it_cannot_compact(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """An unpruned run, a run trained in fp32, and flags that choose another name or registry."""
-    reg = tmp_path / "w" / "registry.json"
-    bf16 = make_run(tmp_path / "bf16", model="lm_resnet20", amp="bf16")
-    with pytest.raises(ShipError, match="is not pruned"):
-        compact_shipped(bf16)
-    fp32 = make_run(tmp_path / "fp32", seed=1)
-    assert main(ship(fp32, reg, "--prune-checkpoints", "--force")) == 0
+def test_repack_packs_a_run_shipped_unpacked_and_readers_take_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An fp32 run shipped before packing: ``--repack`` packs it losslessly; the shipped.json written before the
+    repack is still good until then and after a kill between the registry and shipped.json (a second repack
+    finishes); eval reads the same numbers throughout."""
+    run, reg = make_run(tmp_path / "fp32", seed=1), tmp_path / "w" / "registry.json"
+    assert main(ship(run, reg, "--prune-checkpoints", "--force")) == 0
     capsys.readouterr()
-    assert main(["ship", str(fp32), "--compact-shipped", "--force"]) == 1
-    assert "trained in fp32: nothing to compact" in error_line(capsys)
-    assert main(["ship", str(fp32), "--compact-shipped", "--tag", "x", "--registry", str(reg)]) == 1
+    name = next(iter(read_registry(reg)))
+    old = unpacked_entry(reg, run, name)
+    assert main(evaluate(run)) == 0
+    before = eval_json(capsys, "pruned after shipping")
+    plain = reg.parent / old["file"]
+    plain_bytes = plain.read_bytes()
+
+    def killed(*args: object) -> None:
+        raise SystemExit("killed")
+
+    monkeypatch.setattr("odearch.train.ship._finish_repack", killed)
+    with pytest.raises(SystemExit):
+        repack_shipped(run, force=True)
+    monkeypatch.undo()
+    entry = read_registry(reg)[name]
+    assert entry["weights_sha256"] == old["sha256"] and plain.exists()  # registry switched, shipped.json not yet
+    assert unpack_weights((reg.parent / entry["file"]).read_bytes()) == plain_bytes
+    assert main(evaluate(run)) == 0 and eval_json(capsys, "pruned after shipping") == before
+    assert main(["ship", str(run), "--repack", "--force"]) == 0
+    assert f"repacked {name}: {name}.safetensors.xz" in capsys.readouterr().out
+    assert not plain.exists() and json.loads((run / "shipped.json").read_text())["sha256"] == entry["sha256"]
+    assert main(evaluate(run)) == 0 and eval_json(capsys, "pruned after shipping") == before
+    assert main(["ship", str(run), "--repack", "--force"]) == 1
+    assert "already stored as a ship writes it today" in error_line(capsys)
+
+
+@needs_cifar
+def test_repack_refuses_an_unpruned_run_and_other_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path / "bf16", model="lm_resnet20", amp="bf16")
+    with pytest.raises(ShipError, match="is not pruned"):
+        repack_shipped(run)
+    assert main(["ship", str(run), "--repack", "--tag", "x", "--registry", str(tmp_path / "r.json")]) == 1
     assert "not --tag, --registry" in error_line(capsys)

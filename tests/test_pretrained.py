@@ -25,6 +25,7 @@ from odearch.analysis.command import resolve_checkpoint
 from odearch.cli import main
 from odearch.models import _pretrained
 from odearch.models._pretrained import PretrainedError, read_registry
+from odearch.packing import unpack_weights
 from odearch.train import RunDir, TrainConfig, fit
 from odearch.train.ship import ShipError, evaluate_weights, prune_checkpoints, ship_run
 
@@ -47,7 +48,7 @@ def test_registry_pins_every_shipped_file() -> None:
     (an unlisted or replaced file fails, even while the registry is empty)."""
     folder = _pretrained.REGISTRY_FILE.parent
     listed = {entry["file"] for entry in read_registry().values()}
-    assert {p.name for p in folder.glob("*.safetensors")} <= listed
+    assert {p.name for p in folder.glob("*.safetensors*")} <= listed
     for entry in read_registry().values():
         assert _pretrained.file_sha256(_pretrained.REGISTRY_FILE.parent / entry["file"]) == entry["sha256"]
         assert {"dataset", "recipe", "test_acc", "commits"} <= set(entry)
@@ -217,7 +218,7 @@ def test_ship_cli_refuses_a_second_entry_of_the_same_name(
     assert main(args) == 0
     assert "shipped resnet20.tiny" in capsys.readouterr().out
     assert main(args) == 1 and "already in" in capsys.readouterr().err
-    assert list(read_registry(reg)) == ["resnet20.tiny"] and (reg.parent / "resnet20.tiny.safetensors").is_file()
+    assert list(read_registry(reg)) == ["resnet20.tiny"] and (reg.parent / "resnet20.tiny.safetensors.xz").is_file()
 
 
 @pytest.mark.slow
@@ -228,6 +229,7 @@ def test_wheel_carries_the_weights(tmp_path: Path) -> None:
     for f in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / f, tmp_path / f)
     (src / "odearch" / "weights" / "probe.cifar10_s0.safetensors").write_bytes(b"not really weights")
+    (src / "odearch" / "weights" / "probe.cifar10_s0.safetensors.xz").write_bytes(b"not really packed weights")
     subprocess.run(
         [
             sys.executable,
@@ -247,6 +249,7 @@ def test_wheel_carries_the_weights(tmp_path: Path) -> None:
     (wheel,) = (tmp_path / "dist").glob("odearch-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "odearch/weights/registry.json" in names and "odearch/weights/probe.cifar10_s0.safetensors" in names
+    assert "odearch/weights/probe.cifar10_s0.safetensors.xz" in names
 
 
 def test_a_real_run_records_and_reports_its_device_and_commit(tiny_run: Path) -> None:
@@ -298,10 +301,10 @@ def test_prune_checkpoints_keeps_the_final_weights_reachable(
     assert record["weights"] == "resnet20.cifar10_s0"
     assert "checkpoints/current/last.safetensors" not in record["deleted"]  # symlinks are not files of their own
     assert any(k.endswith("last.state.pt") for k in record["deleted"]) and len(record["deleted"]) >= 3
-    assert (reg.parent / "resnet20.cifar10_s0.safetensors").read_bytes() == final
+    assert unpack_weights((reg.parent / "resnet20.cifar10_s0.safetensors.xz").read_bytes()) == final
     assert RunDir(run).foreign() == []
 
-    assert resolve_checkpoint(run) == (reg.parent / "resnet20.cifar10_s0.safetensors", run)  # odearch analyze RUN
+    assert resolve_checkpoint(run) == (reg.parent / "resnet20.cifar10_s0.safetensors.xz", run)  # odearch analyze RUN
     assert main(ev) == 0
     after = json.loads((tmp_path / "e.json").read_text())
     assert "pruned after shipping" in capsys.readouterr().err
@@ -313,7 +316,7 @@ def test_prune_checkpoints_keeps_the_final_weights_reachable(
     assert main(ship) == 0 and "already shipped as resnet20.cifar10_s0 and pruned" in capsys.readouterr().out
     assert main(ship[:-2]) == 1 and "already shipped and pruned" in capsys.readouterr().err  # shipping again
 
-    (reg.parent / "resnet20.cifar10_s0.safetensors").write_bytes(final[:-4] + b"\0\0\0\0")  # a damaged shipped copy
+    (reg.parent / "resnet20.cifar10_s0.safetensors.xz").write_bytes(final[:-4] + b"\0\0\0\0")  # a damaged shipped copy
     assert main(ev) == 1 and "differs" in capsys.readouterr().err
 
 

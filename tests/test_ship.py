@@ -179,14 +179,14 @@ def test_a_tag_that_a_pruned_run_names_is_never_overwritten(
     monkeypatch.setattr(_pretrained, "REGISTRY_FILE", reg)
     first, second = make_run(tmp_path / "a", seed=1), make_run(tmp_path / "b", seed=1, lr=0.05)
     assert main(ship(first, reg, "--prune-checkpoints", "--force")) == 0
-    shipped = (reg.parent / "resnet20.cifar10_s1.safetensors").read_bytes()
+    shipped = (reg.parent / "resnet20.cifar10_s1.safetensors.xz").read_bytes()
     capsys.readouterr()
     assert main(ship(second, reg)) == 1  # the same default tag: refused, naming the run it belongs to
     line = error_line(capsys)
     assert f"another run, {first}" in line and "shipped.json names it" in line and "--tag" in line
     assert main(ship(second, reg, "--overwrite")) == 1
     assert "only copy" in error_line(capsys)
-    assert (reg.parent / "resnet20.cifar10_s1.safetensors").read_bytes() == shipped
+    assert (reg.parent / "resnet20.cifar10_s1.safetensors.xz").read_bytes() == shipped
     model = odearch.create_model("resnet20.cifar10_s1", pretrained=True)
     assert model.pretrained_cfg["run"] == str(first)
     assert main(ship(second, reg, "--tag", "cifar10_lr005_s1")) == 0  # under its own tag it ships
@@ -329,7 +329,7 @@ def test_eval_of_a_run_pruned_into_another_registry(tmp_path: Path, capsys: pyte
     assert json.loads((run / "shipped.json").read_text())["registry"] == str(reg.resolve())
     capsys.readouterr()
     assert main(evaluate(run)) == 0
-    assert eval_json(capsys, str(reg.parent / "resnet20.cifar10_s0.safetensors")) == before
+    assert eval_json(capsys, str(reg.parent / "resnet20.cifar10_s0.safetensors.xz")) == before
     reg.write_text(json.dumps({"format": _pretrained.FORMAT, "weights": {}}))
     assert main(evaluate(run)) == 1 and f"which {reg} does not list; restore {reg}" in error_line(capsys)
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from ..models import PretrainedError, registry_file, shipped_run_weights, shipped_weights_named
+from ..packing import is_packed, unpack_weights
 from ..runfiles import INITIAL_K_FILE
 from ..runfiles import read_metrics as read_metrics_rows
 from ..schemes.dense import DenseRows, dense_k_by_stage
@@ -196,6 +197,13 @@ def _arrays_ending(checkpoint: Path, suffix: str) -> dict:
     from safetensors import safe_open
 
     try:
+        data = checkpoint.read_bytes()
+        if is_packed(data):  # a shipped file: the safetensors bytes it packs, read through torch (bf16 tensors)
+            from safetensors.torch import load
+
+            tensors = load(unpack_weights(data))
+            keys = sorted((key for key in tensors if key.endswith(suffix)), key=_natural_key)
+            return {key: tensors[key].numpy() for key in keys}
         with safe_open(str(checkpoint), framework="numpy") as handle:
             keys = sorted((key for key in handle.keys() if key.endswith(suffix)), key=_natural_key)
             return {key: handle.get_tensor(key) for key in keys}

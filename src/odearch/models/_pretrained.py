@@ -24,6 +24,7 @@ from safetensors.torch import load as st_load
 from torch import nn
 
 from ..nn.cfg import data_cfg
+from ..packing import unpack_weights
 from ..runfiles import SHIPPED_FILE
 
 __all__ = [
@@ -205,12 +206,18 @@ def shipped_run_weights(run_dir: str | Path) -> Path | None:
     if entry is None:
         raise PretrainedError(f"{record_file} names {record['weights']}, which {registry} does not list; {fix}")
     path = registry.parent / entry["file"]
-    if not path.is_file() or file_sha256(path) != record["sha256"]:
+    if not path.is_file() or file_sha256(path) != entry["sha256"] or record["sha256"] not in _shas(entry):
         raise PretrainedError(
             f"{record_file} names {record['weights']} (sha256 {record['sha256']}), but {path} is "
             f"missing or differs; {fix}"
         )
     return path
+
+
+def _shas(entry: dict[str, Any]) -> set[str]:
+    """The sha256 a shipped.json may record for a registry entry: its file's, or the unpacked weights' of a packed
+    file (a record written before its file was packed)."""
+    return {entry["sha256"], entry.get("weights_sha256") or entry["sha256"]}
 
 
 def _file_model(data: bytes) -> str | None:
@@ -238,6 +245,10 @@ def _read_verified(name: str) -> tuple[str, dict[str, Any], bytes]:
             f"sha256 mismatch for {full!r}: {path} hashes to {digest}, the registry pins "
             f"{entry['sha256']}; the file is damaged or was replaced, reinstall odearch"
         )
+    try:
+        data = unpack_weights(data)
+    except ValueError as e:
+        raise PretrainedError(f"{path}: {e}, though its sha256 matches the registry's; reinstall odearch") from None
     saved = _file_model(data)
     if saved is not None and saved != entry["model"]:
         raise PretrainedError(

@@ -24,6 +24,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from ..packing import unpack_weights
+
 __all__ = [
     "CheckpointError",
     "atomic_write",
@@ -140,7 +142,8 @@ def tensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) ->
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Reads a safetensors checkpoint as (state_dict on CPU, decoded metadata); damage raises CheckpointError."""
+    """Reads a safetensors checkpoint (or a shipped weights file, xz-packed: :mod:`odearch.packing`) as (state_dict
+    on CPU, decoded metadata); damage raises CheckpointError."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -152,6 +155,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 def weights_from_bytes(data: bytes, path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """:func:`load_weights` of bytes already read from ``path`` (e.g. verified against a manifest first)."""
     try:
+        data = unpack_weights(data)
         tensors = st_load(data)
         n = int.from_bytes(data[:8], "little")
         header = json.loads(data[8 : 8 + n]).get("__metadata__", {}) or {}

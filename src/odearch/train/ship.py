@@ -3,19 +3,21 @@
 Refuses a run that has not finished all its epochs (``result.json`` status ``complete``, one ``metrics.jsonl`` row
 per epoch) or that is not the paper's full recipe (all epochs of the data set's schedule, the whole training set);
 verifies the final weights (``checkpoints/last.safetensors``) against the sha256 of their checkpoint manifest, as
-``eval`` and ``--resume`` do; writes them to ``odearch/weights/<model>.<tag>.safetensors``; evaluates the shipped
-file on the test set in fp32 on the CPU and records the number of correct images, with its sha256, data set, recipe,
-the run and the commits that trained it, in ``odearch/weights/registry.json`` (:mod:`odearch.models._pretrained`
-reads it). The test suite re-evaluates every shipped file the same way (:func:`evaluate_weights`) and checks the
-recorded count exactly.
+``eval`` and ``--resume`` do; writes them to ``odearch/weights/<model>.<tag>.safetensors.xz`` (packed, below);
+evaluates the shipped file on the test set in fp32 on the CPU and records the number of correct images, with its
+sha256, data set, recipe, the run and the commits that trained it, in ``odearch/weights/registry.json``
+(:mod:`odearch.models._pretrained` reads it). The test suite re-evaluates every shipped file the same way
+(:func:`evaluate_weights`) and checks the recorded count exactly.
 
 What is written: the verified bytes for a run trained in fp32 (or with ``--full-precision``); for a run trained under
 bf16 autocast, a compact file (:mod:`odearch.train.compact`) with the convolution and linear weights in bf16, as
 autocast used them at every step, and the rest fp32: half the bytes, and bitwise the same logits under autocast,
 which ship checks on the test set first (the entry's ``stored`` record; ``final_weights_sha256`` names the master
 weights it was made from). Its fp32 evaluation, the recorded one, differs slightly from the master weights'.
-``--compact-shipped`` (:func:`compact_shipped`) makes that compact file, in place, from the fp32 file a pruned
-bf16 run shipped byte for byte before compact storage existed.
+Every shipped file is xz-packed (``<model>.<tag>.safetensors.xz``, lossless, :mod:`odearch.packing`): the
+entry's ``sha256`` pins the packed file, ``weights_sha256`` the safetensors bytes inside. ``--repack``
+(:func:`repack_shipped`) rewrites the shipped file of a pruned run so, and compact for a bf16 run whose fp32 master
+weights shipped byte for byte before compact storage existed.
 
 Tags (:func:`default_tag`): ``<dataset>_s<seed>`` for the paper's recipe in fp32, with a suffix for each thing that
 sets a run apart from it, before the seed: ``bf16`` / ``fp16`` (trained under autocast), and for nets with LM
@@ -32,7 +34,7 @@ the files to delete) is written atomically first, ``eval`` reads the shipped cop
 ``--prune-checkpoints`` finishes a prune that a kill cut short. A run already shipped is pruned without shipping again.
 
 Run it from a source checkout (``pip install -e .`` or ``PYTHONPATH=src``): it writes into the package's source
-tree, ``src/odearch/weights/``; commit the new ``.safetensors`` and ``registry.json`` (pyproject's package-data puts
+tree, ``src/odearch/weights/``; commit the new ``.safetensors.xz`` and ``registry.json`` (pyproject's package-data puts
 them into the wheel).
 """
 
@@ -62,6 +64,7 @@ from ..models import (
     shipped_record_registry,
     shipped_run_weights,
 )
+from ..packing import XZ_SUFFIX, pack_weights, unpack_weights
 from ..runfiles import SHIPPED_FILE
 from . import generations
 from .checkpoint import CheckpointError, atomic_write, tensors_bytes, weights_bytes, weights_from_bytes, weights_into
@@ -74,10 +77,10 @@ from .state import build_model
 __all__ = [
     "ShipError",
     "add_ship_arguments",
-    "compact_shipped",
     "default_tag",
     "evaluate_weights",
     "prune_checkpoints",
+    "repack_shipped",
     "run_ship",
     "ship_run",
     "shipped_name",
@@ -158,9 +161,9 @@ def _autocast_dtype(cfg: TrainConfig, result: dict[str, Any], rows: list[dict[st
 
 
 def _final_sha(entry: dict[str, Any]) -> str:
-    """The sha256 of the run's final weights that a registry entry holds: its file's, or for a compact file the
-    master weights' it was made from."""
-    return entry.get("final_weights_sha256") or entry["sha256"]
+    """The sha256 of the run's final weights that a registry entry holds: recorded as such, else its unpacked
+    weights', else its file's."""
+    return entry.get("final_weights_sha256") or entry.get("weights_sha256") or entry["sha256"]
 
 
 def _recipe_problems(cfg: TrainConfig) -> list[str]:
@@ -233,71 +236,112 @@ def ship_run(
     if store is not None:
         model, data, stored = _compact(model, meta, store, cfg.dataset, data_dir or cfg.data_dir, test_subset)
     correct, n = evaluate_weights(model, cfg.dataset, data_dir or cfg.data_dir, test_subset)
-    file = f"{name}.safetensors"
+    file, packed = f"{name}.safetensors{XZ_SUFFIX}", pack_weights(data)
     registry.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(registry.parent / file, data)
-    entries[name] = _entry(run, cfg, result, rows, generations.sha256(data), file, correct, n) | final | stored
+    atomic_write(registry.parent / file, packed)
+    replaced = entries.get(name, {}).get("file")
+    entries[name] = _entry(run, cfg, result, rows, generations.sha256(packed), file, correct, n) | final | stored
+    entries[name] |= {"weights_sha256": generations.sha256(data)}
     entries[name] |= {"not_the_paper_recipe": problems} if problems else {}
     if ema:
         entries[name] |= {"ema": True, "ema_decay": cfg.ema_decay}
     atomic_write(registry, (json.dumps({"format": WEIGHTS_FORMAT, "weights": entries}, indent=2) + "\n").encode())
+    if replaced and replaced != file:  # --overwrite of an entry stored unpacked
+        (registry.parent / replaced).unlink(missing_ok=True)
     return name, entries[name]
 
 
-def compact_shipped(
+def repack_shipped(
     run_dir: str | Path,
     *,
     data_dir: str | Path | None = None,
     test_subset: int | None = None,
     force: bool = False,
 ) -> tuple[str, dict[str, Any]]:
-    """Rewrites the fp32 weights that a pruned bf16 run shipped byte for byte (before compact storage existed, or
-    with ``--full-precision``) as the compact file a ship writes today, under the same name and file; returns
-    (name, new entry). The same bitwise check under autocast as :func:`ship_run`, then the fp32 evaluation the
-    registry records; ``final_weights_sha256`` keeps the master weights' sha256. Writes the weights, the registry,
-    then ``RUN/shipped.json``.
+    """Rewrites the shipped file of a pruned run as a ship writes it today; returns (name, new entry): packed
+    (``<name>.safetensors.xz``, :mod:`odearch.packing`), and for a bf16 run whose fp32 master weights shipped byte for
+    byte (before compact storage existed) compact, after the bitwise check under autocast of :func:`ship_run` and
+    the fp32 evaluation the registry records. Writes the new file, the registry, ``RUN/shipped.json``, then deletes
+    the old file; run again after a kill, it finishes what is left.
 
     Raises:
-        ShipError: the run is not pruned, not trained in bf16, already compact, its shipped file is damaged, or git's
-            HEAD does not hold that file unchanged (the master weights would be lost) and not ``force``.
+        ShipError: the run is not pruned, already stored so and finished, its shipped file is damaged, or git's HEAD
+            does not hold that file unchanged (its bytes would be lost) and not ``force``.
     """
-    run = RunDir(Path(run_dir))
+    run, (record, registry, entries) = RunDir(Path(run_dir)), _pruned_entry(run_dir)
+    name = record["weights"]
+    entry, old = entries[name], registry.parent / entries[name]["file"]
+    cfg = run.read_config()
+    store = None if entry.get("stored") else _autocast_dtype(cfg, run.read_result(), run.read_metrics())
+    if entry.get("weights_sha256") and store is None:
+        return name, _finish_repack(run, record, registry, entry)
+    if _not_in_git(old.parent, [old]) and not force:
+        raise ShipError(
+            f"not repacking {name}: git's HEAD does not hold {old} unchanged, so its bytes would be lost; commit it "
+            "first, or pass --force"
+        )
+    data, new = unpack_weights(old.read_bytes()), dict(entry)
+    if store is not None:
+        new["final_weights_sha256"] = generations.sha256(data)  # the fp32 master weights, shipped byte for byte
+        data, stored = _compact_master(cfg, store, data, old, data_dir, test_subset)
+        stored["stored"]["converted"] = f"from the fp32 file shipped first (sha256 {entry['sha256']}, in git history)"
+        new |= stored
+    packed = pack_weights(data)
+    new |= {"file": f"{name}.safetensors{XZ_SUFFIX}", "sha256": generations.sha256(packed)}
+    new |= {"weights_sha256": generations.sha256(data)}
+    atomic_write(registry.parent / new["file"], packed)
+    entries[name] = new
+    atomic_write(registry, (json.dumps({"format": WEIGHTS_FORMAT, "weights": entries}, indent=2) + "\n").encode())
+    return name, _finish_repack(run, record, registry, new)
+
+
+def _pruned_entry(run_dir: str | Path) -> tuple[dict[str, Any], Path, dict[str, dict[str, Any]]]:
+    """(shipped.json record, registry file, its entries) of a pruned run whose registry is sound and lists it."""
     try:
-        record, path = read_shipped_record(run.root), shipped_run_weights(run.root)
+        record = read_shipped_record(run_dir)
     except PretrainedError as e:
-        raise ShipError(f"not compacting {run.root}: {e}") from None
-    if record is None or path is None:
-        raise ShipError(f"{run.root} is not pruned: ship it (a bf16 run ships compact; --overwrite to re-ship)")
-    registry = shipped_record_registry(run.root, record)
+        raise ShipError(f"not repacking {run_dir}: {e}") from None
+    if record is None:
+        raise ShipError(f"{run_dir} is not pruned: ship it (--overwrite to re-ship), then prune it")
+    registry = shipped_record_registry(run_dir, record)
     damaged = registry_problems(registry)
     if damaged:
-        raise ShipError(f"not compacting into a damaged registry: {damaged[0]}; repair it first")
-    name, entries = record["weights"], read_registry(registry)
-    entry = entries[name]
-    cfg = run.read_config()
-    store = _autocast_dtype(cfg, run.read_result(), run.read_metrics())
-    if entry.get("stored") or store is None:
-        why = "already stored compact" if entry.get("stored") else "trained in fp32: nothing to compact"
-        raise ShipError(f"{name} ({path}) is {why}")
-    if _not_in_git(path.parent, [path]) and not force:
-        raise ShipError(
-            f"not compacting {name}: git's HEAD does not hold {path} unchanged, and it is the only copy of the "
-            "run's fp32 master weights; commit it first, or pass --force to drop them"
-        )
-    data = path.read_bytes()
+        raise ShipError(f"not repacking into a damaged registry: {damaged[0]}; repair it first")
+    entries = read_registry(registry)
+    entry = entries.get(record["weights"])
+    path = registry.parent / entry["file"] if entry else None
+    if path is None or not path.is_file() or file_sha256(path) != entry["sha256"]:  # type: ignore[index]
+        raise ShipError(f"{run_dir / SHIPPED_FILE} names {record['weights']}, missing or damaged in {registry}")
+    return record, registry, entries
+
+
+def _compact_master(
+    cfg: TrainConfig, store: torch.dtype, data: bytes, path: Path, data_dir: str | Path | None, test_subset: int | None
+) -> tuple[bytes, dict[str, Any]]:
+    """(compact file bytes, the entry's storage and evaluation keys) of the fp32 master weights ``data``."""
     model = build_model(cfg)
     tensors, meta = weights_from_bytes(data, path)
     weights_into(model, tensors, meta, path, cfg.model)
     model, compact, stored = _compact(model, meta, store, cfg.dataset, data_dir or cfg.data_dir, test_subset)
     correct, n = evaluate_weights(model, cfg.dataset, data_dir or cfg.data_dir, test_subset)
-    stored["stored"]["converted"] = f"from the fp32 file shipped first (sha256 {entry['sha256']}, in git history)"
-    entries[name] = entry | {"sha256": generations.sha256(compact), "final_weights_sha256": entry["sha256"]}
-    entries[name] |= {"test_acc": correct / n, "test_correct": correct, "test_images": n} | stored
-    atomic_write(path, compact)  # a kill from here to shipped.json: `git checkout -- path` and run it again
-    atomic_write(registry, (json.dumps({"format": WEIGHTS_FORMAT, "weights": entries}, indent=2) + "\n").encode())
-    record |= {"sha256": entries[name]["sha256"], "test_acc": correct / n, "note": PRUNE_NOTE[True]}
-    atomic_write(run.shipped, (json.dumps(record, indent=2) + "\n").encode())
-    return name, entries[name]
+    return compact, stored | {"test_acc": correct / n, "test_correct": correct, "test_images": n}
+
+
+def _finish_repack(run: RunDir, record: dict[str, Any], registry: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """Points ``RUN/shipped.json`` at the repacked entry and deletes the run's old unpacked file; ShipError when
+    there was nothing left to do."""
+    old = registry.parent / entry["file"].removesuffix(XZ_SUFFIX)
+    stale = old.is_file() and old.name != entry["file"]
+    current = record["sha256"] == entry["sha256"] and record.get("test_acc") == entry["test_acc"]
+    if current and not stale:
+        raise ShipError(f"{record['weights']} is already stored as a ship writes it today ({entry['file']})")
+    if not current:
+        record |= {"sha256": entry["sha256"], "test_acc": entry["test_acc"]}
+        record |= {"note": PRUNE_NOTE[bool(entry.get("stored"))]}
+        atomic_write(run.shipped, (json.dumps(record, indent=2) + "\n").encode())
+    if stale:
+        old.unlink()
+    return entry
 
 
 def _final_ema(run: RunDir) -> dict[str, torch.Tensor]:
@@ -651,10 +695,11 @@ def add_ship_arguments(p: argparse.ArgumentParser) -> None:
         help="ship the final EMA of the weights of a run trained with --ema-decay (tag: ..._ema_s<seed>)",
     )
     p.add_argument(
-        "--compact-shipped",
+        "--repack",
         action="store_true",
-        help="rewrite the fp32 file a pruned bf16 run shipped byte for byte (before compact storage existed) as "
-        "its compact file, under the same name; refused unless git's HEAD holds the fp32 file (--force: drop it)",
+        help="rewrite the shipped file of a pruned run as a ship writes it today: xz-packed, and compact for a bf16 "
+        "run whose fp32 master weights shipped byte for byte; refused unless git's HEAD holds the old file (--force: "
+        "drop it)",
     )
     p.add_argument(
         "--full-precision",
@@ -666,10 +711,10 @@ def add_ship_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_ship(args: argparse.Namespace) -> int:
     """``odearch ship``: ships the run and prints the entry; with ``--prune-checkpoints`` deletes its checkpoints."""
-    if args.compact_shipped:
-        return _compact_shipped_and_print(args)
+    if args.repack:
+        return _repack_and_print(args)
     if args.force and not args.prune_checkpoints:
-        raise ShipError("--force only applies to --prune-checkpoints and --compact-shipped")
+        raise ShipError("--force only applies to --prune-checkpoints and --repack")
     if args.ema and args.prune_checkpoints:
         raise ShipError("--ema with --prune-checkpoints: prune after shipping the run's raw final weights")
     if not (args.prune_checkpoints and Path(args.run, SHIPPED_FILE).is_file()):  # else: pruned, or being pruned
@@ -683,24 +728,25 @@ def run_ship(args: argparse.Namespace) -> int:
     return 0
 
 
-COMPACT_SHIPPED_ALONE = ("tag", "registry", "any_recipe", "overwrite", "prune_checkpoints", "ema", "full_precision")
+REPACK_ALONE = ("tag", "registry", "any_recipe", "overwrite", "prune_checkpoints", "ema", "full_precision")
 
 
-def _compact_shipped_and_print(args: argparse.Namespace) -> int:
-    given = [f"--{k.replace('_', '-')}" for k in COMPACT_SHIPPED_ALONE if getattr(args, k)]
+def _repack_and_print(args: argparse.Namespace) -> int:
+    given = [f"--{k.replace('_', '-')}" for k in REPACK_ALONE if getattr(args, k)]
     if given:
         raise ShipError(
-            f"--compact-shipped takes --data-dir, --test-subset and --force only, not {', '.join(given)} (the "
-            f"run's {SHIPPED_FILE} names its weights and registry)"
+            f"--repack takes --data-dir, --test-subset and --force only, not {', '.join(given)} (the run's "
+            f"{SHIPPED_FILE} names its weights and registry)"
         )
-    name, entry = compact_shipped(args.run, data_dir=args.data_dir, test_subset=args.test_subset, force=args.force)
-    stored = entry["stored"]
-    print(
-        f"compacted {name}: {entry['file']} now stores {stored['dtype']} {stored['tensors']}, sha256 "
-        f"{entry['sha256']}; under {stored['dtype']} autocast {stored['autocast_test_correct']}/"
-        f"{stored['autocast_test_images']}, bitwise the fp32 file's logits; fp32 {entry['test_correct']}/"
-        f"{entry['test_images']}"
-    )
+    name, entry = repack_shipped(args.run, data_dir=args.data_dir, test_subset=args.test_subset, force=args.force)
+    print(f"repacked {name}: {entry['file']}, sha256 {entry['sha256']} (unpacked {entry['weights_sha256']})")
+    stored = entry.get("stored") or {}
+    if stored.get("converted"):
+        print(
+            f"stored compact: {stored['dtype']} {stored['tensors']}; under {stored['dtype']} autocast "
+            f"{stored['autocast_test_correct']}/{stored['autocast_test_images']}, bitwise the fp32 file's logits; "
+            f"fp32 {entry['test_correct']}/{entry['test_images']}"
+        )
     return 0
 
 
