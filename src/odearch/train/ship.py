@@ -738,10 +738,14 @@ def _repack_and_print(args: argparse.Namespace) -> int:
             f"--repack takes --data-dir, --test-subset and --force only, not {', '.join(given)} (the run's "
             f"{SHIPPED_FILE} names its weights and registry)"
         )
+    record = read_shipped_record(args.run) or {}
+    was_compact = bool(
+        read_registry(shipped_record_registry(args.run, record)).get(record.get("weights"), {}).get("stored")
+    )
     name, entry = repack_shipped(args.run, data_dir=args.data_dir, test_subset=args.test_subset, force=args.force)
     print(f"repacked {name}: {entry['file']}, sha256 {entry['sha256']} (unpacked {entry['weights_sha256']})")
     stored = entry.get("stored") or {}
-    if stored.get("converted"):
+    if stored and not was_compact:
         print(
             f"stored compact: {stored['dtype']} {stored['tensors']}; under {stored['dtype']} autocast "
             f"{stored['autocast_test_correct']}/{stored['autocast_test_images']}, bitwise the fp32 file's logits; "
