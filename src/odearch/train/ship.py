@@ -803,5 +803,5 @@ def _ship_and_print(args: argparse.Namespace) -> None:
     if entry["run_final_test_acc"] is not None and abs(entry["run_final_test_acc"] - own) > 0:
         print(
             f"note: the run's own last-epoch evaluation read {100 * entry['run_final_test_acc']:.2f}% (another "
-            f"machine or evaluation order); the registry records this evaluation"
+            f"machine, evaluation order, or a compiled net's fused kernels); the registry records this evaluation"
         )
