@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lzma
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,3 +50,8 @@ def test_unpacking_stops_at_the_size_limit(monkeypatch: pytest.MonkeyPatch) -> N
         packing.unpack_weights(bomb)
     monkeypatch.setattr(packing, "MAX_UNPACKED_BYTES", 10_000)
     assert packing.unpack_weights(bomb) == b"\0" * 10_000
+
+
+def test_weights_stem_drops_both_extensions() -> None:
+    assert packing.weights_stem(Path("w/lm_resnet20.cifar10_s0.safetensors.xz")) == "lm_resnet20.cifar10_s0"
+    assert packing.weights_stem(Path("w/lm_resnet20.cifar10_s0.safetensors")) == "lm_resnet20.cifar10_s0"

@@ -26,7 +26,7 @@ from odearch.cli import main
 from odearch.models import _pretrained
 from odearch.models._pretrained import PretrainedError, read_registry
 from odearch.packing import unpack_weights
-from odearch.train import RunDir, TrainConfig, fit
+from odearch.train import RunDir, TrainConfig, fit, load_weights
 from odearch.train.ship import ShipError, evaluate_weights, prune_checkpoints, ship_run
 
 SHIPPED = list(read_registry())
@@ -173,7 +173,7 @@ def test_analyze_a_shipped_lm_net_by_name_writes_beside_the_caller(
     assert main(["analyze", "lm_resnet20.cifar10_s0"]) == 0
     with open(tmp_path / "analysis" / "lm_resnet20.cifar10_s0" / "lm_table.csv") as f:
         rows = list(csv.DictReader(f))
-    weights = load_file(_pretrained.pretrained_file("lm_resnet20.cifar10_s0"))
+    weights = load_weights(_pretrained.pretrained_file("lm_resnet20.cifar10_s0"))[0]
     k = [float(v) for stage in ("stages.0", "stages.1", "stages.2") for v in weights[f"{stage}.lm_k"].flatten()]
     assert len(k) == 6 and [float(r["k"]) for r in rows] == pytest.approx(k, rel=1e-7)
     assert {r["run"] for r in rows} == {"lm_resnet20.cifar10_s0"}

@@ -17,7 +17,6 @@ import pytest
 import torch
 import torchvision.transforms.functional as F
 from PIL import Image
-from safetensors.torch import load_file
 from torchvision import transforms as T
 
 import odearch
@@ -25,6 +24,7 @@ from odearch import data
 from odearch.models import model_entrypoint
 from odearch.models._pretrained import PretrainedError, pretrained_file
 from odearch.timm_models import EXCLUDE_JIT_FILTERS, PREFIX, TIMM_TRAIN_ARGS, register_timm
+from odearch.train.checkpoint import load_weights
 
 timm = pytest.importorskip("timm", reason="timm is optional (the dev extra installs it)")
 create_transform, resolve_data_config = timm.data.create_transform, timm.data.resolve_data_config
@@ -128,7 +128,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_timm_pretrained_loads_the_package_files_bit_for_bit(name: str, no_network: None) -> None:
     model = timm.create_model(PREFIX + name, pretrained=True)
     ref = odearch.create_model(name, pretrained=True)
-    tensors = load_file(pretrained_file(name))
+    tensors = load_weights(pretrained_file(name))[0]
     assert model.state_dict().keys() == ref.state_dict().keys() == tensors.keys()
     theirs = ref.state_dict()
     assert all(torch.equal(v, theirs[k]) and torch.equal(v, tensors[k]) for k, v in model.state_dict().items())
@@ -152,7 +152,7 @@ def test_untagged_pretrained_takes_the_first_tag(no_network: None) -> None:
 
 def test_new_head_keeps_the_backbone_and_the_weights_statistics(no_network: None) -> None:
     name = "lm_resnet20.cifar10_s0"
-    tensors = load_file(pretrained_file(name))
+    tensors = load_weights(pretrained_file(name))[0]
     model = timm.create_model(PREFIX + name, pretrained=True, num_classes=100)
     head = model.pretrained_cfg["classifier"]
     own = model.state_dict()

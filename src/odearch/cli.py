@@ -342,6 +342,7 @@ def _eval_target(args: argparse.Namespace) -> tuple[Any, Path, Path | None, dict
     """(config, checkpoint, default JSON path, tensors, metadata) of ``odearch eval TARGET``: a run directory, an
     odearch checkpoint, or a bare weights file with ``--model``; the data directory is resolved (--data-dir, then
     $ODEARCH_DATA, then the run's record)."""
+    from .packing import weights_stem
     from .train import RunDir, TrainConfig, load_weights
     from .train.checkpoint import CheckpointError
     from .train.rundir import resolve_data_dir
@@ -357,7 +358,7 @@ def _eval_target(args: argparse.Namespace) -> tuple[Any, Path, Path | None, dict
                     f"evaluated as what it trained; drop {flag}"
                 )
         ckpt = _run_checkpoint(run, args.checkpoint)
-        json_default: Path | None = run.root / f"eval_{ckpt.stem}.json"
+        json_default: Path | None = run.root / f"eval_{weights_stem(ckpt)}.json"
         tensors, meta = load_weights(ckpt)
         if meta.get("model", cfg.model) != cfg.model:
             raise CheckpointError(

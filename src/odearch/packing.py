@@ -10,8 +10,9 @@ bytes, which no safetensors file can (its first 8 bytes are the header length). 
 from __future__ import annotations
 
 import lzma
+from pathlib import Path
 
-__all__ = ["MAX_UNPACKED_BYTES", "XZ_SUFFIX", "is_packed", "pack_weights", "unpack_weights"]
+__all__ = ["MAX_UNPACKED_BYTES", "XZ_SUFFIX", "is_packed", "pack_weights", "unpack_weights", "weights_stem"]
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
 XZ_SUFFIX = ".xz"
@@ -51,3 +52,9 @@ def unpack_weights(data: bytes) -> bytes:
     if not decompressor.eof or decompressor.unused_data:
         raise ValueError("truncated xz stream" if not decompressor.eof else "bytes after the end of the xz stream")
     return out
+
+
+def weights_stem(path: Path) -> str:
+    """The name of a weights file without its extensions: ``lm_resnet20.cifar10_s0`` for ``*.safetensors`` and
+    ``*.safetensors.xz`` alike."""
+    return Path(path.name.removesuffix(XZ_SUFFIX)).stem

@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from ..models import PretrainedError, registry_file, shipped_run_weights, shipped_weights_named
-from ..packing import is_packed, unpack_weights
+from ..packing import is_packed, unpack_weights, weights_stem
 from ..runfiles import INITIAL_K_FILE
 from ..runfiles import read_metrics as read_metrics_rows
 from ..schemes.dense import DenseRows, dense_k_by_stage
@@ -151,7 +151,7 @@ def load_source(path: Path) -> RunSource:
     if metrics is not None and initial is not None:
         metrics = [initial, *metrics]  # k_n before the first epoch: epoch 0 of k over epochs
     model = read_model_name(run_dir / "config.yaml") if run_dir else None
-    name = run_dir.name if run_dir else checkpoint.stem
+    name = run_dir.name if run_dir else weights_stem(checkpoint)
     return RunSource(name, checkpoint, run_dir, k_by_stage, metrics, model, dense_k)
 
 
