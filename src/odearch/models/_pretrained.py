@@ -1,9 +1,10 @@
 """Weights shipped inside the package, as timm's pretrained configs: ``create_model(name, pretrained=True)``.
 
 The registry is ``odearch/weights/registry.json``: one entry per ``"<model>.<tag>"`` (timm's naming, e.g.
-``"lm_resnet20.cifar10_s0"``) giving the safetensors file beside it, its pinned sha256, and where the weights come
-from (data set, recipe, test accuracy, commits). ``odearch ship RUN`` (:mod:`odearch.train.ship`) writes entries
-from finished runs; nobody edits the file by hand. ``create_model("lm_resnet20", pretrained=True)`` takes the first
+``"lm_resnet20.cifar10_s0"``) giving the weights file beside it (safetensors, xz-packed: :mod:`odearch.packing`),
+its pinned sha256 (``weights_sha256``: of the safetensors bytes it packs), and where the weights come from (data
+set, recipe, test accuracy, commits). ``odearch ship RUN`` (:mod:`odearch.train.ship`) writes entries from finished
+runs; nobody edits the file by hand. ``create_model("lm_resnet20", pretrained=True)`` takes the first
 entry of that model; ``create_model("lm_resnet20.cifar10_s1", pretrained=True)`` a given one.
 
 A registry file that is not one (a list, no ``weights`` mapping, bad JSON) is a one-line :class:`PretrainedError`
@@ -232,8 +233,8 @@ def _file_model(data: bytes) -> str | None:
 
 
 def _read_verified(name: str) -> tuple[str, dict[str, Any], bytes]:
-    """(full name, entry, file bytes) of a shipped weights name, the bytes checked against the pinned sha256 and the
-    model their metadata names against the entry's."""
+    """(full name, entry, safetensors bytes) of a shipped weights name, the file checked against the pinned sha256
+    (then unpacked) and the model its metadata names against the entry's."""
     full, entry = pretrained_entry(name)
     path = REGISTRY_FILE.parent / entry["file"]
     if not path.is_file():
