@@ -197,11 +197,12 @@ def _arrays_ending(checkpoint: Path, suffix: str) -> dict:
     from safetensors import safe_open
 
     try:
-        data = checkpoint.read_bytes()
-        if is_packed(data):  # a shipped file: the safetensors bytes it packs, read through torch (bf16 tensors)
+        with open(checkpoint, "rb") as f:
+            packed = is_packed(f.read(8))
+        if packed:  # a shipped file: the safetensors bytes it packs, read through torch (bf16 tensors)
             from safetensors.torch import load
 
-            tensors = load(unpack_weights(data))
+            tensors = load(unpack_weights(checkpoint.read_bytes()))
             keys = sorted((key for key in tensors if key.endswith(suffix)), key=_natural_key)
             return {key: tensors[key].numpy() for key in keys}
         with safe_open(str(checkpoint), framework="numpy") as handle:
