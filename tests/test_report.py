@@ -466,3 +466,27 @@ def test_learned_k_after_the_last_epoch_listed_per_stage(campaign: Path, tmp_pat
         ]
     ]
     assert md.count("[lm_resnet20_short]") == 1  # its k are all empty: no row (linked once, under other runs)
+
+
+def _scalar_steps(logdir: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_report_replays_metrics_as_tensorboard_events(campaign: Path, tmp_path: Path) -> None:
+    tb = tmp_path / "tb"
+    out = tmp_path / "docs" / "results.md"
+    args = ["report", str(campaign), "--out", str(out), "--no-plots", "--tensorboard", str(tb)]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (campaign / "lm_resnet20_s0" / "metrics.jsonl").read_text().splitlines()]
+    want = [(r["epoch"], pytest.approx(r["test_acc"], rel=1e-6)) for r in rows]
+    assert _scalar_steps(tb / "lm_resnet20_s0", "test_acc") == want
+    assert main(args) == 0  # again: the second replay hides the first one's events, each epoch is shown once
+    assert len(list((tb / "lm_resnet20_s0").glob("events.out.tfevents.*"))) == 2
+    assert _scalar_steps(tb / "lm_resnet20_s0", "test_acc") == want
+    assert sorted(p.name for p in tb.iterdir()) == sorted(
+        p.name for p in find_runs([campaign]) if (p / "metrics.jsonl").stat().st_size
+    )

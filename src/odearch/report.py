@@ -63,6 +63,7 @@ __all__ = [
     "twin_rows",
     "write_headline",
     "write_report",
+    "write_tensorboard",
 ]
 
 _COLORS = {"resnet": "tab:blue", "preact": "tab:orange", "lm": "tab:green"}
@@ -780,6 +781,33 @@ def write_headline(readme: str | Path, runs: Sequence[RunSummary], out: str | Pa
     readme.write_text(text[:start] + block + text[end + len(HEADLINE_END) :])
 
 
+def write_tensorboard(paths: Sequence[str | Path], dest: str | Path) -> list[Path]:
+    """Replays the ``metrics.jsonl`` of every run under ``paths`` into ``dest/RUN_NAME`` as TensorBoard events (what
+    training writes to ``RUN/tb/``, which results/ does not track); a run whose metrics cannot be read is skipped with a
+    warning, and so is a second run of the same name.
+
+    Returns:
+        The folders written.
+    """
+    from .train.tensorboard import replay
+
+    written: list[Path] = []
+    for run_dir in find_runs(paths):
+        logdir = Path(dest) / run_dir.name
+        if logdir in written:
+            _warn(f"skipping run {run_dir} for TensorBoard: {logdir} holds another run of that name")
+            continue
+        try:
+            rows = _read_rows(run_dir)
+        except RunFileError as e:
+            _warn(f"skipping run {run_dir} for TensorBoard: {e}")
+            continue
+        if rows:
+            replay(rows, logdir)
+            written.append(logdir)
+    return written
+
+
 def _summaries(run_dirs: Sequence[Path]) -> list[RunSummary]:
     """The runs the report can read; each damaged one is left out with a warning naming it and what is wrong."""
     runs = []
@@ -807,6 +835,12 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="also tabulate the probe records of this folder (scripts/probe_lm.py; e.g. results/probes)",
     )
+    p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="also write each run's metrics.jsonl as TensorBoard events to DIR/RUN_NAME (the tracked runs keep no "
+        "event files; then: tensorboard --logdir DIR)",
+    )
 
 
 def run_report(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
@@ -822,4 +856,7 @@ def run_report(args: argparse.Namespace, argv: Sequence[str] | None = None) -> i
     print(f"wrote {out}" + (f" and {', '.join(map(str, curves))}" if curves else ""))
     if args.readme:
         print(f"rewrote the results headline of {args.readme}")
+    if args.tensorboard:
+        logdirs = write_tensorboard(args.results, args.tensorboard)
+        print(f"wrote TensorBoard events of {len(logdirs)} runs under {args.tensorboard}")
     return 0

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TensorBoard"]
+__all__ = ["TensorBoard", "replay"]
 
 _HOOK_LOCK = threading.Lock()
 _hook_installed = False
@@ -30,6 +30,11 @@ def _quiet_writer_thread_errors() -> None:
 
         threading.excepthook = hook
         _hook_installed = True
+
+
+def _scalars(row: dict[str, Any]) -> list[tuple[str, float]]:
+    """The scalars of a metrics row: its float values (losses, accuracies, lr, seconds, rates)."""
+    return [(k, v) for k, v in row.items() if isinstance(v, float)]
 
 
 class TensorBoard:
@@ -71,9 +76,8 @@ class TensorBoard:
         if self._writer is None:
             return
         try:
-            for k, v in row.items():
-                if isinstance(v, float):
-                    self._writer.add_scalar(k, v, step)
+            for k, v in _scalars(row):
+                self._writer.add_scalar(k, v, step)
             self._writer.flush()
         except OSError as e:
             self._disable(e)
@@ -84,3 +88,24 @@ class TensorBoard:
                 self._writer.close()
             except OSError as e:
                 self._disable(e)
+
+
+def replay(rows: list[dict[str, Any]], logdir: Path) -> None:
+    """Writes the rows of a run's ``metrics.jsonl`` into ``logdir`` as TensorBoard events, as training logs them: every
+    float of a row a scalar at step ``row["epoch"]``. Events an earlier replay left there at those steps are hidden
+    (``purge_step``, as on resume), so replaying again shows each epoch once.
+
+    Raises:
+        OSError: ``logdir`` cannot be written.
+    """
+    from torch.utils.tensorboard import SummaryWriter  # heavy import, only when used
+
+    if not rows:
+        return
+    writer = SummaryWriter(str(logdir), purge_step=min(int(r["epoch"]) for r in rows))
+    try:
+        for row in rows:
+            for k, v in _scalars(row):
+                writer.add_scalar(k, v, int(row["epoch"]))
+    finally:
+        writer.close()
